@@ -1,0 +1,22 @@
+"""fastmoe: fast softmax-gated Gaussian mixture-of-experts regression.
+
+Centralised EM fits and one-shot distributed learning by optimal-transport
+aggregation of local experts (Chamroukhi & Pham, arXiv 2312.09877).
+"""
+
+from ._em import MoEFit, fit_moe
+from ._params import MoEParams
+from .moe import GaussianMoERegressor
+from .exceptions import ConvergenceWarning, DegenerateExpertWarning
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "DegenerateExpertWarning",
+    "GaussianMoERegressor",
+    "MoEFit",
+    "MoEParams",
+    "__version__",
+    "fit_moe",
+]

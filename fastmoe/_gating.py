@@ -1,0 +1,100 @@
+"""Weighted multinomial logistic regression for the gates (Newton-Raphson / IRLS).
+
+Maximises  Q(alpha) = sum_i w_i sum_k R_ik log pi_k(x_i; alpha)  over the
+(K-1)(d+1) free coefficients (the last gate is the zero reference), with step
+halving whenever a full Newton step does not increase Q (method.md section 2).
+Used by the local EM fits and by the gate refit of the reduction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels
+from ._linalg import chunk_size, n_chunks, solve_psd, unpack_sym
+
+MAX_HALVINGS = 30
+
+
+@dataclass(frozen=True)
+class GateFit:
+    """alpha (K, d+1) with the intercept in column 0 and a zero last row."""
+
+    alpha: np.ndarray
+    objective: float
+    n_iter: int
+    converged: bool
+
+
+def _objective(X, w, R, alpha, chunk, nc, n_threads) -> float:
+    obj = np.empty(nc)
+    _kernels.gate_objective(X, w, R, alpha, chunk, obj, n_threads=n_threads)
+    return float(obj.sum())
+
+
+def newton_system(X, w, R, alpha, chunk, nc, n_threads):
+    """Q(alpha), its gradient (flattened (K-1)(d+1)) and the information matrix
+    (the negated Hessian), summed over the kernel's chunks in order."""
+    K, p = alpha.shape
+    J = (K - 1) * K // 2
+    grad = np.empty((nc, K - 1, p))
+    info = np.empty((nc, J, p * (p + 1) // 2))
+    obj = np.empty(nc)
+    _kernels.gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj, n_threads=n_threads)
+    blocks = unpack_sym(info.sum(axis=0), p)
+    H = np.zeros(((K - 1) * p, (K - 1) * p))
+    jj = 0
+    for a in range(K - 1):
+        for b in range(a, K - 1):
+            H[a * p:(a + 1) * p, b * p:(b + 1) * p] = blocks[jj]
+            H[b * p:(b + 1) * p, a * p:(a + 1) * p] = blocks[jj]
+            jj += 1
+    return float(obj.sum()), grad.sum(axis=0).ravel(), H
+
+
+def fit_gates(X, R, w, alpha0, *, max_iter: int = 50, tol: float = 1e-8,
+              n_threads: int = 1) -> GateFit:
+    """Newton-Raphson with step halving from ``alpha0``.
+
+    Parameters
+    ----------
+    X : (n, d) C-contiguous covariates.
+    R : (n, K) soft targets (rows usually sum to 1).
+    w : (n,) non-negative sample weights.
+    alpha0 : (K, d+1) start; its last row is ignored (kept at zero).
+    max_iter : Newton steps at most.
+    tol : stop when a step increases Q by less than ``tol * |Q|``.
+    """
+    alpha = np.array(alpha0, dtype=np.float64, order="C")
+    alpha[-1] = 0.0
+    K, p = alpha.shape
+    n = X.shape[0]
+    chunk = chunk_size(n)
+    nc = n_chunks(n, chunk)
+    if K == 1:
+        return GateFit(alpha, 0.0, 0, True)
+    obj = None
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        obj, grad, H = newton_system(X, w, R, alpha, chunk, nc, n_threads)
+        step = solve_psd(H, grad).reshape(K - 1, p)
+        t = 1.0
+        for _ in range(MAX_HALVINGS):
+            trial = alpha.copy()
+            trial[:-1] += t * step
+            new = _objective(X, w, R, trial, chunk, nc, n_threads)
+            if np.isfinite(new) and new >= obj:
+                break
+            t *= 0.5
+        else:
+            converged = True  # no ascent direction left at machine precision
+            break
+        gain = new - obj
+        alpha, obj = trial, new
+        if gain <= tol * max(abs(obj), 1e-300):
+            converged = True
+            break
+    return GateFit(alpha, float(obj), it, converged)

@@ -1,0 +1,33 @@
+"""The one place where numba flags are set.
+
+``jit_pair(body)`` compiles one Python body twice, serial and parallel, lazily
+and cached on disk (``cache=True``): the first fit in a fresh process loads
+machine code from numba's cache instead of compiling. ``prange`` in the body
+is a plain ``range`` in the serial variant.
+"""
+
+from __future__ import annotations
+
+import numba
+
+_FLAGS = dict(cache=True, nogil=True, error_model="numpy")
+
+
+class JitPair:
+    """A kernel compiled serial and parallel from one body."""
+
+    def __init__(self, body):
+        self.__doc__ = body.__doc__
+        self.__name__ = body.__name__
+        self.serial = numba.njit(parallel=False, **_FLAGS)(body)
+        self.parallel = numba.njit(parallel=True, **_FLAGS)(body)
+
+    def __call__(self, *args, n_threads: int = 1):
+        if n_threads <= 1:
+            return self.serial(*args)
+        numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+        return self.parallel(*args)
+
+
+def jit_pair(body) -> JitPair:
+    return JitPair(body)

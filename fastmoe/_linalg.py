@@ -1,0 +1,58 @@
+"""Small dense helpers shared by the EM, the gate IRLS and the reduction."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+#: Largest number of row chunks a kernel accumulates into.
+MAX_CHUNKS = 256
+MIN_CHUNK = 1024
+
+
+def chunk_size(n: int) -> int:
+    """Rows per accumulator chunk: depends on n only, so results do not depend
+    on the thread count."""
+    return max(MIN_CHUNK, -(-n // MAX_CHUNKS))
+
+
+def n_chunks(n: int, chunk: int) -> int:
+    return max(1, -(-n // chunk))
+
+
+def resolve_threads(n_threads: int | None) -> int:
+    """None -> all cores; a positive int is taken as is (validated)."""
+    if n_threads is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1
+        )
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
+        raise ValueError(f"n_threads must be None or an int >= 1; got {n_threads!r}.")
+    return int(n_threads)
+
+
+def unpack_sym(packed: np.ndarray, q: int) -> np.ndarray:
+    """(..., q(q+1)/2) packed row-major upper triangles -> (..., q, q) symmetric."""
+    iu = np.triu_indices(q)
+    out = np.zeros(packed.shape[:-1] + (q, q))
+    out[..., iu[0], iu[1]] = packed
+    out[..., iu[1], iu[0]] = packed
+    return out
+
+
+def solve_psd(A: np.ndarray, b: np.ndarray, rcond: float = 1e-12) -> np.ndarray:
+    """Minimum-norm solution of A x = b for a symmetric positive semi-definite A.
+
+    Eigen-decomposition with eigenvalues below ``rcond * max eigenvalue``
+    dropped: exact for well-conditioned systems, and a defined answer for
+    singular ones (constant or duplicated covariate columns, an expert with
+    fewer effective rows than coefficients).
+    """
+    evals, evecs = np.linalg.eigh(A)
+    top = evals[-1] if evals.size else 0.0
+    if not np.isfinite(top) or top <= 0.0:
+        return np.zeros_like(b)
+    keep = evals > rcond * top
+    proj = evecs[:, keep].T @ b
+    return evecs[:, keep] @ (proj / evals[keep])

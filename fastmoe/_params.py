@@ -1,0 +1,266 @@
+"""MoEParams: the parameters of a softmax-gated Gaussian mixture of experts.
+
+    f(y | x) = sum_k pi_k(x) N(y; b_k + x . c_k, v_k),
+    pi_k(x)  = softmax_k(g_k + x . a_k),   (a_K, g_K) = 0  (the reference gate)
+
+Immutable; arrays are stored as read-only float64 copies. The serialised form
+is a versioned dict of plain lists (JSON) or arrays (.npz) that round-trips
+exactly (float64 values are written with ``repr`` precision).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import _kernels
+from ._linalg import resolve_threads
+from ._validation import check_X, check_X_y, check_random_state
+
+FORMAT = "fastmoe.MoEParams"
+FORMAT_VERSION = 1
+_FIELDS = ("gate_coef", "gate_intercept", "expert_coef", "expert_intercept", "expert_var")
+
+
+def _frozen(a) -> np.ndarray:
+    out = np.array(a, dtype=np.float64, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class MoEParams:
+    """Parameters of a K-expert Gaussian MoE on d covariates.
+
+    Parameters
+    ----------
+    gate_coef : (K, d) gate slopes.
+    gate_intercept : (K,) gate intercepts; -inf switches an expert off.
+    expert_coef : (K, d) expert slopes.
+    expert_intercept : (K,) expert intercepts.
+    expert_var : (K,) noise variances, > 0.
+
+    The gates are re-referenced on construction so that the last gate is zero
+    (softmax is invariant to a common shift, so the model is unchanged).
+    """
+
+    gate_coef: np.ndarray
+    gate_intercept: np.ndarray
+    expert_coef: np.ndarray
+    expert_intercept: np.ndarray
+    expert_var: np.ndarray
+
+    def __post_init__(self):
+        gc = np.array(self.gate_coef, dtype=np.float64)
+        gi = np.array(self.gate_intercept, dtype=np.float64)
+        ec = np.array(self.expert_coef, dtype=np.float64)
+        ei = np.array(self.expert_intercept, dtype=np.float64)
+        ev = np.array(self.expert_var, dtype=np.float64)
+        if ec.ndim != 2 or ec.shape[0] < 1:
+            raise ValueError(f"expert_coef must have shape (n_experts, n_features); got {ec.shape}.")
+        K, d = ec.shape
+        for name, arr, shape in (("gate_coef", gc, (K, d)), ("gate_intercept", gi, (K,)),
+                                 ("expert_intercept", ei, (K,)), ("expert_var", ev, (K,))):
+            if arr.shape != shape:
+                raise ValueError(f"{name} must have shape {shape} to match expert_coef; "
+                                 f"got {arr.shape}.")
+        for name, arr in (("gate_coef", gc), ("expert_coef", ec), ("expert_intercept", ei)):
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} must be finite; got NaN or inf.")
+        if np.any(np.isnan(gi)) or np.any(gi == np.inf):
+            raise ValueError("gate_intercept must not be NaN or +inf (-inf switches an expert off).")
+        if not np.all(np.isfinite(ev)) or np.any(ev <= 0):
+            raise ValueError(f"expert_var must be finite and > 0; got {ev}.")
+        if not np.isfinite(gi[-1]):
+            raise ValueError("the last gate (the reference) must have a finite intercept; "
+                             "reorder the experts so that an active one is last.")
+        gc = gc - gc[-1]
+        gi = gi - gi[-1]
+        for name, arr in zip(_FIELDS, (gc, gi, ec, ei, ev)):
+            object.__setattr__(self, name, _frozen(arr))
+
+    # -- shape -----------------------------------------------------------------
+    @property
+    def n_experts(self) -> int:
+        return self.expert_coef.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.expert_coef.shape[1]
+
+    @property
+    def n_parameters(self) -> int:
+        """Free parameters: (K-1)(d+1) gates + K(d+1) experts + K variances."""
+        K, p = self.n_experts, self.n_features + 1
+        return (K - 1) * p + K * p + K
+
+    # -- augmented (intercept in column 0) form used by the kernels ------------
+    @property
+    def gate_aug(self) -> np.ndarray:
+        return np.ascontiguousarray(np.column_stack([self.gate_intercept, self.gate_coef]))
+
+    @property
+    def expert_aug(self) -> np.ndarray:
+        return np.ascontiguousarray(np.column_stack([self.expert_intercept, self.expert_coef]))
+
+    @classmethod
+    def from_aug(cls, gate_aug, expert_aug, expert_var) -> MoEParams:
+        gate_aug = np.asarray(gate_aug)
+        expert_aug = np.asarray(expert_aug)
+        return cls(gate_aug[:, 1:], gate_aug[:, 0], expert_aug[:, 1:], expert_aug[:, 0],
+                   expert_var)
+
+    # -- ordering --------------------------------------------------------------
+    def permute(self, order) -> MoEParams:
+        """Experts reordered as ``order`` (a permutation of range(K))."""
+        order = np.asarray(order)
+        if sorted(order.tolist()) != list(range(self.n_experts)):
+            raise ValueError(f"order must be a permutation of range({self.n_experts}); got {order}.")
+        return MoEParams(self.gate_coef[order], self.gate_intercept[order],
+                         self.expert_coef[order], self.expert_intercept[order],
+                         self.expert_var[order])
+
+    def canonical(self) -> MoEParams:
+        """Experts sorted by increasing intercept (ties by variance), gates
+        re-referenced to the new last expert (method.md section 1)."""
+        order = np.lexsort((self.expert_var, self.expert_intercept))
+        if not np.isfinite(self.gate_intercept[order[-1]]):
+            active = order[np.isfinite(self.gate_intercept[order])]
+            order = np.concatenate([order[~np.isin(order, active[-1:])], active[-1:]])
+        return self.permute(order)
+
+    # -- model functions -------------------------------------------------------
+    def _prep(self, X):
+        X = check_X(X, self.n_features)
+        return X
+
+    def gate_log_proba(self, X, *, n_threads: int | None = None) -> np.ndarray:
+        """(n, K) log pi_k(x)."""
+        X = self._prep(X)
+        out = np.empty((X.shape[0], self.n_experts))
+        _kernels.gate_log_proba(X, self.gate_aug, out, resolve_threads(n_threads))
+        return out
+
+    def gate_proba(self, X, *, n_threads: int | None = None) -> np.ndarray:
+        """(n, K) gate probabilities pi_k(x)."""
+        return np.exp(self.gate_log_proba(X, n_threads=n_threads))
+
+    def expert_mean(self, X) -> np.ndarray:
+        """(n, K) expert means xt . beta_k."""
+        X = self._prep(X)
+        return X @ self.expert_coef.T + self.expert_intercept
+
+    def predict_mean(self, X, *, n_threads: int | None = None) -> np.ndarray:
+        """(n,) E[y | x] = sum_k pi_k(x) xt . beta_k."""
+        return np.sum(self.gate_proba(X, n_threads=n_threads) * self.expert_mean(X), axis=1)
+
+    def predict_var(self, X, *, n_threads: int | None = None) -> np.ndarray:
+        """(n,) Var[y | x] = sum_k pi_k (v_k + m_k^2) - E[y | x]^2."""
+        pi = self.gate_proba(X, n_threads=n_threads)
+        m = self.expert_mean(X)
+        mean = np.sum(pi * m, axis=1)
+        return np.maximum(np.sum(pi * (self.expert_var + m * m), axis=1) - mean * mean, 0.0)
+
+    def e_step(self, X, y, *, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row log-likelihood (n,) and log responsibilities (n, K)."""
+        X, y, _ = check_X_y(X, y, n_features=self.n_features)
+        n = X.shape[0]
+        log_resp = np.empty((n, self.n_experts))
+        row_ll = np.empty(n)
+        _kernels.e_step(X, y, np.ones(n), self.gate_aug, self.expert_aug, self.expert_var,
+                        log_resp, row_ll, np.empty((0, 0, 0)), n, resolve_threads(n_threads))
+        return row_ll, log_resp
+
+    def score_samples(self, X, y, *, n_threads: int | None = None) -> np.ndarray:
+        """(n,) log f(y_i | x_i)."""
+        return self.e_step(X, y, n_threads=n_threads)[0]
+
+    def log_likelihood(self, X, y, *, n_threads: int | None = None) -> float:
+        """sum_i log f(y_i | x_i)."""
+        return float(np.sum(self.score_samples(X, y, n_threads=n_threads)))
+
+    def posterior(self, X, y, *, n_threads: int | None = None) -> np.ndarray:
+        """(n, K) posterior responsibilities P(z = k | x, y)."""
+        return np.exp(self.e_step(X, y, n_threads=n_threads)[1])
+
+    def sample(self, X, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw y ~ f(. | x) for each row of X; returns (y, labels)."""
+        X = self._prep(X)
+        rng = check_random_state(random_state)
+        pi = self.gate_proba(X)
+        cum = np.cumsum(pi, axis=1)
+        u = rng.random(X.shape[0])[:, None]
+        labels = np.minimum(np.sum(cum < u * cum[:, -1:], axis=1), self.n_experts - 1)
+        mean = np.einsum("ij,ij->i", X, self.expert_coef[labels]) + self.expert_intercept[labels]
+        y = mean + np.sqrt(self.expert_var[labels]) * rng.standard_normal(X.shape[0])
+        return y, labels
+
+    # -- (de)serialisation -----------------------------------------------------
+    def to_dict(self) -> dict:
+        """Versioned dict of plain Python lists; exact round trip via from_dict."""
+        out = {"format": FORMAT, "version": FORMAT_VERSION,
+               "n_experts": self.n_experts, "n_features": self.n_features}
+        for name in _FIELDS:
+            out[name] = getattr(self, name).tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MoEParams:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} record (missing or wrong 'format' field).")
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{FORMAT} version {data.get('version')!r} is not supported by this "
+                             f"fastmoe (reads version {FORMAT_VERSION}); upgrade fastmoe.")
+        missing = [f for f in _FIELDS if f not in data]
+        if missing:
+            raise ValueError(f"{FORMAT} record lacks fields {missing}.")
+        K, d = int(data["n_experts"]), int(data["n_features"])
+
+        def arr(name, shape):
+            a = np.asarray(data[name], dtype=np.float64)
+            return a.reshape(shape) if a.size == int(np.prod(shape)) else a
+
+        return cls(arr("gate_coef", (K, d)), arr("gate_intercept", (K,)),
+                   arr("expert_coef", (K, d)), arr("expert_intercept", (K,)),
+                   arr("expert_var", (K,)))
+
+    def save(self, path) -> None:
+        """Write to ``.json`` or ``.npz`` (chosen by the suffix)."""
+        path = Path(path)
+        if path.suffix == ".json":
+            path.write_text(json.dumps(self.to_dict()))
+        elif path.suffix == ".npz":
+            d = self.to_dict()
+            np.savez(path, format=np.array(FORMAT), version=np.array(FORMAT_VERSION),
+                     **{f: getattr(self, f) for f in _FIELDS},
+                     n_experts=np.array(d["n_experts"]), n_features=np.array(d["n_features"]))
+        else:
+            raise ValueError(f"unknown file type {path.suffix!r}; use .json or .npz.")
+
+    @classmethod
+    def load(cls, path) -> MoEParams:
+        """Read a file written by :meth:`save`."""
+        path = Path(path)
+        try:
+            if path.suffix == ".json":
+                data = json.loads(path.read_text())
+            elif path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    data = {k: z[k] for k in z.files}
+                for k in ("format",):
+                    if k in data:
+                        data[k] = str(data[k])
+                for k in ("version", "n_experts", "n_features"):
+                    if k in data:
+                        data[k] = int(data[k])
+            else:
+                raise ValueError(f"unknown file type {path.suffix!r}; use .json or .npz.")
+        except (OSError, json.JSONDecodeError, EOFError) as exc:
+            raise ValueError(f"cannot read model file {str(path)!r}: {exc}") from exc
+        return cls.from_dict(data)
+
+    def __repr__(self) -> str:
+        return f"MoEParams(n_experts={self.n_experts}, n_features={self.n_features})"

@@ -1,0 +1,141 @@
+"""scikit-learn compatible estimators (thin wrappers over the functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._em import fit_moe
+from ._params import MoEParams
+from ._validation import check_X, check_y
+
+
+class _MoEPredictMixin:
+    """Prediction methods shared by every estimator with a fitted ``params_``."""
+
+    def _params(self) -> MoEParams:
+        check_is_fitted(self, "params_")
+        return self.params_
+
+    def _X(self, X):
+        return check_X(X, self._params().n_features)
+
+    def _Xy(self, X, y):
+        X = self._X(X)
+        return X, check_y(y, X.shape[0])
+
+    def _set_params_attributes(self, params: MoEParams):
+        self.params_ = params
+        self.gate_coef_ = params.gate_coef
+        self.gate_intercept_ = params.gate_intercept
+        self.expert_coef_ = params.expert_coef
+        self.expert_intercept_ = params.expert_intercept
+        self.expert_var_ = params.expert_var
+        self.n_features_in_ = params.n_features
+
+    def predict(self, X) -> np.ndarray:
+        """(n,) conditional mean E[y | x]."""
+        return self._params().predict_mean(self._X(X), n_threads=self.n_threads)
+
+    def predict_var(self, X) -> np.ndarray:
+        """(n,) conditional variance Var[y | x]."""
+        return self._params().predict_var(self._X(X), n_threads=self.n_threads)
+
+    def predict_gate_proba(self, X) -> np.ndarray:
+        """(n, K) gate probabilities pi_k(x)."""
+        return self._params().gate_proba(self._X(X), n_threads=self.n_threads)
+
+    def predict_proba(self, X, y) -> np.ndarray:
+        """(n, K) posterior responsibilities P(expert k | x, y)."""
+        return self._params().posterior(*self._Xy(X, y), n_threads=self.n_threads)
+
+    def score_samples(self, X, y) -> np.ndarray:
+        """(n,) log f(y_i | x_i)."""
+        return self._params().score_samples(*self._Xy(X, y), n_threads=self.n_threads)
+
+    def log_likelihood(self, X, y) -> float:
+        """Total log-likelihood sum_i log f(y_i | x_i)."""
+        return float(np.sum(self.score_samples(X, y)))
+
+    def bic(self, X, y) -> float:
+        """Bayesian information criterion (lower is better)."""
+        n = self._X(X).shape[0]
+        return -2.0 * self.log_likelihood(X, y) + self._params().n_parameters * np.log(n)
+
+    def aic(self, X, y) -> float:
+        """Akaike information criterion (lower is better)."""
+        return -2.0 * self.log_likelihood(X, y) + 2.0 * self._params().n_parameters
+
+    def sample(self, X, random_state=None):
+        """Draw y ~ f(. | x) for each row of X; returns (y, labels)."""
+        return self._params().sample(self._X(X), random_state)
+
+
+class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
+    """Softmax-gated Gaussian mixture-of-experts regression fitted by EM.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+    max_iter : int, default=200
+        EM iterations at most per start.
+    tol : float, default=1e-7
+        Stop when the log-likelihood changes by less than ``tol * |loglik|``.
+    n_init : int, default=1
+        Starts; the best log-likelihood is kept.
+    init : {"kmeans", "random"} or MoEParams, default="kmeans"
+    reg_var : float, default=1e-6
+        Variance floor relative to Var(y).
+    gate_steps : int, default=1
+        Newton steps on the gates per EM iteration.
+    random_state : None, int or numpy Generator
+    n_threads : int or None
+        Threads of the compiled kernels (None: all cores).
+
+    Attributes
+    ----------
+    params_ : MoEParams
+    gate_coef_ (K, d), gate_intercept_ (K,), expert_coef_ (K, d),
+    expert_intercept_ (K,), expert_var_ (K,)
+    log_likelihood_ : float, training log-likelihood
+    n_iter_ : int
+    converged_ : bool
+    history_ : (n_iter_ + 1,) log-likelihood per iteration
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> from fastmoe import GaussianMoERegressor
+    >>> from fastmoe.datasets import make_moe_regression
+    >>> X, y, _, _ = make_moe_regression(2000, 2, 2, random_state=0)
+    >>> model = GaussianMoERegressor(n_experts=2, random_state=0).fit(X, y)
+    >>> model.score(X, y) > 0.9
+    True
+    """
+
+    def __init__(self, n_experts=2, *, max_iter=200, tol=1e-7, n_init=1, init="kmeans",
+                 reg_var=1e-6, gate_steps=1, random_state=None, n_threads=None):
+        self.n_experts = n_experts
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init = init
+        self.reg_var = reg_var
+        self.gate_steps = gate_steps
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit by EM; returns self."""
+        fit = fit_moe(X, y, self.n_experts, sample_weight=sample_weight,
+                      max_iter=self.max_iter, tol=self.tol, n_init=self.n_init,
+                      init=self.init, reg_var=self.reg_var, gate_steps=self.gate_steps,
+                      random_state=self.random_state, n_threads=self.n_threads)
+        self._set_params_attributes(fit.params)
+        self.log_likelihood_ = fit.log_likelihood
+        self.n_iter_ = fit.n_iter
+        self.converged_ = fit.converged
+        self.history_ = fit.history
+        self.fit_ = fit
+        return self

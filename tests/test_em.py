@@ -1,0 +1,168 @@
+"""Centralised EM: properties, recovery of known truth, bad input."""
+
+import numpy as np
+import pytest
+
+from fastmoe import ConvergenceWarning, DegenerateExpertWarning, MoEParams, fit_moe
+from fastmoe.datasets import make_moe_regression
+from fastmoe.diagnostics import align_to
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_moe_regression(3000, 2, 3, random_state=1)
+
+
+def test_loglik_never_decreases(small):
+    X, y, _, _ = small
+    for init in ("kmeans", "random"):
+        fit = fit_moe(X, y, 3, init=init, random_state=3, max_iter=300)
+        steps = np.diff(fit.history)
+        assert np.all(steps >= -1e-10 * np.abs(fit.history[1:])), steps.min()
+        assert fit.log_likelihood == fit.history[-1]
+        assert fit.n_iter == len(fit.history) - 1
+
+
+def test_more_starts_never_worse(small):
+    X, y, _, _ = small
+    one = fit_moe(X, y, 3, n_init=1, init="random", random_state=7)
+    three = fit_moe(X, y, 3, n_init=3, init="random", random_state=7)
+    assert three.init_log_likelihoods[0] == one.log_likelihood
+    assert three.log_likelihood >= one.log_likelihood
+    assert three.log_likelihood == max(three.init_log_likelihoods)
+
+
+def test_reproducible_and_inputs_untouched(small):
+    X, y, _, _ = small
+    Xc, yc = X.copy(), y.copy()
+    a = fit_moe(X, y, 3, random_state=11)
+    b = fit_moe(X, y, 3, random_state=np.random.default_rng(11))
+    np.testing.assert_array_equal(a.params.expert_aug, b.params.expert_aug)
+    np.testing.assert_array_equal(a.params.gate_aug, b.params.gate_aug)
+    np.testing.assert_array_equal(X, Xc)
+    np.testing.assert_array_equal(y, yc)
+
+
+def test_fortran_and_readonly_input(small):
+    X, y, _, _ = small
+    ref = fit_moe(X, y, 3, random_state=0)
+    Xf = np.asfortranarray(X)
+    Xf.setflags(write=False)
+    yr = y.copy()
+    yr.setflags(write=False)
+    fit = fit_moe(Xf, yr, 3, random_state=0)
+    np.testing.assert_allclose(fit.log_likelihood, ref.log_likelihood, rtol=1e-12)
+
+
+def test_recovery_of_known_truth():
+    X, y, truth, _ = make_moe_regression(20000, 3, 3, random_state=0)
+    fit = fit_moe(X, y, 3, n_init=2, random_state=0)
+    est = align_to(fit.params, truth)
+
+    def rmse(a, b):
+        return float(np.sqrt(np.mean((a - b) ** 2)))
+
+    assert rmse(est.expert_aug, truth.expert_aug) < 0.05
+    assert rmse(est.expert_var, truth.expert_var) < 0.05
+    assert rmse(est.gate_aug, truth.gate_aug) < 0.15
+    assert fit.log_likelihood >= truth.log_likelihood(X, y)
+
+
+def test_sample_weight_equals_repeated_rows(small):
+    X, y, truth, _ = small
+    w = np.random.default_rng(0).integers(1, 3, size=X.shape[0]).astype(float)
+    start = truth
+    a = fit_moe(X, y, 3, sample_weight=w, init=start, max_iter=30, tol=0.0)
+    rep = np.repeat(np.arange(X.shape[0]), w.astype(int))
+    b = fit_moe(X[rep], y[rep], 3, init=start, max_iter=30, tol=0.0)
+    np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-9)
+    np.testing.assert_allclose(a.params.expert_aug, b.params.expert_aug, rtol=1e-7, atol=1e-9)
+
+
+def test_single_expert_is_least_squares(small):
+    X, y, _, _ = small
+    fit = fit_moe(X, y, 1)
+    Xt = np.column_stack([np.ones(len(y)), X])
+    coef, *_ = np.linalg.lstsq(Xt, y, rcond=None)
+    np.testing.assert_allclose(fit.params.expert_aug[0], coef, rtol=1e-9, atol=1e-12)
+    resid = y - Xt @ coef
+    np.testing.assert_allclose(fit.params.expert_var[0], resid @ resid / len(y), rtol=1e-9)
+
+
+def test_convergence_warning(small):
+    X, y, _, _ = small
+    with pytest.warns(ConvergenceWarning, match="increase max_iter"):
+        fit = fit_moe(X, y, 3, max_iter=2, random_state=0)
+    assert not fit.converged
+
+
+def test_collapsing_expert_is_floored_not_nan(rng):
+    X = rng.standard_normal((400, 2))
+    y = X @ np.array([1.0, -2.0]) + 0.5  # noiseless: every expert fits it exactly
+    with pytest.warns(ConvergenceWarning) as record:  # it may also hit max_iter
+        fit = fit_moe(X, y, 2, random_state=0, max_iter=100)
+    assert any(isinstance(r.message, DegenerateExpertWarning)
+               and "collapsed to the floor" in str(r.message) for r in record)
+    assert np.all(np.isfinite(fit.params.expert_aug))
+    assert np.all(fit.params.expert_var > 0)
+
+
+def test_empty_expert_keeps_parameters(rng):
+    X = rng.standard_normal((300, 1))
+    y = 2.0 * X[:, 0] + 0.1 * rng.standard_normal(300)
+    start = MoEParams(np.array([[0.0], [0.0]]), np.array([-800.0, 0.0]),
+                      np.array([[5.0], [2.0]]), np.array([3.0, 0.0]), np.array([1.0, 0.01]))
+    with pytest.warns(DegenerateExpertWarning, match="received no responsibility"):
+        fit = fit_moe(X, y, 2, init=start, max_iter=3, tol=0.0)
+    assert np.all(np.isfinite(fit.params.expert_aug))
+    np.testing.assert_allclose(fit.params.expert_aug[0], [3.0, 5.0])
+
+
+def test_constant_and_duplicated_columns_give_finite_fit(rng):
+    """Documented behaviour: collinear columns are allowed; the least-squares and
+    Newton solves take minimum-norm solutions, so the fitted model (as a function)
+    is the one fitted without the redundant columns."""
+    X, y, _, _ = make_moe_regression(1000, 2, 2, random_state=2)
+    Xext = np.column_stack([X, np.full(1000, 3.0), X[:, 0]])
+    ref = fit_moe(X, y, 2, init="random", random_state=0)
+    fit = fit_moe(Xext, y, 2, init="random", random_state=0)
+    assert np.all(np.isfinite(fit.params.expert_aug))
+    assert np.all(np.isfinite(fit.params.gate_aug))
+    np.testing.assert_allclose(fit.log_likelihood, ref.log_likelihood, rtol=1e-8)
+
+
+def test_duplicated_rows_are_fine(rng):
+    X, y, _, _ = make_moe_regression(200, 2, 2, random_state=0)
+    X, y = np.vstack([X, X]), np.concatenate([y, y])
+    fit = fit_moe(X, y, 2, random_state=0)
+    assert np.isfinite(fit.log_likelihood)
+
+
+BAD = [
+    (dict(X=np.ones(5)), "must be 2-D"),
+    (dict(X=np.ones((0, 2)), y=np.ones(0)), "is empty"),
+    (dict(X=np.array([[1.0, np.nan]] * 4)), "NaN or infinity"),
+    (dict(y=np.array([np.inf, 1, 2, 3])), "y contains NaN"),
+    (dict(y=np.ones(3)), "inconsistent numbers of samples"),
+    (dict(X=np.array([["a", "b"]] * 4)), "must be numeric"),
+    (dict(n_experts=0), "n_experts must be an int >= 1; got 0"),
+    (dict(n_experts=5), "more than the number of samples"),
+    (dict(sample_weight=-np.ones(4)), "sample_weight must be >= 0"),
+    (dict(sample_weight=np.zeros(4)), "zero everywhere"),
+    (dict(sample_weight=np.ones(3)), r"sample_weight must have shape \(4,\)"),
+    (dict(init="bogus"), "init must be one of"),
+    (dict(max_iter=0), "max_iter must be an int >= 1"),
+    (dict(tol=-1.0), "tol must be a finite number"),
+    (dict(reg_var=0.0), "reg_var must be a finite number > 0"),
+    (dict(random_state="x"), "random_state must be"),
+    (dict(n_threads=0), "n_threads must be None or an int >= 1"),
+]
+
+
+@pytest.mark.parametrize("kwargs,match", BAD)
+def test_bad_input(kwargs, match):
+    args = dict(X=np.arange(8.0).reshape(4, 2), y=np.arange(4.0), n_experts=2)
+    args.update(kwargs)
+    X, y, K = args.pop("X"), args.pop("y"), args.pop("n_experts")
+    with pytest.raises(ValueError, match=match):
+        fit_moe(X, y, K, **args)

@@ -1,0 +1,129 @@
+"""Every compiled kernel against tests/naive.py."""
+
+import numpy as np
+import pytest
+
+import naive
+from fastmoe import _kernels
+from fastmoe._linalg import chunk_size, n_chunks, unpack_sym
+
+SHAPES = [(1, 1, 1), (1, 3, 2), (7, 1, 3), (50, 2, 1), (2500, 3, 4)]
+RTOL = 1e-10
+
+
+def _problem(rng, n, d, K, readonly=False):
+    X = rng.standard_normal((n, d))
+    y = rng.standard_normal(n) * 2
+    w = rng.uniform(0.2, 2.0, n)
+    alpha = rng.standard_normal((K, d + 1))
+    alpha[-1] = 0
+    beta = rng.standard_normal((K, d + 1))
+    var = rng.uniform(0.3, 2.0, K)
+    R = rng.dirichlet(np.ones(K), size=n)
+    arrays = [X, y, w, alpha, beta, var, R]
+    if readonly:
+        for a in arrays:
+            a.setflags(write=False)
+    return arrays
+
+
+@pytest.mark.parametrize("n,d,K", SHAPES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_e_step(rng, n, d, K, n_threads, readonly):
+    X, y, w, alpha, beta, var, _ = _problem(rng, n, d, K, readonly)
+    chunk = chunk_size(n)
+    q = d + 2
+    log_resp = np.empty((n, K))
+    row_ll = np.empty(n)
+    stats = np.empty((n_chunks(n, chunk), K, q * (q + 1) // 2))
+    bad = _kernels.e_step(X, y, w, alpha, beta, var, log_resp, row_ll, stats, chunk, n_threads)
+    lr_ref, ll_ref, gram_ref = naive.e_step(X, y, w, alpha, beta, var)
+    assert bad == 0
+    np.testing.assert_allclose(log_resp, lr_ref, rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(row_ll, ll_ref, rtol=RTOL)
+    np.testing.assert_allclose(unpack_sym(stats.sum(axis=0), q), gram_ref, rtol=RTOL,
+                               atol=1e-12)
+    np.testing.assert_allclose(np.exp(log_resp).sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_e_step_without_stats_matches(rng):
+    X, y, w, alpha, beta, var, _ = _problem(rng, 300, 2, 3)
+    lr, ll = np.empty((300, 3)), np.empty(300)
+    _kernels.e_step(X, y, w, alpha, beta, var, lr, ll, np.empty((0, 0, 0)), 300, 1)
+    lr_ref, ll_ref, _ = naive.e_step(X, y, w, alpha, beta, var)
+    np.testing.assert_allclose(lr, lr_ref, rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(ll, ll_ref, rtol=RTOL)
+
+
+def test_e_step_minus_inf_gate(rng):
+    """A gate at -inf switches its expert off: zero responsibility, finite loglik."""
+    X, y, w, alpha, beta, var, _ = _problem(rng, 40, 2, 3)
+    alpha = alpha.copy()
+    alpha[0, 0] = -np.inf
+    lr, ll = np.empty((40, 3)), np.empty(40)
+    bad = _kernels.e_step(X, y, w, alpha, beta, var, lr, ll, np.empty((0, 0, 0)), 40, 1)
+    assert bad == 0
+    assert np.all(np.isfinite(ll))
+    assert np.all(lr[:, 0] == -np.inf)
+    ref = naive.e_step(X, y, w, alpha[1:], beta[1:], var[1:])[1]
+    np.testing.assert_allclose(ll, ref, rtol=RTOL)
+
+
+def test_e_step_reports_non_finite_rows(rng):
+    X, y, w, alpha, beta, var, _ = _problem(rng, 10, 2, 2)
+    alpha = np.full_like(alpha, -np.inf)
+    lr, ll = np.empty((10, 2)), np.empty(10)
+    assert _kernels.e_step(X, y, w, alpha, beta, var, lr, ll, np.empty((0, 0, 0)), 10, 1) == 10
+
+
+@pytest.mark.parametrize("n,d,K", SHAPES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_gate_log_proba_and_expert_density(rng, n, d, K, n_threads):
+    X, y, _, alpha, beta, var, _ = _problem(rng, n, d, K, readonly=True)
+    out = np.empty((n, K))
+    assert _kernels.gate_log_proba(X, alpha, out, n_threads) == 0
+    np.testing.assert_allclose(out, naive.gate_log_proba(X, alpha), rtol=RTOL, atol=1e-12)
+    _kernels.expert_log_density(X, y, beta, var, out, n_threads)
+    np.testing.assert_allclose(out, naive.expert_log_density(X, y, beta, var), rtol=RTOL)
+
+
+@pytest.mark.parametrize("n,d,K", [s for s in SHAPES if s[2] > 1])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_gate_newton_stats(rng, n, d, K, n_threads, readonly):
+    X, _, w, alpha, _, _, R = _problem(rng, n, d, K, readonly)
+    R = R.copy()
+    R[0] *= 0.5  # rows need not sum to one
+    p = d + 1
+    chunk = chunk_size(n)
+    nc = n_chunks(n, chunk)
+    grad = np.empty((nc, K - 1, p))
+    info = np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2))
+    obj = np.empty(nc)
+    _kernels.gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj, n_threads=n_threads)
+    obj_ref, grad_ref, info_ref = naive.gate_newton(X, w, R, alpha)
+    np.testing.assert_allclose(obj.sum(), obj_ref, rtol=RTOL)
+    np.testing.assert_allclose(grad.sum(axis=0), grad_ref, rtol=RTOL, atol=1e-11)
+    blocks = unpack_sym(info.sum(axis=0), p)
+    jj = 0
+    for a in range(K - 1):
+        for b in range(a, K - 1):
+            np.testing.assert_allclose(blocks[jj], info_ref[a * p:(a + 1) * p, b * p:(b + 1) * p],
+                                       rtol=RTOL, atol=1e-11)
+            jj += 1
+    obj2 = np.empty(nc)
+    _kernels.gate_objective(X, w, R, alpha, chunk, obj2, n_threads=n_threads)
+    np.testing.assert_allclose(obj2.sum(), naive.gate_objective(X, w, R, alpha), rtol=RTOL)
+
+
+def test_results_do_not_depend_on_thread_count(rng):
+    X, y, w, alpha, beta, var, R = _problem(rng, 5000, 3, 3)
+    chunk = chunk_size(5000)
+    outs = []
+    for nt in (1, 2):
+        stats = np.empty((n_chunks(5000, chunk), 3, 15))
+        lr, ll = np.empty((5000, 3)), np.empty(5000)
+        _kernels.e_step(X, y, w, alpha, beta, var, lr, ll, stats, chunk, nt)
+        outs.append(stats.sum(axis=0))
+    np.testing.assert_array_equal(outs[0], outs[1])
