@@ -49,7 +49,8 @@ class MoEFit:
 
     Attributes
     ----------
-    params : the fitted MoEParams (best start).
+    params : the fitted MoEParams of the best start, experts in canonical order
+        (increasing intercept, MoEParams.canonical).
     log_likelihood : weighted log-likelihood of ``params`` on the data.
     n_iter : EM iterations of the best start.
     converged : whether the best start met ``tol`` before ``max_iter``.
@@ -148,7 +149,7 @@ def _initial_params(data: EMData, init, rng, var_floor):
         scale = data.X.std(axis=0)
         scale[scale == 0] = 1.0
         km = KMeans(n_clusters=K, n_init=1, random_state=int(rng.integers(2**31 - 1)))
-        labels = km.fit(data.X / scale).labels_
+        labels = km.fit(data.X / scale, sample_weight=data.w).labels_
         R = np.zeros((n, K))
         R[np.arange(n), labels] = 1.0
     else:  # "random"
@@ -259,5 +260,5 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         warnings.warn("; ".join(notes) + ". Consider fewer experts or a larger reg_var.",
                       DegenerateExpertWarning, stacklevel=2)
     history.setflags(write=False)
-    return MoEFit(MoEParams.from_aug(alpha, beta, var), ll, it, converged, history,
+    return MoEFit(MoEParams.from_aug(alpha, beta, var).canonical(), ll, it, converged, history,
                   tuple(finals), tuple(notes))

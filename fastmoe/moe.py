@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._em import fit_moe
 from ._params import MoEParams
@@ -19,10 +19,15 @@ class _MoEPredictMixin:
         return self.params_
 
     def _X(self, X):
-        return check_X(X, self._params().n_features)
+        self._params()
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return check_X(X, self.n_features_in_)
 
     def _Xy(self, X, y):
         X = self._X(X)
+        if y is None:
+            raise ValueError("y is required: posteriors and densities are of (x, y) pairs; "
+                             "use predict_gate_proba(X) for the gates alone.")
         return X, check_y(y, X.shape[0])
 
     def _set_params_attributes(self, params: MoEParams):
@@ -46,11 +51,17 @@ class _MoEPredictMixin:
         """(n, K) gate probabilities pi_k(x)."""
         return self._params().gate_proba(self._X(X), n_threads=self.n_threads)
 
-    def predict_proba(self, X, y) -> np.ndarray:
-        """(n, K) posterior responsibilities P(expert k | x, y)."""
+    def predict_proba(self, X, y=None) -> np.ndarray:
+        """(n, K) posterior responsibilities P(expert k | x, y).
+
+        Without ``y`` this is the posterior given x alone, which is the gate
+        probability pi_k(x) (as ``predict_gate_proba``).
+        """
+        if y is None:
+            return self.predict_gate_proba(X)
         return self._params().posterior(*self._Xy(X, y), n_threads=self.n_threads)
 
-    def score_samples(self, X, y) -> np.ndarray:
+    def score_samples(self, X, y=None) -> np.ndarray:
         """(n,) log f(y_i | x_i)."""
         return self._params().score_samples(*self._Xy(X, y), n_threads=self.n_threads)
 
@@ -128,6 +139,7 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
 
     def fit(self, X, y, sample_weight=None):
         """Fit by EM; returns self."""
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         fit = fit_moe(X, y, self.n_experts, sample_weight=sample_weight,
                       max_iter=self.max_iter, tol=self.tol, n_init=self.n_init,
                       init=self.init, reg_var=self.reg_var, gate_steps=self.gate_steps,
