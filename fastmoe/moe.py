@@ -95,7 +95,8 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Stop when the log-likelihood changes by less than ``tol * |loglik|``.
     n_init : int, default=1
         Starts; the best log-likelihood is kept.
-    init : {"kmeans", "random"} or MoEParams, default="kmeans"
+    init : {"random", "kmeans"} or MoEParams, default="random"
+        See :func:`fastmoe.fit_moe`.
     reg_var : float, default=1e-6
         Variance floor relative to Var(y).
     gate_steps : int, default=1
@@ -125,7 +126,7 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     True
     """
 
-    def __init__(self, n_experts=2, *, max_iter=200, tol=1e-7, n_init=1, init="kmeans",
+    def __init__(self, n_experts=2, *, max_iter=200, tol=1e-7, n_init=1, init="random",
                  reg_var=1e-6, gate_steps=1, random_state=None, n_threads=None):
         self.n_experts = n_experts
         self.max_iter = max_iter
