@@ -6,12 +6,26 @@ aggregation of local experts (Chamroukhi & Pham, arXiv 2312.09877).
 
 from ._em import MoEFit, fit_moe
 from ._params import MoEParams
-from .moe import GaussianMoERegressor
+from .aggregation import (
+    AggregationResult,
+    aggregate,
+    aligned_average,
+    medoid,
+    naive_average,
+    transport_divergence,
+)
 from .exceptions import ConvergenceWarning, DegenerateExpertWarning
+from .moe import GaussianMoERegressor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AggregationResult",
+    "aggregate",
+    "aligned_average",
+    "medoid",
+    "naive_average",
+    "transport_divergence",
     "ConvergenceWarning",
     "DegenerateExpertWarning",
     "GaussianMoERegressor",

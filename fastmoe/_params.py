@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _kernels
 from ._linalg import resolve_threads
-from ._validation import check_X, check_X_y, check_random_state
+from ._validation import check_random_state, check_X, check_X_y
 
 FORMAT = "fastmoe.MoEParams"
 FORMAT_VERSION = 1
@@ -60,7 +60,8 @@ class MoEParams:
         ei = np.array(self.expert_intercept, dtype=np.float64)
         ev = np.array(self.expert_var, dtype=np.float64)
         if ec.ndim != 2 or ec.shape[0] < 1:
-            raise ValueError(f"expert_coef must have shape (n_experts, n_features); got {ec.shape}.")
+            raise ValueError("expert_coef must have shape (n_experts, n_features); "
+                             f"got {ec.shape}.")
         K, d = ec.shape
         for name, arr, shape in (("gate_coef", gc, (K, d)), ("gate_intercept", gi, (K,)),
                                  ("expert_intercept", ei, (K,)), ("expert_var", ev, (K,))):
@@ -71,7 +72,8 @@ class MoEParams:
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"{name} must be finite; got NaN or inf.")
         if np.any(np.isnan(gi)) or np.any(gi == np.inf):
-            raise ValueError("gate_intercept must not be NaN or +inf (-inf switches an expert off).")
+            raise ValueError("gate_intercept must not be NaN or +inf "
+                             "(-inf switches an expert off).")
         if not np.all(np.isfinite(ev)) or np.any(ev <= 0):
             raise ValueError(f"expert_var must be finite and > 0; got {ev}.")
         if not np.isfinite(gi[-1]):
@@ -118,7 +120,8 @@ class MoEParams:
         """Experts reordered as ``order`` (a permutation of range(K))."""
         order = np.asarray(order)
         if sorted(order.tolist()) != list(range(self.n_experts)):
-            raise ValueError(f"order must be a permutation of range({self.n_experts}); got {order}.")
+            raise ValueError(f"order must be a permutation of range({self.n_experts}); "
+                             f"got {order}.")
         return MoEParams(self.gate_coef[order], self.gate_intercept[order],
                          self.expert_coef[order], self.expert_intercept[order],
                          self.expert_var[order])

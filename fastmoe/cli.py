@@ -7,8 +7,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
-
 
 class UserError(Exception):
     """A mistake of the user's: printed as one line, exit code 2."""

@@ -69,3 +69,44 @@ def gate_newton(X, w, R, alpha):
                 c = w[i] * s * pi[i, a] * ((a == b) - pi[i, b])
                 info[a * p:(a + 1) * p, b * p:(b + 1) * p] += c * np.outer(Z[i], Z[i])
     return gate_objective(X, w, R, alpha), grad, info
+
+
+def local_weights(models, lam, Xs):
+    """(S, L) w_l(x_s) = lam_m pi_k^(m)(x_s), models stacked in order."""
+    cols = [lam[m] * np.exp(gate_log_proba(Xs, mod.gate_aug)) for m, mod in enumerate(models)]
+    return np.hstack(cols)
+
+
+def cost_tensor(models, Xs, beta, var, cost):
+    """(S, L, K) costs c_lk(x_s) between local and target experts."""
+    Z = xt(Xs)
+    ml = np.hstack([Z @ m.expert_aug.T for m in models])  # (S, L)
+    vl = np.concatenate([m.expert_var for m in models])
+    mk = Z @ beta.T  # (S, K)
+    gap = mk[:, None, :] - ml[:, :, None]
+    if cost == "kl":
+        return 0.5 * (np.log(var[None, None, :] / vl[None, :, None])
+                      + vl[None, :, None] / var[None, None, :] + gap**2 / var[None, None, :] - 1)
+    return gap**2 + (np.sqrt(var)[None, None, :] - np.sqrt(vl)[None, :, None]) ** 2
+
+
+def mm_pass(models, lam, Xs, beta, var, cost):
+    """The reduction's assignment step with the full S x L x K tensors, as in
+    the authors' code: (objective, plan (S, L, K), gram (K, p, p), lin (K, p),
+    scal (K, 4): sum P, sum P m_l^2, sum P var_l, sum P sqrt(var_l))."""
+    W = local_weights(models, lam, Xs)
+    C = cost_tensor(models, Xs, beta, var, cost)
+    kstar = np.argmin(C, axis=2)
+    K = beta.shape[0]
+    P = W[:, :, None] * (kstar[:, :, None] == np.arange(K))
+    objective = float(np.sum(P * C))
+    Z = xt(Xs)
+    ml = np.hstack([Z @ m.expert_aug.T for m in models])
+    vl = np.concatenate([m.expert_var for m in models])
+    D = P.sum(axis=1)  # (S, K)
+    gram = np.einsum("sk,si,sj->kij", D, Z, Z)
+    lin = np.einsum("slk,sl,si->ki", P, ml, Z)
+    scal = np.stack([P.sum(axis=(0, 1)), np.einsum("slk,sl->k", P, ml**2),
+                     np.einsum("slk,l->k", P, vl), np.einsum("slk,l->k", P, np.sqrt(vl))],
+                    axis=1)
+    return objective, P, gram, lin, scal

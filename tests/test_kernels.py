@@ -1,9 +1,9 @@
 """Every compiled kernel against tests/naive.py."""
 
+import naive
 import numpy as np
 import pytest
 
-import naive
 from fastmoe import _kernels
 from fastmoe._linalg import chunk_size, n_chunks, unpack_sym
 

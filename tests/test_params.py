@@ -1,10 +1,10 @@
 """MoEParams: ordering, model functions, serialisation."""
 
+import naive
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-import naive
 from fastmoe import MoEParams
 from fastmoe.datasets import make_moe_regression
 

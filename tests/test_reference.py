@@ -3,8 +3,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import reference
+
 from fastmoe import MoEParams, fit_moe
 
 N_TRAIN = 90000

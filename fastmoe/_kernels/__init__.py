@@ -7,8 +7,12 @@ Each kernel has exactly one implementation; module docstrings say why which.
 
 from ._estep import e_step, expert_log_density, gate_log_proba
 from ._gate import gate_newton_stats, gate_objective
+from ._reduce import KL, W2, mm_pass
 
 __all__ = [
+    "KL",
+    "W2",
+    "mm_pass",
     "e_step",
     "expert_log_density",
     "gate_log_proba",

@@ -1,0 +1,145 @@
+"""numba kernel of the optimal-transport reduction (method.md section 4).
+
+One pass over the support points computes, for the current K target experts,
+the costs between every local expert l and every target k, the argmin
+assignment, the objective R and every weighted sufficient statistic of the
+closed-form update, without materialising the S x L x K cost or plan tensors:
+memory beyond the inputs is O(chunks * K (d+1)^2 + chunks * L * K).
+
+Why numba here: the pass has ragged groups (machines with different numbers of
+experts), several accumulators of different shapes and a data-dependent
+argmin; the numba body is short and reads like the maths. It is cached on
+disk, so only the first run on a machine compiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit_pair
+
+KL = 0
+W2 = 1
+
+
+def _mm_pass(Xs, a_loc, b_loc, v_loc, starts, lam, beta, var, cost, chunk,
+             gram, lin, scal, mass, lobj, assign):
+    """Assignment step and sufficient statistics of the MM reduction.
+
+    IN:
+      Xs (S, d) support covariates; a_loc, b_loc (L, d+1) local gate and expert
+      coefficients (intercept in column 0); v_loc (L,) local variances;
+      starts (M+1,) int64: local experts of machine m are starts[m]:starts[m+1];
+      lam (M,) machine weights; beta (K, d+1), var (K,) current targets;
+      cost: 0 for KL, 1 for W2; chunk: support points per chunk.
+    OUT (per chunk c of support points):
+      gram (nc, K, T): packed upper triangle of sum_s D_k(s) xt_s xt_s^T, T = (d+1)(d+2)/2
+      lin  (nc, K, d+1): sum_{s,l} P_lks m_l(x_s) xt_s
+      scal (nc, K, 4): sum P, sum P m_l^2, sum P var_l, sum P sqrt(var_l)
+      mass (nc, L, K): sum_s P_lks
+      lobj (nc, L): sum_s w_l(x_s) min_k c_lk(x_s); the objective R is its sum
+      assign (S, L) int16: argmin_k c_lk(x_s), or an array with S == 0 to skip
+    where P_lks = w_l(x_s) 1{k = argmin}, w_l(x) = lam_m pi_k^(m)(x).
+    """
+    S, d = Xs.shape
+    L = a_loc.shape[0]
+    K = beta.shape[0]
+    M = lam.shape[0]
+    p = d + 1
+    n_chunks = lobj.shape[0]
+    want_assign = assign.shape[0] > 0
+    sd_loc = np.sqrt(v_loc)
+    log_v_loc = np.log(v_loc)
+    sd = np.sqrt(var)
+    log_v = np.log(var)
+    for c in prange(n_chunks):
+        G = gram[c]
+        B = lin[c]
+        Q = scal[c]
+        W = mass[c]
+        G[:] = 0.0
+        B[:] = 0.0
+        Q[:] = 0.0
+        W[:] = 0.0
+        O = lobj[c]
+        O[:] = 0.0
+        z = np.empty(p)
+        u = np.empty(G.shape[1])
+        wl = np.empty(L)
+        ml = np.empty(L)
+        mk = np.empty(K)
+        D = np.empty(K)
+        Dm = np.empty(K)
+        z[0] = 1.0
+        for s in range(c * chunk, min((c + 1) * chunk, S)):
+            for j in range(d):
+                z[j + 1] = Xs[s, j]
+            for m in range(M):
+                lo = starts[m]
+                hi = starts[m + 1]
+                vmax = -np.inf
+                for l in range(lo, hi):
+                    t = a_loc[l, 0]
+                    for j in range(d):
+                        t += a_loc[l, j + 1] * z[j + 1]
+                    wl[l] = t
+                    vmax = max(vmax, t)
+                tot = 0.0
+                for l in range(lo, hi):
+                    wl[l] = np.exp(wl[l] - vmax)
+                    tot += wl[l]
+                for l in range(lo, hi):
+                    wl[l] *= lam[m] / tot
+            for l in range(L):
+                t = b_loc[l, 0]
+                for j in range(d):
+                    t += b_loc[l, j + 1] * z[j + 1]
+                ml[l] = t
+            for k in range(K):
+                t = beta[k, 0]
+                for j in range(d):
+                    t += beta[k, j + 1] * z[j + 1]
+                mk[k] = t
+                D[k] = 0.0
+                Dm[k] = 0.0
+            for l in range(L):
+                best = np.inf
+                kb = 0
+                for k in range(K):
+                    gap = mk[k] - ml[l]
+                    if cost == KL:
+                        ck = 0.5 * (log_v[k] - log_v_loc[l] + (v_loc[l] + gap * gap) / var[k]
+                                    - 1.0)
+                    else:
+                        dsd = sd[k] - sd_loc[l]
+                        ck = gap * gap + dsd * dsd
+                    if ck < best:
+                        best = ck
+                        kb = k
+                w = wl[l]
+                O[l] += w * best
+                D[kb] += w
+                Dm[kb] += w * ml[l]
+                Q[kb, 1] += w * ml[l] * ml[l]
+                Q[kb, 2] += w * v_loc[l]
+                Q[kb, 3] += w * sd_loc[l]
+                W[l, kb] += w
+                if want_assign:
+                    assign[s, l] = kb
+            tt = 0
+            for a in range(p):
+                for b in range(a, p):
+                    u[tt] = z[a] * z[b]
+                    tt += 1
+            for k in range(K):
+                if D[k] == 0.0:
+                    continue
+                Q[k, 0] += D[k]
+                for j in range(p):
+                    B[k, j] += Dm[k] * z[j]
+                for tt in range(u.shape[0]):
+                    G[k, tt] += D[k] * u[tt]
+
+
+mm_pass = jit_pair(_mm_pass)
