@@ -47,6 +47,9 @@ VARIANCE_UPDATES = ("exact", "published")
 GH_NODES = 10
 #: support points per block when gate targets are built (bounds memory)
 TARGET_BLOCK = 2048
+#: largest cache of local weights and means on the support reused by every MM
+#: iteration; beyond it they are recomputed in the pass
+CACHE_BYTES = 256 * 2**20
 
 
 # ----------------------------------------------------------------------------
@@ -159,22 +162,34 @@ class _Pass:
     assign: np.ndarray | None
 
 
+def support_cache(mix: LargeMixture, Xs) -> tuple:
+    """(W, ML): the (S, L) local weights and means on the support, which every
+    MM iteration reuses, when they fit in ``CACHE_BYTES``; else two empty
+    arrays, and the pass recomputes them (memory flat in S)."""
+    S, L = Xs.shape[0], mix.gate.shape[0]
+    if 2 * S * L * 8 > CACHE_BYTES:
+        return np.empty((0, L)), np.empty((0, L))
+    return np.ascontiguousarray(mix.weights(Xs)), np.ascontiguousarray(mix.means(Xs))
+
+
 def mm_pass(mix: LargeMixture, Xs, beta, var, cost: int, n_threads: int,
-            want_assign: bool = False) -> _Pass:
+            want_assign: bool = False, cache=None) -> _Pass:
+    """One compiled pass (``_kernels.mm_pass``), its chunks summed in order."""
     S, d = Xs.shape
     K, p = beta.shape
     L = mix.gate.shape[0]
     chunk = chunk_size(S)
     nc = n_chunks(S, chunk)
-    gram = np.empty((nc, K, p * (p + 1) // 2))
-    lin = np.empty((nc, K, p))
-    scal = np.empty((nc, K, 4))
-    mass = np.empty((nc, L, K))
-    lobj = np.empty((nc, L))
-    assign = np.empty((S, L) if want_assign else (0, L), dtype=np.int16)
-    _kernels.mm_pass(Xs, mix.gate, mix.expert, mix.var, mix.starts, mix.lam,
-                     np.ascontiguousarray(beta), np.ascontiguousarray(var), cost, chunk,
-                     gram, lin, scal, mass, lobj, assign, n_threads=n_threads)
+    out = (np.empty((nc, K, p * (p + 1) // 2)), np.empty((nc, K, p)), np.empty((nc, K, 4)),
+           np.empty((nc, L, K)), np.empty((nc, L)),
+           np.empty((S, L) if want_assign else (0, L), dtype=np.int16))
+    if cache is None:
+        cache = (np.empty((0, L)), np.empty((0, L)))
+    local = (mix.gate, mix.expert, mix.var, mix.starts, mix.lam)
+    targets = (np.ascontiguousarray(beta, dtype=np.float64),
+               np.ascontiguousarray(var, dtype=np.float64))
+    _kernels.mm_pass(Xs, local, cache, targets, cost, chunk, out, n_threads=n_threads)
+    gram, lin, scal, mass, lobj, assign = out
     lobj = lobj.sum(axis=0)
     return _Pass(float(lobj.sum()), unpack_sym(gram.sum(axis=0), p), lin.sum(axis=0),
                  scal.sum(axis=0), mass.sum(axis=0), lobj, assign if want_assign else None)
@@ -210,13 +225,14 @@ def _update(mix, st: _Pass, beta, var, cost: int, variance_update: str, notes: l
     return beta, var
 
 
-def _run_mm(mix, Xs, beta, var, *, cost, variance_update, max_iter, tol, n_threads):
+def _run_mm(mix, Xs, beta, var, *, cost, variance_update, max_iter, tol, n_threads,
+            cache=None):
     history = []
     notes: list[str] = []
     converged = False
     it = 0
     while True:
-        st = mm_pass(mix, Xs, beta, var, cost, n_threads)
+        st = mm_pass(mix, Xs, beta, var, cost, n_threads, cache=cache)
         history.append(st.objective)
         if len(history) > 1:
             prev = history[-2]
@@ -478,10 +494,11 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
         starts.append(_kmeans_start(mix, K, rng))
 
     t0 = time.perf_counter()
+    cache = support_cache(mix, Xs)
     best = None
     for beta, var in starts:
         out = _run_mm(mix, Xs, beta, var, cost=code, variance_update=variance_update,
-                      max_iter=max_iter, tol=tol, n_threads=n_threads)
+                      max_iter=max_iter, tol=tol, n_threads=n_threads, cache=cache)
         if best is None or out[2][-1] < best[2][-1]:
             best = out
     beta, var, history, n_iter, converged, notes = best
@@ -494,7 +511,8 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
         warnings.warn("; ".join(notes) + ".", DegenerateExpertWarning, stacklevel=2)
 
     t0 = time.perf_counter()
-    final = mm_pass(mix, Xs, beta, var, code, n_threads, want_assign=True)
+    final = mm_pass(mix, Xs, beta, var, code, n_threads, want_assign=True, cache=cache)
+    del cache
     w = np.ones(Xs.shape[0])
     alpha0 = np.zeros((K, Xs.shape[1] + 1))
     if gate_target == "plan":

@@ -30,7 +30,8 @@ def random_model(rng, K, d, spread=1.0):
 @pytest.mark.parametrize("cost", ["kl", "w2"])
 @pytest.mark.parametrize("S,d,Ks", [(1, 1, (1,)), (7, 2, (2, 3)), (2500, 3, (3, 3, 2))])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_mm_pass_against_naive_tensors(rng, cost, S, d, Ks, n_threads):
+@pytest.mark.parametrize("cached", [False, True])
+def test_mm_pass_against_naive_tensors(rng, cost, S, d, Ks, n_threads, cached):
     models = [random_model(rng, K, d) for K in Ks]
     lam = rng.uniform(1, 3, len(Ks))
     lam /= lam.sum()
@@ -50,9 +51,13 @@ def test_mm_pass_against_naive_tensors(rng, cost, S, d, Ks, n_threads):
     lin, scal = np.empty((nc, K, p)), np.empty((nc, K, 4))
     mass, lobj = np.empty((nc, L, K)), np.empty((nc, L))
     assign = np.empty((S, L), dtype=np.int16)
-    _kernels.mm_pass(Xs, gate, expert, vl, starts, lam, beta, var, _kernels.KL if cost == "kl"
-                     else _kernels.W2, chunk, gram, lin, scal, mass, lobj, assign,
-                     n_threads=n_threads)
+    if cached:
+        cache = (naive.local_weights(models, lam, Xs), naive.xt(Xs) @ expert.T)
+    else:
+        cache = (np.empty((0, L)), np.empty((0, L)))
+    _kernels.mm_pass(Xs, (gate, expert, vl, starts, lam), cache, (beta, var),
+                     _kernels.KL if cost == "kl" else _kernels.W2, chunk,
+                     (gram, lin, scal, mass, lobj, assign), n_threads=n_threads)
     obj, P, g_ref, l_ref, s_ref = naive.mm_pass(models, lam, Xs, beta, var, cost)
     np.testing.assert_allclose(lobj.sum(), obj, rtol=1e-10)
     np.testing.assert_allclose(unpack_sym(gram.sum(axis=0), p), g_ref, rtol=1e-10, atol=1e-12)

@@ -23,17 +23,21 @@ KL = 0
 W2 = 1
 
 
-def _mm_pass(Xs, a_loc, b_loc, v_loc, starts, lam, beta, var, cost, chunk,
-             gram, lin, scal, mass, lobj, assign):
+def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
     """Assignment step and sufficient statistics of the MM reduction.
 
     IN:
-      Xs (S, d) support covariates; a_loc, b_loc (L, d+1) local gate and expert
-      coefficients (intercept in column 0); v_loc (L,) local variances;
-      starts (M+1,) int64: local experts of machine m are starts[m]:starts[m+1];
-      lam (M,) machine weights; beta (K, d+1), var (K,) current targets;
-      cost: 0 for KL, 1 for W2; chunk: support points per chunk.
-    OUT (per chunk c of support points):
+      Xs (S, d) support covariates;
+      local = (a_loc, b_loc, v_loc, starts, lam): local gate and expert
+        coefficients (L, d+1) (intercept in column 0), local variances (L,),
+        starts (M+1,) int64 (machine m owns experts starts[m]:starts[m+1]) and
+        machine weights lam (M,);
+      cache = (W, ML): the (S, L) local weights w_l(x_s) and means m_l(x_s),
+        which do not change over the MM iterations, or two (0, L) arrays to
+        compute them on the fly (memory flat in S);
+      targets = (beta (K, d+1), var (K,)); cost: 0 for KL, 1 for W2;
+      chunk: support points per chunk.
+    OUT out = (gram, lin, scal, mass, lobj, assign), per chunk c of support points:
       gram (nc, K, T): packed upper triangle of sum_s D_k(s) xt_s xt_s^T, T = (d+1)(d+2)/2
       lin  (nc, K, d+1): sum_{s,l} P_lks m_l(x_s) xt_s
       scal (nc, K, 4): sum P, sum P m_l^2, sum P var_l, sum P sqrt(var_l)
@@ -42,6 +46,11 @@ def _mm_pass(Xs, a_loc, b_loc, v_loc, starts, lam, beta, var, cost, chunk,
       assign (S, L) int16: argmin_k c_lk(x_s), or an array with S == 0 to skip
     where P_lks = w_l(x_s) 1{k = argmin}, w_l(x) = lam_m pi_k^(m)(x).
     """
+    a_loc, b_loc, v_loc, starts, lam = local
+    W_cache, ML_cache = cache
+    beta, var = targets
+    gram, lin, scal, mass, lobj, assign = out
+    cached = W_cache.shape[0] > 0
     S, d = Xs.shape
     L = a_loc.shape[0]
     K = beta.shape[0]
@@ -53,6 +62,7 @@ def _mm_pass(Xs, a_loc, b_loc, v_loc, starts, lam, beta, var, cost, chunk,
     log_v_loc = np.log(v_loc)
     sd = np.sqrt(var)
     log_v = np.log(var)
+    inv_v = 1.0 / var
     for c in prange(n_chunks):
         G = gram[c]
         B = lin[c]
@@ -75,27 +85,32 @@ def _mm_pass(Xs, a_loc, b_loc, v_loc, starts, lam, beta, var, cost, chunk,
         for s in range(c * chunk, min((c + 1) * chunk, S)):
             for j in range(d):
                 z[j + 1] = Xs[s, j]
-            for m in range(M):
-                lo = starts[m]
-                hi = starts[m + 1]
-                vmax = -np.inf
-                for l in range(lo, hi):
-                    t = a_loc[l, 0]
+            if cached:
+                for l in range(L):
+                    wl[l] = W_cache[s, l]
+                    ml[l] = ML_cache[s, l]
+            else:
+                for m in range(M):
+                    lo = starts[m]
+                    hi = starts[m + 1]
+                    vmax = -np.inf
+                    for l in range(lo, hi):
+                        t = a_loc[l, 0]
+                        for j in range(d):
+                            t += a_loc[l, j + 1] * z[j + 1]
+                        wl[l] = t
+                        vmax = max(vmax, t)
+                    tot = 0.0
+                    for l in range(lo, hi):
+                        wl[l] = np.exp(wl[l] - vmax)
+                        tot += wl[l]
+                    for l in range(lo, hi):
+                        wl[l] *= lam[m] / tot
+                for l in range(L):
+                    t = b_loc[l, 0]
                     for j in range(d):
-                        t += a_loc[l, j + 1] * z[j + 1]
-                    wl[l] = t
-                    vmax = max(vmax, t)
-                tot = 0.0
-                for l in range(lo, hi):
-                    wl[l] = np.exp(wl[l] - vmax)
-                    tot += wl[l]
-                for l in range(lo, hi):
-                    wl[l] *= lam[m] / tot
-            for l in range(L):
-                t = b_loc[l, 0]
-                for j in range(d):
-                    t += b_loc[l, j + 1] * z[j + 1]
-                ml[l] = t
+                        t += b_loc[l, j + 1] * z[j + 1]
+                    ml[l] = t
             for k in range(K):
                 t = beta[k, 0]
                 for j in range(d):
@@ -104,19 +119,21 @@ def _mm_pass(Xs, a_loc, b_loc, v_loc, starts, lam, beta, var, cost, chunk,
                 D[k] = 0.0
                 Dm[k] = 0.0
             for l in range(L):
+                # argmin over k of the l-dependent part of the cost only
                 best = np.inf
                 kb = 0
                 for k in range(K):
                     gap = mk[k] - ml[l]
                     if cost == KL:
-                        ck = 0.5 * (log_v[k] - log_v_loc[l] + (v_loc[l] + gap * gap) / var[k]
-                                    - 1.0)
+                        ck = log_v[k] + (v_loc[l] + gap * gap) * inv_v[k]
                     else:
                         dsd = sd[k] - sd_loc[l]
                         ck = gap * gap + dsd * dsd
                     if ck < best:
                         best = ck
                         kb = k
+                if cost == KL:
+                    best = 0.5 * (best - log_v_loc[l] - 1.0)
                 w = wl[l]
                 O[l] += w * best
                 D[kb] += w
