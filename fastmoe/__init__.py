@@ -14,6 +14,13 @@ from .aggregation import (
     naive_average,
     transport_divergence,
 )
+from .distributed import (
+    DistributedMoERegressor,
+    LocalMessage,
+    ShardError,
+    aggregate_messages,
+    fit_local,
+)
 from .exceptions import ConvergenceWarning, DegenerateExpertWarning
 from .moe import GaussianMoERegressor
 
@@ -28,6 +35,11 @@ __all__ = [
     "transport_divergence",
     "ConvergenceWarning",
     "DegenerateExpertWarning",
+    "DistributedMoERegressor",
+    "LocalMessage",
+    "ShardError",
+    "aggregate_messages",
+    "fit_local",
     "GaussianMoERegressor",
     "MoEFit",
     "MoEParams",

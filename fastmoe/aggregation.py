@@ -402,6 +402,12 @@ class AggregationResult:
     timings: dict
     notes: tuple = ()
 
+    def report(self) -> str:
+        """Aggregation health report (:func:`fastmoe.diagnostics.health_report`)."""
+        from .diagnostics import health_report
+
+        return health_report(self)
+
 
 def _canonical_targets(beta, var):
     order = np.lexsort((var, beta[:, 0]))

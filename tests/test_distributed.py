@@ -1,0 +1,206 @@
+"""Distributed pipeline: shards, messages, backends, faults."""
+
+import os
+
+import numpy as np
+import pytest
+
+from fastmoe import (
+    DistributedMoERegressor,
+    GaussianMoERegressor,
+    LocalMessage,
+    ShardError,
+    aggregate_messages,
+    fit_local,
+)
+from fastmoe.datasets import make_moe_regression
+from fastmoe.distributed import write_table
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y, truth, _ = make_moe_regression(6000, 2, 2, random_state=3)
+    return X, y, truth
+
+
+def _model(**kw):
+    base = dict(n_experts=2, n_machines=3, n_support=300, random_state=0, backend="serial")
+    base.update(kw)
+    return DistributedMoERegressor(**base)
+
+
+def test_split_keeps_every_row(data):
+    X, y, _ = data
+    m = _model(n_machines=7).fit(X[:1000], y[:1000])
+    assert m.shard_sizes_.sum() == 1000
+    assert m.shard_sizes_.max() - m.shard_sizes_.min() <= 1
+    assert m.dropped_shards_ == [] and m.dropped_rows_ == 0
+    assert m.learning_time_ == pytest.approx(m.local_fit_times_.max() + m.reduction_time_)
+    assert m.wall_time_ >= m.reduction_time_
+    assert len(m.local_models_) == 7 and np.all(m.message_bytes_ > 0)
+
+
+def test_backends_give_identical_models(data):
+    X, y, _ = data
+    serial = _model().fit(X, y)
+    local = _model(backend="local", n_jobs=2).fit(X, y)
+    dask = _model(backend="dask").fit(X, y)
+    for other in (local, dask):
+        np.testing.assert_array_equal(other.params_.expert_aug, serial.params_.expert_aug)
+        np.testing.assert_array_equal(other.params_.gate_aug, serial.params_.gate_aug)
+        np.testing.assert_array_equal(other.params_.expert_var, serial.params_.expert_var)
+
+
+def test_message_round_trip(tmp_path, data):
+    X, y, _ = data
+    msg = fit_local(X[:2000], y[:2000], 2, n_support=100, heldout=0.1, random_state=0)
+    assert msg.heldout_n == 200 and msg.n == 1800 and msg.support.shape == (100, 2)
+    for back in (LocalMessage.from_bytes(msg.to_bytes()),):
+        np.testing.assert_array_equal(back.support, msg.support)
+        assert back.params.to_dict() == msg.params.to_dict()
+        assert (back.n, back.heldout_loglik) == (msg.n, msg.heldout_loglik)
+    for suffix in (".npz", ".json"):
+        msg.save(tmp_path / f"m{suffix}")
+        back = LocalMessage.load(tmp_path / f"m{suffix}")
+        np.testing.assert_array_equal(back.support_cov, msg.support_cov)
+        assert back.params.to_dict() == msg.params.to_dict()
+
+
+def test_gaussian_support_sends_no_rows(data):
+    X, y, _ = data
+    msg = fit_local(X[:2000], y[:2000], 2, support="gaussian", random_state=0)
+    assert msg.support is None
+    np.testing.assert_allclose(msg.support_mean, X[:2000].mean(axis=0))
+    res = aggregate_messages([msg, msg], random_state=0)
+    assert res.assignment.shape[0] == 2000  # drawn by the server, 1000 per machine
+    m = _model(support="gaussian").fit(X, y)
+    assert all(mm.support is None for mm in m.messages_)
+
+
+def test_bad_message_files(tmp_path, data):
+    X, y, _ = data
+    msg = fit_local(X[:500], y[:500], 2, random_state=0)
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a fastmoe.LocalMessage"):
+        LocalMessage.load(tmp_path / "bad.npz")
+    d = msg._fields() | {"version": 7}
+    import json
+
+    (tmp_path / "v.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="version 7 is not supported"):
+        LocalMessage.load(tmp_path / "v.json")
+    with pytest.raises(ValueError, match=r"messages\[1\]"):
+        aggregate_messages([msg, str(tmp_path / "v.json")])
+
+
+def _faulty_shards(X, y):
+    bad = X[:100].copy()
+    bad[5, 0] = np.nan
+    return [(X[:2000], y[:2000]), (X[:0], y[:0]), (X[2000:2004], y[2000:2004]),
+            (bad, y[:100]), (X[3000:5000], y[3000:5000])]
+
+
+@pytest.mark.parametrize("index,reason", [(1, "the shard is empty"),
+                                          (2, "4 rows are fewer than the 6 needed"),
+                                          (3, "NaN")])
+def test_faulty_shard_raises_with_its_index(data, index, reason):
+    X, y, _ = data
+    shards = _faulty_shards(X, y)
+    shards = [shards[0], shards[index], shards[4]]
+    with pytest.raises(ShardError, match=f"shard 1: .*{reason}"):
+        _model().fit_shards(shards)
+
+
+def test_faulty_shards_are_skipped_and_recorded(data):
+    X, y, _ = data
+    shards = _faulty_shards(X, y)
+
+    def boom():
+        raise RuntimeError("disk on fire")
+
+    shards.append(boom)
+    with pytest.warns(UserWarning, match="dropped shard"):
+        m = _model(on_shard_error="skip").fit_shards(shards)
+    assert m.dropped_shards_ == [1, 2, 3, 5]
+    assert m.shard_sizes_.tolist() == [2000, 2000]
+    assert m.shard_sizes_.sum() + m.dropped_rows_ == 2000 + 0 + 4 + 100 + 2000
+    np.testing.assert_allclose(m.aggregation_.expert_mass.sum(), 2 * 300)
+
+
+def test_shards_from_files(tmp_path, data):
+    X, y, _ = data
+    paths = []
+    for m, suffix in enumerate([".npz", ".csv", ".parquet"]):
+        idx = slice(2000 * m, 2000 * (m + 1))
+        if suffix == ".parquet":
+            pytest.importorskip("pyarrow")
+        write_table(tmp_path / f"s{m}{suffix}", X[idx], y[idx])
+        paths.append(tmp_path / f"s{m}{suffix}")
+    np.save(tmp_path / "x.npy", X[:2000])
+    np.save(tmp_path / "y.npy", y[:2000])
+    paths.append((str(tmp_path / "x.npy"), str(tmp_path / "y.npy")))
+    from_files = _model().fit_shards(paths)
+    in_memory = _model().fit_shards([(X[:2000], y[:2000]), (X[2000:4000], y[2000:4000]),
+                                     (X[4000:6000], y[4000:6000]), (X[:2000], y[:2000])])
+    np.testing.assert_allclose(from_files.params_.expert_aug, in_memory.params_.expert_aug,
+                               rtol=1e-12)
+
+
+def test_dask_partitions_are_machines(data):
+    dd = pytest.importorskip("dask.dataframe")
+    import pandas as pd
+
+    X, y, _ = data
+    frame = pd.DataFrame(X, columns=["a", "b"]).assign(y=y)
+    ddf = dd.from_pandas(frame, npartitions=3, sort=False)
+    m = _model().fit_shards(ddf)
+    assert m.shard_sizes_.sum() == 6000 and len(m.shard_sizes_) == 3
+    da = pytest.importorskip("dask.array")
+    m2 = _model().fit_shards((da.from_array(X, chunks=(2000, 2)), da.from_array(y, chunks=2000)))
+    np.testing.assert_allclose(m2.params_.expert_aug, m.params_.expert_aug, rtol=1e-12)
+
+
+class _DieOnce:
+    """A shard loader that kills its worker process the first time it runs."""
+
+    def __init__(self, marker, X, y):
+        self.marker, self.X, self.y = str(marker), X, y
+
+    def __call__(self):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        return self.X, self.y
+
+
+def test_dask_retries_a_dead_worker(tmp_path, data):
+    distributed = pytest.importorskip("dask.distributed")
+    X, y, _ = data
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        shards = [(X[:3000], y[:3000]), _DieOnce(tmp_path / "died", X[3000:], y[3000:])]
+        m = _model(backend="dask", client=client).fit_shards(shards)
+    assert (tmp_path / "died").exists()
+    assert m.shard_sizes_.tolist() == [3000, 3000]
+
+
+def test_estimator_predicts(data):
+    X, y, truth = data
+    m = _model().fit(X, y)
+    central = GaussianMoERegressor(2, random_state=0).fit(X, y)
+    assert m.score(X, y) > central.score(X, y) - 0.01
+    assert m.predict_gate_proba(X).shape == (6000, 2)
+    assert "global expert" in m.aggregation_.report()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(backend="mpi"), "backend must be one of"),
+    (dict(on_shard_error="ignore"), "on_shard_error must be one of"),
+    (dict(n_machines=0), "n_machines must be an int >= 1"),
+    (dict(support="median"), "support must be one of"),
+])
+def test_bad_options(data, kwargs, match):
+    X, y, _ = data
+    with pytest.raises(ValueError, match=match):
+        _model(**kwargs).fit(X[:600], y[:600])
