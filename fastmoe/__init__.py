@@ -20,6 +20,7 @@ from .distributed import (
     ShardError,
     aggregate_messages,
     fit_local,
+    select_n_experts,
 )
 from .exceptions import ConvergenceWarning, DegenerateExpertWarning
 from .moe import GaussianMoERegressor
@@ -40,6 +41,7 @@ __all__ = [
     "ShardError",
     "aggregate_messages",
     "fit_local",
+    "select_n_experts",
     "GaussianMoERegressor",
     "MoEFit",
     "MoEParams",

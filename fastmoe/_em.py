@@ -24,7 +24,14 @@ import numpy as np
 
 from . import _kernels
 from ._gating import fit_gates
-from ._linalg import chunk_size, n_chunks, resolve_threads, solve_psd, unpack_sym
+from ._linalg import (
+    chunk_size,
+    n_chunks,
+    resolve_threads,
+    single_threaded_blas,
+    solve_psd,
+    unpack_sym,
+)
 from ._params import MoEParams
 from ._validation import (
     check_choice,
@@ -186,6 +193,7 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
     return alpha, beta, var, ll, it, converged, np.array(history), notes
 
 
+@single_threaded_blas
 def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
             tol: float = 1e-7, n_init: int = 1, init="random", reg_var: float = 1e-6,
             gate_steps: int = 1, random_state=None, n_threads: int | None = None) -> MoEFit:

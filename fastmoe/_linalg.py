@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -9,6 +10,22 @@ import numpy as np
 #: Largest number of row chunks a kernel accumulates into.
 MAX_CHUNKS = 256
 MIN_CHUNK = 1024
+
+
+def single_threaded_blas(func):
+    """Decorator: run ``func`` with BLAS on one thread. Our BLAS calls are
+    small dense solves, for which extra BLAS threads only spin and take the
+    cores from the compiled kernels (measured: local fits in two worker
+    processes ran 2-3x slower with OpenBLAS's default threads)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def chunk_size(n: int) -> int:

@@ -26,7 +26,14 @@ import numpy as np
 
 from . import _kernels
 from ._gating import fit_gates
-from ._linalg import chunk_size, n_chunks, resolve_threads, solve_psd, unpack_sym
+from ._linalg import (
+    chunk_size,
+    n_chunks,
+    resolve_threads,
+    single_threaded_blas,
+    solve_psd,
+    unpack_sym,
+)
 from ._params import MoEParams
 from ._validation import (
     check_choice,
@@ -424,6 +431,7 @@ def _check_support(Xs, mix, K):
     return Xs
 
 
+@single_threaded_blas
 def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, X_support,
               cost: str = "kl", init: str = "aligned", n_init: int = 3, max_iter: int = 300,
               tol: float = 1e-10, gate_target: str = "assigned", y_support=None,

@@ -182,6 +182,33 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .diagnostics import authors_comparison, consistency_study
+
+    def progress(row):
+        print(f"  N={row['n']} M={row['n_machines']} rep={row['repetition']} "
+              f"{row['estimator']}: RMSE {row['rmse']:.4f}, learning time "
+              f"{row['learning_time']:.2f} s", file=sys.stderr, flush=True)
+
+    if args.design == "authors":
+        res = authors_comparison(args.repetitions, n_machines=args.machines or (4, 16, 64),
+                                 random_state=args.seed, progress=progress)
+    else:
+        res = consistency_study(args.n_grid, args.machines or (4,),
+                                n_features=args.n_features, n_experts=args.n_experts,
+                                design=args.design, repetitions=args.repetitions,
+                                random_state=args.seed, progress=progress)
+    table = res.to_markdown()
+    print(table)
+    if args.output:
+        prefix = Path(args.output)
+        Path(f"{prefix}.md").write_text(table + "\n")
+        res.to_csv(f"{prefix}.csv")
+        for path in [f"{prefix}.md", f"{prefix}.csv", *res.plot(str(prefix))]:
+            print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastmoe", description="Fast Gaussian mixture-of-experts regression, "
@@ -255,6 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--truth", help="true model file, for parameter errors")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("study", cmd_study, "consistency study or the authors' comparison",
+            "On simulated data, over a grid of N (and M) and repetitions: parameter error, "
+            "log-likelihood and learning time of the centralised, aggregated and baseline "
+            "estimators, and the log-log slope of error against N. --design authors runs "
+            "the authors' comparison (K=5, d=20, N=100k, M in 4, 16, 64).")
+    p.add_argument("--design", choices=["authors", "separated"], default="separated")
+    p.add_argument("--n-grid", type=int, nargs="+", default=[2000, 8000, 32000])
+    p.add_argument("--machines", type=int, nargs="+", default=None)
+    p.add_argument("--n-features", type=int, default=3)
+    p.add_argument("--n-experts", type=int, default=3)
+    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="prefix of the .md, .csv (and .png) files to write")
 
     return parser
 

@@ -26,6 +26,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import validate_data
 
+from . import _kernels
 from ._em import fit_moe
 from ._linalg import resolve_threads
 from ._params import MoEParams
@@ -354,6 +355,7 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
         if n < need:
             raise ShardError(index, f"{n} rows are fewer than the {need} needed for "
                                     f"{n_experts} experts on {d} features (K(d+1))", n)
+        _kernels.warm_up(options.get("n_threads", 1))  # JIT loading is not fit time
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             msg = fit_local(X, y, n_experts, random_state=seed, **options)
@@ -385,6 +387,7 @@ def _run_serial(tasks, bar):
 
 
 def _run_local(tasks, n_jobs, bar):
+    _kernels.warm_up(tasks[0][4]["n_threads"])  # fills the disk cache the workers load
     out = []
     with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as ex:
         futures = [ex.submit(fit_shard, *t) for t in tasks]
@@ -618,3 +621,83 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.dropped_rows_ = int(sum(e.n_rows for _, e in failed))
         self.wall_time_ = time.perf_counter() - t_wall
         return self
+
+
+# ----------------------------------------------------------------------------
+# model selection at the server
+# ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSelection:
+    """Result of :func:`select_n_experts`: the chosen K, the criterion per
+    candidate (lower is better for "bic", higher for "heldout") and the
+    aggregation of every candidate."""
+
+    n_experts: int
+    criterion: str
+    scores: dict
+    results: dict
+
+    @property
+    def best(self) -> AggregationResult:
+        return self.results[self.n_experts]
+
+
+def expected_loglik(result: AggregationResult, messages, X_support) -> float:
+    """Estimate of the total log-likelihood of the aggregated model on all n
+    rows: n / S * sum_s sum_l w_l(x_s) E_{y ~ N(m_l(x_s), var_l)} log f(y | x_s),
+    the expectation by Gauss-Hermite quadrature (the data never reach the
+    server; the large mixture of local models stands in for them)."""
+    from .aggregation import GH_NODES, _kl_targets, large_mixture
+
+    mix = large_mixture([m.params for m in messages], [m.n for m in messages])
+    nodes, weights = np.polynomial.hermite_e.hermegauss(GH_NODES)
+    weights = weights / weights.sum()
+    p = result.params
+    beta = p.expert_aug
+    beta[:, 0] -= mix.shift
+    _, total = _kl_targets(mix, np.asarray(X_support, float), p.gate_aug, beta, p.expert_var,
+                           nodes, weights)
+    n = sum(m.n for m in messages)
+    return total * n / len(X_support)
+
+
+def select_n_experts(messages, candidates, *, criterion: str = "bic", random_state=None,
+                     **aggregate_options) -> ModelSelection:
+    """Choose the number of global experts at the server.
+
+    criterion="bic": ``messages`` is one list; aggregate it to every K in
+        ``candidates`` and pick the smallest BIC = -2 L_K + k_K log n, with
+        L_K the :func:`expected_loglik` of the K-expert aggregate and k_K its
+        number of free parameters. Needs nothing beyond the usual messages.
+    criterion="heldout": ``messages`` is a dict {K: list of messages from
+        local fits with K experts, made with ``fit_local(..., heldout=f)``};
+        pick the K whose local models have the largest total held-out
+        log-likelihood (the one extra number each message carries), and
+        aggregate the messages of every K.
+    """
+    check_choice(criterion, "criterion", ("bic", "heldout"))
+    rng = check_random_state(random_state)
+    scores, results = {}, {}
+    if criterion == "heldout":
+        if not isinstance(messages, dict):
+            raise ValueError('criterion="heldout" needs messages as a dict {K: messages}.')
+        for k, msgs in messages.items():
+            if any(m.heldout_n == 0 for m in msgs):
+                raise ValueError(f"messages for K={k} carry no held-out log-likelihood; "
+                                 "make them with fit_local(..., heldout=0.1).")
+            scores[k] = float(sum(m.heldout_loglik for m in msgs))
+            results[k] = aggregate_messages(msgs, k, random_state=rng, **aggregate_options)
+        best = max(scores, key=scores.get)
+    else:
+        msgs = list(messages)
+        Xs = pooled_support(msgs, None, rng)
+        n = sum(m.n for m in msgs)
+        for k in candidates:
+            k = check_int(k, "candidate n_experts")
+            res = aggregate([m.params for m in msgs], k, sample_sizes=[m.n for m in msgs],
+                            X_support=Xs, random_state=rng, **aggregate_options)
+            results[k] = res
+            scores[k] = (-2.0 * expected_loglik(res, msgs, Xs)
+                         + res.params.n_parameters * np.log(n))
+        best = min(scores, key=scores.get)
+    return ModelSelection(int(best), criterion, scores, results)

@@ -5,11 +5,26 @@ numba (cached JIT): ``gate_newton_stats``, ``gate_objective``, ``mm_pass``.
 Each kernel has exactly one implementation; module docstrings say why which.
 """
 
+import numpy as np
+
 from ._estep import e_step, expert_log_density, gate_log_proba
 from ._gate import gate_newton_stats, gate_objective
 from ._reduce import KL, W2, mm_pass
 
+
+def warm_up(n_threads: int = 1) -> None:
+    """Compile, or load from numba's disk cache, the numba kernels of a local
+    fit for ``n_threads`` (serial for 1) on the array types fastmoe passes
+    them, so that the first real call pays no JIT cost (a worker process calls
+    this before it times its fit)."""
+    X, w, R, alpha = np.zeros((2, 1)), np.ones(2), np.full((2, 2), 0.5), np.zeros((2, 2))
+    gate_newton_stats(X, w, R, alpha, 2, np.empty((1, 1, 2)), np.empty((1, 1, 3)),
+                      np.empty(1), n_threads=n_threads)
+    gate_objective(X, w, R, alpha, 2, np.empty(1), n_threads=n_threads)
+
+
 __all__ = [
+    "warm_up",
     "KL",
     "W2",
     "mm_pass",
