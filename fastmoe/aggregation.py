@@ -415,6 +415,12 @@ class AggregationResult:
 
         return health_report(self)
 
+    def health(self) -> dict:
+        """Structured health (:func:`fastmoe.diagnostics.aggregation_health`)."""
+        from .diagnostics import aggregation_health
+
+        return aggregation_health(self)
+
 
 def _canonical_targets(beta, var):
     order = np.lexsort((var, beta[:, 0]))

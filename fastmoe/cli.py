@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def fit_opts(p):
         p.add_argument("--n-experts", type=int, required=True, help="K")
-        p.add_argument("--n-init", type=int, default=2, help="EM starts (default 2)")
+        p.add_argument("--n-init", type=int, default=3, help="EM starts (default 3)")
         p.add_argument("--max-iter", type=int, default=300, help="EM iterations per start")
         p.add_argument("--seed", type=int, default=0)
 
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--design", choices=["authors", "separated"], default="authors")
     p.add_argument("--backend", choices=["local", "serial", "dask"], default="local")
     p.add_argument("--costs", nargs="+", choices=["kl", "w2"], default=["kl"])
-    p.add_argument("--n-init", type=int, default=2, help="EM starts per fit")
+    p.add_argument("--n-init", type=int, default=3, help="EM starts per fit")
     p.add_argument("--seed", type=int, default=0)
 
     p = add("simulate", cmd_simulate, "write a simulated data set")

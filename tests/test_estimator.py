@@ -11,9 +11,6 @@ from fastmoe.datasets import make_moe_regression
 EXPECTED_FAILED = {
     "check_regressors_no_decision_function":
         "predict_proba(X, y) returns posterior responsibilities of the experts by design",
-    "check_sample_weight_equivalence_on_dense_data":
-        "EM on the check's 15 rows has several optima and repeating rows changes the "
-        "k-means++ start; weights = repeats is tested from a common start in test_em.py",
     "check_methods_sample_order_invariance":
         "score_samples needs y (a density of y given x); the check calls score_samples(X)",
     "check_methods_subset_invariance":

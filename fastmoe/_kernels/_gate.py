@@ -17,7 +17,24 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit_pair
+from ._jit import jit_pair, njit_inline
+
+
+@njit_inline
+def log_softmax_row(alpha, X, i, lp):
+    """OUT lp (K,) = alpha . (1, X[i]); returns logsumexp(lp) (row max subtracted)."""
+    d = X.shape[1]
+    vmax = -np.inf
+    for k in range(alpha.shape[0]):
+        s = alpha[k, 0]
+        for j in range(d):
+            s += alpha[k, j + 1] * X[i, j]
+        lp[k] = s
+        vmax = max(vmax, s)
+    tot = 0.0
+    for k in range(alpha.shape[0]):
+        tot += np.exp(lp[k] - vmax)
+    return vmax + np.log(tot)
 
 
 def _gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj):
@@ -49,21 +66,10 @@ def _gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj):
         for i in range(c * chunk, min((c + 1) * chunk, n)):
             for j in range(d):
                 z[j + 1] = X[i, j]
-            vmax = -np.inf
-            for k in range(K):
-                s = alpha[k, 0]
-                for j in range(d):
-                    s += alpha[k, j + 1] * X[i, j]
-                lp[k] = s
-                vmax = max(vmax, s)
-            tot = 0.0
-            for k in range(K):
-                pi[k] = np.exp(lp[k] - vmax)
-                tot += pi[k]
-            lse = vmax + np.log(tot)
+            lse = log_softmax_row(alpha, X, i, lp)
             s_i = 0.0
             for k in range(K):
-                pi[k] /= tot
+                pi[k] = np.exp(lp[k] - lse)
                 if R[i, k] != 0.0:
                     acc += w[i] * R[i, k] * (lp[k] - lse)
                 s_i += R[i, k]
@@ -89,24 +95,14 @@ def _gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj):
 
 def _gate_objective(X, w, R, alpha, chunk, obj):
     """OUT obj (n_chunks,): sum_i w_i sum_k R_ik log pi_ik per chunk of rows."""
-    n, d = X.shape
+    n = X.shape[0]
     K = alpha.shape[0]
     n_chunks = obj.shape[0]
     for c in prange(n_chunks):
         acc = 0.0
         lp = np.empty(K)
         for i in range(c * chunk, min((c + 1) * chunk, n)):
-            vmax = -np.inf
-            for k in range(K):
-                s = alpha[k, 0]
-                for j in range(d):
-                    s += alpha[k, j + 1] * X[i, j]
-                lp[k] = s
-                vmax = max(vmax, s)
-            tot = 0.0
-            for k in range(K):
-                tot += np.exp(lp[k] - vmax)
-            lse = vmax + np.log(tot)
+            lse = log_softmax_row(alpha, X, i, lp)
             for k in range(K):
                 if R[i, k] != 0.0:
                     acc += w[i] * R[i, k] * (lp[k] - lse)

@@ -31,3 +31,8 @@ class JitPair:
 
 def jit_pair(body) -> JitPair:
     return JitPair(body)
+
+
+def njit_inline(func):
+    """A helper called from kernel bodies, inlined into them."""
+    return numba.njit(inline="always", **_FLAGS)(func)

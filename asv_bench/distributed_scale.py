@@ -1,0 +1,123 @@
+"""Distributed learning at scale, measured side by side in one run.
+
+    python asv_bench/distributed_scale.py speed  [--n 1000000 --machines 16]
+    python asv_bench/distributed_scale.py scale  [--n 10000000 --machines 64 --dir /tmp/shards]
+
+speed: the authors' parameters (K=5, d=20) at N rows; the distributed fit
+(local backend, M machines) against the centralised EM fit on the same rows:
+learning time (slowest local fit + reduction, the paper's figure), actual wall
+time on this machine, and test log-likelihood on 10000 held-out rows.
+
+scale: N rows written to disk as M shard files (never all in memory), fitted
+through Dask (LocalCluster, one process per core) from the files; reports the
+peak resident memory of every process (workers and this client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fastmoe import DistributedMoERegressor, fit_moe
+from fastmoe.datasets import authors_truth, make_moe_regression
+
+
+def _data(n, truth, seed):
+    return make_moe_regression(n, truth.n_features, truth.n_experts, design="separated",
+                               params=truth, random_state=seed)[:2]
+
+
+def speed(args):
+    truth = authors_truth(20, 5, random_state=2036)
+    X, y = _data(args.n, truth, 0)
+    Xte, yte = _data(10000, truth, 1)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        dist = DistributedMoERegressor(5, args.machines, backend="local", n_init=args.n_init,
+                                       random_state=0).fit(X, y)
+        wall_dist = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        central = fit_moe(X, y, 5, n_init=args.n_init, random_state=0)
+        t_central = time.perf_counter() - t0
+    ll_c = central.params.log_likelihood(Xte, yte)
+    ll_d = dist.params_.log_likelihood(Xte, yte)
+    rows.append(("centralised EM", t_central, t_central, ll_c))
+    rows.append((f"distributed OT-KL, M={args.machines}", dist.learning_time_, wall_dist, ll_d))
+    print(f"N={args.n}, d=20, K=5, n_init={args.n_init}, cores={len(__import__('os').sched_getaffinity(0))}")
+    print("| estimator | learning time (s) | wall time (s) | test loglik (10k rows) |")
+    print("|---|---|---|---|")
+    for name, lt, wt, ll in rows:
+        print(f"| {name} | {lt:.1f} | {wt:.1f} | {ll:.1f} |")
+    print(f"learning-time ratio centralised / distributed: {t_central / dist.learning_time_:.1f}x;"
+          f" wall-time ratio: {t_central / wall_dist:.1f}x; test loglik relative difference "
+          f"{abs(ll_d - ll_c) / abs(ll_c):.2e}; local fits: max {dist.local_fit_times_.max():.1f}"
+          f" s, mean {dist.local_fit_times_.mean():.1f} s; reduction {dist.reduction_time_:.2f} s")
+
+
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def scale(args):
+    from dask.distributed import Client, LocalCluster
+
+    truth = authors_truth(20, 5, random_state=2036)
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    paths = []
+    sizes = np.diff(np.linspace(0, args.n, args.machines + 1).astype(int))
+    for m, n_m in enumerate(sizes):
+        path = out / f"shard_{m}.npz"
+        if not path.exists():
+            X, y = _data(int(n_m), truth, 1000 + m)
+            np.savez(path, X=X, y=y)
+        paths.append(str(path))
+    t_write = time.perf_counter() - t0
+    Xte, yte = _data(10000, truth, 1)
+    with LocalCluster(processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            model = DistributedMoERegressor(5, backend="dask", client=client, n_init=1,
+                                            random_state=0).fit_shards(paths)
+            wall = time.perf_counter() - t0
+        worker_rss = client.run(_rss_mb)
+    print(f"N={args.n} in {args.machines} shard files ({t_write:.0f} s to write), Dask "
+          f"LocalCluster with {len(worker_rss)} worker processes")
+    print(f"wall time {wall:.0f} s, learning time {model.learning_time_:.1f} s (slowest local "
+          f"fit {model.local_fit_times_.max():.1f} s, reduction {model.reduction_time_:.2f} s)")
+    print(f"peak RSS: workers {', '.join(f'{v:.0f} MB' for v in worker_rss.values())}; "
+          f"client {_rss_mb():.0f} MB")
+    print(f"test loglik (10k rows): {model.params_.log_likelihood(Xte, yte):.1f}; truth "
+          f"{truth.log_likelihood(Xte, yte):.1f}; bytes sent {int(model.message_bytes_.sum())}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["speed", "scale"])
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--machines", type=int, default=None)
+    ap.add_argument("--n-init", type=int, default=1)
+    ap.add_argument("--dir", default="/tmp/fastmoe-shards")
+    args = ap.parse_args(argv)
+    if args.what == "speed":
+        args.n = args.n or 1_000_000
+        args.machines = args.machines or 16
+        speed(args)
+    else:
+        args.n = args.n or 10_000_000
+        args.machines = args.machines or 64
+        scale(args)
+
+
+if __name__ == "__main__":
+    main()
