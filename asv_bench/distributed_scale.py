@@ -16,6 +16,7 @@ peak resident memory of every process (workers and this client).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 import warnings
@@ -50,7 +51,7 @@ def speed(args):
     ll_d = dist.params_.log_likelihood(Xte, yte)
     rows.append(("centralised EM", t_central, t_central, ll_c))
     rows.append((f"distributed OT-KL, M={args.machines}", dist.learning_time_, wall_dist, ll_d))
-    print(f"N={args.n}, d=20, K=5, n_init={args.n_init}, cores={len(__import__('os').sched_getaffinity(0))}")
+    print(f"N={args.n}, d=20, K=5, n_init={args.n_init}, cores={len(os.sched_getaffinity(0))}")
     print("| estimator | learning time (s) | wall time (s) | test loglik (10k rows) |")
     print("|---|---|---|---|")
     for name, lt, wt, ll in rows:
@@ -82,7 +83,7 @@ def scale(args):
         paths.append(str(path))
     t_write = time.perf_counter() - t0
     Xte, yte = _data(10000, truth, 1)
-    with LocalCluster(processes=True, threads_per_worker=1, dashboard_address=None) as cluster, \
+    with LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -131,7 +131,7 @@ def model_metrics(params: MoEParams, X, y, *, truth: MoEParams | None = None,
 
 #: a machine whose transport cost per unit of mass exceeds this multiple of
 #: the median machine's is reported as heterogeneous
-OUTLIER_FACTOR = 3.0
+OUTLIER_FACTOR = 5.0
 #: support points per free gate parameter below which the gate refit is flagged
 SUPPORT_PER_GATE_PARAMETER = 10
 

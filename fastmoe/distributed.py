@@ -406,7 +406,7 @@ def _run_dask(tasks, client, bar):
                          '(pip install "fastmoe[dask]").') from None
     own = client is None
     if own:
-        cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=None)
+        cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0")
         client = Client(cluster)
     try:
         futures = [client.submit(fit_shard, *t, pure=False, key=f"fastmoe-shard-{t[0]}")

@@ -31,8 +31,8 @@ def _model(**kw):
 
 def test_split_keeps_every_row(data):
     X, y, _ = data
-    m = _model(n_machines=7).fit(X[:1000], y[:1000])
-    assert m.shard_sizes_.sum() == 1000
+    m = _model(n_machines=7).fit(X[:5000], y[:5000])
+    assert m.shard_sizes_.sum() == 5000
     assert m.shard_sizes_.max() - m.shard_sizes_.min() <= 1
     assert m.dropped_shards_ == [] and m.dropped_rows_ == 0
     assert m.learning_time_ == pytest.approx(m.local_fit_times_.max() + m.reduction_time_)
@@ -40,6 +40,12 @@ def test_split_keeps_every_row(data):
     assert len(m.local_models_) == 7 and np.all(m.message_bytes_ > 0)
 
 
+DASK_NOISE = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+              pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+
+@DASK_NOISE[0]
+@DASK_NOISE[1]
 def test_backends_give_identical_models(data):
     X, y, _ = data
     serial = _model().fit(X, y)
@@ -173,11 +179,13 @@ class _DieOnce:
         return self.X, self.y
 
 
+@DASK_NOISE[0]
+@DASK_NOISE[1]
 def test_dask_retries_a_dead_worker(tmp_path, data):
     distributed = pytest.importorskip("dask.distributed")
     X, y, _ = data
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         shards = [(X[:3000], y[:3000]), _DieOnce(tmp_path / "died", X[3000:], y[3000:])]
         m = _model(backend="dask", client=client).fit_shards(shards)
