@@ -568,8 +568,16 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         M = len(shards)
         cores = resolve_threads(None)
         n_jobs = min(M, cores) if self.n_jobs is None else check_int(self.n_jobs, "n_jobs")
-        threads = (resolve_threads(self.n_threads) if self.n_threads is not None
-                   else (max(1, cores // n_jobs) if self.backend == "local" else 1))
+        if self.n_threads is not None:
+            threads = resolve_threads(self.n_threads)
+        elif self.backend == "serial":
+            threads = cores  # one fit at a time: all cores to it
+        elif self.backend == "local":
+            threads = max(1, cores // n_jobs)
+        else:
+            threads = 1  # a Dask worker's own core
+        # the kernels' results do not depend on the thread count, so every
+        # backend gives the same model
         options = dict(n_support=self.n_support, support=self.support, max_iter=self.max_iter,
                        tol=self.tol, n_init=self.n_init, init=self.init, reg_var=self.reg_var,
                        gate_steps=self.gate_steps, n_threads=threads)
@@ -604,6 +612,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             warnings.warn(f"local fits of shard(s) {noisy} warned (first: "
                           f"{first.meta['warnings'][0]}); see messages_[i].meta['warnings'].",
                           ConvergenceWarning, stacklevel=3)
+        _kernels.warm_up(resolve_threads(self.n_threads), reduction=True)  # JIT, untimed
         t0 = time.perf_counter()
         agg = aggregate_messages(messages, K, n_support=self.n_support, random_state=rng,
                                  cost=self.cost, init=self.agg_init, n_init=self.agg_n_init,
