@@ -64,9 +64,11 @@ def test_malformed_message_file(tmp_path, capsys):
     assert code == 2 and "not a fastmoe.LocalMessage" in err
 
 
-def test_help_of_every_command():
-    for cmd in ["demo", "simulate", "fit", "fit-local", "aggregate", "predict", "evaluate"]:
-        res = subprocess.run([sys.executable, "-m", "fastmoe", cmd, "--help"],
+def test_help_of_every_command(tmp_path):
+    # run outside the source tree, so that the installed package is the one imported
+    for cmd in ["demo", "simulate", "fit", "fit-local", "aggregate", "predict", "evaluate",
+                "study"]:
+        res = subprocess.run([sys.executable, "-m", "fastmoe", cmd, "--help"], cwd=tmp_path,
                              capture_output=True, text=True, check=True)
         assert "usage: fastmoe " + cmd in res.stdout
 

@@ -22,6 +22,16 @@ from ._jit import jit_pair, njit_inline
 
 
 @njit_inline
+def packed_outer(z, u):
+    """OUT u = the packed (row-major) upper triangle of z z^T."""
+    t = 0
+    for a in range(z.shape[0]):
+        for b in range(a, z.shape[0]):
+            u[t] = z[a] * z[b]
+            t += 1
+
+
+@njit_inline
 def log_softmax_row(alpha, X, i, lp):
     """OUT lp (K,) = alpha . (1, X[i]); returns logsumexp(lp) (row max subtracted)."""
     d = X.shape[1]
@@ -79,11 +89,7 @@ def _gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj):
                 ca = w[i] * R[i, a] - ws * pi[a]
                 for j in range(p):
                     g[a, j] += ca * z[j]
-            t = 0
-            for a in range(p):
-                for b in range(a, p):
-                    u[t] = z[a] * z[b]
-                    t += 1
+            packed_outer(z, u)
             jj = 0
             for a in range(K - 1):
                 for b in range(a, K - 1):

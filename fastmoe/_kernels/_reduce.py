@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from ._gate import packed_outer
 from ._jit import jit_pair
 
 KL = 0
@@ -145,11 +146,7 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
                 W[l, kb] += w
                 if want_assign:
                     assign[s, l] = kb
-            tt = 0
-            for a in range(p):
-                for b in range(a, p):
-                    u[tt] = z[a] * z[b]
-                    tt += 1
+            packed_outer(z, u)
             for k in range(K):
                 if D[k] == 0.0:
                     continue
