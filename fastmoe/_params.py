@@ -11,6 +11,7 @@ exactly (float64 values are written with ``repr`` precision).
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,10 +248,12 @@ class MoEParams:
     def load(cls, path) -> MoEParams:
         """Read a file written by :meth:`save`."""
         path = Path(path)
+        if path.suffix not in (".json", ".npz"):
+            raise ValueError(f"unknown file type {path.suffix!r}; use .json or .npz.")
         try:
             if path.suffix == ".json":
                 data = json.loads(path.read_text())
-            elif path.suffix == ".npz":
+            else:
                 with np.load(path, allow_pickle=False) as z:
                     data = {k: z[k] for k in z.files}
                 for k in ("format",):
@@ -259,10 +262,8 @@ class MoEParams:
                 for k in ("version", "n_experts", "n_features"):
                     if k in data:
                         data[k] = int(data[k])
-            else:
-                raise ValueError(f"unknown file type {path.suffix!r}; use .json or .npz.")
-        except (OSError, json.JSONDecodeError, EOFError) as exc:
-            raise ValueError(f"cannot read model file {str(path)!r}: {exc}") from exc
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"cannot read model file {str(path)!r}: {exc}") from None
         return cls.from_dict(data)
 
     def __repr__(self) -> str:

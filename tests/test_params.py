@@ -88,6 +88,9 @@ def test_load_errors(params, tmp_path):
         MoEParams.load(tmp_path / "x.json")
     with pytest.raises(ValueError, match="unknown file type"):
         params.save(tmp_path / "x.txt")
+    (tmp_path / "x.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="cannot read model file"):
+        MoEParams.load(tmp_path / "x.npz")
 
 
 @pytest.mark.parametrize("field,value,match", [
