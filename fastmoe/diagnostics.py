@@ -319,6 +319,9 @@ class StudyResult:
         return paths
 
 
+#: default size of the server's support in a study (points, all machines)
+SUPPORT_TOTAL = 20000
+
 STUDY_METRICS = ("rmse", "mse", "loglik", "rpe", "corr", "ari", "clustering_error",
                  "learning_time")
 
@@ -346,7 +349,7 @@ def loglog_slope(n, err) -> tuple:
 def consistency_study(n_grid, n_machines=(4,), *, n_features: int = 3, n_experts: int = 3,
                       design: str = "separated", repetitions: int = 3,
                       estimators=("centralised", "ot-kl", "aligned_average"),
-                      n_test: int = 10000, n_init: int = 2, n_support: int = 1000,
+                      n_test: int = 10000, n_init: int = 2, n_support: int | None = None,
                       random_state=0, progress=None) -> StudyResult:
     """Parameter error of aggregated, centralised and baseline estimators over
     a grid of N (and M) on simulated data, repeated with different seeds.
@@ -358,6 +361,9 @@ def consistency_study(n_grid, n_machines=(4,), *, n_features: int = 3, n_experts
     the centralised fit is made once per (N, r). Then fit the log-log slope
     of the parameter RMSE (sqrt of the authors' stacked MSE) against N per
     estimator and M, with a 95% confidence interval; about -1/2 is expected.
+
+    ``n_support`` covariate rows per machine (default: 20000 / M, so that
+    the server's support has about 20000 points whatever M).
 
     Metrics per fit: rmse, mse, test loglik, rpe, corr, ari, clustering_error,
     learning_time (centralised: its fit time; aggregated and baselines: the
@@ -403,7 +409,8 @@ def consistency_study(n_grid, n_machines=(4,), *, n_features: int = 3, n_experts
                     record("centralised", 1, fit.params, _time.perf_counter() - t0)
                 for m in n_machines:
                     order = data_rng.permutation(n)
-                    msgs = [fit_local(Xtr[idx], ytr[idx], n_experts, n_support=n_support,
+                    per_machine = n_support or max(100, SUPPORT_TOTAL // m)
+                    msgs = [fit_local(Xtr[idx], ytr[idx], n_experts, n_support=per_machine,
                                       n_init=n_init, random_state=data_rng)
                             for idx in np.array_split(order, m)]
                     local = [g.params for g in msgs]
@@ -447,5 +454,5 @@ def authors_comparison(repetitions: int = 2, *, n_machines=(4, 16, 64), n: int =
     aggregates in a trial run)."""
     return consistency_study([n], n_machines, n_features=20, n_experts=5, design="authors",
                              repetitions=repetitions, estimators=ESTIMATORS, n_test=n_test,
-                             n_init=3, n_support=max(1000, n // 64 // 4),
+                             n_init=3,
                              random_state=random_state, progress=progress)
