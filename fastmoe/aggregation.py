@@ -73,6 +73,7 @@ class LargeMixture:
     lam: np.ndarray  # (M,) machine weights, sum 1
     shift: float
     n_experts: tuple  # K_m per machine
+    models: tuple  # the validated local MoEParams
 
     @property
     def n_machines(self) -> int:
@@ -152,7 +153,7 @@ def large_mixture(local_models, sample_sizes=None) -> LargeMixture:
     expert[:, 0] -= shift
     gate = np.where(np.isfinite(gate), gate, -1e300)  # a -inf gate is a zero weight
     return LargeMixture(np.ascontiguousarray(gate), np.ascontiguousarray(expert), var,
-                        starts, lam, shift, tuple(counts))
+                        starts, lam, shift, tuple(counts), tuple(models))
 
 
 # ----------------------------------------------------------------------------
@@ -504,7 +505,7 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     code = COSTS[cost]
 
     starts = []
-    models = [_as_params(m, i) for i, m in enumerate(local_models)]
+    models = mix.models
     if init == "aligned" and len(set(mix.n_experts)) == 1 and mix.n_experts[0] == K:
         avg = _aligned_average_params(models, mix.lam)
         b0 = avg.expert_aug
@@ -583,9 +584,8 @@ def transport_divergence(source, target: MoEParams, X, *, cost: str = "kl",
                    resolve_threads(n_threads)).objective
 
 
-def _baseline(local_models, sample_sizes, X_support, params: MoEParams, method, cost,
-              n_threads, t_start):
-    mix = large_mixture(local_models, sample_sizes)
+def _baseline(mix: LargeMixture, X_support, params: MoEParams, method, cost, n_threads,
+              t_start):
     Xs = _check_support(X_support, mix, params.n_experts)
     beta = params.expert_aug
     beta[:, 0] -= mix.shift
@@ -612,11 +612,10 @@ def aligned_average(local_models, *, sample_sizes=None, X_support, cost: str = "
     lambda_m. ``X_support`` only serves to report the transport divergence."""
     t0 = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
-    models = [_as_params(m, i) for i, m in enumerate(local_models)]
+    models = mix.models
     _equal_k(models)
     params = _aligned_average_params(models, mix.lam).canonical()
-    return _baseline(models, sample_sizes, X_support, params, "aligned_average", cost,
-                     n_threads, t0)
+    return _baseline(mix, X_support, params, "aligned_average", cost, n_threads, t0)
 
 
 def naive_average(local_models, *, sample_sizes=None, X_support, cost: str = "kl",
@@ -625,13 +624,13 @@ def naive_average(local_models, *, sample_sizes=None, X_support, cost: str = "kl
     alignment): wrong under label switching, kept as the authors' baseline."""
     t0 = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
-    models = [_as_params(m, i) for i, m in enumerate(local_models)]
+    models = mix.models
     _equal_k(models)
     avg = {name: sum(w * getattr(m, name) for w, m in zip(mix.lam, models))
            for name in ("gate_coef", "gate_intercept", "expert_coef", "expert_intercept",
                         "expert_var")}
-    return _baseline(models, sample_sizes, X_support, MoEParams(**avg).canonical(),
-                     "naive_average", cost, n_threads, t0)
+    return _baseline(mix, X_support, MoEParams(**avg).canonical(), "naive_average", cost,
+                     n_threads, t0)
 
 
 def medoid(local_models, *, sample_sizes=None, X_support, cost: str = "kl",
@@ -640,10 +639,10 @@ def medoid(local_models, *, sample_sizes=None, X_support, cost: str = "kl",
     the other local models: argmin_i sum_j lambda_j R(theta_j -> theta_i)."""
     t0 = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
-    models = [_as_params(m, i) for i, m in enumerate(local_models)]
+    models = mix.models
     Xs = check_X(X_support, mix.n_features, name="X_support")
     scores = [sum(lam_j * transport_divergence(mj, mi, Xs, cost=cost, n_threads=n_threads)
                   for j, (lam_j, mj) in enumerate(zip(mix.lam, models)) if j != i)
               for i, mi in enumerate(models)]
-    return _baseline(models, sample_sizes, X_support, models[int(np.argmin(scores))].canonical(),
-                     "medoid", cost, n_threads, t0)
+    return _baseline(mix, X_support, models[int(np.argmin(scores))].canonical(), "medoid",
+                     cost, n_threads, t0)
