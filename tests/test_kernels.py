@@ -127,3 +127,18 @@ def test_results_do_not_depend_on_thread_count(rng):
         _kernels.e_step(X, y, w, alpha, beta, var, lr, ll, stats, chunk, nt)
         outs.append(stats.sum(axis=0))
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_serial_and_parallel_variants_have_separate_disk_cache_entries():
+    # numba keys its disk cache by qualified name, line and signature only; two
+    # variants under one name load each other's code (n_threads=1 then ran on
+    # every core, and n_threads=2 could run serially)
+    from fastmoe._kernels._jit import jit_pair
+
+    def body(x):
+        return x
+
+    pair = jit_pair(body)
+    assert pair.serial.py_func.__qualname__ != pair.parallel.py_func.__qualname__
+    for kernel in (_kernels.mm_pass, _kernels.gate_newton_stats, _kernels.gate_objective):
+        assert kernel.serial.py_func.__qualname__ != kernel.parallel.py_func.__qualname__

@@ -83,6 +83,8 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
         mk = np.empty(K)
         D = np.empty(K)
         Dm = np.empty(K)
+        best = np.empty(L)
+        kb = np.empty(L, np.int64)
         z[0] = 1.0
         for s in range(c * chunk, min((c + 1) * chunk, S)):
             for j in range(d):
@@ -120,32 +122,37 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
                 mk[k] = t
                 D[k] = 0.0
                 Dm[k] = 0.0
+            # costs target by target, vectorised over the local experts l:
+            # best[l], kb[l] keep the running minimum of the l-dependent part
             for l in range(L):
-                # argmin over k of the l-dependent part of the cost only
-                best = np.inf
-                kb = 0
-                for k in range(K):
+                best[l] = np.inf
+                kb[l] = 0
+            for k in range(K):
+                for l in range(L):
                     gap = mk[k] - ml[l]
                     if cost == KL:
                         ck = log_v[k] + (v_loc[l] + gap * gap) * inv_v[k]
                     else:
                         dsd = sd[k] - sd_loc[l]
                         ck = gap * gap + dsd * dsd
-                    if ck < best:
-                        best = ck
-                        kb = k
+                    better = ck < best[l]
+                    best[l] = ck if better else best[l]
+                    kb[l] = k if better else kb[l]
+            for l in range(L):
+                b = best[l]
                 if cost == KL:
-                    best = 0.5 * (best - log_v_loc[l] - 1.0)
+                    b = 0.5 * (b - log_v_loc[l] - 1.0)
+                k = kb[l]
                 w = wl[l]
-                O[l] += w * best
-                D[kb] += w
-                Dm[kb] += w * ml[l]
-                Q[kb, 1] += w * ml[l] * ml[l]
-                Q[kb, 2] += w * v_loc[l]
-                Q[kb, 3] += w * sd_loc[l]
-                W[l, kb] += w
+                O[l] += w * b
+                D[k] += w
+                Dm[k] += w * ml[l]
+                Q[k, 1] += w * ml[l] * ml[l]
+                Q[k, 2] += w * v_loc[l]
+                Q[k, 3] += w * sd_loc[l]
+                W[l, k] += w
                 if want_assign:
-                    assign[s, l] = kb
+                    assign[s, l] = k
             packed_outer(z, u)
             for k in range(K):
                 if D[k] == 0.0:
