@@ -1,5 +1,7 @@
-"""Why each kernel is in the technology it is: the fused E-step written once
-more in numba (same chunked accumulators, same arithmetic) and timed side by
+"""Why each kernel is in the technology it is: the E-step with the expert
+statistics written once more in numba (same chunked accumulators, same
+arithmetic, one row at a time where the Cython kernel adds the outer products
+four rows at a time) and timed side by
 side with the Cython kernel fastmoe ships, in one run; plus the cost of the
 first call in a fresh process for each (Cython: none; numba: the disk-cache
 load).
@@ -61,10 +63,10 @@ def numba_e_step(X, y, w, alpha, beta, var, log_resp, row_ll, stats, chunk):
             row_ll[i] = lse - gmax - np.log(sg)
             for k in range(K):
                 log_resp[i, k] = lj[k] - lse
-            z[0] = 1.0
+            z[0] = y[i]  # the shipped kernel's order, z = (y, 1, x)
+            z[1] = 1.0
             for j in range(d):
-                z[j + 1] = X[i, j]
-            z[d + 1] = y[i]
+                z[j + 2] = X[i, j]
             t = 0
             for a in range(q):
                 for b in range(a, q):

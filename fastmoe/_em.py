@@ -2,13 +2,17 @@
 
 One EM iteration (method.md section 2):
 
-1. E-step (one compiled pass): log-likelihood, log responsibilities, and per
-   expert the weighted Gram matrix of z = (1, x, y), from which
+1. E-step (one compiled pass, ``_kernels.em_pass``): log-likelihood,
+   responsibilities, per expert the weighted Gram matrix of z = (1, x, y),
+   and the gradient and information matrix of the gate objective at the
+   current gates for the new responsibilities, from which
 2. the experts follow in closed form (weighted least squares and variance,
    floored at ``reg_var * Var(y)``), and
-3. the gates take ``gate_steps`` Newton steps with step halving on the
-   weighted multinomial logistic objective (a generalised EM: the
-   log-likelihood still never decreases).
+3. the gates take one Newton step with step halving on the weighted
+   multinomial logistic objective (a generalised EM: the log-likelihood still
+   never decreases). The ascent check of the full step is computed inside the
+   next pass, so an iteration is one pass over the data unless the step has
+   to be halved; ``gate_steps`` > 1 runs that many IRLS steps instead.
 
 The response is centred internally (its weighted mean is added back to the
 expert intercepts), which keeps the variance formula from the Gram matrix
@@ -23,14 +27,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _kernels
-from ._gating import fit_gates
+from ._gating import assemble_newton, fit_gates, halve_step, newton_direction
 from ._linalg import (
     chunk_size,
     n_chunks,
     resolve_threads,
     single_threaded_blas,
     solve_psd,
-    unpack_sym,
+    unpack_gram,
 )
 from ._params import MoEParams
 from ._validation import (
@@ -87,25 +91,54 @@ class EMData:
         self.n_threads = n_threads
         self.chunk = chunk_size(n)
         self.nc = n_chunks(n, self.chunk)
-        q = d + 2
-        self.log_resp = np.empty((n, n_experts))
+        q, p, K = d + 2, d + 1, n_experts
+        self.resp = np.empty((n, K))
+        self.targets = np.empty((n, K))  # the responsibilities of the previous E-step
         self.row_ll = np.empty(n)
-        self.stats = np.empty((self.nc, n_experts, q * (q + 1) // 2))
+        self.stats = np.empty((self.nc, K, q * (q + 1) // 2))
+        self.grad = np.empty((self.nc, K - 1, p))
+        self.info = np.empty((self.nc, (K - 1) * K // 2, p * (p + 1) // 2))
+        self.obj = np.empty((self.nc, 3))
         self.total_weight = float(w.sum())
         self.var_y = float(np.average(self.y**2, weights=w))
 
-    def e_step(self, alpha, beta, var) -> float:
-        """Weighted log-likelihood; fills log_resp, row_ll and stats."""
-        bad = _kernels.e_step(self.X, self.y, self.w, alpha, beta, var, self.log_resp,
-                              self.row_ll, self.stats, self.chunk, self.n_threads)
+    def e_step(self, alpha, beta, var, check: bool = False) -> float:
+        """One fused pass (``_kernels.em_pass``) at (alpha, beta, var): returns
+        the weighted log-likelihood and fills resp, row_ll, stats, and the gate
+        Newton statistics at alpha for the targets resp. With ``check``, also
+        the gate objective at alpha for the previous targets (gate_check)."""
+        R_in = self.targets if check else self.targets[:0]
+        bad = _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, R_in, self.resp,
+                               self.row_ll, self.stats, self.grad, self.info, self.obj,
+                               self.chunk, self.n_threads)
         if bad:
             raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite; "
                                      "the parameters overflowed (rescale X or y).")
-        return float(np.dot(self.w, self.row_ll))
+        return float(self.obj[:, 0].sum())
+
+    def keep_targets(self) -> None:
+        """Make the current responsibilities the targets of the next M-step."""
+        self.resp, self.targets = self.targets, self.resp
 
     def gram(self) -> np.ndarray:
         """(K, d+2, d+2) sum_i w_i r_ik z_i z_i^T with z = (1, x, y)."""
-        return unpack_sym(self.stats.sum(axis=0), self.d + 2)
+        return unpack_gram(self.stats.sum(axis=0), self.d + 2)
+
+    @property
+    def gate_objective(self) -> float:
+        """sum_i w_i sum_k r_ik log pi_k(x_i) of the last pass."""
+        return float(self.obj[:, 1].sum())
+
+    @property
+    def gate_check(self) -> float:
+        """The same for the previous targets (a pass with ``check``)."""
+        return float(self.obj[:, 2].sum())
+
+    def gate_step(self, alpha):
+        """Newton direction (K, d+1) at alpha from the last pass's statistics."""
+        K, p = alpha.shape
+        grad, H = assemble_newton(self.grad, self.info, K, p)
+        return newton_direction(grad, H, K, p)
 
 
 def experts_from_gram(G, beta_prev, var_prev, var_floor, total_weight):
@@ -171,6 +204,34 @@ def _initial_params(data: EMData, init, rng, var_floor):
     return alpha, beta, var
 
 
+def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int) -> tuple:
+    """The gate half of the M-step followed by the next E-step: returns
+    (alpha, loglik) at the new parameters, data holding that E-step.
+
+    One Newton step (the default) from the statistics of the previous pass,
+    checked inside the next pass; if the check fails, step halving on the
+    gate objective alone, then the pass at the accepted step (generalised EM:
+    the log-likelihood never decreases). ``gate_steps`` > 1 runs the gate
+    IRLS for that many steps instead."""
+    K = alpha.shape[0]
+    if K == 1:
+        return alpha, data.e_step(alpha, beta, var)
+    if gate_steps > 1:
+        alpha = fit_gates(data.X, data.targets, data.w, alpha, max_iter=gate_steps, tol=0.0,
+                          n_threads=data.n_threads).alpha
+        return alpha, data.e_step(alpha, beta, var)
+    q_old = data.gate_objective
+    step = data.gate_step(alpha)
+    trial = alpha + step
+    ll = data.e_step(trial, beta, var, check=True)
+    if np.isfinite(data.gate_check) and data.gate_check >= q_old:
+        return trial, ll
+    found = halve_step(data.X, data.w, data.targets, alpha, step, q_old, data.chunk, data.nc,
+                       data.n_threads, t=0.5)
+    alpha = alpha if found is None else found[0]
+    return alpha, data.e_step(alpha, beta, var)
+
+
 def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_floor):
     """EM from (alpha, beta, var); returns the final state and its history."""
     ll = data.e_step(alpha, beta, var)
@@ -181,10 +242,8 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
     for it in range(1, max_iter + 1):
         beta, var, notes = experts_from_gram(data.gram(), beta, var, var_floor,
                                              data.total_weight)
-        R = np.exp(data.log_resp)
-        alpha = fit_gates(data.X, R, data.w, alpha, max_iter=gate_steps, tol=0.0,
-                          n_threads=data.n_threads).alpha
-        ll_new = data.e_step(alpha, beta, var)
+        data.keep_targets()
+        alpha, ll_new = _gate_m_step(data, alpha, beta, var, gate_steps)
         history.append(ll_new)
         change, ll = ll_new - ll, ll_new
         if abs(change) <= tol * abs(ll):

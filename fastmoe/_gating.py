@@ -34,15 +34,9 @@ def _objective(X, w, R, alpha, chunk, nc, n_threads) -> float:
     return float(obj.sum())
 
 
-def newton_system(X, w, R, alpha, chunk, nc, n_threads):
-    """Q(alpha), its gradient (flattened (K-1)(d+1)) and the information matrix
-    (the negated Hessian), summed over the kernel's chunks in order."""
-    K, p = alpha.shape
-    J = (K - 1) * K // 2
-    grad = np.empty((nc, K - 1, p))
-    info = np.empty((nc, J, p * (p + 1) // 2))
-    obj = np.empty(nc)
-    _kernels.gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj, n_threads=n_threads)
+def assemble_newton(grad, info, K: int, p: int):
+    """Gradient (flattened (K-1)p) and information matrix ((K-1)p, (K-1)p) from
+    the kernels' per-chunk accumulators, summed in chunk order."""
     blocks = unpack_sym(info.sum(axis=0), p)
     H = np.zeros(((K - 1) * p, (K - 1) * p))
     jj = 0
@@ -51,7 +45,38 @@ def newton_system(X, w, R, alpha, chunk, nc, n_threads):
             H[a * p:(a + 1) * p, b * p:(b + 1) * p] = blocks[jj]
             H[b * p:(b + 1) * p, a * p:(a + 1) * p] = blocks[jj]
             jj += 1
-    return float(obj.sum()), grad.sum(axis=0).ravel(), H
+    return grad.sum(axis=0).ravel(), H
+
+
+def newton_system(X, w, R, alpha, chunk, nc, n_threads):
+    """Q(alpha), its gradient (flattened (K-1)(d+1)) and the information matrix
+    (the negated Hessian), summed over the kernel's chunks in order."""
+    K, p = alpha.shape
+    grad = np.empty((nc, K - 1, p))
+    info = np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2))
+    obj = np.empty(nc)
+    _kernels.gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj, n_threads)
+    return (float(obj.sum()),) + assemble_newton(grad, info, K, p)
+
+
+def newton_direction(grad, H, K: int, p: int) -> np.ndarray:
+    """(K, p) Newton step (zero last row) from the gradient and information."""
+    step = np.zeros((K, p))
+    step[:-1] = solve_psd(H, grad).reshape(K - 1, p)
+    return step
+
+
+def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0):
+    """Step halving from ``alpha + t step``: the first trial whose objective is
+    at least ``obj``, as (trial, objective), or None when none is found in
+    MAX_HALVINGS halvings (no ascent direction left at machine precision)."""
+    for _ in range(MAX_HALVINGS):
+        trial = alpha + t * step
+        new = _objective(X, w, R, trial, chunk, nc, n_threads)
+        if np.isfinite(new) and new >= obj:
+            return trial, new
+        t *= 0.5
+    return None
 
 
 def fit_gates(X, R, w, alpha0, *, max_iter: int = 50, tol: float = 1e-8,
@@ -80,18 +105,12 @@ def fit_gates(X, R, w, alpha0, *, max_iter: int = 50, tol: float = 1e-8,
     it = 0
     for it in range(1, max_iter + 1):
         obj, grad, H = newton_system(X, w, R, alpha, chunk, nc, n_threads)
-        step = solve_psd(H, grad).reshape(K - 1, p)
-        t = 1.0
-        for _ in range(MAX_HALVINGS):
-            trial = alpha.copy()
-            trial[:-1] += t * step
-            new = _objective(X, w, R, trial, chunk, nc, n_threads)
-            if np.isfinite(new) and new >= obj:
-                break
-            t *= 0.5
-        else:
-            converged = True  # no ascent direction left at machine precision
+        found = halve_step(X, w, R, alpha, newton_direction(grad, H, K, p), obj, chunk, nc,
+                           n_threads)
+        if found is None:
+            converged = True
             break
+        trial, new = found
         gain = new - obj
         alpha, obj = trial, new
         if gain <= tol * max(abs(obj), 1e-300):

@@ -68,7 +68,7 @@ def cmd_demo(args) -> int:
 
     from . import _kernels
 
-    _kernels.warm_up(resolve_threads(None))  # a first run compiles the kernels, untimed
+    _kernels.warm_up(resolve_threads(None))  # the reduction kernel: JIT, untimed
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence is reported in the table's numbers
         t0 = time.perf_counter()

@@ -355,7 +355,6 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
         if n < need:
             raise ShardError(index, f"{n} rows are fewer than the {need} needed for "
                                     f"{n_experts} experts on {d} features (K(d+1))", n)
-        _kernels.warm_up(options.get("n_threads", 1))  # JIT loading is not fit time
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             msg = fit_local(X, y, n_experts, random_state=seed, **options)
@@ -387,7 +386,6 @@ def _run_serial(tasks, bar):
 
 
 def _run_local(tasks, n_jobs, bar):
-    _kernels.warm_up(tasks[0][4]["n_threads"])  # fills the disk cache the workers load
     out = []
     with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as ex:
         futures = [ex.submit(fit_shard, *t) for t in tasks]
@@ -612,7 +610,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             warnings.warn(f"local fits of shard(s) {noisy} warned (first: "
                           f"{first.meta['warnings'][0]}); see messages_[i].meta['warnings'].",
                           ConvergenceWarning, stacklevel=3)
-        _kernels.warm_up(resolve_threads(self.n_threads), reduction=True)  # JIT, untimed
+        _kernels.warm_up(resolve_threads(self.n_threads))  # JIT, untimed
         t0 = time.perf_counter()
         agg = aggregate_messages(messages, K, n_support=self.n_support, random_state=rng,
                                  cost=self.cost, init=self.agg_init, n_init=self.agg_n_init,

@@ -18,11 +18,20 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._gate import packed_outer
-from ._jit import jit_pair
+from ._jit import jit_pair, njit_inline
 
 KL = 0
 W2 = 1
+
+
+@njit_inline
+def packed_outer(z, u):
+    """OUT u = the packed (row-major) upper triangle of z z^T."""
+    t = 0
+    for a in range(z.shape[0]):
+        for b in range(a, z.shape[0]):
+            u[t] = z[a] * z[b]
+            t += 1
 
 
 def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
