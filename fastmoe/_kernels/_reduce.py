@@ -24,6 +24,26 @@ KL = 0
 W2 = 1
 
 
+#: support points whose outer products are buffered before they are added
+ROWS = 4
+
+
+@njit_inline
+def add_rows(G, U, C, nb):
+    """G[k] += sum_r C[r, k] U[r] over the nb <= ROWS buffered rows (a full
+    block summed pairwise, a short one in row order)."""
+    if nb == ROWS:
+        for k in range(G.shape[0]):
+            c0, c1, c2, c3 = C[0, k], C[1, k], C[2, k], C[3, k]
+            for t in range(G.shape[1]):
+                G[k, t] += (c0 * U[0, t] + c1 * U[1, t]) + (c2 * U[2, t] + c3 * U[3, t])
+    else:
+        for r in range(nb):
+            for k in range(G.shape[0]):
+                for t in range(G.shape[1]):
+                    G[k, t] += C[r, k] * U[r, t]
+
+
 @njit_inline
 def packed_outer(z, u):
     """OUT u = the packed (row-major) upper triangle of z z^T."""
@@ -86,7 +106,9 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
         O = lobj[c]
         O[:] = 0.0
         z = np.empty(p)
-        u = np.empty(G.shape[1])
+        U = np.empty((ROWS, G.shape[1]))
+        DB = np.empty((ROWS, K))
+        nb = 0
         wl = np.empty(L)
         ml = np.empty(L)
         mk = np.empty(K)
@@ -137,16 +159,24 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
                 best[l] = np.inf
                 kb[l] = 0
             for k in range(K):
-                for l in range(L):
-                    gap = mk[k] - ml[l]
-                    if cost == KL:
-                        ck = log_v[k] + (v_loc[l] + gap * gap) * inv_v[k]
-                    else:
-                        dsd = sd[k] - sd_loc[l]
+                m = mk[k]
+                if cost == KL:
+                    a, iv = log_v[k], inv_v[k]
+                    for l in range(L):
+                        gap = m - ml[l]
+                        ck = a + (v_loc[l] + gap * gap) * iv
+                        better = ck < best[l]
+                        best[l] = ck if better else best[l]
+                        kb[l] = k if better else kb[l]
+                else:
+                    sk = sd[k]
+                    for l in range(L):
+                        gap = m - ml[l]
+                        dsd = sk - sd_loc[l]
                         ck = gap * gap + dsd * dsd
-                    better = ck < best[l]
-                    best[l] = ck if better else best[l]
-                    kb[l] = k if better else kb[l]
+                        better = ck < best[l]
+                        best[l] = ck if better else best[l]
+                        kb[l] = k if better else kb[l]
             for l in range(L):
                 b = best[l]
                 if cost == KL:
@@ -162,15 +192,17 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
                 W[l, k] += w
                 if want_assign:
                     assign[s, l] = k
-            packed_outer(z, u)
+            packed_outer(z, U[nb])
             for k in range(K):
-                if D[k] == 0.0:
-                    continue
+                DB[nb, k] = D[k]
                 Q[k, 0] += D[k]
                 for j in range(p):
                     B[k, j] += Dm[k] * z[j]
-                for tt in range(u.shape[0]):
-                    G[k, tt] += D[k] * u[tt]
+            nb += 1
+            if nb == ROWS:
+                add_rows(G, U, DB, nb)
+                nb = 0
+        add_rows(G, U, DB, nb)
 
 
 mm_pass = jit_pair(_mm_pass)
