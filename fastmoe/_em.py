@@ -66,7 +66,8 @@ class MoEFit:
     n_iter : EM iterations of the best start.
     converged : whether the best start met ``tol`` before ``max_iter``.
     history : (n_iter + 1,) log-likelihood at the start and after each iteration.
-    init_log_likelihoods : final log-likelihood of every start, in order.
+    init_log_likelihoods : log-likelihood of every start, in order, at the end
+        of its run (its short run with ``init_iter``).
     degenerate : messages about experts that collapsed in the best start.
     """
 
@@ -255,7 +256,8 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
 @single_threaded_blas
 def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
             tol: float = 1e-7, n_init: int = 1, init="random", reg_var: float = 1e-6,
-            gate_steps: int = 1, random_state=None, n_threads: int | None = None) -> MoEFit:
+            init_iter: int | None = 20, gate_steps: int = 1, random_state=None,
+            n_threads: int | None = None) -> MoEFit:
     """Fit a Gaussian mixture of experts by EM (centralised).
 
     Parameters
@@ -267,6 +269,11 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     max_iter : EM iterations at most per start.
     tol : stop when the log-likelihood changes by less than ``tol * |loglik|``.
     n_init : number of starts; the best log-likelihood is kept.
+    init_iter : with n_init > 1, every start first runs at most ``init_iter``
+        EM iterations and only the best of them then runs to convergence
+        (em-EM, Biernacki, Celeux and Govaert 2003): a start heading for a poor
+        optimum is dropped before it crawls there. None runs every start to
+        convergence and keeps the best.
     init : "random" (Dirichlet(1) responsibilities, the default), "kmeans"
         (k-means on standardised X, per-cluster least squares, a few Newton
         steps for the gates: the authors' start), or a MoEParams to start from
@@ -301,6 +308,8 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     max_iter = check_int(max_iter, "max_iter")
     n_init = check_int(n_init, "n_init")
     gate_steps = check_int(gate_steps, "gate_steps")
+    if init_iter is not None:
+        init_iter = check_int(init_iter, "init_iter")
     tol = check_float(tol, "tol", 0.0, inclusive=True)
     reg_var = check_float(reg_var, "reg_var")
     if not isinstance(init, MoEParams):
@@ -310,16 +319,20 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
 
     data = EMData(X, y, w, K, n_threads)
     var_floor = reg_var * (data.var_y if data.var_y > 0 else 1.0)
-    best = None
-    finals = []
+    short = n_init > 1 and init_iter is not None and init_iter < max_iter
+    runs = []
     for _ in range(n_init):
         start_rng = np.random.default_rng(int(rng.integers(2**63 - 1)))
         alpha, beta, var = _initial_params(data, init, start_rng, var_floor)
-        out = run_em(data, alpha, beta, var, max_iter=max_iter, tol=tol,
-                     gate_steps=gate_steps, var_floor=var_floor)
-        finals.append(out[3])
-        if best is None or out[3] > best[3]:
-            best = out
+        runs.append(run_em(data, alpha, beta, var, max_iter=init_iter if short else max_iter,
+                           tol=tol, gate_steps=gate_steps, var_floor=var_floor))
+    finals = [run[3] for run in runs]
+    best = runs[int(np.argmax(finals))]
+    if short and not best[5]:  # the best short run goes on to convergence
+        more = run_em(data, *best[:3], max_iter=max_iter - best[4], tol=tol,
+                      gate_steps=gate_steps, var_floor=var_floor)
+        best = more[:4] + (best[4] + more[4], more[5],
+                           np.concatenate([best[6], more[6][1:]]), more[7])
     alpha, beta, var, ll, it, converged, history, notes = best
     beta = beta.copy()
     beta[:, 0] += data.y_shift

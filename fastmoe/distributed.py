@@ -30,7 +30,7 @@ from . import _kernels
 from ._em import fit_moe
 from ._linalg import resolve_threads
 from ._params import MoEParams
-from ._validation import check_choice, check_int, check_random_state, check_X_y
+from ._validation import check_choice, check_float, check_int, check_random_state, check_X_y
 from .aggregation import AggregationResult, aggregate
 from .exceptions import ConvergenceWarning
 from .moe import _MoEPredictMixin
@@ -486,11 +486,19 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     on_shard_error : {"raise", "skip"}, default="raise"
         "skip" drops a failed shard with a warning, renormalises the weights
         over the others and records it in ``dropped_shards_``.
-    max_iter, tol, n_init, init, reg_var, gate_steps : local EM options
+    max_iter, tol, n_init, init, init_iter, reg_var, gate_steps : local EM options
         (see :func:`fastmoe.fit_moe`). Three starts per machine by default: one
         local fit stuck in a poor optimum spoils the aggregate (measured: 3 of
         16 single-start fits of the authors' design did, and the test
-        log-likelihood of the aggregate fell by 8%).
+        log-likelihood of the aggregate fell by 8%). ``tol`` is relative to
+        the log-likelihood of all the data, as for a centralised fit: each of
+        the M machines stops when its own log-likelihood changes by less than
+        ``tol * M`` of itself, the same absolute precision for equal shards.
+        (A machine held to ``tol`` of its own 1/M share of the log-likelihood
+        is held to a precision M times finer than the centralised fit, and
+        spends most of its iterations there: measured on the authors' design,
+        62500 rows, 3 starts, local fits took 9 to 10 s instead of 15 to 25 s,
+        for test log-likelihoods equal to 0.05 in 22,800.)
     agg_init, agg_n_init, agg_max_iter, gate_target, variance_update :
         aggregation options (see :func:`fastmoe.aggregate`).
     random_state : None, int or Generator
@@ -502,7 +510,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
                  support="sample", backend="local", n_jobs=None, client=None,
                  on_shard_error="raise", max_iter=200, tol=1e-7, n_init=3, init="random",
-                 reg_var=1e-6, gate_steps=1, agg_init="aligned", agg_n_init=3,
+                 init_iter=20, reg_var=1e-6, gate_steps=1, agg_init="aligned", agg_n_init=3,
                  agg_max_iter=300, gate_target="assigned", variance_update="exact",
                  random_state=None, n_threads=None, verbose=0):
         self.n_experts = n_experts
@@ -518,6 +526,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.tol = tol
         self.n_init = n_init
         self.init = init
+        self.init_iter = init_iter
         self.reg_var = reg_var
         self.gate_steps = gate_steps
         self.agg_init = agg_init
@@ -576,8 +585,10 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             threads = 1  # a Dask worker's own core
         # the kernels' results do not depend on the thread count, so every
         # backend gives the same model
+        tol = check_float(self.tol, "tol", 0.0, inclusive=True)
         options = dict(n_support=self.n_support, support=self.support, max_iter=self.max_iter,
-                       tol=self.tol, n_init=self.n_init, init=self.init, reg_var=self.reg_var,
+                       tol=tol * M, n_init=self.n_init, init=self.init,
+                       init_iter=self.init_iter, reg_var=self.reg_var,
                        gate_steps=self.gate_steps, n_threads=threads)
         seeds = rng.integers(0, 2**63 - 1, size=M)
         tasks = [(i, s, K, int(seeds[i]), options) for i, s in enumerate(shards)]

@@ -97,6 +97,9 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Starts; the best log-likelihood is kept.
     init : {"random", "kmeans"} or MoEParams, default="random"
         See :func:`fastmoe.fit_moe`.
+    init_iter : int or None, default=20
+        With n_init > 1, EM iterations of every start before only the best
+        goes on (see :func:`fastmoe.fit_moe`); None: every start to the end.
     reg_var : float, default=1e-6
         Variance floor relative to Var(y).
     gate_steps : int, default=1
@@ -127,12 +130,13 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, n_experts=2, *, max_iter=200, tol=1e-7, n_init=1, init="random",
-                 reg_var=1e-6, gate_steps=1, random_state=None, n_threads=None):
+                 init_iter=20, reg_var=1e-6, gate_steps=1, random_state=None, n_threads=None):
         self.n_experts = n_experts
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
         self.init = init
+        self.init_iter = init_iter
         self.reg_var = reg_var
         self.gate_steps = gate_steps
         self.random_state = random_state
@@ -143,8 +147,9 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         fit = fit_moe(X, y, self.n_experts, sample_weight=sample_weight,
                       max_iter=self.max_iter, tol=self.tol, n_init=self.n_init,
-                      init=self.init, reg_var=self.reg_var, gate_steps=self.gate_steps,
-                      random_state=self.random_state, n_threads=self.n_threads)
+                      init=self.init, init_iter=self.init_iter, reg_var=self.reg_var,
+                      gate_steps=self.gate_steps, random_state=self.random_state,
+                      n_threads=self.n_threads)
         self._set_params_attributes(fit.params)
         self.log_likelihood_ = fit.log_likelihood
         self.n_iter_ = fit.n_iter

@@ -28,10 +28,28 @@ def test_loglik_never_decreases(small):
 def test_more_starts_never_worse(small):
     X, y, _, _ = small
     one = fit_moe(X, y, 3, n_init=1, init="random", random_state=7)
-    three = fit_moe(X, y, 3, n_init=3, init="random", random_state=7)
+    three = fit_moe(X, y, 3, n_init=3, init="random", init_iter=None, random_state=7)
     assert three.init_log_likelihoods[0] == one.log_likelihood
     assert three.log_likelihood >= one.log_likelihood
     assert three.log_likelihood == max(three.init_log_likelihoods)
+    short = fit_moe(X, y, 3, n_init=3, init="random", random_state=7)  # em-EM starts
+    assert short.log_likelihood >= one.log_likelihood - 1e-9 * abs(one.log_likelihood)
+
+
+def test_short_runs_continue_the_best_start(small):
+    X, y, _, _ = small
+    fit = fit_moe(X, y, 3, n_init=4, init="random", init_iter=3, random_state=5)
+    best = int(np.argmax(fit.init_log_likelihoods))
+    # the history is the best start's short run, then its continuation
+    assert fit.history[3] == fit.init_log_likelihoods[best]
+    assert fit.log_likelihood >= max(fit.init_log_likelihoods)
+    assert np.all(np.diff(fit.history) >= -1e-10 * np.abs(fit.history[1:]))
+    assert fit.n_iter == len(fit.history) - 1 > 3
+    # the continuation is the run that start would have made on its own
+    full = fit_moe(X, y, 3, n_init=4, init="random", init_iter=None, random_state=5)
+    assert full.init_log_likelihoods[best] == fit.log_likelihood
+    with pytest.raises(ValueError, match="init_iter"):
+        fit_moe(X, y, 3, n_init=2, init_iter=0)
 
 
 def test_reproducible_and_inputs_untouched(small):
