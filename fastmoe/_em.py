@@ -273,7 +273,10 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         EM iterations and only the best of them then runs to convergence
         (em-EM, Biernacki, Celeux and Govaert 2003): a start heading for a poor
         optimum is dropped before it crawls there. None runs every start to
-        convergence and keeps the best.
+        convergence and keeps the best. Measured on the authors' design
+        (N=1e6, 3 starts): 20 halved the centralised fit's time (141 s to
+        70 s) with the same model; 10 was too few for 62500-row shards (one
+        kept a poor start).
     init : "random" (Dirichlet(1) responsibilities, the default), "kmeans"
         (k-means on standardised X, per-cluster least squares, a few Newton
         steps for the gates: the authors' start), or a MoEParams to start from
