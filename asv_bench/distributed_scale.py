@@ -100,7 +100,7 @@ def scale(args):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
-            model = DistributedMoERegressor(5, backend="dask", client=client, n_init=1,
+            model = DistributedMoERegressor(5, backend="dask", client=client, n_init=args.n_init,
                                             random_state=0).fit_shards(paths)
             wall = time.perf_counter() - t0
         worker_rss = client.run(_rss_mb)

@@ -47,6 +47,58 @@ def test_e_step(rng, n, d, K, n_threads, readonly):
     np.testing.assert_allclose(np.exp(log_resp).sum(axis=1), 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("n,d,K", SHAPES + [(2503, 2, 3)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_em_pass(rng, n, d, K, n_threads, readonly):
+    X, y, w, alpha, beta, var, R_in = _problem(rng, n, d, K, readonly)
+    chunk = chunk_size(n)
+    nc = n_chunks(n, chunk)
+    q, p = d + 2, d + 1
+    resp, row_ll = np.empty((n, K)), np.empty(n)
+    stats = np.empty((nc, K, q * (q + 1) // 2))
+    grad = np.empty((nc, K - 1, p))
+    info = np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2))
+    obj = np.empty((nc, 3))
+    bad = _kernels.em_pass(X, y, w, alpha, beta, var, R_in, resp, row_ll, stats, grad, info,
+                           obj, chunk, n_threads)
+    lr_ref, ll_ref, gram_ref = naive.e_step(X, y, w, alpha, beta, var)
+    R = np.exp(lr_ref)
+    q_ref, grad_ref, info_ref = naive.gate_newton(X, w, R, alpha)
+    assert bad == 0
+    np.testing.assert_allclose(resp, R, rtol=RTOL, atol=1e-14)
+    np.testing.assert_allclose(row_ll, ll_ref, rtol=RTOL)
+    np.testing.assert_allclose(obj[:, 0].sum(), w @ ll_ref, rtol=RTOL)
+    np.testing.assert_allclose(unpack_gram(stats.sum(axis=0), q), gram_ref, rtol=RTOL,
+                               atol=1e-12)
+    np.testing.assert_allclose(obj[:, 1].sum(), q_ref, rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(obj[:, 2].sum(), naive.gate_objective(X, w, R_in, alpha),
+                               rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(grad.sum(axis=0), grad_ref, rtol=RTOL, atol=1e-11)
+    blocks = unpack_sym(info.sum(axis=0), p)
+    jj = 0
+    for a in range(K - 1):
+        for b in range(a, K - 1):
+            np.testing.assert_allclose(blocks[jj], info_ref[a * p:(a + 1) * p, b * p:(b + 1) * p],
+                                       rtol=RTOL, atol=1e-11)
+            jj += 1
+    # without R_in the check is 0; the rest is unchanged
+    obj2 = np.empty((nc, 3))
+    _kernels.em_pass(X, y, w, alpha, beta, var, R_in[:0], resp, row_ll, stats, grad, info,
+                     obj2, chunk, n_threads)
+    assert obj2[:, 2].sum() == 0.0
+    np.testing.assert_array_equal(obj2[:, :2], obj[:, :2])
+
+
+def test_em_pass_rejects_targets_of_the_wrong_shape(rng):
+    X, y, w, alpha, beta, var, R = _problem(rng, 20, 2, 3)
+    nc = 1
+    with pytest.raises(ValueError, match="R_in"):
+        _kernels.em_pass(X, y, w, alpha, beta, var, R[:10], np.empty((20, 3)), np.empty(20),
+                         np.empty((nc, 3, 10)), np.empty((nc, 2, 3)), np.empty((nc, 3, 6)),
+                         np.empty((nc, 3)), 20, 1)
+
+
 def test_e_step_without_stats_matches(rng):
     X, y, w, alpha, beta, var, _ = _problem(rng, 300, 2, 3)
     lr, ll = np.empty((300, 3)), np.empty(300)
@@ -118,15 +170,21 @@ def test_gate_newton_stats(rng, n, d, K, n_threads, readonly):
 
 
 def test_results_do_not_depend_on_thread_count(rng):
-    X, y, w, alpha, beta, var, R = _problem(rng, 5000, 3, 3)
-    chunk = chunk_size(5000)
+    n, d, K = 5000, 3, 3
+    X, y, w, alpha, beta, var, R = _problem(rng, n, d, K)
+    chunk = chunk_size(n)
+    nc = n_chunks(n, chunk)
     outs = []
     for nt in (1, 2):
-        stats = np.empty((n_chunks(5000, chunk), 3, 15))
-        lr, ll = np.empty((5000, 3)), np.empty(5000)
+        stats = np.empty((nc, K, 15))
+        lr, ll = np.empty((n, K)), np.empty(n)
         _kernels.e_step(X, y, w, alpha, beta, var, lr, ll, stats, chunk, nt)
-        outs.append(stats.sum(axis=0))
-    np.testing.assert_array_equal(outs[0], outs[1])
+        fused = (np.empty((n, K)), np.empty(n), np.empty((nc, K, 15)), np.empty((nc, K - 1, 4)),
+                 np.empty((nc, 3, 10)), np.empty((nc, 3)))
+        _kernels.em_pass(X, y, w, alpha, beta, var, R, *fused, chunk, nt)
+        outs.append([stats.sum(axis=0)] + [a.sum(axis=0) for a in fused])
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_serial_and_parallel_variants_have_separate_disk_cache_entries():

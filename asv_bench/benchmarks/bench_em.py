@@ -1,4 +1,5 @@
-"""Engine benchmarks: E-step kernel, gate Newton step, one EM iteration, a fit."""
+"""Engine benchmarks: the fused EM pass, the standalone gate Newton step (used
+by the k-means start and the reduction's gate refit), one EM iteration, a fit."""
 
 import numpy as np
 
@@ -23,13 +24,15 @@ class _Stage:
         self.beta = truth.expert_aug
         self.beta[:, 0] -= self.data.y_shift
         self.var = truth.expert_var.copy()
-        self.data.e_step(self.alpha, self.beta, self.var)  # warms the JIT
-        self.R = np.exp(self.data.log_resp)
+        self.data.e_step(self.alpha, self.beta, self.var)
+        self.R = self.data.resp.copy()
         newton_system(X, self.data.w, self.R, self.alpha, self.data.chunk, self.data.nc,
                       self.data.n_threads)
 
 
 class EStep(_Stage):
+    """The fused pass (``_kernels.em_pass``) that is an EM iteration's cost."""
+
     def time_e_step(self, size):
         self.data.e_step(self.alpha, self.beta, self.var)
 
@@ -86,7 +89,8 @@ class Fit:
 
 
 def timeraw_import_and_first_fit():
-    """`import fastmoe` and a first small fit in a fresh process (JIT cache warm)."""
+    """`import fastmoe` and a first small fit in a fresh process (no JIT: the
+    fit's kernels are compiled ahead of time)."""
     return """
     import warnings
     import numpy as np
