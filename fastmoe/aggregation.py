@@ -188,7 +188,7 @@ def mm_pass(mix: LargeMixture, Xs, beta, var, cost: int, n_threads: int,
     L = mix.gate.shape[0]
     chunk = chunk_size(S)
     nc = n_chunks(S, chunk)
-    out = (np.empty((nc, K, p * (p + 1) // 2)), np.empty((nc, K, p)), np.empty((nc, K, 4)),
+    out = (np.empty((nc, K, p * (p + 1) // 2)), np.empty((nc, K, p)), np.empty((nc, K, 2)),
            np.empty((nc, L, K)), np.empty((nc, L)),
            np.empty((S, L) if want_assign else (0, L), dtype=np.int16))
     if cache is None:
@@ -199,8 +199,11 @@ def mm_pass(mix: LargeMixture, Xs, beta, var, cost: int, n_threads: int,
     _kernels.mm_pass(Xs, local, cache, targets, cost, chunk, out, n_threads=n_threads)
     gram, lin, scal, mass, lobj, assign = out
     lobj = lobj.sum(axis=0)
-    return _Pass(float(lobj.sum()), unpack_sym(gram.sum(axis=0), p), lin.sum(axis=0),
-                 scal.sum(axis=0), mass.sum(axis=0), lobj, assign if want_assign else None)
+    mass = mass.sum(axis=0)
+    # sum P var_l and sum P sqrt(var_l) per target, from the (L, K) mass
+    scal = np.column_stack([scal.sum(axis=0), mass.T @ mix.var, mass.T @ np.sqrt(mix.var)])
+    return _Pass(float(lobj.sum()), unpack_sym(gram.sum(axis=0), p), lin.sum(axis=0), scal,
+                 mass, lobj, assign if want_assign else None)
 
 
 def _update(mix, st: _Pass, beta, var, cost: int, variance_update: str, notes: list):

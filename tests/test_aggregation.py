@@ -48,7 +48,7 @@ def test_mm_pass_against_naive_tensors(rng, cost, S, d, Ks, n_threads, cached):
     chunk = chunk_size(S)
     nc = n_chunks(S, chunk)
     gram = np.empty((nc, K, p * (p + 1) // 2))
-    lin, scal = np.empty((nc, K, p)), np.empty((nc, K, 4))
+    lin, scal = np.empty((nc, K, p)), np.empty((nc, K, 2))
     mass, lobj = np.empty((nc, L, K)), np.empty((nc, L))
     assign = np.empty((S, L), dtype=np.int16)
     if cached:
@@ -62,7 +62,11 @@ def test_mm_pass_against_naive_tensors(rng, cost, S, d, Ks, n_threads, cached):
     np.testing.assert_allclose(lobj.sum(), obj, rtol=1e-10)
     np.testing.assert_allclose(unpack_sym(gram.sum(axis=0), p), g_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(lin.sum(axis=0), l_ref, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(scal.sum(axis=0), s_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(scal.sum(axis=0), s_ref[:, :2], rtol=1e-10, atol=1e-12)
+    # the variance sums come from the mass (as aggregation.mm_pass does)
+    np.testing.assert_allclose(mass.sum(axis=0).T @ vl, s_ref[:, 2], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mass.sum(axis=0).T @ np.sqrt(vl), s_ref[:, 3], rtol=1e-10,
+                               atol=1e-12)
     np.testing.assert_allclose(mass.sum(axis=0), P.sum(axis=0), rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(assign, np.argmax(P > 0, axis=2) * (P.sum(axis=2) > 0)
                                   + np.argmin(naive.cost_tensor(models, Xs, beta, var, cost),

@@ -29,7 +29,7 @@ def warm_up(n_threads: int = 1) -> None:
     local = (alpha, alpha.copy(), np.ones(2), np.array([0, 2], dtype=np.int64), np.ones(1))
     for cost in (KL, W2):
         for cache in ((np.empty((0, 2)), np.empty((0, 2))), (np.ones((2, 2)), R)):
-            out = (np.empty((1, 2, 3)), np.empty((1, 2, 2)), np.empty((1, 2, 4)),
+            out = (np.empty((1, 2, 3)), np.empty((1, 2, 2)), np.empty((1, 2, 2)),
                    np.empty((1, 2, 2)), np.empty((1, 2)), np.empty((2, 2), np.int16))
             mm_pass(X, local, cache, (alpha, np.ones(2)), cost, 2, out, n_threads=n_threads)
 

@@ -71,7 +71,8 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
     OUT out = (gram, lin, scal, mass, lobj, assign), per chunk c of support points:
       gram (nc, K, T): packed upper triangle of sum_s D_k(s) xt_s xt_s^T, T = (d+1)(d+2)/2
       lin  (nc, K, d+1): sum_{s,l} P_lks m_l(x_s) xt_s
-      scal (nc, K, 4): sum P, sum P m_l^2, sum P var_l, sum P sqrt(var_l)
+      scal (nc, K, 2): sum P, sum P m_l^2 (sum P var_l and sum P sqrt(var_l)
+        follow from ``mass``: the caller's mass.T @ var_l)
       mass (nc, L, K): sum_s P_lks
       lobj (nc, L): sum_s w_l(x_s) min_k c_lk(x_s); the objective R is its sum
       assign (S, L) int16: argmin_k c_lk(x_s), or an array with S == 0 to skip
@@ -115,6 +116,7 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
         D = np.empty(K)
         Dm = np.empty(K)
         best = np.empty(L)
+        C = np.empty((K, L))
         kb = np.empty(L, np.int64)
         z[0] = 1.0
         for s in range(c * chunk, min((c + 1) * chunk, S)):
@@ -153,30 +155,30 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
                 mk[k] = t
                 D[k] = 0.0
                 Dm[k] = 0.0
-            # costs target by target, vectorised over the local experts l:
-            # best[l], kb[l] keep the running minimum of the l-dependent part
-            for l in range(L):
-                best[l] = np.inf
-                kb[l] = 0
+            # the l-dependent part of every cost, target by target in a loop
+            # over l with no branch (vectorised), then the argmin over k
             for k in range(K):
                 m = mk[k]
                 if cost == KL:
                     a, iv = log_v[k], inv_v[k]
                     for l in range(L):
                         gap = m - ml[l]
-                        ck = a + (v_loc[l] + gap * gap) * iv
-                        better = ck < best[l]
-                        best[l] = ck if better else best[l]
-                        kb[l] = k if better else kb[l]
+                        C[k, l] = a + (v_loc[l] + gap * gap) * iv
                 else:
                     sk = sd[k]
                     for l in range(L):
                         gap = m - ml[l]
                         dsd = sk - sd_loc[l]
-                        ck = gap * gap + dsd * dsd
-                        better = ck < best[l]
-                        best[l] = ck if better else best[l]
-                        kb[l] = k if better else kb[l]
+                        C[k, l] = gap * gap + dsd * dsd
+            for l in range(L):
+                bl = C[0, l]
+                kl = 0
+                for k in range(1, K):
+                    if C[k, l] < bl:
+                        bl = C[k, l]
+                        kl = k
+                best[l] = bl
+                kb[l] = kl
             for l in range(L):
                 b = best[l]
                 if cost == KL:
@@ -187,8 +189,6 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
                 D[k] += w
                 Dm[k] += w * ml[l]
                 Q[k, 1] += w * ml[l] * ml[l]
-                Q[k, 2] += w * v_loc[l]
-                Q[k, 3] += w * sd_loc[l]
                 W[l, k] += w
                 if want_assign:
                     assign[s, l] = k
