@@ -47,7 +47,8 @@ def test_e_step(rng, n, d, K, n_threads, readonly):
     np.testing.assert_allclose(np.exp(log_resp).sum(axis=1), 1.0, rtol=1e-12)
 
 
-@pytest.mark.parametrize("n,d,K", SHAPES[:-1] + [(2503, 3, 4)])  # 2503: several chunks, a short row block
+# n=2503: several chunks and a short block of buffered rows
+@pytest.mark.parametrize("n,d,K", SHAPES[:-1] + [(2503, 3, 4)])
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
 def test_em_pass(rng, n, d, K, n_threads, readonly):
