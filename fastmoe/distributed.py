@@ -188,7 +188,9 @@ def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sa
     heldout : fraction of rows kept out of the fit to report a held-out
         log-likelihood (for model selection at the server); 0 for none.
     random_state : None, int or Generator (the support sample and the fit).
-    **fit_options : passed to :func:`fastmoe.fit_moe`.
+    **fit_options : passed to :func:`fastmoe.fit_moe`; ``tol`` is relative
+        to this shard's log-likelihood (DistributedMoERegressor passes
+        ``tol * M`` for M machines, the centralised fit's absolute precision).
     """
     X, y, _ = check_X_y(X, y)
     check_choice(support, "support", SUPPORTS)
