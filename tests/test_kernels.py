@@ -27,6 +27,17 @@ def _problem(rng, n, d, K, readonly=False):
     return arrays
 
 
+def _assert_information_blocks(info, info_ref, K, p):
+    """The kernels' per-chunk packed blocks a <= b against the dense matrix."""
+    blocks = unpack_sym(info.sum(axis=0), p)
+    jj = 0
+    for a in range(K - 1):
+        for b in range(a, K - 1):
+            np.testing.assert_allclose(blocks[jj], info_ref[a * p:(a + 1) * p, b * p:(b + 1) * p],
+                                       rtol=RTOL, atol=1e-11)
+            jj += 1
+
+
 @pytest.mark.parametrize("n,d,K", SHAPES)
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
@@ -76,13 +87,7 @@ def test_em_pass(rng, n, d, K, n_threads, readonly):
     np.testing.assert_allclose(obj[:, 2].sum(), naive.gate_objective(X, w, R_in, alpha),
                                rtol=RTOL, atol=1e-12)
     np.testing.assert_allclose(grad.sum(axis=0), grad_ref, rtol=RTOL, atol=1e-11)
-    blocks = unpack_sym(info.sum(axis=0), p)
-    jj = 0
-    for a in range(K - 1):
-        for b in range(a, K - 1):
-            np.testing.assert_allclose(blocks[jj], info_ref[a * p:(a + 1) * p, b * p:(b + 1) * p],
-                                       rtol=RTOL, atol=1e-11)
-            jj += 1
+    _assert_information_blocks(info, info_ref, K, p)
     # without R_in the check is 0; the rest is unchanged
     obj2 = np.empty((nc, 3))
     _kernels.em_pass(X, y, w, alpha, beta, var, R_in[:0], resp, row_ll, stats, grad, info,
@@ -158,13 +163,7 @@ def test_gate_newton_stats(rng, n, d, K, n_threads, readonly):
     obj_ref, grad_ref, info_ref = naive.gate_newton(X, w, R, alpha)
     np.testing.assert_allclose(obj.sum(), obj_ref, rtol=RTOL)
     np.testing.assert_allclose(grad.sum(axis=0), grad_ref, rtol=RTOL, atol=1e-11)
-    blocks = unpack_sym(info.sum(axis=0), p)
-    jj = 0
-    for a in range(K - 1):
-        for b in range(a, K - 1):
-            np.testing.assert_allclose(blocks[jj], info_ref[a * p:(a + 1) * p, b * p:(b + 1) * p],
-                                       rtol=RTOL, atol=1e-11)
-            jj += 1
+    _assert_information_blocks(info, info_ref, K, p)
     obj2 = np.empty(nc)
     _kernels.gate_objective(X, w, R, alpha, chunk, obj2, n_threads=n_threads)
     np.testing.assert_allclose(obj2.sum(), naive.gate_objective(X, w, R, alpha), rtol=RTOL)

@@ -28,7 +28,7 @@ Conventions (all kernels):
 """
 
 from cython.parallel cimport prange
-from libc.math cimport exp, log, INFINITY, NAN, isfinite, M_PI
+from libc.math cimport exp, log, INFINITY, NAN, isfinite
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
 
@@ -37,20 +37,10 @@ import numpy as np
 ctypedef double f8
 
 
-cdef inline f8 _affine(const f8* coef, const f8* x, Py_ssize_t d) noexcept nogil:
-    """coef[0] + coef[1:] . x"""
-    cdef Py_ssize_t j
-    cdef f8 s = coef[0]
-    for j in range(d):
-        s = s + coef[j + 1] * x[j]
-    return s
-
-
 cdef inline void _affine_all(const f8* coefT, Py_ssize_t m, const f8* x, Py_ssize_t d,
                              f8* out) noexcept nogil:
     """OUT out (m,) = coefT[0] + x . coefT[1:] for coefT (d+1, m), the stacked
-    coefficients transposed: m independent sums, vectorised over m, each
-    added in the same order as _affine."""
+    coefficients transposed: m independent sums, vectorised over m."""
     cdef Py_ssize_t j, k
     cdef f8 xj
     for k in range(m):
@@ -59,31 +49,6 @@ cdef inline void _affine_all(const f8* coefT, Py_ssize_t m, const f8* x, Py_ssiz
         xj = x[j]
         for k in range(m):
             out[k] = out[k] + coefT[(j + 1) * m + k] * xj
-
-
-cdef inline f8 _log_normalise(f8* v, Py_ssize_t K) noexcept nogil:
-    """Replace v by v - logsumexp(v) and return logsumexp(v) (row max subtracted)."""
-    cdef Py_ssize_t k
-    cdef f8 vmax = -INFINITY
-    cdef f8 s = 0.0
-    for k in range(K):
-        if v[k] > vmax:
-            vmax = v[k]
-    if not isfinite(vmax):
-        for k in range(K):
-            v[k] = v[k] - vmax
-        return vmax
-    for k in range(K):
-        s = s + exp(v[k] - vmax)
-    s = vmax + log(s)
-    for k in range(K):
-        v[k] = v[k] - s
-    return s
-
-
-cdef inline f8 _log_gauss(f8 y, f8 mean, f8 var) noexcept nogil:
-    cdef f8 r = y - mean
-    return -0.5 * (log(2.0 * M_PI * var) + r * r / var)
 
 
 cdef inline void _packed_outer(const f8* z, Py_ssize_t q, f8* u) noexcept nogil:
@@ -139,25 +104,28 @@ cdef inline void _accumulate(
 
 cdef inline f8 _gate_row(f8* logpi, f8* pi, Py_ssize_t K) noexcept nogil:
     """IN logpi (K,) the gate logits of one row; OUT logpi = their log softmax
-    and pi = exp(logpi); returns the logit maximum (not finite: the row is
-    invalid)."""
+    and, unless pi is NULL, pi = exp(logpi); returns the logit maximum (not
+    finite: the row is invalid)."""
     cdef Py_ssize_t k
     cdef f8 gmax = -INFINITY
     cdef f8 sg = 0.0
-    cdef f8 lse
+    cdef f8 e, lse
     for k in range(K):
         if logpi[k] > gmax:
             gmax = logpi[k]
     if not isfinite(gmax):
         return gmax
     for k in range(K):
-        pi[k] = exp(logpi[k] - gmax)
-        sg = sg + pi[k]
+        e = exp(logpi[k] - gmax)
+        if pi != NULL:
+            pi[k] = e
+        sg = sg + e
     lse = gmax + log(sg)
     sg = 1.0 / sg
     for k in range(K):
         logpi[k] = logpi[k] - lse
-        pi[k] = pi[k] * sg
+        if pi != NULL:
+            pi[k] = pi[k] * sg
     return gmax
 
 
@@ -391,14 +359,11 @@ cdef Py_ssize_t _e_step(
     cdef bint want_gate = grad is not None
     cdef bint check = R_in is not None
     cdef Py_ssize_t c, k, bad = 0
-    cdef f8[::1] lnorm = np.empty(K)
-    cdef f8[::1] inv_var = np.empty(K)
-    cdef f8[:, ::1] coefT = np.ascontiguousarray(np.vstack([alpha, beta]).T)
+    cdef f8[::1] lnorm, inv_var
+    cdef const f8[:, ::1] coefT = np.ascontiguousarray(np.vstack([alpha, beta]).T)
     if check and (R_in.shape[0] != n or R_in.shape[1] != K):
         raise ValueError("R_in must be (n, K)")
-    for k in range(K):
-        lnorm[k] = -0.5 * log(2.0 * M_PI * var[k])
-        inv_var[k] = 1.0 / var[k]
+    lnorm, inv_var = _gauss_constants(var)
     for c in prange(n_chunks, nogil=True, schedule="dynamic", num_threads=n_threads):
         bad += _estep_chunk(
             c * chunk, min((c + 1) * chunk, n), d, K, X, y, w, &coefT[0, 0],
@@ -448,7 +413,7 @@ cdef Py_ssize_t _gate_pass(
     cdef Py_ssize_t n_chunks = obj.shape[0]
     cdef bint newton = grad is not None
     cdef Py_ssize_t c, bad = 0
-    cdef f8[:, ::1] alphaT = np.ascontiguousarray(np.asarray(alpha).T)
+    cdef const f8[:, ::1] alphaT = np.ascontiguousarray(np.asarray(alpha).T)
     for c in prange(n_chunks, nogil=True, schedule="dynamic", num_threads=n_threads):
         bad += _gate_chunk(c * chunk, min((c + 1) * chunk, n), X, w, R, &alphaT[0, 0], K,
                            &grad[c, 0, 0] if newton else NULL,
@@ -508,14 +473,20 @@ cdef Py_ssize_t _gate_chunk(
     return bad
 
 
+def _gauss_constants(const f8[::1] var):
+    """(-log(2 pi var) / 2, 1 / var): log N(y; m, var) = first - (y - m)^2 second / 2."""
+    v = np.asarray(var)
+    return -0.5 * np.log(2.0 * np.pi * v), 1.0 / v
+
+
 def gate_log_proba(const f8[:, ::1] X, const f8[:, ::1] alpha, f8[:, ::1] out, int n_threads):
     """OUT out (n, K) = log softmax(alpha xt); returns the number of non-finite rows."""
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = alpha.shape[0]
-    cdef Py_ssize_t i, k, bad = 0
+    cdef Py_ssize_t i, bad = 0
+    cdef const f8[:, ::1] alphaT = np.ascontiguousarray(np.asarray(alpha).T)
     for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
-        for k in range(K):
-            out[i, k] = _affine(&alpha[k, 0], &X[i, 0], d)
-        if not isfinite(_log_normalise(&out[i, 0], K)):
+        _affine_all(&alphaT[0, 0], K, &X[i, 0], d, &out[i, 0])
+        if not isfinite(_gate_row(&out[i, 0], NULL, K)):
             bad += 1
     return bad
 
@@ -527,7 +498,13 @@ def expert_log_density(
     """OUT out (n, K) = log N(y_i; xt_i . beta_k, var_k)."""
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = beta.shape[0]
     cdef Py_ssize_t i, k
+    cdef f8 r
+    cdef const f8[:, ::1] betaT = np.ascontiguousarray(np.asarray(beta).T)
+    cdef f8[::1] lnorm, inv_var
+    lnorm, inv_var = _gauss_constants(var)
     for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
+        _affine_all(&betaT[0, 0], K, &X[i, 0], d, &out[i, 0])  # the means
         for k in range(K):
-            out[i, k] = _log_gauss(y[i], _affine(&beta[k, 0], &X[i, 0], d), var[k])
+            r = y[i] - out[i, k]
+            out[i, k] = lnorm[k] - 0.5 * r * r * inv_var[k]
     return 0
