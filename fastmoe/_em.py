@@ -224,9 +224,12 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int) -> tuple:
     q_old = data.gate_objective
     step = data.gate_step(alpha)
     trial = alpha + step
-    ll = data.e_step(trial, beta, var, check=True)
-    if np.isfinite(data.gate_check) and data.gate_check >= q_old:
-        return trial, ll
+    try:
+        ll = data.e_step(trial, beta, var, check=True)
+        if np.isfinite(data.gate_check) and data.gate_check >= q_old:
+            return trial, ll
+    except FloatingPointError:  # the full step overflowed the gates: halve it
+        pass
     found = halve_step(data.X, data.w, data.targets, alpha, step, q_old, data.chunk, data.nc,
                        data.n_threads, t=0.5)
     alpha = alpha if found is None else found[0]

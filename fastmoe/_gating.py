@@ -31,7 +31,8 @@ class GateFit:
 def _objective(X, w, R, alpha, chunk, nc, n_threads) -> float:
     obj = np.empty(nc)
     _kernels.gate_objective(X, w, R, alpha, chunk, obj, n_threads=n_threads)
-    return float(obj.sum())
+    with np.errstate(over="ignore"):  # a trial far out may overflow: -inf, rejected
+        return float(obj.sum())
 
 
 def assemble_newton(grad, info, K: int, p: int):

@@ -190,3 +190,20 @@ def test_bad_input(kwargs, match):
     X, y, K = args.pop("X"), args.pop("y"), args.pop("n_experts")
     with pytest.raises(ValueError, match=match):
         fit_moe(X, y, K, **args)
+
+
+def test_an_overflowing_gate_step_is_halved_not_fatal(small, monkeypatch):
+    from fastmoe._em import EMData, run_em
+
+    X, y, truth, _ = small
+    data = EMData(X, y, np.ones(len(y)), 3, 1)
+    beta = truth.expert_aug.copy()
+    beta[:, 0] -= data.y_shift
+    real = EMData.gate_step
+    # a full step that overflows the gate logits: the check pass fails, EM halves
+    monkeypatch.setattr(EMData, "gate_step", lambda self, alpha: real(self, alpha) * 1e308)
+    out = run_em(data, truth.gate_aug, beta, truth.expert_var.copy(), max_iter=3, tol=0.0,
+                 gate_steps=1, var_floor=1e-9)
+    history = out[6]
+    assert np.all(np.isfinite(history))
+    assert np.all(np.diff(history) >= -1e-10 * np.abs(history[1:]))
