@@ -29,7 +29,7 @@ Conventions (all kernels):
 
 from cython.parallel cimport prange
 from libc.math cimport exp, log, INFINITY, NAN, isfinite
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
 import numpy as np
@@ -358,7 +358,7 @@ cdef Py_ssize_t _e_step(
     cdef bint want_stats = stats.shape[0] > 0
     cdef bint want_gate = grad is not None
     cdef bint check = R_in is not None
-    cdef Py_ssize_t c, k, bad = 0
+    cdef Py_ssize_t c, bad = 0
     cdef f8[::1] lnorm, inv_var
     cdef const f8[:, ::1] coefT = np.ascontiguousarray(np.vstack([alpha, beta]).T)
     if check and (R_in.shape[0] != n or R_in.shape[1] != K):
