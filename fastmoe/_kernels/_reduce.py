@@ -8,9 +8,10 @@ memory beyond the inputs is O(chunks * K (d+1)^2 + chunks * L * K).
 
 Why numba here: the pass takes ragged groups (machines with different numbers
 of experts) and several accumulators, passed as tuples, with a data-dependent
-argmin; the numba body reads like the maths. Its speed is that of the same
-loops in Cython (the E-step measurement in ``asv_bench/kernel_choice.py``), and
-it runs only at the server, where the one-off cache load does not matter.
+argmin; the numba body reads like the maths. With the same arithmetic, numba
+and Cython loops ran at the same speed (the E-step measurement in
+``asv_bench/kernel_choice.py``), and this kernel runs only at the server, where
+the one-off cache load does not matter.
 """
 
 from __future__ import annotations
@@ -110,23 +111,21 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
         U = np.empty((ROWS, G.shape[1]))
         DB = np.empty((ROWS, K))
         nb = 0
-        wl = np.empty(L)
-        ml = np.empty(L)
+        wl_buf = np.empty(L)
+        ml_buf = np.empty(L)
         mk = np.empty(K)
-        D = np.empty(K)
         Dm = np.empty(K)
-        best = np.empty(L)
         C = np.empty((K, L))
-        kb = np.empty(L, np.int64)
         z[0] = 1.0
         for s in range(c * chunk, min((c + 1) * chunk, S)):
             for j in range(d):
                 z[j + 1] = Xs[s, j]
             if cached:
-                for l in range(L):
-                    wl[l] = W_cache[s, l]
-                    ml[l] = ML_cache[s, l]
+                wl = W_cache[s]
+                ml = ML_cache[s]
             else:
+                wl = wl_buf
+                ml = ml_buf
                 for m in range(M):
                     lo = starts[m]
                     hi = starts[m + 1]
@@ -153,8 +152,9 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
                 for j in range(d):
                     t += beta[k, j + 1] * z[j + 1]
                 mk[k] = t
-                D[k] = 0.0
-                Dm[k] = 0.0
+            D = DB[nb]  # sum_l P_lks per target, kept for the outer products
+            D[:] = 0.0
+            Dm[:] = 0.0
             # the l-dependent part of every cost, target by target in a loop
             # over l with no branch (vectorised), then the argmin over k
             for k in range(K):
@@ -171,19 +171,14 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
                         dsd = sk - sd_loc[l]
                         C[k, l] = gap * gap + dsd * dsd
             for l in range(L):
-                bl = C[0, l]
-                kl = 0
-                for k in range(1, K):
-                    if C[k, l] < bl:
-                        bl = C[k, l]
-                        kl = k
-                best[l] = bl
-                kb[l] = kl
-            for l in range(L):
-                b = best[l]
+                b = C[0, l]
+                k = 0
+                for kk in range(1, K):
+                    if C[kk, l] < b:
+                        b = C[kk, l]
+                        k = kk
                 if cost == KL:
                     b = 0.5 * (b - log_v_loc[l] - 1.0)
-                k = kb[l]
                 w = wl[l]
                 O[l] += w * b
                 D[k] += w
@@ -194,7 +189,6 @@ def _mm_pass(Xs, local, cache, targets, cost, chunk, out):
                     assign[s, l] = k
             packed_outer(z, U[nb])
             for k in range(K):
-                DB[nb, k] = D[k]
                 Q[k, 0] += D[k]
                 for j in range(p):
                     B[k, j] += Dm[k] * z[j]
