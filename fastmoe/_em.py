@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import softmax
 
 from . import _kernels
 from ._gating import assemble_newton, fit_gates, halve_step, newton_direction
@@ -49,6 +50,9 @@ from .exceptions import ConvergenceWarning, DegenerateExpertWarning
 INITS = ("random", "kmeans")
 #: Newton steps on the gates of a k-means start (hard labels).
 INIT_GATE_STEPS = 5
+#: standard deviation of a random start's gate logits over the covariates
+#: (init="random"); see _random_regions
+START_GATE_SCALE = 3.0
 #: An expert whose total responsibility falls below this share of the total
 #: weight is treated as empty (its previous parameters are kept).
 EMPTY_SHARE = 1e-10
@@ -173,6 +177,29 @@ def weighted_gram(X, y, w, R) -> np.ndarray:
     return np.einsum("ik,ia,ib->kab", R * w[:, None], Z, Z, optimize=True)
 
 
+def _random_regions(data: EMData, rng) -> np.ndarray:
+    """(n, K) responsibilities of random gates whose logits have standard
+    deviation about ``START_GATE_SCALE`` over the covariates.
+
+    A random start (init="random") fits each expert on the soft region these
+    gates give it, so the K experts start different, then runs EM from
+    uniform gates: the rows choose their experts by fit. Measured on the
+    authors' design (16 shards of 62500 rows, d=20, K=5, 3 starts each, 20
+    iterations per start): random responsibilities independent of X
+    (Dirichlet draws, the previous start) give K nearly equal experts, and 8
+    of 48 starts were near the best optimum after 20 iterations, 2 shards
+    ended in a poor optimum and the slowest fit took 6.9 s; with this start
+    22 of 48, none and 4.8 s. Keeping the random gates as EM's starting gates
+    did as well there but trapped 2 of 6 shards of 1000 rows at d=2, whose
+    gates then split the rows along the wrong direction."""
+    K, d = data.K, data.d
+    mean = np.average(data.X, axis=0, weights=data.w)
+    sd = np.sqrt(np.average((data.X - mean) ** 2, axis=0, weights=data.w))
+    sd[~(sd > 0)] = 1.0
+    A = rng.standard_normal((K, d)) * (START_GATE_SCALE / np.sqrt(d)) / sd
+    return softmax((data.X - mean) @ A.T, axis=1)
+
+
 def _initial_params(data: EMData, init, rng, var_floor):
     """(alpha, beta, var) for one start."""
     n, K = data.n, data.K
@@ -194,7 +221,7 @@ def _initial_params(data: EMData, init, rng, var_floor):
         R = np.zeros((n, K))
         R[np.arange(n), labels] = 1.0
     else:  # "random"
-        R = rng.dirichlet(np.ones(K), size=n)
+        R = _random_regions(data, rng)
     beta0 = np.zeros((K, data.d + 1))
     var0 = np.full(K, max(data.var_y, var_floor))
     beta, var, _ = experts_from_gram(weighted_gram(data.X, data.y, data.w, R), beta0, var0,
@@ -280,7 +307,8 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         (N=1e6, 3 starts): 20 halved the centralised fit's time (141 s to
         70 s) with the same model; 10 was too few for 62500-row shards (one
         kept a poor start).
-    init : "random" (Dirichlet(1) responsibilities, the default), "kmeans"
+    init : "random" (the default: experts fitted on the soft regions of random
+        gates, EM from uniform gates; see ``_random_regions``), "kmeans"
         (k-means on standardised X, per-cluster least squares, a few Newton
         steps for the gates: the authors' start), or a MoEParams to start from
         (used for every start). On covariates drawn from a mixture, k-means

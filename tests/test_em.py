@@ -36,6 +36,20 @@ def test_more_starts_never_worse(small):
     assert short.log_likelihood >= one.log_likelihood - 1e-9 * abs(one.log_likelihood)
 
 
+def test_random_start_gives_distinct_experts_and_uniform_gates(small):
+    from fastmoe._em import EMData, _initial_params
+
+    X, y, _, _ = small
+    data = EMData(X, y, np.ones(len(y)), 3, 1)
+    for seed in range(3):
+        alpha, beta, var = _initial_params(data, "random", np.random.default_rng(seed), 1e-6)
+        assert np.all(alpha == 0.0) and np.all(var > 0)
+        gaps = [np.linalg.norm(beta[a] - beta[b]) for a in range(3) for b in range(a)]
+        assert min(gaps) > 0.2, gaps  # Dirichlet responsibilities: 0.06 for seed 0
+        again = _initial_params(data, "random", np.random.default_rng(seed), 1e-6)[1]
+        np.testing.assert_array_equal(beta, again)
+
+
 def test_short_runs_continue_the_best_start(small):
     X, y, _, _ = small
     fit = fit_moe(X, y, 3, n_init=4, init="random", init_iter=3, random_state=5)
