@@ -50,6 +50,45 @@ def test_random_start_gives_distinct_experts_and_uniform_gates(small):
         np.testing.assert_array_equal(beta, again)
 
 
+def test_duplicate_pair_is_the_averaged_symmetric_kl(rng):
+    from fastmoe._em import duplicate_pair
+
+    X = rng.normal(size=(500, 2))
+    Z = np.column_stack([np.ones(500), X])
+    beta = np.array([[0.0, 1.0, 0.0], [0.1, 1.1, 0.0], [5.0, 0.0, 1.0]])
+    var = np.array([1.0, 1.3, 1.0])
+
+    def kl(i, j):  # per row, then averaged
+        mi, mj = Z @ beta[i], Z @ beta[j]
+        return 0.5 * (np.log(var[j] / var[i]) + (var[i] + (mi - mj) ** 2) / var[j] - 1)
+
+    i, j, value = duplicate_pair(beta, var, Z.T @ Z / 500)
+    assert (i, j) == (1, 0)
+    assert value == pytest.approx(np.mean(kl(0, 1) + kl(1, 0)), rel=1e-12)
+    assert duplicate_pair(beta[[0, 2]], var[[0, 2]], Z.T @ Z / 500) is None
+
+
+def test_split_merge_escapes_duplicated_experts():
+    # the trap: two experts on the middle true expert, one broad expert covering
+    # the outer two; EM converges there, the move leaves it
+    X, y, truth, _ = make_moe_regression(4000, 2, 3, random_state=1)
+    b, v = truth.expert_aug, truth.expert_var
+    b0 = np.array([b[1], b[1] + 0.01, (b[0] + b[2]) / 2])
+    trap = MoEParams(np.zeros((3, 2)), np.zeros(3), b0[:, 1:], b0[:, 0],
+                     np.array([v[1], v[1], 30.0]))
+    stuck = fit_moe(X, y, 3, init=trap, split_merge=False, max_iter=500)
+    moved = fit_moe(X, y, 3, init=trap, max_iter=500)
+    truth_ll = truth.log_likelihood(X, y)
+    assert stuck.converged and stuck.moves == ()
+    assert stuck.log_likelihood < truth_ll - 1000
+    assert len(moved.moves) == 1 and "same density" in moved.moves[0]
+    assert moved.converged and moved.log_likelihood >= truth_ll
+    err = align_to(moved.params, truth).expert_aug - truth.expert_aug
+    assert np.sqrt(np.mean(err**2)) < 0.05
+    with pytest.raises(ValueError, match="split_merge"):
+        fit_moe(X, y, 3, split_merge="yes")
+
+
 def test_short_runs_continue_the_best_start(small):
     X, y, _, _ = small
     fit = fit_moe(X, y, 3, n_init=4, init="random", init_iter=3, random_state=5)
