@@ -488,8 +488,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     on_shard_error : {"raise", "skip"}, default="raise"
         "skip" drops a failed shard with a warning, renormalises the weights
         over the others and records it in ``dropped_shards_``.
-    max_iter, tol, n_init, init, init_iter, reg_var, gate_steps : local EM options
-        (see :func:`fastmoe.fit_moe`). Three starts per machine by default: one
+    max_iter, tol, n_init, init, init_iter, reg_var, gate_steps, split_merge :
+        local EM options (see :func:`fastmoe.fit_moe`). Three starts per machine by default: one
         local fit stuck in a poor optimum spoils the aggregate (measured: 3 of
         16 single-start fits of the authors' design did, and the test
         log-likelihood of the aggregate fell by 8%). ``tol`` is relative to
@@ -512,8 +512,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
                  support="sample", backend="local", n_jobs=None, client=None,
                  on_shard_error="raise", max_iter=200, tol=1e-7, n_init=3, init="random",
-                 init_iter=20, reg_var=1e-6, gate_steps=1, agg_init="aligned", agg_n_init=3,
-                 agg_max_iter=300, gate_target="assigned", variance_update="exact",
+                 init_iter=20, reg_var=1e-6, gate_steps=1, split_merge=True, agg_init="aligned",
+                 agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
                  random_state=None, n_threads=None, verbose=0):
         self.n_experts = n_experts
         self.n_machines = n_machines
@@ -531,6 +531,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.init_iter = init_iter
         self.reg_var = reg_var
         self.gate_steps = gate_steps
+        self.split_merge = split_merge
         self.agg_init = agg_init
         self.agg_n_init = agg_n_init
         self.agg_max_iter = agg_max_iter
@@ -591,7 +592,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         options = dict(n_support=self.n_support, support=self.support, max_iter=self.max_iter,
                        tol=tol * M, n_init=self.n_init, init=self.init,
                        init_iter=self.init_iter, reg_var=self.reg_var,
-                       gate_steps=self.gate_steps, n_threads=threads)
+                       gate_steps=self.gate_steps, split_merge=self.split_merge,
+                       n_threads=threads)
         seeds = rng.integers(0, 2**63 - 1, size=M)
         tasks = [(i, s, K, int(seeds[i]), options) for i, s in enumerate(shards)]
         bar = _progress(M, self.verbose)

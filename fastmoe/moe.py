@@ -104,6 +104,9 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Variance floor relative to Var(y).
     gate_steps : int, default=1
         Newton steps on the gates per EM iteration.
+    split_merge : bool, default=True
+        Merge duplicated experts and split the broadest one when EM has
+        found two experts with the same density (see :func:`fastmoe.fit_moe`).
     random_state : None, int or numpy Generator
     n_threads : int or None
         Threads of the compiled kernels (None: all cores).
@@ -130,7 +133,8 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, n_experts=2, *, max_iter=200, tol=1e-7, n_init=1, init="random",
-                 init_iter=20, reg_var=1e-6, gate_steps=1, random_state=None, n_threads=None):
+                 init_iter=20, reg_var=1e-6, gate_steps=1, split_merge=True, random_state=None,
+                 n_threads=None):
         self.n_experts = n_experts
         self.max_iter = max_iter
         self.tol = tol
@@ -139,6 +143,7 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.init_iter = init_iter
         self.reg_var = reg_var
         self.gate_steps = gate_steps
+        self.split_merge = split_merge
         self.random_state = random_state
         self.n_threads = n_threads
 
@@ -148,8 +153,8 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         fit = fit_moe(X, y, self.n_experts, sample_weight=sample_weight,
                       max_iter=self.max_iter, tol=self.tol, n_init=self.n_init,
                       init=self.init, init_iter=self.init_iter, reg_var=self.reg_var,
-                      gate_steps=self.gate_steps, random_state=self.random_state,
-                      n_threads=self.n_threads)
+                      gate_steps=self.gate_steps, split_merge=self.split_merge,
+                      random_state=self.random_state, n_threads=self.n_threads)
         self._set_params_attributes(fit.params)
         self.log_likelihood_ = fit.log_likelihood
         self.n_iter_ = fit.n_iter

@@ -5,7 +5,13 @@ import warnings
 import numpy as np
 import pytest
 
-from fastmoe import ConvergenceWarning, DegenerateExpertWarning, MoEParams, fit_moe
+from fastmoe import (
+    ConvergenceWarning,
+    DegenerateExpertWarning,
+    GaussianMoERegressor,
+    MoEParams,
+    fit_moe,
+)
 from fastmoe.datasets import make_moe_regression
 from fastmoe.diagnostics import align_to
 
@@ -85,6 +91,10 @@ def test_split_merge_escapes_duplicated_experts():
     assert moved.converged and moved.log_likelihood >= truth_ll
     err = align_to(moved.params, truth).expert_aug - truth.expert_aug
     assert np.sqrt(np.mean(err**2)) < 0.05
+    est = GaussianMoERegressor(3, init=trap, max_iter=500, split_merge=False).fit(X, y)
+    assert est.log_likelihood_ == stuck.log_likelihood
+    est = GaussianMoERegressor(3, init=trap, max_iter=500).fit(X, y)
+    assert est.log_likelihood_ == moved.log_likelihood
     with pytest.raises(ValueError, match="split_merge"):
         fit_moe(X, y, 3, split_merge="yes")
 
