@@ -397,6 +397,9 @@ class AggregationResult:
     method : "ot-kl", "ot-w2", "aligned_average", "naive_average" or "medoid".
     timings : seconds per stage ("reduction", "gates", "total").
     notes : what was repaired on the way (re-seeded experts, ...).
+    excluded : indices of input models left out as failed local fits
+        (:func:`fastmoe.aggregate_messages` with ``exclude_failed``); ``machine``
+        then numbers the models that were kept, in order.
     """
 
     params: MoEParams
@@ -412,6 +415,7 @@ class AggregationResult:
     method: str
     timings: dict
     notes: tuple = ()
+    excluded: tuple = ()
 
     def report(self) -> str:
         """Aggregation health report (:func:`fastmoe.diagnostics.health_report`)."""

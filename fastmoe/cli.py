@@ -149,9 +149,13 @@ def cmd_aggregate(args) -> int:
     from .distributed import aggregate_messages
 
     result = aggregate_messages(args.messages, args.n_experts, cost=args.cost,
-                                gate_target=args.gate_target, random_state=args.seed)
+                                gate_target=args.gate_target,
+                                exclude_failed=not args.keep_failed, random_state=args.seed)
     result.params.save(args.output)
     print(result.report())
+    if result.excluded:
+        excluded = [args.messages[i] for i in result.excluded]
+        print(f"left out as failed local fits: {', '.join(excluded)} (--keep-failed keeps them)")
     print(f"model written to {args.output}")
     return 0
 
@@ -273,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-experts", type=int, default=None)
     p.add_argument("--cost", choices=["kl", "w2"], default="kl")
     p.add_argument("--gate-target", choices=["assigned", "kl", "plan"], default="assigned")
+    p.add_argument("--keep-failed", action="store_true",
+                   help="aggregate every message, also those that look like failed local fits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="model file (.json or .npz)")
 

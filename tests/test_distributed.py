@@ -1,6 +1,7 @@
 """Distributed pipeline: shards, messages, backends, faults."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from fastmoe import (
     DistributedMoERegressor,
     GaussianMoERegressor,
     LocalMessage,
+    MoEParams,
     ShardError,
     aggregate_messages,
     fit_local,
@@ -34,7 +36,7 @@ def test_split_keeps_every_row(data):
     m = _model(n_machines=7).fit(X[:5000], y[:5000])
     assert m.shard_sizes_.sum() == 5000
     assert m.shard_sizes_.max() - m.shard_sizes_.min() <= 1
-    assert m.dropped_shards_ == [] and m.dropped_rows_ == 0
+    assert m.dropped_shards_ == [] and m.dropped_rows_ == 0 and m.excluded_shards_ == []
     assert m.learning_time_ == pytest.approx(m.local_fit_times_.max() + m.reduction_time_)
     assert m.wall_time_ >= m.reduction_time_
     assert len(m.local_models_) == 7 and np.all(m.message_bytes_ > 0)
@@ -212,3 +214,52 @@ def test_bad_options(data, kwargs, match):
     X, y, _ = data
     with pytest.raises(ValueError, match=match):
         _model(**kwargs).fit(X[:600], y[:600])
+
+
+@pytest.fixture(scope="module")
+def three_experts():
+    X, y, truth, _ = make_moe_regression(8000, 2, 3, random_state=1)
+    msgs = [fit_local(X[i::4], y[i::4], 3, n_support=300, random_state=i) for i in range(4)]
+    return X, y, truth, msgs
+
+
+def _with_params(msg, params):
+    from dataclasses import replace
+
+    return replace(msg, params=params)
+
+
+def test_failed_local_fit_is_excluded(three_experts):
+    X, y, truth, msgs = three_experts
+    b, v = truth.expert_aug, truth.expert_var
+    # a failed local fit: two experts on the middle group, one broad expert on the outer two
+    trap = np.array([b[1], b[1] + 0.01, (b[0] + b[2]) / 2])
+    failed = MoEParams(np.zeros((3, 2)), np.zeros(3), trap[:, 1:], trap[:, 0],
+                       np.array([v[1], v[1], 30.0]))
+    msgs = msgs[:2] + [_with_params(msgs[2], failed)] + msgs[3:]
+    kept = aggregate_messages(msgs, random_state=0)
+    health = kept.health()
+    cost = health["machine_cost"]
+    assert health["collapsed"] == [2] and cost[2] > 2 * np.median(cost) and kept.excluded == ()
+    out = aggregate_messages(msgs, exclude_failed=True, random_state=0)
+    assert out.excluded == (2,) and "failed local fits" in out.notes[-1]
+    assert out.local_mass.shape[0] == 9  # three models of three experts were aggregated
+    ll_out, ll_kept = out.params.log_likelihood(X, y), kept.params.log_likelihood(X, y)
+    assert ll_out > ll_kept + 100
+    assert ll_out > truth.log_likelihood(X, y) - 0.01 * abs(truth.log_likelihood(X, y))
+    good = aggregate_messages(msgs, exclude_failed=True, random_state=0)  # reproducible
+    np.testing.assert_array_equal(good.params.expert_aug, out.params.expert_aug)
+
+
+def test_other_population_is_kept(three_experts):
+    _, _, _, msgs = three_experts
+    p = msgs[2].params
+    other = MoEParams(p.gate_coef, p.gate_intercept, 1.6 * p.expert_coef, p.expert_intercept,
+                      p.expert_var)
+    msgs = msgs[:2] + [_with_params(msgs[2], other)] + msgs[3:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = aggregate_messages(msgs, exclude_failed=True, random_state=0)
+    health = out.health()
+    cost = health["machine_cost"]
+    assert out.excluded == () and cost[2] > 2 * np.median(cost) and health["collapsed"] == []
