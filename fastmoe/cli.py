@@ -76,12 +76,14 @@ def cmd_demo(args) -> int:
         t_central = time.perf_counter() - t0
         add("centralised EM", central.params, t_central, t_central,
             f"{central.n_iter} EM iterations", "-")
+        excluded = set()
         for cost in args.costs:
             t0 = time.perf_counter()
             dist = DistributedMoERegressor(args.n_experts, args.n_machines, cost=cost,
                                            backend=args.backend, n_init=args.n_init,
                                            random_state=args.seed).fit(Xtr, ytr)
             wall = time.perf_counter() - t0
+            excluded |= set(dist.excluded_shards_)
             add(f"distributed OT-{cost.upper()}", dist.params_, dist.learning_time_, wall,
                 f"local max {dist.local_fit_times_.max():.2f} + reduction "
                 f"{dist.reduction_time_:.2f}", f"{int(dist.message_bytes_.sum())} B")
@@ -91,6 +93,9 @@ def cmd_demo(args) -> int:
                         "ARI", "test loglik", "bytes sent"]))
     print("learning time = slowest local fit + reduction (the paper's figure); wall time "
           "includes starting worker processes on this machine.")
+    if excluded:
+        print(f"shard(s) {sorted(excluded)} ended in a poor local optimum and were left out of "
+              "the aggregate (DistributedMoERegressor(exclude_failed=True)).")
     return 0
 
 
