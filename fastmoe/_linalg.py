@@ -59,20 +59,25 @@ def unpack_sym(packed: np.ndarray, q: int) -> np.ndarray:
 
 
 def solve_psd(A: np.ndarray, b: np.ndarray, rcond: float = 1e-12) -> np.ndarray:
-    """Minimum-norm solution of A x = b for a symmetric positive semi-definite A.
+    """Minimum-norm solution of A x = b for a symmetric positive semi-definite A,
+    after scaling A to unit diagonal.
 
     Eigen-decomposition with eigenvalues below ``rcond * max eigenvalue``
     dropped: exact for well-conditioned systems, and a defined answer for
     singular ones (constant or duplicated covariate columns, an expert with
-    fewer effective rows than coefficients).
+    fewer effective rows than coefficients). The diagonal scaling makes the
+    answer independent of the units of the covariates: without it, columns
+    on scales 1e8 apart put the intercept below the cut-off.
     """
-    evals, evecs = np.linalg.eigh(A)
+    d = np.sqrt(np.diagonal(A))
+    d = np.where(d > 0.0, d, 1.0)
+    evals, evecs = np.linalg.eigh(A / np.outer(d, d))
     top = evals[-1] if evals.size else 0.0
     if not np.isfinite(top) or top <= 0.0:
         return np.zeros_like(b)
     keep = evals > rcond * top
-    proj = evecs[:, keep].T @ b
-    return evecs[:, keep] @ (proj / evals[keep])
+    proj = evecs[:, keep].T @ (b / d)
+    return (evecs[:, keep] @ (proj / evals[keep])) / d
 
 
 def unpack_gram(packed: np.ndarray, q: int) -> np.ndarray:

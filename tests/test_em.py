@@ -205,6 +205,16 @@ def test_empty_expert_keeps_parameters(rng):
     np.testing.assert_allclose(kept, [3.0, 5.0])
 
 
+def test_fit_does_not_depend_on_the_units_of_x(small):
+    X, y, _, _ = small
+    ref = fit_moe(X, y, 3, random_state=0)
+    for scale in (np.array([1e-8, 1e8]), np.array([1e6, 1.0])):
+        fit = fit_moe(X * scale, y, 3, random_state=0)
+        assert fit.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-9)
+        np.testing.assert_allclose(fit.params.predict_mean(X * scale),
+                                   ref.params.predict_mean(X), rtol=1e-6, atol=1e-8)
+
+
 def test_constant_and_duplicated_columns_give_finite_fit(rng):
     """Documented behaviour: collinear columns are allowed; the least-squares and
     Newton solves take minimum-norm solutions, so the fitted model (as a function)
