@@ -81,7 +81,8 @@ class MoEFit:
         of its run (its short run with ``init_iter``).
     degenerate : messages about experts that collapsed in the best start.
     moves : messages about the split-merge moves that were accepted (see
-        :func:`fit_moe`, ``split_merge``).
+        :func:`fit_moe`, ``split_merge``); after one, ``history`` and ``n_iter``
+        are those of the EM run from the move.
     """
 
     params: MoEParams
@@ -258,11 +259,11 @@ def _random_regions(data: EMData, rng) -> np.ndarray:
     did as well there but trapped 2 of 6 shards of 1000 rows at d=2, whose
     gates then split the rows along the wrong direction."""
     K, d = data.K, data.d
-    mean = np.average(data.X, axis=0, weights=data.w)
-    sd = np.sqrt(np.average((data.X - mean) ** 2, axis=0, weights=data.w))
+    Xc = data.X - np.average(data.X, axis=0, weights=data.w)
+    sd = np.sqrt(np.average(Xc**2, axis=0, weights=data.w))
     sd[~(sd > 0)] = 1.0
     A = rng.standard_normal((K, d)) * (START_GATE_SCALE / np.sqrt(d)) / sd
-    return softmax((data.X - mean) @ A.T, axis=1)
+    return softmax(Xc @ A.T, axis=1)
 
 
 def _initial_params(data: EMData, init, rng, var_floor):
@@ -439,7 +440,7 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
                            **em))
     finals = [run[3] for run in runs]
     best = runs[int(np.argmax(finals))]
-    moments = covariate_moments(data)
+    moments = covariate_moments(data) if split_merge else None
     moves: list[str] = []
     if short and not best[5]:  # the best short run goes on to convergence
         if split_merge:
