@@ -222,7 +222,7 @@ def _split_move(data: EMData, alpha, beta, var, var_floor, pair):
     both its gate. Returns (alpha, beta, var) and a message."""
     i, j, kl = pair
     data.e_step(alpha, beta, var)
-    mass = data.resp.T @ data.w
+    mass = data.gram()[:, 0, 0]  # sum_i w_i r_ik, from the pass
     if mass[i] < mass[j]:
         i, j = j, i  # the lighter expert of the pair is re-seeded
     K = beta.shape[0]
