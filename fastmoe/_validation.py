@@ -37,6 +37,10 @@ def _as_float_array(a, name: str) -> np.ndarray:
         arr = np.asarray(a)
     else:
         raise ValueError(f"{name} must be array-like; got {type(a).__name__}.")
+    if arr.dtype.kind in "USa":
+        raise ValueError(f"{name} must be numeric; got dtype {arr.dtype} (text). Convert "
+                         "numbers stored as text explicitly (np.asarray(a, dtype=float)) "
+                         "and encode categorical columns.")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
                                    or np.issubdtype(arr.dtype, np.bool_)):
         try:

@@ -242,6 +242,8 @@ BAD = [
     (dict(y=np.array([np.inf, 1, 2, 3])), "y contains NaN"),
     (dict(y=np.ones(3)), "inconsistent numbers of samples"),
     (dict(X=np.array([["a", "b"]] * 4)), "must be numeric"),
+    (dict(X=np.arange(8.0).reshape(4, 2).astype(str)), r"must be numeric; got dtype <U"),
+    (dict(y=np.arange(4.0).astype(bytes)), r"y must be numeric; got dtype \|S"),
     (dict(n_experts=0), "n_experts must be an int >= 1; got 0"),
     (dict(n_experts=5), "more than the number of samples"),
     (dict(sample_weight=-np.ones(4)), "sample_weight must be >= 0"),
