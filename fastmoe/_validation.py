@@ -37,7 +37,7 @@ def _as_float_array(a, name: str) -> np.ndarray:
         arr = np.asarray(a)
     else:
         raise ValueError(f"{name} must be array-like; got {type(a).__name__}.")
-    if arr.dtype.kind in "USa":
+    if arr.dtype.kind in "US":  # str_, bytes_
         raise ValueError(f"{name} must be numeric; got dtype {arr.dtype} (text). Convert "
                          "numbers stored as text explicitly (np.asarray(a, dtype=float)) "
                          "and encode categorical columns.")
