@@ -39,6 +39,7 @@ from ._linalg import (
 )
 from ._params import MoEParams
 from ._validation import (
+    check_bool,
     check_choice,
     check_float,
     check_int,
@@ -421,8 +422,7 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         init_iter = check_int(init_iter, "init_iter")
     tol = check_float(tol, "tol", 0.0, inclusive=True)
     reg_var = check_float(reg_var, "reg_var")
-    if not isinstance(split_merge, (bool, np.bool_)):
-        raise ValueError(f"split_merge must be True or False, got {split_merge!r}.")
+    split_merge = check_bool(split_merge, "split_merge")
     if not isinstance(init, MoEParams):
         check_choice(init, "init", INITS)
     n_threads = resolve_threads(n_threads)

@@ -30,7 +30,14 @@ from . import _kernels
 from ._em import fit_moe
 from ._linalg import resolve_threads
 from ._params import MoEParams
-from ._validation import check_choice, check_float, check_int, check_random_state, check_X_y
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_random_state,
+    check_X_y,
+)
 from .aggregation import AggregationResult, aggregate
 from .diagnostics import FAILED_COST_FACTOR
 from .exceptions import ConvergenceWarning
@@ -261,6 +268,7 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
         msgs.append(m)
     if not msgs:
         raise ValueError("messages is empty; give at least one message.")
+    exclude_failed = check_bool(exclude_failed, "exclude_failed")
     rng = check_random_state(random_state)
 
     def run(kept):
@@ -647,13 +655,13 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             warnings.warn("dropped shard(s) " + "; ".join(str(e) for _, e in failed)
                           + "; the weights were renormalised over the others.",
                           UserWarning, stacklevel=3)
+        fitted = [i for i, r in results if not isinstance(r, ShardError)]  # shard indices
         messages = [r for _, r in results if not isinstance(r, ShardError)]
         if not messages:
             raise ValueError("every shard failed; nothing to aggregate.")
-        noisy = [i for i, r in results if not isinstance(r, ShardError) and r.meta["warnings"]]
+        noisy = [i for i, m in zip(fitted, messages) if m.meta["warnings"]]
         if noisy:
-            first = messages[[i for i, r in results
-                              if not isinstance(r, ShardError)].index(noisy[0])]
+            first = messages[fitted.index(noisy[0])]
             warnings.warn(f"local fits of shard(s) {noisy} warned (first: "
                           f"{first.meta['warnings'][0]}); see messages_[i].meta['warnings'].",
                           ConvergenceWarning, stacklevel=3)
@@ -672,7 +680,6 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.local_models_ = [m.params for m in messages]
         self.shard_sizes_ = np.array([m.n + m.heldout_n for m in messages])
         self.dropped_shards_ = [i for i, _ in failed]
-        fitted = [i for i, r in results if not isinstance(r, ShardError)]
         self.excluded_shards_ = [fitted[j] for j in agg.excluded]
         if self.excluded_shards_:
             warnings.warn(f"the local models of shard(s) {self.excluded_shards_} look like failed "
