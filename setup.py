@@ -61,6 +61,14 @@ extensions = [
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
+    # the AVX2 path is compiled per function (target attribute) and chosen at
+    # run time, so the build flags stay portable
+    Extension(
+        "fastmoe._kernels._reduce",
+        ["fastmoe/_kernels/_reduce.pyx"],
+        depends=["fastmoe/_kernels/_reduce.h"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
 ]
 
 setup(

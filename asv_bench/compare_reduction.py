@@ -17,10 +17,22 @@ from fastmoe._linalg import resolve_threads, solve_psd
 from fastmoe.aggregation import _update, large_mixture, mm_pass, support_cache
 
 
+def local_weights(mix, Z):
+    """(S, L) w_l(x_s) = lambda_m pi_k^(m)(x_s), machine by machine."""
+    W = np.empty((Z.shape[0], mix.gate.shape[0]))
+    for m in range(mix.n_machines):
+        lo, hi = mix.starts[m], mix.starts[m + 1]
+        logits = Z @ mix.gate[lo:hi].T
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        W[:, lo:hi] = mix.lam[m] * e / e.sum(axis=1, keepdims=True)
+    return W
+
+
 def tensor_iteration(mix, Xs, beta, var):
     """Costs, argmin plan, objective and the exact KL update with dense tensors."""
     Z = np.column_stack([np.ones(Xs.shape[0]), Xs])
-    W = mix.weights(Xs)  # (S, L)
+    W = local_weights(mix, Z)  # (S, L)
     ml = Z @ mix.expert.T  # (S, L)
     mk = Z @ beta.T  # (S, K)
     vl = mix.var

@@ -57,6 +57,8 @@ TARGET_BLOCK = 2048
 #: largest cache of local weights and means on the support reused by every MM
 #: iteration; beyond it they are recomputed in the pass
 CACHE_BYTES = 256 * 2**20
+#: local weights and means held at once when they are recomputed in the pass
+BLOCK_BYTES = 16 * 2**20
 
 
 # ----------------------------------------------------------------------------
@@ -88,21 +90,15 @@ class LargeMixture:
         """(L,) machine index of each local expert."""
         return np.repeat(np.arange(self.n_machines), np.diff(self.starts))
 
-    def weights(self, Xs: np.ndarray) -> np.ndarray:
-        """(S, L) w_l(x_s) = lambda_m pi_k^(m)(x_s)."""
-        Z = np.column_stack([np.ones(Xs.shape[0]), Xs])
-        W = np.empty((Xs.shape[0], self.gate.shape[0]))
-        for m in range(self.n_machines):
-            lo, hi = self.starts[m], self.starts[m + 1]
-            logits = Z @ self.gate[lo:hi].T
-            logits -= logits.max(axis=1, keepdims=True)
-            e = np.exp(logits)
-            W[:, lo:hi] = self.lam[m] * e / e.sum(axis=1, keepdims=True)
-        return W
-
-    def means(self, Xs: np.ndarray) -> np.ndarray:
-        """(S, L) local expert means (centred)."""
-        return Xs @ self.expert[:, 1:].T + self.expert[:, 0]
+    def support(self, Xs: np.ndarray, n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(W, ML): the (S, L) local weights w_l(x_s) = lambda_m pi_k^(m)(x_s)
+        and the local expert means (centred) at the rows of ``Xs``."""
+        Xs = np.ascontiguousarray(Xs, dtype=np.float64)
+        S, L = Xs.shape[0], self.gate.shape[0]
+        W, ML = np.empty((S, L)), np.empty((S, L))
+        _kernels.local_support(Xs, self.gate, self.expert, self.starts, self.lam, W, ML,
+                               n_threads=n_threads)
+        return W, ML
 
 
 def _as_params(model, index: int) -> MoEParams:
@@ -170,36 +166,47 @@ class _Pass:
     assign: np.ndarray | None
 
 
-def support_cache(mix: LargeMixture, Xs) -> tuple:
+def support_cache(mix: LargeMixture, Xs, n_threads: int = 1) -> tuple:
     """(W, ML): the (S, L) local weights and means on the support, which every
     MM iteration reuses, when they fit in ``CACHE_BYTES``; else two empty
-    arrays, and the pass recomputes them (memory flat in S)."""
+    arrays, and the pass recomputes them block by block (memory flat in S)."""
     S, L = Xs.shape[0], mix.gate.shape[0]
     if 2 * S * L * 8 > CACHE_BYTES:
         return np.empty((0, L)), np.empty((0, L))
-    return np.ascontiguousarray(mix.weights(Xs)), np.ascontiguousarray(mix.means(Xs))
+    return mix.support(Xs, n_threads)
 
 
 def mm_pass(mix: LargeMixture, Xs, beta, var, cost: int, n_threads: int,
             want_assign: bool = False, cache=None) -> _Pass:
-    """One compiled pass (``_kernels.mm_pass``), its chunks summed in order."""
+    """One compiled pass (``_kernels.mm_pass``), its chunks summed in order.
+
+    Without a cache the local weights and means are computed for blocks of
+    whole chunks, so the chunks, and the results, are the same either way."""
     S, d = Xs.shape
     K, p = beta.shape
     L = mix.gate.shape[0]
     chunk = chunk_size(S)
     nc = n_chunks(S, chunk)
     out = (np.empty((nc, K, p * (p + 1) // 2)), np.empty((nc, K, p)), np.empty((nc, K, 2)),
-           np.empty((nc, L, K)), np.empty((nc, L)),
+           np.empty((nc, K, L)), np.empty((nc, L)),
            np.empty((S, L) if want_assign else (0, L), dtype=np.int16))
-    if cache is None:
-        cache = (np.empty((0, L)), np.empty((0, L)))
-    local = (mix.gate, mix.expert, mix.var, mix.starts, mix.lam)
     targets = (np.ascontiguousarray(beta, dtype=np.float64),
                np.ascontiguousarray(var, dtype=np.float64))
-    _kernels.mm_pass(Xs, local, cache, targets, cost, chunk, out, n_threads=n_threads)
+    if cache is not None and cache[0].shape[0] == S:
+        _kernels.mm_pass(Xs, cache[0], cache[1], mix.var, targets, cost, chunk, out,
+                         n_threads=n_threads)
+    else:
+        rows = chunk * max(1, BLOCK_BYTES // (2 * 8 * L * chunk))
+        for lo in range(0, S, rows):
+            hi = min(S, lo + rows)
+            W, ML = mix.support(Xs[lo:hi], n_threads)
+            c = slice(lo // chunk, n_chunks(hi - lo, chunk) + lo // chunk)
+            block = tuple(a[c] for a in out[:5]) + (out[5][lo:hi] if want_assign else out[5],)
+            _kernels.mm_pass(Xs[lo:hi], W, ML, mix.var, targets, cost, chunk, block,
+                             n_threads=n_threads)
     gram, lin, scal, mass, lobj, assign = out
     lobj = lobj.sum(axis=0)
-    mass = mass.sum(axis=0)
+    mass = mass.sum(axis=0).T
     # sum P var_l and sum P sqrt(var_l) per target, from the (L, K) mass
     scal = np.column_stack([scal.sum(axis=0), mass.T @ mix.var, mass.T @ np.sqrt(mix.var)])
     return _Pass(float(lobj.sum()), unpack_sym(gram.sum(axis=0), p), lin.sum(axis=0), scal,
@@ -302,7 +309,7 @@ def _target_assigned(mix, Xs, mass, K):
     onehot[np.arange(mass.shape[0]), owner] = 1.0
     T = np.empty((Xs.shape[0], K))
     for b in _blocks(Xs.shape[0]):
-        W = mix.weights(Xs[b])
+        W = mix.support(Xs[b])[0]
         T[b] = (W @ onehot) / W.sum(axis=1, keepdims=True)
     return T
 
@@ -310,7 +317,7 @@ def _target_assigned(mix, Xs, mass, K):
 def _target_plan(mix, Xs, assign, K):
     T = np.zeros((Xs.shape[0], K))
     for b in _blocks(Xs.shape[0]):
-        W = mix.weights(Xs[b])
+        W = mix.support(Xs[b])[0]
         A = assign[b]
         for k in range(K):
             T[b, k] = np.sum(W * (A == k), axis=1)
@@ -341,8 +348,7 @@ def _kl_targets(mix, Xs, alpha, beta, var, nodes, weights):
     sd_l = np.sqrt(mix.var)
     for b in _blocks(Xs.shape[0]):
         X = Xs[b]
-        W = mix.weights(X)  # (s, L)
-        ml = mix.means(X)  # (s, L)
+        W, ml = mix.support(X)  # (s, L) each
         Y = ml[:, :, None] + sd_l[None, :, None] * nodes[None, None, :]  # (s, L, Q)
         logit = X @ alpha[:, 1:].T + alpha[:, 0]
         logpi = logit - np.logaddexp.reduce(logit, axis=1, keepdims=True)  # (s, K)
@@ -522,7 +528,7 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
         starts.append(_kmeans_start(mix, K, rng))
 
     t0 = time.perf_counter()
-    cache = support_cache(mix, Xs)
+    cache = support_cache(mix, Xs, n_threads)
     best = None
     for beta, var in starts:
         out = _run_mm(mix, Xs, beta, var, cost=code, variance_update=variance_update,

@@ -11,13 +11,14 @@ from fastmoe import (
     MoEParams,
     _kernels,
     aggregate,
+    aggregation,
     aligned_average,
     medoid,
     naive_average,
     transport_divergence,
 )
-from fastmoe._linalg import chunk_size, n_chunks, unpack_sym
-from fastmoe.aggregation import _run_mm, large_mixture
+from fastmoe._linalg import n_chunks, unpack_sym
+from fastmoe.aggregation import _run_mm, large_mixture, mm_pass, support_cache
 from fastmoe.diagnostics import align_to, parameter_rmse
 
 
@@ -27,50 +28,100 @@ def random_model(rng, K, d, spread=1.0):
                      rng.uniform(0.3, 2.0, K))
 
 
+@pytest.fixture(params=["simd", "plain"])
+def kernel_path(request):
+    """Run a test on the AVX2/FMA path of the reduction kernel (where the CPU
+    has it) and on the plain C path."""
+    if request.param == "simd" and not _kernels.simd_available():
+        pytest.skip("this CPU has no AVX2/FMA")
+    previous = _kernels.set_simd(request.param == "simd")
+    yield request.param
+    _kernels.set_simd(previous)
+
+
+def test_local_support_against_naive(rng):
+    models = [random_model(rng, K, 3) for K in (2, 3, 1)]
+    lam = np.array([0.5, 0.3, 0.2])
+    Xs = rng.standard_normal((300, 3))
+    Xs.setflags(write=False)
+    gate = np.vstack([m.gate_aug for m in models])
+    expert = np.vstack([m.expert_aug for m in models])
+    starts = np.array([0, 2, 5, 6], dtype=np.int64)
+    for n_threads in (1, 2):
+        W, ML = np.empty((300, 6)), np.empty((300, 6))
+        _kernels.local_support(Xs, gate, expert, starts, lam, W, ML, n_threads=n_threads)
+        np.testing.assert_allclose(W, naive.local_weights(models, lam, Xs), rtol=1e-12)
+        np.testing.assert_allclose(ML, naive.xt(Xs) @ expert.T, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("cost", ["kl", "w2"])
-@pytest.mark.parametrize("S,d,Ks", [(1, 1, (1,)), (7, 2, (2, 3)), (2500, 3, (3, 3, 2))])
+@pytest.mark.parametrize("S,d,Ks,K", [(1, 1, (1,), 1), (7, 2, (2, 3), 2), (2500, 3, (3, 3, 2), 2),
+                                      (700, 9, (5, 4, 6), 6), (600, 21, (5,) * 8, 5)])
 @pytest.mark.parametrize("n_threads", [1, 2])
-@pytest.mark.parametrize("cached", [False, True])
-def test_mm_pass_against_naive_tensors(rng, cost, S, d, Ks, n_threads, cached):
-    models = [random_model(rng, K, d) for K in Ks]
+def test_mm_pass_against_naive_tensors(rng, kernel_path, cost, S, d, Ks, K, n_threads):
+    # shapes cover the kernel's edges: one target, L not a multiple of 8,
+    # K not a multiple of 4, p past several column blocks of 8, chunks of rows
+    models = [random_model(rng, k, d) for k in Ks]
     lam = rng.uniform(1, 3, len(Ks))
     lam /= lam.sum()
     Xs = rng.standard_normal((S, d))
     Xs.setflags(write=False)
-    K = 2
     beta = rng.standard_normal((K, d + 1))
     var = rng.uniform(0.3, 2.0, K)
-    gate = np.vstack([m.gate_aug for m in models])
     expert = np.vstack([m.expert_aug for m in models])
     vl = np.concatenate([m.expert_var for m in models])
-    starts = np.concatenate([[0], np.cumsum(Ks)]).astype(np.int64)
-    L, p = gate.shape[0], d + 1
-    chunk = chunk_size(S)
+    L, p = expert.shape[0], d + 1
+    chunk = 256
     nc = n_chunks(S, chunk)
     gram = np.empty((nc, K, p * (p + 1) // 2))
     lin, scal = np.empty((nc, K, p)), np.empty((nc, K, 2))
-    mass, lobj = np.empty((nc, L, K)), np.empty((nc, L))
+    mass, lobj = np.empty((nc, K, L)), np.empty((nc, L))
     assign = np.empty((S, L), dtype=np.int16)
-    if cached:
-        cache = (naive.local_weights(models, lam, Xs), naive.xt(Xs) @ expert.T)
-    else:
-        cache = (np.empty((0, L)), np.empty((0, L)))
-    _kernels.mm_pass(Xs, (gate, expert, vl, starts, lam), cache, (beta, var),
-                     _kernels.KL if cost == "kl" else _kernels.W2, chunk,
-                     (gram, lin, scal, mass, lobj, assign), n_threads=n_threads)
+    W = naive.local_weights(models, lam, Xs)
+    ML = naive.xt(Xs) @ expert.T
+    _kernels.mm_pass(Xs, W, ML, vl, (beta, var), _kernels.KL if cost == "kl" else _kernels.W2,
+                     chunk, (gram, lin, scal, mass, lobj, assign), n_threads=n_threads)
     obj, P, g_ref, l_ref, s_ref = naive.mm_pass(models, lam, Xs, beta, var, cost)
     np.testing.assert_allclose(lobj.sum(), obj, rtol=1e-10)
     np.testing.assert_allclose(unpack_sym(gram.sum(axis=0), p), g_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(lin.sum(axis=0), l_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(scal.sum(axis=0), s_ref[:, :2], rtol=1e-10, atol=1e-12)
+    mass = mass.sum(axis=0).T  # (L, K)
     # the variance sums come from the mass (as aggregation.mm_pass does)
-    np.testing.assert_allclose(mass.sum(axis=0).T @ vl, s_ref[:, 2], rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(mass.sum(axis=0).T @ np.sqrt(vl), s_ref[:, 3], rtol=1e-10,
-                               atol=1e-12)
-    np.testing.assert_allclose(mass.sum(axis=0), P.sum(axis=0), rtol=1e-10, atol=1e-12)
-    np.testing.assert_array_equal(assign, np.argmax(P > 0, axis=2) * (P.sum(axis=2) > 0)
-                                  + np.argmin(naive.cost_tensor(models, Xs, beta, var, cost),
-                                              axis=2) * (P.sum(axis=2) == 0))
+    np.testing.assert_allclose(mass.T @ vl, s_ref[:, 2], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mass.T @ np.sqrt(vl), s_ref[:, 3], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mass, P.sum(axis=0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(
+        assign, np.argmin(naive.cost_tensor(models, Xs, beta, var, cost), axis=2))
+
+
+def test_mm_pass_with_and_without_cache_agree(rng, monkeypatch):
+    # without a cache the pass recomputes the local support in blocks of whole
+    # chunks: the chunks, and so the sums, are the same
+    models = [random_model(rng, 3, 2) for _ in range(4)]
+    mix = large_mixture(models, [1, 2, 3, 4])
+    Xs = rng.standard_normal((5000, 2))
+    beta, var = rng.standard_normal((3, 3)), np.ones(3)
+    ref = mm_pass(mix, Xs, beta, var, _kernels.KL, 2, want_assign=True,
+                  cache=support_cache(mix, Xs))
+    monkeypatch.setattr(aggregation, "BLOCK_BYTES", 1)  # blocks of one chunk each
+    out = mm_pass(mix, Xs, beta, var, _kernels.KL, 2, want_assign=True)
+    assert out.objective == ref.objective
+    np.testing.assert_array_equal(out.gram, ref.gram)
+    np.testing.assert_array_equal(out.mass, ref.mass)
+    np.testing.assert_array_equal(out.assign, ref.assign)
+
+
+def test_mm_pass_rejects_inconsistent_buffers(rng):
+    Xs, W = rng.standard_normal((10, 2)), np.full((10, 3), 1 / 3)
+    out = (np.empty((1, 2, 6)), np.empty((1, 2, 3)), np.empty((1, 2, 2)), np.empty((1, 2, 3)),
+           np.empty((1, 3)), np.empty((0, 3), dtype=np.int16))
+    targets = (np.zeros((2, 3)), np.ones(2))
+    _kernels.mm_pass(Xs, W, W, np.ones(3), targets, _kernels.KL, 16, out)
+    with pytest.raises(ValueError, match="shapes"):
+        _kernels.mm_pass(Xs, W[:, :2].copy(), W, np.ones(3), targets, _kernels.KL, 16, out)
+    with pytest.raises(ValueError, match="chunks"):
+        _kernels.mm_pass(Xs, W, W, np.ones(3), targets, _kernels.KL, 4, out)
 
 
 def test_kl_closed_form_against_integration():

@@ -198,5 +198,5 @@ def test_serial_and_parallel_variants_have_separate_disk_cache_entries():
 
     pair = jit_pair(body)
     assert pair.serial.py_func.__qualname__ != pair.parallel.py_func.__qualname__
-    for kernel in (_kernels.mm_pass,):
+    for kernel in (_kernels.local_support,):
         assert kernel.serial.py_func.__qualname__ != kernel.parallel.py_func.__qualname__
