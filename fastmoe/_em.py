@@ -168,13 +168,14 @@ def experts_from_gram(G, beta_prev, var_prev, var_floor, total_weight):
     beta = np.array(beta_prev, dtype=np.float64, copy=True)
     var = np.array(var_prev, dtype=np.float64, copy=True)
     notes = []
+    solved = solve_psd(G[:, :p, :p], G[:, :p, p])
     for k in range(K):
         mass = G[k, 0, 0]
         if not mass > EMPTY_SHARE * total_weight:
             notes.append(f"expert {k} received no responsibility; its parameters were kept")
             continue
-        A, b, syy = G[k, :p, :p], G[k, :p, p], G[k, p, p]
-        beta[k] = solve_psd(A, b)
+        b, syy = G[k, :p, p], G[k, p, p]
+        beta[k] = solved[k]
         v = (syy - b @ beta[k]) / mass
         if not v > var_floor:
             notes.append(f"expert {k}'s variance collapsed to the floor {var_floor:.3g}")

@@ -7,6 +7,9 @@ import os
 
 import numpy as np
 
+#: condition number below which solve_psd inverts instead of decomposing
+WELL_CONDITIONED = 1e8
+
 #: Largest number of row chunks a kernel accumulates into.
 MAX_CHUNKS = 256
 MIN_CHUNK = 1024
@@ -60,24 +63,39 @@ def unpack_sym(packed: np.ndarray, q: int) -> np.ndarray:
 
 def solve_psd(A: np.ndarray, b: np.ndarray, rcond: float = 1e-12) -> np.ndarray:
     """Minimum-norm solution of A x = b for a symmetric positive semi-definite A,
-    after scaling A to unit diagonal.
+    after scaling A to unit diagonal; A (..., q, q) and b (..., q) may be stacks
+    of systems, solved in one call.
 
     Eigen-decomposition with eigenvalues below ``rcond * max eigenvalue``
     dropped: exact for well-conditioned systems, and a defined answer for
     singular ones (constant or duplicated covariate columns, an expert with
-    fewer effective rows than coefficients). The diagonal scaling makes the
-    answer independent of the units of the covariates: without it, columns
-    on scales 1e8 apart put the intercept below the cut-off.
+    fewer effective rows than coefficients; zero for A = 0). The diagonal
+    scaling makes the answer independent of the units of the covariates:
+    without it, columns on scales 1e8 apart put the intercept below the cut-off.
     """
-    d = np.sqrt(np.diagonal(A))
-    d = np.where(d > 0.0, d, 1.0)
-    evals, evecs = np.linalg.eigh(A / np.outer(d, d))
-    top = evals[-1] if evals.size else 0.0
-    if not np.isfinite(top) or top <= 0.0:
+    A = np.asarray(A, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if A.shape[-1] == 0:
         return np.zeros_like(b)
-    keep = evals > rcond * top
-    proj = evecs[:, keep].T @ (b / d)
-    return (evecs[:, keep] @ (proj / evals[keep])) / d
+    d = np.sqrt(np.diagonal(A, axis1=-2, axis2=-1))
+    d = np.where(d > 0.0, d, 1.0)
+    A = A / (d[..., :, None] * d[..., None, :])
+    b = b / d
+    # fast path: a Frobenius condition number below WELL_CONDITIONED bounds the
+    # 2-norm one, so no eigenvalue would be dropped and the solution is unique
+    try:
+        inv = np.linalg.inv(A)
+        cond = np.linalg.norm(A, axis=(-2, -1)) * np.linalg.norm(inv, axis=(-2, -1))
+        if np.all(cond < min(WELL_CONDITIONED, 1.0 / rcond)):
+            return np.einsum("...ij,...j->...i", inv, b) / d
+    except np.linalg.LinAlgError:
+        pass
+    evals, evecs = np.linalg.eigh(A)
+    top = evals[..., -1:]
+    keep = (evals > rcond * top) & np.isfinite(top) & (top > 0.0)
+    inv = np.divide(1.0, evals, out=np.zeros_like(evals), where=keep)
+    proj = np.einsum("...ji,...j->...i", evecs, b) * inv
+    return np.einsum("...ij,...j->...i", evecs, proj) / d
 
 
 def unpack_gram(packed: np.ndarray, q: int) -> np.ndarray:

@@ -166,22 +166,47 @@ class _Pass:
     assign: np.ndarray | None
 
 
-def support_cache(mix: LargeMixture, Xs, n_threads: int = 1) -> tuple:
-    """(W, ML): the (S, L) local weights and means on the support, which every
-    MM iteration reuses, when they fit in ``CACHE_BYTES``; else two empty
-    arrays, and the pass recomputes them block by block (memory flat in S)."""
+@dataclass(frozen=True)
+class SupportCache:
+    """What every MM pass over one support reuses.
+
+    W, ML: the (S, L) local weights and means, when they fit in
+    ``CACHE_BYTES``; else (0, L) arrays, and each pass recomputes them block by
+    block (memory flat in S).
+    gram_total: (p, p) sum_s Lambda(s) xt_s xt_s^T with Lambda(s) = sum_l
+    w_l(x_s). Since the targets' weights D_k(s) sum to Lambda(s), a pass can
+    skip one target's Gram matrix and take it as this total minus the others.
+    """
+
+    W: np.ndarray
+    ML: np.ndarray
+    gram_total: np.ndarray
+
+
+def support_cache(mix: LargeMixture, Xs, n_threads: int = 1) -> SupportCache:
     S, L = Xs.shape[0], mix.gate.shape[0]
-    if 2 * S * L * 8 > CACHE_BYTES:
-        return np.empty((0, L)), np.empty((0, L))
-    return mix.support(Xs, n_threads)
+    keep = 2 * S * L * 8 <= CACHE_BYTES
+    rows = S if keep else max(1, BLOCK_BYTES // (2 * 8 * L))
+    gram_total = np.zeros((Xs.shape[1] + 1,) * 2)
+    for lo in range(0, S, rows):
+        W, ML = mix.support(Xs[lo:lo + rows], n_threads)
+        Z = np.column_stack([np.ones(W.shape[0]), Xs[lo:lo + rows]])
+        gram_total += Z.T @ (W.sum(axis=1)[:, None] * Z)
+    if not keep:
+        W = ML = np.empty((0, L))
+    return SupportCache(W, ML, gram_total)
 
 
 def mm_pass(mix: LargeMixture, Xs, beta, var, cost: int, n_threads: int,
-            want_assign: bool = False, cache=None) -> _Pass:
+            want_assign: bool = False, cache: SupportCache | None = None,
+            skip: int = -1) -> _Pass:
     """One compiled pass (``_kernels.mm_pass``), its chunks summed in order.
 
-    Without a cache the local weights and means are computed for blocks of
-    whole chunks, so the chunks, and the results, are the same either way."""
+    Without cached local weights and means they are computed for blocks of
+    whole chunks, so the chunks, and the results, are the same either way.
+    ``skip`` >= 0 (needs ``cache``): that target's Gram matrix is the cache's
+    total minus the others' (use a heavy target: the difference loses the
+    digits of the total that the target does not carry)."""
     S, d = Xs.shape
     K, p = beta.shape
     L = mix.gate.shape[0]
@@ -192,8 +217,8 @@ def mm_pass(mix: LargeMixture, Xs, beta, var, cost: int, n_threads: int,
            np.empty((S, L) if want_assign else (0, L), dtype=np.int16))
     targets = (np.ascontiguousarray(beta, dtype=np.float64),
                np.ascontiguousarray(var, dtype=np.float64))
-    if cache is not None and cache[0].shape[0] == S:
-        _kernels.mm_pass(Xs, cache[0], cache[1], mix.var, targets, cost, chunk, out,
+    if cache is not None and cache.W.shape[0] == S:
+        _kernels.mm_pass(Xs, cache.W, cache.ML, mix.var, targets, cost, chunk, out, skip,
                          n_threads=n_threads)
     else:
         rows = chunk * max(1, BLOCK_BYTES // (2 * 8 * L * chunk))
@@ -202,15 +227,18 @@ def mm_pass(mix: LargeMixture, Xs, beta, var, cost: int, n_threads: int,
             W, ML = mix.support(Xs[lo:hi], n_threads)
             c = slice(lo // chunk, n_chunks(hi - lo, chunk) + lo // chunk)
             block = tuple(a[c] for a in out[:5]) + (out[5][lo:hi] if want_assign else out[5],)
-            _kernels.mm_pass(Xs[lo:hi], W, ML, mix.var, targets, cost, chunk, block,
+            _kernels.mm_pass(Xs[lo:hi], W, ML, mix.var, targets, cost, chunk, block, skip,
                              n_threads=n_threads)
     gram, lin, scal, mass, lobj, assign = out
+    gram = unpack_sym(gram.sum(axis=0), p)
+    if skip >= 0:
+        gram[skip] = cache.gram_total - gram.sum(axis=0)  # the kernel left it zero
     lobj = lobj.sum(axis=0)
     mass = mass.sum(axis=0).T
     # sum P var_l and sum P sqrt(var_l) per target, from the (L, K) mass
     scal = np.column_stack([scal.sum(axis=0), mass.T @ mix.var, mass.T @ np.sqrt(mix.var)])
-    return _Pass(float(lobj.sum()), unpack_sym(gram.sum(axis=0), p), lin.sum(axis=0), scal,
-                 mass, lobj, assign if want_assign else None)
+    return _Pass(float(lobj.sum()), gram, lin.sum(axis=0), scal, mass, lobj,
+                 assign if want_assign else None)
 
 
 def _update(mix, st: _Pass, beta, var, cost: int, variance_update: str, notes: list):
@@ -220,11 +248,12 @@ def _update(mix, st: _Pass, beta, var, cost: int, variance_update: str, notes: l
     var = var.copy()
     floor = 1e-12 * float(mix.var.max())
     empty = [k for k in range(K) if not st.scal[k, 0] > 0.0]
+    solved = solve_psd(st.gram, st.lin)
     for k in range(K):
         D = st.scal[k, 0]
         if not D > 0.0:
             continue
-        beta[k] = solve_psd(st.gram[k], st.lin[k])
+        beta[k] = solved[k]
         if cost == _kernels.W2:
             v = (st.scal[k, 3] / D) ** 2
         elif variance_update == "published":
@@ -249,8 +278,14 @@ def _run_mm(mix, Xs, beta, var, *, cost, variance_update, max_iter, tol, n_threa
     notes: list[str] = []
     converged = False
     it = 0
+    skip = -1
     while True:
-        st = mm_pass(mix, Xs, beta, var, cost, n_threads, cache=cache)
+        st = mm_pass(mix, Xs, beta, var, cost, n_threads, cache=cache, skip=skip)
+        if skip >= 0 and not st.scal[skip, 0] * 4 * len(var) >= st.scal[:, 0].sum():
+            # the skipped target lost most of its mass: take its Gram matrix directly
+            st = mm_pass(mix, Xs, beta, var, cost, n_threads, cache=cache)
+        if cache is not None:
+            skip = int(np.argmax(st.scal[:, 0]))  # the heaviest target, next time
         history.append(st.objective)
         if len(history) > 1:
             prev = history[-2]

@@ -112,6 +112,26 @@ def test_mm_pass_with_and_without_cache_agree(rng, monkeypatch):
     np.testing.assert_array_equal(out.assign, ref.assign)
 
 
+@pytest.mark.parametrize("K", [1, 3, 6])
+def test_mm_pass_skip_derives_a_gram_from_the_total(rng, kernel_path, K):
+    # the kernel leaves the skipped target's Gram matrix zero; mm_pass takes it
+    # as the support's total minus the others (the D_k(s) sum to sum_l w_l(x_s))
+    models = [random_model(rng, 4, 3) for _ in range(3)]
+    mix = large_mixture(models, [1, 2, 3])
+    Xs = rng.standard_normal((3000, 3))
+    beta, var = rng.standard_normal((K, 4)), rng.uniform(0.5, 2.0, K)
+    cache = support_cache(mix, Xs)
+    ref = mm_pass(mix, Xs, beta, var, _kernels.KL, 2, cache=cache)
+    for skip in range(K):
+        out = mm_pass(mix, Xs, beta, var, _kernels.KL, 2, cache=cache, skip=skip)
+        np.testing.assert_allclose(out.gram, ref.gram, rtol=1e-10,
+                                   atol=1e-12 * np.abs(ref.gram).max())
+        np.testing.assert_array_equal(out.lin, ref.lin)
+        assert out.objective == ref.objective
+    with pytest.raises(ValueError, match="skip"):
+        mm_pass(mix, Xs, beta, var, _kernels.KL, 2, cache=cache, skip=K)
+
+
 def test_mm_pass_rejects_inconsistent_buffers(rng):
     Xs, W = rng.standard_normal((10, 2)), np.full((10, 3), 1 / 3)
     out = (np.empty((1, 2, 6)), np.empty((1, 2, 3)), np.empty((1, 2, 2)), np.empty((1, 2, 3)),

@@ -20,7 +20,9 @@
  *   X (n, d) covariates; W (n, L) local weights w_l(x) = lam_m pi_k^(m)(x);
  *   ML (n, L) local means m_l(x); vloc (L,) local variances;
  *   beta (K, d+1) target coefficients, intercept first; var (K,) target variances;
- *   cost FM_KL or FM_W2.
+ *   cost FM_KL or FM_W2; skip: a target whose Gram matrix is not accumulated
+ *   (left zero; the caller derives it from the support's total, since
+ *   sum_k D_k(s) = sum_l w_l(x_s)), or -1.
  * Outputs (overwritten), with p = d+1 and T = p(p+1)/2:
  *   gram (K, T) packed upper triangle of sum_s D_k(s) xt xt^T, D_k(s) = sum_l P_lks;
  *   lin (K, p) sum P m_l xt; scal (K, 2) sum P, sum P m_l^2;
@@ -62,20 +64,28 @@ static double fm_objective_terms(fm_int L, const double* vloc, int cost, double*
     return cost == FM_KL ? 0.5 : 1.0;
 }
 
-static void fm_pack_upper(fm_int K, fm_int p, fm_int stride, const double* G, double* gram) {
+/* gram[k] = the packed upper triangle of G[q] (p rows of the given stride), q
+ * counting the targets other than skip; gram[skip] = 0 */
+static void fm_pack_upper(fm_int K, fm_int skip, fm_int p, fm_int stride, const double* G,
+                          double* gram) {
     fm_int T = p * (p + 1) / 2;
-    for (fm_int k = 0; k < K; k++) {
+    for (fm_int k = 0, q = 0; k < K; k++) {
+        if (k == skip) {
+            memset(gram + k * T, 0, sizeof(double) * (size_t)T);
+            continue;
+        }
         fm_int t = 0;
         for (fm_int a = 0; a < p; a++)
             for (fm_int j = a; j < p; j++)
-                gram[k * T + t++] = G[(k * p + a) * stride + j];
+                gram[k * T + t++] = G[(q * p + a) * stride + j];
+        q++;
     }
 }
 
 static int fm_chunk_plain(fm_int n, fm_int d, const double* X, fm_int L, const double* W,
                           const double* ML, const double* vloc, fm_int K, const double* beta,
-                          const double* var, int cost, double* gram, double* lin, double* scal,
-                          double* mass, double* lobj, short* assign) {
+                          const double* var, int cost, fm_int skip, double* gram, double* lin,
+                          double* scal, double* mass, double* lobj, short* assign) {
     fm_int p = d + 1;
     double* buf = malloc(sizeof(double) * (size_t)(p + 6 * K + K * p * p + 2 * L));
     if (!buf) return -1;
@@ -127,11 +137,14 @@ static int fm_chunk_plain(fm_int n, fm_int d, const double* X, fm_int L, const d
             for (fm_int i = 0; i < p; i++) {
                 lin[k * p + i] += Dm[k] * z[i];
                 double c = D[k] * z[i];
-                for (fm_int j = i; j < p; j++) G[(k * p + i) * p + j] += c * z[j];
+                if (k != skip)
+                    for (fm_int j = i; j < p; j++) G[(k * p + i) * p + j] += c * z[j];
             }
         }
     }
-    fm_pack_upper(K, p, p, G, gram);
+    for (fm_int k = skip >= 0 ? skip + 1 : K; k < K; k++) /* pack G compactly */
+        memcpy(G + (k - 1) * p * p, G + k * p * p, sizeof(double) * (size_t)(p * p));
+    fm_pack_upper(K, skip, p, p, G, gram);
     free(buf);
     return 0;
 }
@@ -153,18 +166,18 @@ FM_AVX2 static inline double fm_hsum(__m256d v) {
     return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
 }
 
-/* g[q*gs + 0..8] += sum_r w[r*K + q] z[r*P + 0..8] for q < 4: 8 accumulators */
+/* g[q*gs + 0..8] += sum_r w[r*ws + q*P] z[r*P + 0..8] for q < 4: 8 accumulators */
 FM_AVX2 __attribute__((noinline)) static void fm_tile4(fm_int nb, const double* restrict z,
                                                        fm_int P, const double* restrict w,
-                                                       fm_int K, double* restrict g, fm_int gs) {
+                                                       fm_int ws, double* restrict g, fm_int gs) {
     __m256d c0 = _mm256_loadu_pd(g), e0 = _mm256_loadu_pd(g + 4);
     __m256d c1 = _mm256_loadu_pd(g + gs), e1 = _mm256_loadu_pd(g + gs + 4);
     __m256d c2 = _mm256_loadu_pd(g + 2 * gs), e2 = _mm256_loadu_pd(g + 2 * gs + 4);
     __m256d c3 = _mm256_loadu_pd(g + 3 * gs), e3 = _mm256_loadu_pd(g + 3 * gs + 4);
     for (fm_int r = 0; r < nb; r++) {
         __m256d zv = _mm256_loadu_pd(z), zw = _mm256_loadu_pd(z + 4);
-        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + 1);
-        __m256d w2 = _mm256_broadcast_sd(w + 2), w3 = _mm256_broadcast_sd(w + 3);
+        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + P);
+        __m256d w2 = _mm256_broadcast_sd(w + 2 * P), w3 = _mm256_broadcast_sd(w + 3 * P);
         c0 = _mm256_fmadd_pd(w0, zv, c0);
         e0 = _mm256_fmadd_pd(w0, zw, e0);
         c1 = _mm256_fmadd_pd(w1, zv, c1);
@@ -174,7 +187,7 @@ FM_AVX2 __attribute__((noinline)) static void fm_tile4(fm_int nb, const double* 
         c3 = _mm256_fmadd_pd(w3, zv, c3);
         e3 = _mm256_fmadd_pd(w3, zw, e3);
         z += P;
-        w += K;
+        w += ws;
     }
     _mm256_storeu_pd(g, c0);
     _mm256_storeu_pd(g + 4, e0);
@@ -186,21 +199,21 @@ FM_AVX2 __attribute__((noinline)) static void fm_tile4(fm_int nb, const double* 
     _mm256_storeu_pd(g + 3 * gs + 4, e3);
 }
 
-/* g[0..8] += sum_r w[r*K] z[r*P + 0..8], even and odd rows in separate sums */
+/* g[0..8] += sum_r w[r*ws] z[r*P + 0..8], even and odd rows in separate sums */
 FM_AVX2 __attribute__((noinline)) static void fm_tile1(fm_int nb, const double* restrict z,
                                                        fm_int P, const double* restrict w,
-                                                       fm_int K, double* restrict g) {
+                                                       fm_int ws, double* restrict g) {
     __m256d c0 = _mm256_loadu_pd(g), e0 = _mm256_loadu_pd(g + 4);
     __m256d c1 = _mm256_setzero_pd(), e1 = c1;
     fm_int r = 0;
     for (; r + 2 <= nb; r += 2) {
-        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + K);
+        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + ws);
         c0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z), c0);
         e0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z + 4), e0);
         c1 = _mm256_fmadd_pd(w1, _mm256_loadu_pd(z + P), c1);
         e1 = _mm256_fmadd_pd(w1, _mm256_loadu_pd(z + P + 4), e1);
         z += 2 * P;
-        w += 2 * K;
+        w += 2 * ws;
     }
     if (r < nb) {
         __m256d w0 = _mm256_broadcast_sd(w);
@@ -211,25 +224,30 @@ FM_AVX2 __attribute__((noinline)) static void fm_tile1(fm_int nb, const double* 
     _mm256_storeu_pd(g + 4, _mm256_add_pd(e0, e1));
 }
 
-/* G[k] (p rows of stride P) upper part += sum_r D[r,k] z_r z_r^T for the nb
- * buffered points Z (nb, P), zero beyond column p; DZ is scratch (p, nb, K).
- * Row a is updated from column a in blocks of 8 (at most 7 columns past the
- * diagonal block are wasted, never read). */
-FM_AVX2 static void fm_gram_block(fm_int nb, fm_int K, fm_int p, fm_int P, const double* Z,
-                                  const double* D, double* DZ, double* G) {
-    for (fm_int a = 0; a < p; a++)
-        for (fm_int r = 0; r < nb; r++) {
-            double za = Z[r * P + a];
-            for (fm_int k = 0; k < K; k++) DZ[(a * nb + r) * K + k] = D[r * K + k] * za;
+/* G[q] (p rows of stride P) upper part += sum_r D[r,k] z_r z_r^T for the nb
+ * buffered points Z (nb, P), zero beyond column p, q counting the targets k
+ * other than skip; DZ (nb, K, P) is scratch. Row a is updated from column a in
+ * blocks of 8 (at most 7 columns past the diagonal block are wasted, never read). */
+FM_AVX2 static void fm_gram_block(fm_int nb, fm_int K, fm_int skip, fm_int p, fm_int P,
+                                  const double* Z, const double* D, double* DZ, double* G) {
+    fm_int Kc = 0;
+    for (fm_int r = 0; r < nb; r++) {
+        Kc = 0;
+        for (fm_int k = 0; k < K; k++) {
+            if (k == skip) continue;
+            __m256d c = _mm256_broadcast_sd(D + r * K + k);
+            double* dz = DZ + (r * K + Kc++) * P;
+            for (fm_int j = 0; j < P; j += 4)
+                _mm256_storeu_pd(dz + j, _mm256_mul_pd(c, _mm256_loadu_pd(Z + r * P + j)));
         }
-    fm_int gs = p * P;
+    }
+    fm_int gs = p * P, ws = K * P;
     for (fm_int a = 0; a < p; a++)
         for (fm_int j0 = a; j0 < p; j0 += 8) {
-            const double* w = DZ + a * nb * K;
             double* g = G + a * P + j0;
-            fm_int k = 0;
-            for (; k + 4 <= K; k += 4) fm_tile4(nb, Z + j0, P, w + k, K, g + k * gs, gs);
-            for (; k < K; k++) fm_tile1(nb, Z + j0, P, w + k, K, g + k * gs);
+            fm_int q = 0;
+            for (; q + 4 <= Kc; q += 4) fm_tile4(nb, Z + j0, P, DZ + q * P + a, ws, g + q * gs, gs);
+            for (; q < Kc; q++) fm_tile1(nb, Z + j0, P, DZ + q * P + a, ws, g + q * gs);
         }
 }
 
@@ -250,8 +268,8 @@ FM_AVX2 static inline void fm_argmin8(const double* x8, const double* v8, const 
             __m256d cx = _mm256_fmadd_pd(_mm256_fmadd_pd(g, g, v), bk, ak);
             __m256d cy = _mm256_fmadd_pd(_mm256_fmadd_pd(h, h, u), bk, ak);
             __m256d lx = _mm256_cmp_pd(cx, bx, _CMP_LT_OQ), ly = _mm256_cmp_pd(cy, by, _CMP_LT_OQ);
-            bx = _mm256_blendv_pd(bx, cx, lx);
-            by = _mm256_blendv_pd(by, cy, ly);
+            bx = _mm256_min_pd(cx, bx);
+            by = _mm256_min_pd(cy, by);
             ix = _mm256_blendv_pd(ix, kk, lx);
             iy = _mm256_blendv_pd(iy, kk, ly);
         }
@@ -265,8 +283,8 @@ FM_AVX2 static inline void fm_argmin8(const double* x8, const double* v8, const 
             __m256d cx = _mm256_fmadd_pd(g, g, _mm256_mul_pd(e, e));
             __m256d cy = _mm256_fmadd_pd(h, h, _mm256_mul_pd(f, f));
             __m256d lx = _mm256_cmp_pd(cx, bx, _CMP_LT_OQ), ly = _mm256_cmp_pd(cy, by, _CMP_LT_OQ);
-            bx = _mm256_blendv_pd(bx, cx, lx);
-            by = _mm256_blendv_pd(by, cy, ly);
+            bx = _mm256_min_pd(cx, bx);
+            by = _mm256_min_pd(cy, by);
             ix = _mm256_blendv_pd(ix, kk, lx);
             iy = _mm256_blendv_pd(iy, kk, ly);
         }
@@ -314,17 +332,17 @@ FM_AVX2 static inline void fm_target_sums(fm_int L8, const double* idx, const do
 
 FM_AVX2 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, const double* W,
                                  const double* ML, const double* vloc, fm_int K,
-                                 const double* beta, const double* var, int cost, double* gram,
-                                 double* lin, double* scal, double* mass, double* lobj,
-                                 short* assign) {
+                                 const double* beta, const double* var, int cost, fm_int skip,
+                                 double* gram, double* lin, double* scal, double* mass,
+                                 double* lobj, short* assign) {
     fm_int p = d + 1;
     fm_int P = (p + 10) / 4 * 4; /* row stride >= p + 7: a block of 8 fits from any column */
     fm_int L8 = (L + 7) / 8 * 8;
-    size_t size = (size_t)(FM_ROWS * P + FM_ROWS * K + p * FM_ROWS * K + K * p * P + K * P
+    size_t size = (size_t)(FM_ROWS * P + FM_ROWS * K + FM_ROWS * K * P + K * p * P + K * P
                            + 8 * L8 + K * L8 + 3 * K + K * P + 8);
     double* buf = calloc(size, sizeof(double));
     if (!buf) return -1;
-    double *Z = buf, *D = Z + FM_ROWS * P, *DZ = D + FM_ROWS * K, *G = DZ + p * FM_ROWS * K;
+    double *Z = buf, *D = Z + FM_ROWS * P, *DZ = D + FM_ROWS * K, *G = DZ + FM_ROWS * K * P;
     double *betap = G + K * p * P, *x8 = betap + K * P, *w8 = x8 + L8, *v8 = w8 + L8;
     double *sd8 = v8 + L8, *obj8 = sd8 + L8, *best = obj8 + L8, *idx = best + L8;
     double *mass8 = idx + L8, *mk = mass8 + K * L8, *a = mk + K, *b = a + K, *B = b + K;
@@ -388,12 +406,12 @@ FM_AVX2 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, 
             }
         }
         if (++nb == FM_ROWS) {
-            fm_gram_block(nb, K, p, P, Z, D, DZ, G);
+            fm_gram_block(nb, K, skip, p, P, Z, D, DZ, G);
             nb = 0;
         }
     }
-    if (nb) fm_gram_block(nb, K, p, P, Z, D, DZ, G);
-    fm_pack_upper(K, p, P, G, gram);
+    if (nb) fm_gram_block(nb, K, skip, p, P, Z, D, DZ, G);
+    fm_pack_upper(K, skip, p, P, G, gram);
     for (fm_int k = 0; k < K; k++) {
         memcpy(lin + k * p, B + k * P, sizeof(double) * (size_t)p);
         memcpy(mass + k * L, mass8 + k * L8, sizeof(double) * (size_t)L);
@@ -407,10 +425,10 @@ FM_AVX2 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, 
 static int fm_cpu_has_avx2(void) { return 0; }
 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, const double* W,
                          const double* ML, const double* vloc, fm_int K, const double* beta,
-                         const double* var, int cost, double* gram, double* lin, double* scal,
-                         double* mass, double* lobj, short* assign) {
-    return fm_chunk_plain(n, d, X, L, W, ML, vloc, K, beta, var, cost, gram, lin, scal, mass,
-                          lobj, assign);
+                         const double* var, int cost, fm_int skip, double* gram, double* lin,
+                         double* scal, double* mass, double* lobj, short* assign) {
+    return fm_chunk_plain(n, d, X, L, W, ML, vloc, K, beta, var, cost, skip, gram, lin, scal,
+                          mass, lobj, assign);
 }
 #endif
 

@@ -21,11 +21,11 @@ cdef extern from "_reduce.h" nogil:
     int fm_cpu_has_avx2()
     int fm_chunk_plain(fm_int n, fm_int d, const double* X, fm_int L, const double* W,
                        const double* ML, const double* vloc, fm_int K, const double* beta,
-                       const double* var, int cost, double* gram, double* lin, double* scal,
+                       const double* var, int cost, fm_int skip, double* gram, double* lin, double* scal,
                        double* mass, double* lobj, short* assign)
     int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, const double* W,
                       const double* ML, const double* vloc, fm_int K, const double* beta,
-                      const double* var, int cost, double* gram, double* lin, double* scal,
+                      const double* var, int cost, fm_int skip, double* gram, double* lin, double* scal,
                       double* mass, double* lobj, short* assign)
 
 cdef bint _has_simd = FM_HAVE_AVX2_PATH and fm_cpu_has_avx2()
@@ -48,12 +48,13 @@ def set_simd(flag: bool) -> bool:
 
 def mm_pass(const double[:, ::1] Xs, const double[:, ::1] W, const double[:, ::1] ML,
             const double[::1] v_loc, targets, int cost, Py_ssize_t chunk, out,
-            int n_threads=1):
+            Py_ssize_t skip=-1, int n_threads=1):
     """Assignment step and sufficient statistics of the MM reduction.
 
     IN: Xs (S, d) support covariates; W, ML (S, L) local weights w_l(x_s) and
     means m_l(x_s); v_loc (L,) local variances; targets = (beta (K, d+1),
-    var (K,)); cost KL or W2; chunk: support points per chunk.
+    var (K,)); cost KL or W2; chunk: support points per chunk; skip: a target
+    whose Gram matrix is left zero (the caller derives it), or -1.
     OUT out = (gram, lin, scal, mass, lobj, assign), per chunk c:
       gram (nc, K, T) packed upper triangle of sum_s D_k(s) xt_s xt_s^T;
       lin (nc, K, d+1) sum P m_l xt; scal (nc, K, 2) sum P, sum P m_l^2;
@@ -77,6 +78,8 @@ def mm_pass(const double[:, ::1] Xs, const double[:, ::1] W, const double[:, ::1
         raise ValueError("mm_pass: inconsistent shapes")
     if assign.shape[0] not in (0, S):
         raise ValueError("mm_pass: assign must have S rows or none")
+    if not -1 <= skip < K:
+        raise ValueError(f"mm_pass: skip must be -1 or a target index; got {skip}")
     if S == 0 or chunk < 1 or nc != (S + chunk - 1) // chunk:
         raise ValueError("mm_pass: need S > 0 support points in ceil(S / chunk) chunks")
     cdef bint simd = _use_simd
@@ -90,11 +93,11 @@ def mm_pass(const double[:, ::1] Xs, const double[:, ::1] W, const double[:, ::1
         a_ptr = &assign[lo, 0] if want_assign else NULL
         if simd:
             failed += fm_chunk_avx2(n, d, &Xs[lo, 0], L, &W[lo, 0], &ML[lo, 0], &v_loc[0], K,
-                                    &beta[0, 0], &var[0], cost, &gram[c, 0, 0], &lin[c, 0, 0],
+                                    &beta[0, 0], &var[0], cost, skip, &gram[c, 0, 0], &lin[c, 0, 0],
                                     &scal[c, 0, 0], &mass[c, 0, 0], &lobj[c, 0], a_ptr)
         else:
             failed += fm_chunk_plain(n, d, &Xs[lo, 0], L, &W[lo, 0], &ML[lo, 0], &v_loc[0], K,
-                                     &beta[0, 0], &var[0], cost, &gram[c, 0, 0], &lin[c, 0, 0],
+                                     &beta[0, 0], &var[0], cost, skip, &gram[c, 0, 0], &lin[c, 0, 0],
                                      &scal[c, 0, 0], &mass[c, 0, 0], &lobj[c, 0], a_ptr)
     if failed:
         raise MemoryError("mm_pass: could not allocate the per-chunk scratch memory")
