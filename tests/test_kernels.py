@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fastmoe import _kernels
-from fastmoe._linalg import chunk_size, n_chunks, unpack_gram, unpack_sym
+from fastmoe._linalg import chunk_size, n_chunks, solve_psd, unpack_gram, unpack_sym
 
 SHAPES = [(1, 1, 1), (1, 3, 2), (7, 1, 3), (50, 2, 1), (2500, 3, 4)]
 RTOL = 1e-10
@@ -200,3 +200,24 @@ def test_serial_and_parallel_variants_have_separate_disk_cache_entries():
     assert pair.serial.py_func.__qualname__ != pair.parallel.py_func.__qualname__
     for kernel in (_kernels.local_support,):
         assert kernel.serial.py_func.__qualname__ != kernel.parallel.py_func.__qualname__
+
+
+def test_solve_psd_paths_and_stacks(rng):
+    A = rng.standard_normal((6, 30))
+    A = A @ A.T  # well conditioned: the inverse path
+    b = rng.standard_normal(6)
+    np.testing.assert_allclose(solve_psd(A, b), np.linalg.solve(A, b), rtol=1e-10)
+    # singular (a duplicated column): the eigen path, minimum-norm solution
+    S = A.copy()
+    S[:, 5] = S[:, 4]
+    S[5, :] = S[4, :]
+    x = solve_psd(S, S @ np.arange(6.0))
+    np.testing.assert_allclose(S @ x, S @ np.arange(6.0), rtol=1e-8)
+    np.testing.assert_allclose(x, np.linalg.pinv(S) @ (S @ np.arange(6.0)), rtol=1e-8, atol=1e-10)
+    # a stack mixing both is solved system by system, and a zero matrix gives zero
+    stack = np.stack([A, S, np.zeros((6, 6))])
+    rhs = np.stack([b, S @ np.arange(6.0), b])
+    out = solve_psd(stack, rhs)
+    for k in range(2):
+        np.testing.assert_allclose(out[k], solve_psd(stack[k], rhs[k]), rtol=1e-10)
+    np.testing.assert_array_equal(out[2], 0.0)
