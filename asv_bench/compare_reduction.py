@@ -3,6 +3,13 @@ implementation that materialises the S x L x K cost and plan tensors (the
 structure of the authors' code, vectorised), timed side by side in one run.
 
     python asv_bench/compare_reduction.py [--S 20000 --M 16 --K 5 --d 20 --repeat 3]
+                                          [--blas-threads 1]
+
+BLAS runs on one thread for both by default, as ``aggregate()`` runs its MM
+loop (``single_threaded_blas``): idle OpenBLAS threads busy-wait for a while
+after each call and take the cores from the compiled pass, while the dense
+tensors gain nothing from more BLAS threads (they are bound by memory).
+``--blas-threads 0`` leaves BLAS at its default.
 """
 
 from __future__ import annotations
@@ -75,7 +82,17 @@ def main(argv=None):
     ap.add_argument("--K", type=int, default=5)
     ap.add_argument("--d", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--blas-threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.blas_threads > 0:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=args.blas_threads, user_api="blas"):
+            return run(args)
+    return run(args)
+
+
+def run(args):
     S, M, K, d = args.S, args.M, args.K, args.d
     mix, Xs, beta, var = problem(S, M, K, d)
     n_threads = resolve_threads(None)
@@ -100,7 +117,8 @@ def main(argv=None):
         on, bn, vn = tensor_iteration(mix, Xs, beta, var)
         t_np.append(time.perf_counter() - t)
     ratio = min(t_np) / min(t_fast)
-    print(f"S={S} M={M} K={K} d={d} (L={M * K}) threads={n_threads}")
+    blas = args.blas_threads if args.blas_threads > 0 else "default"
+    print(f"S={S} M={M} K={K} d={d} (L={M * K}) threads={n_threads} BLAS threads={blas}")
     print("| implementation | ms / MM iteration | objective |")
     print("|---|---|---|")
     print(f"| numpy, dense S x L x K tensors | {min(t_np) * 1e3:.1f} | {on:.10g} |")

@@ -52,13 +52,21 @@ def resolve_threads(n_threads: int | None) -> int:
     return int(n_threads)
 
 
+@functools.cache
+def _packed_positions(q: int) -> np.ndarray:
+    """(q(q+1)/2,) positions of the packed upper triangle in the flat q x q
+    matrix and (same length) of its mirror image."""
+    i, j = np.triu_indices(q)
+    return i * q + j, j * q + i
+
+
 def unpack_sym(packed: np.ndarray, q: int) -> np.ndarray:
     """(..., q(q+1)/2) packed row-major upper triangles -> (..., q, q) symmetric."""
-    iu = np.triu_indices(q)
-    out = np.zeros(packed.shape[:-1] + (q, q))
-    out[..., iu[0], iu[1]] = packed
-    out[..., iu[1], iu[0]] = packed
-    return out
+    upper, lower = _packed_positions(q)
+    out = np.empty(packed.shape[:-1] + (q * q,))
+    out[..., lower] = packed
+    out[..., upper] = packed
+    return out.reshape(packed.shape[:-1] + (q, q))
 
 
 def solve_psd(A: np.ndarray, b: np.ndarray, rcond: float = 1e-12) -> np.ndarray:

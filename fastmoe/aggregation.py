@@ -58,7 +58,7 @@ TARGET_BLOCK = 2048
 #: iteration; beyond it they are recomputed in the pass
 CACHE_BYTES = 256 * 2**20
 #: local weights and means held at once when they are recomputed in the pass
-BLOCK_BYTES = 16 * 2**20
+BLOCK_BYTES = 4 * 2**20
 
 
 # ----------------------------------------------------------------------------

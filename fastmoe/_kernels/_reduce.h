@@ -255,7 +255,8 @@ FM_AVX2 static void fm_gram_block(fm_int nb, fm_int K, fm_int skip, fm_int p, fm
  * its first index; 8 lanes in two registers hide the latency of the chain */
 FM_AVX2 static inline void fm_argmin8(const double* x8, const double* v8, const double* sd8,
                                       fm_int K, const double* mk, const double* a,
-                                      const double* b, int cost, double* best, double* idx) {
+                                      const double* b, const double* kv, int cost, double* best,
+                                      double* idx) {
     __m256d x = _mm256_loadu_pd(x8), y = _mm256_loadu_pd(x8 + 4);
     __m256d bx = _mm256_set1_pd(INFINITY), by = bx;
     __m256d ix = _mm256_setzero_pd(), iy = ix;
@@ -263,7 +264,7 @@ FM_AVX2 static inline void fm_argmin8(const double* x8, const double* v8, const 
         __m256d v = _mm256_loadu_pd(v8), u = _mm256_loadu_pd(v8 + 4);
         for (fm_int k = 0; k < K; k++) {
             __m256d m = _mm256_broadcast_sd(mk + k), ak = _mm256_broadcast_sd(a + k);
-            __m256d bk = _mm256_broadcast_sd(b + k), kk = _mm256_set1_pd((double)k);
+            __m256d bk = _mm256_broadcast_sd(b + k), kk = _mm256_broadcast_sd(kv + k);
             __m256d g = _mm256_sub_pd(m, x), h = _mm256_sub_pd(m, y);
             __m256d cx = _mm256_fmadd_pd(_mm256_fmadd_pd(g, g, v), bk, ak);
             __m256d cy = _mm256_fmadd_pd(_mm256_fmadd_pd(h, h, u), bk, ak);
@@ -277,7 +278,7 @@ FM_AVX2 static inline void fm_argmin8(const double* x8, const double* v8, const 
         __m256d s = _mm256_loadu_pd(sd8), t = _mm256_loadu_pd(sd8 + 4);
         for (fm_int k = 0; k < K; k++) {
             __m256d m = _mm256_broadcast_sd(mk + k), ak = _mm256_broadcast_sd(a + k);
-            __m256d kk = _mm256_set1_pd((double)k);
+            __m256d kk = _mm256_broadcast_sd(kv + k);
             __m256d g = _mm256_sub_pd(m, x), h = _mm256_sub_pd(m, y);
             __m256d e = _mm256_sub_pd(ak, s), f = _mm256_sub_pd(ak, t);
             __m256d cx = _mm256_fmadd_pd(g, g, _mm256_mul_pd(e, e));
@@ -339,14 +340,15 @@ FM_AVX2 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, 
     fm_int P = (p + 10) / 4 * 4; /* row stride >= p + 7: a block of 8 fits from any column */
     fm_int L8 = (L + 7) / 8 * 8;
     size_t size = (size_t)(FM_ROWS * P + FM_ROWS * K + FM_ROWS * K * P + K * p * P + K * P
-                           + 8 * L8 + K * L8 + 3 * K + K * P + 8);
+                           + 8 * L8 + K * L8 + 4 * K + K * P + 8);
     double* buf = calloc(size, sizeof(double));
     if (!buf) return -1;
     double *Z = buf, *D = Z + FM_ROWS * P, *DZ = D + FM_ROWS * K, *G = DZ + FM_ROWS * K * P;
     double *betap = G + K * p * P, *x8 = betap + K * P, *w8 = x8 + L8, *v8 = w8 + L8;
     double *sd8 = v8 + L8, *obj8 = sd8 + L8, *best = obj8 + L8, *idx = best + L8;
     double *mass8 = idx + L8, *mk = mass8 + K * L8, *a = mk + K, *b = a + K, *B = b + K;
-    double *sums = B + K * P, *o = sums + 8;
+    double *sums = B + K * P, *o = sums + 8, *kv = o + L8;
+    for (fm_int k = 0; k < K; k++) kv[k] = (double)k;
     fm_target_terms(K, var, cost, a, b);
     for (fm_int k = 0; k < K; k++) memcpy(betap + k * P, beta + k * p, sizeof(double) * (size_t)p);
     for (fm_int l = 0; l < L8; l++) {
@@ -382,7 +384,7 @@ FM_AVX2 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, 
             ws = w8;
         }
         for (fm_int l = 0; l < L8; l += 8)
-            fm_argmin8(xs + l, v8 + l, sd8 + l, K, mk, a, b, cost, best + l, idx + l);
+            fm_argmin8(xs + l, v8 + l, sd8 + l, K, mk, a, b, kv, cost, best + l, idx + l);
         for (fm_int l = 0; l < L8; l += 4) {
             __m256d t = _mm256_fmadd_pd(h, _mm256_loadu_pd(best + l), _mm256_loadu_pd(o + l));
             _mm256_storeu_pd(obj8 + l, _mm256_fmadd_pd(_mm256_loadu_pd(ws + l), t,
