@@ -53,9 +53,9 @@ def resolve_threads(n_threads: int | None) -> int:
 
 
 @functools.cache
-def _packed_positions(q: int) -> np.ndarray:
-    """(q(q+1)/2,) positions of the packed upper triangle in the flat q x q
-    matrix and (same length) of its mirror image."""
+def _packed_positions(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (q(q+1)/2,) positions of the packed upper triangle in the flat
+    q x q matrix, and those of its mirror image."""
     i, j = np.triu_indices(q)
     return i * q + j, j * q + i
 

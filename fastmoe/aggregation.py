@@ -184,6 +184,7 @@ class SupportCache:
 
 
 def support_cache(mix: LargeMixture, Xs, n_threads: int = 1) -> SupportCache:
+    """The :class:`SupportCache` of one support, built once per aggregation."""
     S, L = Xs.shape[0], mix.gate.shape[0]
     keep = 2 * S * L * 8 <= CACHE_BYTES
     rows = S if keep else max(1, BLOCK_BYTES // (2 * 8 * L))
