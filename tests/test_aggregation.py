@@ -132,6 +132,26 @@ def test_mm_pass_skip_derives_a_gram_from_the_total(rng, kernel_path, K):
         mm_pass(mix, Xs, beta, var, _kernels.KL, 2, cache=cache, skip=K)
 
 
+def test_support_cache_without_room_keeps_the_total(rng, monkeypatch):
+    # a support too large for the cache: no local weights and means kept, the
+    # weighted total computed block by block, and passes with a skipped target
+    # agree with the cached ones
+    models = [random_model(rng, 3, 2) for _ in range(3)]
+    mix = large_mixture(models, [1, 2, 3])
+    Xs = rng.standard_normal((4000, 2))
+    beta, var = rng.standard_normal((3, 3)), np.ones(3)
+    full = support_cache(mix, Xs)
+    monkeypatch.setattr(aggregation, "CACHE_BYTES", 1)
+    monkeypatch.setattr(aggregation, "BLOCK_BYTES", 2 * 8 * 9 * 700)  # blocks of 700 points
+    small = support_cache(mix, Xs)
+    assert small.W.shape == (0, 9) and small.ML.shape == (0, 9)
+    np.testing.assert_allclose(small.gram_total, full.gram_total, rtol=1e-12)
+    ref = mm_pass(mix, Xs, beta, var, _kernels.KL, 2, cache=full, skip=1)
+    out = mm_pass(mix, Xs, beta, var, _kernels.KL, 2, cache=small, skip=1)
+    np.testing.assert_allclose(out.gram, ref.gram, rtol=1e-12)
+    assert out.objective == ref.objective
+
+
 def test_mm_pass_rejects_inconsistent_buffers(rng):
     Xs, W = rng.standard_normal((10, 2)), np.full((10, 3), 1 / 3)
     out = (np.empty((1, 2, 6)), np.empty((1, 2, 3)), np.empty((1, 2, 2)), np.empty((1, 2, 3)),
