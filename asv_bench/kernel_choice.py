@@ -116,9 +116,11 @@ def packed_outer(z, u):
 
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def numba_mm_pass(Xs, local, cache, targets, cost, chunk, out):
-    """The numba reduction pass fastmoe shipped before the C kernel, verbatim
-    (fastmoe/_kernels/_reduce.py at commit fcadff8): assignment step and
-    sufficient statistics of the MM reduction.
+    """The numba reduction pass fastmoe shipped before the C kernel
+    (fastmoe/_kernels/_reduce.py at commit fcadff8), verbatim but for its
+    branch that computed the local weights and means on the fly, which this
+    comparison does not take: assignment step and sufficient statistics of the
+    MM reduction.
 
     IN:
       Xs (S, d) support covariates;
@@ -127,8 +129,7 @@ def numba_mm_pass(Xs, local, cache, targets, cost, chunk, out):
         starts (M+1,) int64 (machine m owns experts starts[m]:starts[m+1]) and
         machine weights lam (M,);
       cache = (W, ML): the (S, L) local weights w_l(x_s) and means m_l(x_s),
-        which do not change over the MM iterations, or two (0, L) arrays to
-        compute them on the fly (memory flat in S);
+        which do not change over the MM iterations;
       targets = (beta (K, d+1), var (K,)); cost: 0 for KL, 1 for W2;
       chunk: support points per chunk.
     OUT out = (gram, lin, scal, mass, lobj, assign), per chunk c of support points:
@@ -141,15 +142,13 @@ def numba_mm_pass(Xs, local, cache, targets, cost, chunk, out):
       assign (S, L) int16: argmin_k c_lk(x_s), or an array with S == 0 to skip
     where P_lks = w_l(x_s) 1{k = argmin}, w_l(x) = lam_m pi_k^(m)(x).
     """
-    a_loc, b_loc, v_loc, starts, lam = local
+    v_loc = local[2]
     W_cache, ML_cache = cache
     beta, var = targets
     gram, lin, scal, mass, lobj, assign = out
-    cached = W_cache.shape[0] > 0
     S, d = Xs.shape
-    L = a_loc.shape[0]
+    L = v_loc.shape[0]
     K = beta.shape[0]
-    M = lam.shape[0]
     p = d + 1
     n_chunks = lobj.shape[0]
     want_assign = assign.shape[0] > 0
@@ -173,8 +172,6 @@ def numba_mm_pass(Xs, local, cache, targets, cost, chunk, out):
         U = np.empty((ROWS, G.shape[1]))
         DB = np.empty((ROWS, K))
         nb = 0
-        wl_buf = np.empty(L)
-        ml_buf = np.empty(L)
         mk = np.empty(K)
         Dm = np.empty(K)
         C = np.empty((K, L))
@@ -182,33 +179,8 @@ def numba_mm_pass(Xs, local, cache, targets, cost, chunk, out):
         for s in range(c * chunk, min((c + 1) * chunk, S)):
             for j in range(d):
                 z[j + 1] = Xs[s, j]
-            if cached:
-                wl = W_cache[s]
-                ml = ML_cache[s]
-            else:
-                wl = wl_buf
-                ml = ml_buf
-                for m in range(M):
-                    lo = starts[m]
-                    hi = starts[m + 1]
-                    vmax = -np.inf
-                    for l in range(lo, hi):
-                        t = a_loc[l, 0]
-                        for j in range(d):
-                            t += a_loc[l, j + 1] * z[j + 1]
-                        wl[l] = t
-                        vmax = max(vmax, t)
-                    tot = 0.0
-                    for l in range(lo, hi):
-                        wl[l] = np.exp(wl[l] - vmax)
-                        tot += wl[l]
-                    for l in range(lo, hi):
-                        wl[l] *= lam[m] / tot
-                for l in range(L):
-                    t = b_loc[l, 0]
-                    for j in range(d):
-                        t += b_loc[l, j + 1] * z[j + 1]
-                    ml[l] = t
+            wl = W_cache[s]
+            ml = ML_cache[s]
             for k in range(K):
                 t = beta[k, 0]
                 for j in range(d):

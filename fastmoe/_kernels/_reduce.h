@@ -251,6 +251,14 @@ FM_AVX2 static void fm_gram_block(fm_int nb, fm_int K, fm_int skip, fm_int p, fm
         }
 }
 
+/* one step of the running minimum: keep c where it is below best (ties keep
+ * the earlier target), and its index k */
+FM_AVX2 static inline void fm_keep_min(__m256d c, __m256d kk, __m256d* best, __m256d* idx) {
+    __m256d lt = _mm256_cmp_pd(c, *best, _CMP_LT_OQ);
+    *best = _mm256_min_pd(c, *best);
+    *idx = _mm256_blendv_pd(*idx, kk, lt);
+}
+
 /* best[l], idx[l] for the lanes l0..l0+8: the minimum over k of the costs and
  * its first index; 8 lanes in two registers hide the latency of the chain */
 FM_AVX2 static inline void fm_argmin8(const double* x8, const double* v8, const double* sd8,
@@ -266,13 +274,8 @@ FM_AVX2 static inline void fm_argmin8(const double* x8, const double* v8, const 
             __m256d m = _mm256_broadcast_sd(mk + k), ak = _mm256_broadcast_sd(a + k);
             __m256d bk = _mm256_broadcast_sd(b + k), kk = _mm256_broadcast_sd(kv + k);
             __m256d g = _mm256_sub_pd(m, x), h = _mm256_sub_pd(m, y);
-            __m256d cx = _mm256_fmadd_pd(_mm256_fmadd_pd(g, g, v), bk, ak);
-            __m256d cy = _mm256_fmadd_pd(_mm256_fmadd_pd(h, h, u), bk, ak);
-            __m256d lx = _mm256_cmp_pd(cx, bx, _CMP_LT_OQ), ly = _mm256_cmp_pd(cy, by, _CMP_LT_OQ);
-            bx = _mm256_min_pd(cx, bx);
-            by = _mm256_min_pd(cy, by);
-            ix = _mm256_blendv_pd(ix, kk, lx);
-            iy = _mm256_blendv_pd(iy, kk, ly);
+            fm_keep_min(_mm256_fmadd_pd(_mm256_fmadd_pd(g, g, v), bk, ak), kk, &bx, &ix);
+            fm_keep_min(_mm256_fmadd_pd(_mm256_fmadd_pd(h, h, u), bk, ak), kk, &by, &iy);
         }
     } else {
         __m256d s = _mm256_loadu_pd(sd8), t = _mm256_loadu_pd(sd8 + 4);
@@ -281,19 +284,26 @@ FM_AVX2 static inline void fm_argmin8(const double* x8, const double* v8, const 
             __m256d kk = _mm256_broadcast_sd(kv + k);
             __m256d g = _mm256_sub_pd(m, x), h = _mm256_sub_pd(m, y);
             __m256d e = _mm256_sub_pd(ak, s), f = _mm256_sub_pd(ak, t);
-            __m256d cx = _mm256_fmadd_pd(g, g, _mm256_mul_pd(e, e));
-            __m256d cy = _mm256_fmadd_pd(h, h, _mm256_mul_pd(f, f));
-            __m256d lx = _mm256_cmp_pd(cx, bx, _CMP_LT_OQ), ly = _mm256_cmp_pd(cy, by, _CMP_LT_OQ);
-            bx = _mm256_min_pd(cx, bx);
-            by = _mm256_min_pd(cy, by);
-            ix = _mm256_blendv_pd(ix, kk, lx);
-            iy = _mm256_blendv_pd(iy, kk, ly);
+            fm_keep_min(_mm256_fmadd_pd(g, g, _mm256_mul_pd(e, e)), kk, &bx, &ix);
+            fm_keep_min(_mm256_fmadd_pd(h, h, _mm256_mul_pd(f, f)), kk, &by, &iy);
         }
     }
     _mm256_storeu_pd(best, bx);
     _mm256_storeu_pd(best + 4, by);
     _mm256_storeu_pd(idx, ix);
     _mm256_storeu_pd(idx + 4, iy);
+}
+
+/* one target's share of 4 lanes: e = w where idx == k; s[0..3] += e, e x,
+ * e x^2; mass += e */
+FM_AVX2 static inline void fm_masked_sums(__m256d i, __m256d kk, __m256d w, __m256d x,
+                                          __m256d s[3], double* mass) {
+    __m256d e = _mm256_and_pd(_mm256_cmp_pd(i, kk, _CMP_EQ_OQ), w);
+    __m256d ex = _mm256_mul_pd(e, x);
+    s[0] = _mm256_add_pd(s[0], e);
+    s[1] = _mm256_add_pd(s[1], ex);
+    s[2] = _mm256_fmadd_pd(ex, x, s[2]);
+    _mm256_storeu_pd(mass, _mm256_add_pd(_mm256_loadu_pd(mass), e));
 }
 
 /* masked sums over the L8 lanes for targets k and k+1 (k+1 < K when pair):
@@ -303,32 +313,17 @@ FM_AVX2 static inline void fm_target_sums(fm_int L8, const double* idx, const do
                                           const double* x8, fm_int k, int pair, double* mass,
                                           double* out) {
     __m256d k0 = _mm256_set1_pd((double)k), k1 = _mm256_set1_pd((double)(k + 1));
-    __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, t0 = s0, t1 = s0, t2 = s0;
+    __m256d s[2][3];
+    for (int q = 0; q < 2; q++) s[q][0] = s[q][1] = s[q][2] = _mm256_setzero_pd();
     double *m0 = mass + k * L8, *m1 = m0 + L8;
     for (fm_int l = 0; l < L8; l += 4) {
         __m256d x = _mm256_loadu_pd(x8 + l), w = _mm256_loadu_pd(w8 + l);
         __m256d i = _mm256_loadu_pd(idx + l);
-        __m256d e = _mm256_and_pd(_mm256_cmp_pd(i, k0, _CMP_EQ_OQ), w);
-        __m256d ex = _mm256_mul_pd(e, x);
-        s0 = _mm256_add_pd(s0, e);
-        s1 = _mm256_add_pd(s1, ex);
-        s2 = _mm256_fmadd_pd(ex, x, s2);
-        _mm256_storeu_pd(m0 + l, _mm256_add_pd(_mm256_loadu_pd(m0 + l), e));
-        if (pair) {
-            __m256d f = _mm256_and_pd(_mm256_cmp_pd(i, k1, _CMP_EQ_OQ), w);
-            __m256d fx = _mm256_mul_pd(f, x);
-            t0 = _mm256_add_pd(t0, f);
-            t1 = _mm256_add_pd(t1, fx);
-            t2 = _mm256_fmadd_pd(fx, x, t2);
-            _mm256_storeu_pd(m1 + l, _mm256_add_pd(_mm256_loadu_pd(m1 + l), f));
-        }
+        fm_masked_sums(i, k0, w, x, s[0], m0 + l);
+        if (pair) fm_masked_sums(i, k1, w, x, s[1], m1 + l);
     }
-    out[0] = fm_hsum(s0);
-    out[1] = fm_hsum(s1);
-    out[2] = fm_hsum(s2);
-    out[3] = fm_hsum(t0);
-    out[4] = fm_hsum(t1);
-    out[5] = fm_hsum(t2);
+    for (int q = 0; q < 2; q++)
+        for (int j = 0; j < 3; j++) out[3 * q + j] = fm_hsum(s[q][j]);
 }
 
 FM_AVX2 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, const double* W,
