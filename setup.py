@@ -54,19 +54,20 @@ directives = {
     "cdivision": True,
 }
 
+# both have an AVX2 path compiled per function (a target attribute) and chosen
+# at run time, so the build flags stay portable
 extensions = [
     Extension(
         "fastmoe._kernels._estep",
         ["fastmoe/_kernels/_estep.pyx"],
+        depends=["fastmoe/_kernels/_estep.h", "fastmoe/_kernels/_simd.h"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
-    # the AVX2 path is compiled per function (target attribute) and chosen at
-    # run time, so the build flags stay portable
     Extension(
         "fastmoe._kernels._reduce",
         ["fastmoe/_kernels/_reduce.pyx"],
-        depends=["fastmoe/_kernels/_reduce.h"],
+        depends=["fastmoe/_kernels/_reduce.h", "fastmoe/_kernels/_simd.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
 ]

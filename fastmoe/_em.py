@@ -35,7 +35,7 @@ from ._linalg import (
     resolve_threads,
     single_threaded_blas,
     solve_psd,
-    unpack_gram,
+    unpack_sym,
 )
 from ._params import MoEParams
 from ._validation import (
@@ -139,7 +139,7 @@ class EMData:
 
     def gram(self) -> np.ndarray:
         """(K, d+2, d+2) sum_i w_i r_ik z_i z_i^T with z = (1, x, y)."""
-        return unpack_gram(self.stats.sum(axis=0), self.d + 2)
+        return unpack_sym(self.stats.sum(axis=0), self.d + 2)
 
     @property
     def gate_objective(self) -> float:

@@ -106,8 +106,4 @@ def solve_psd(A: np.ndarray, b: np.ndarray, rcond: float = 1e-12) -> np.ndarray:
     return np.einsum("...ij,...j->...i", evecs, proj) / d
 
 
-def unpack_gram(packed: np.ndarray, q: int) -> np.ndarray:
-    """(..., q(q+1)/2) packed triangles of z z^T sums with z = (y, 1, x), the
-    kernels' order -> (..., q, q) matrices in the order (1, x, y)."""
-    order = np.r_[1:q, 0]
-    return unpack_sym(packed, q)[..., order[:, None], order]
+

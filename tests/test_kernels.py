@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fastmoe import _kernels
-from fastmoe._linalg import chunk_size, n_chunks, solve_psd, unpack_gram, unpack_sym
+from fastmoe._linalg import chunk_size, n_chunks, solve_psd, unpack_sym
 
 SHAPES = [(1, 1, 1), (1, 3, 2), (7, 1, 3), (50, 2, 1), (2500, 3, 4)]
 RTOL = 1e-10
@@ -53,7 +53,7 @@ def test_e_step(rng, n, d, K, n_threads, readonly):
     assert bad == 0
     np.testing.assert_allclose(log_resp, lr_ref, rtol=RTOL, atol=1e-12)
     np.testing.assert_allclose(row_ll, ll_ref, rtol=RTOL)
-    np.testing.assert_allclose(unpack_gram(stats.sum(axis=0), q), gram_ref, rtol=RTOL,
+    np.testing.assert_allclose(unpack_sym(stats.sum(axis=0), q), gram_ref, rtol=RTOL,
                                atol=1e-12)
     np.testing.assert_allclose(np.exp(log_resp).sum(axis=1), 1.0, rtol=1e-12)
 
@@ -81,7 +81,7 @@ def test_em_pass(rng, n, d, K, n_threads, readonly):
     np.testing.assert_allclose(resp, R, rtol=RTOL, atol=1e-14)
     np.testing.assert_allclose(row_ll, ll_ref, rtol=RTOL)
     np.testing.assert_allclose(obj[:, 0].sum(), w @ ll_ref, rtol=RTOL)
-    np.testing.assert_allclose(unpack_gram(stats.sum(axis=0), q), gram_ref, rtol=RTOL,
+    np.testing.assert_allclose(unpack_sym(stats.sum(axis=0), q), gram_ref, rtol=RTOL,
                                atol=1e-12)
     np.testing.assert_allclose(obj[:, 1].sum(), q_ref, rtol=RTOL, atol=1e-12)
     np.testing.assert_allclose(obj[:, 2].sum(), naive.gate_objective(X, w, R_in, alpha),

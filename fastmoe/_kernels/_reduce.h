@@ -34,14 +34,10 @@
 #ifndef FASTMOE_REDUCE_H
 #define FASTMOE_REDUCE_H
 
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
+#include "_simd.h"
 
 #define FM_KL 0
 #define FM_W2 1
-
-typedef long long fm_int;
 
 /* target-dependent constants of the costs: KL c = a_k + (v_l + gap^2) * b_k,
  * W2 c = gap^2 + (sd_k - sd_l)^2 */
@@ -64,21 +60,16 @@ static double fm_objective_terms(fm_int L, const double* vloc, int cost, double*
     return cost == FM_KL ? 0.5 : 1.0;
 }
 
-/* gram[k] = the packed upper triangle of G[q] (p rows of the given stride), q
- * counting the targets other than skip; gram[skip] = 0 */
-static void fm_pack_upper(fm_int K, fm_int skip, fm_int p, fm_int stride, const double* G,
-                          double* gram) {
+/* gram[k] (K, T) = the packed upper triangles of the matrices G[q] (p rows of
+ * stride P), q counting the targets other than skip; gram[skip] = 0 */
+static void fm_pack_targets(fm_int K, fm_int skip, fm_int p, fm_int P, const double* G,
+                            double* gram) {
     fm_int T = p * (p + 1) / 2;
     for (fm_int k = 0, q = 0; k < K; k++) {
-        if (k == skip) {
+        if (k == skip)
             memset(gram + k * T, 0, sizeof(double) * (size_t)T);
-            continue;
-        }
-        fm_int t = 0;
-        for (fm_int a = 0; a < p; a++)
-            for (fm_int j = a; j < p; j++)
-                gram[k * T + t++] = G[(q * p + a) * stride + j];
-        q++;
+        else
+            fm_pack(1, p, p, P, G + q++ * p * P, gram + k * T);
     }
 }
 
@@ -144,113 +135,12 @@ static int fm_chunk_plain(fm_int n, fm_int d, const double* X, fm_int L, const d
     }
     for (fm_int k = skip >= 0 ? skip + 1 : K; k < K; k++) /* pack G compactly */
         memcpy(G + (k - 1) * p * p, G + k * p * p, sizeof(double) * (size_t)(p * p));
-    fm_pack_upper(K, skip, p, p, G, gram);
+    fm_pack_targets(K, skip, p, p, G, gram);
     free(buf);
     return 0;
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FM_HAVE_AVX2_PATH 1
-#include <immintrin.h>
-
-#define FM_AVX2 __attribute__((target("avx2,fma")))
-#define FM_ROWS 32 /* support points per Gram block */
-
-static int fm_cpu_has_avx2(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
-FM_AVX2 static inline double fm_hsum(__m256d v) {
-    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
-}
-
-/* g[q*gs + 0..8] += sum_r w[r*ws + q*P] z[r*P + 0..8] for q < 4: 8 accumulators */
-FM_AVX2 __attribute__((noinline)) static void fm_tile4(fm_int nb, const double* restrict z,
-                                                       fm_int P, const double* restrict w,
-                                                       fm_int ws, double* restrict g, fm_int gs) {
-    __m256d c0 = _mm256_loadu_pd(g), e0 = _mm256_loadu_pd(g + 4);
-    __m256d c1 = _mm256_loadu_pd(g + gs), e1 = _mm256_loadu_pd(g + gs + 4);
-    __m256d c2 = _mm256_loadu_pd(g + 2 * gs), e2 = _mm256_loadu_pd(g + 2 * gs + 4);
-    __m256d c3 = _mm256_loadu_pd(g + 3 * gs), e3 = _mm256_loadu_pd(g + 3 * gs + 4);
-    for (fm_int r = 0; r < nb; r++) {
-        __m256d zv = _mm256_loadu_pd(z), zw = _mm256_loadu_pd(z + 4);
-        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + P);
-        __m256d w2 = _mm256_broadcast_sd(w + 2 * P), w3 = _mm256_broadcast_sd(w + 3 * P);
-        c0 = _mm256_fmadd_pd(w0, zv, c0);
-        e0 = _mm256_fmadd_pd(w0, zw, e0);
-        c1 = _mm256_fmadd_pd(w1, zv, c1);
-        e1 = _mm256_fmadd_pd(w1, zw, e1);
-        c2 = _mm256_fmadd_pd(w2, zv, c2);
-        e2 = _mm256_fmadd_pd(w2, zw, e2);
-        c3 = _mm256_fmadd_pd(w3, zv, c3);
-        e3 = _mm256_fmadd_pd(w3, zw, e3);
-        z += P;
-        w += ws;
-    }
-    _mm256_storeu_pd(g, c0);
-    _mm256_storeu_pd(g + 4, e0);
-    _mm256_storeu_pd(g + gs, c1);
-    _mm256_storeu_pd(g + gs + 4, e1);
-    _mm256_storeu_pd(g + 2 * gs, c2);
-    _mm256_storeu_pd(g + 2 * gs + 4, e2);
-    _mm256_storeu_pd(g + 3 * gs, c3);
-    _mm256_storeu_pd(g + 3 * gs + 4, e3);
-}
-
-/* g[0..8] += sum_r w[r*ws] z[r*P + 0..8], even and odd rows in separate sums */
-FM_AVX2 __attribute__((noinline)) static void fm_tile1(fm_int nb, const double* restrict z,
-                                                       fm_int P, const double* restrict w,
-                                                       fm_int ws, double* restrict g) {
-    __m256d c0 = _mm256_loadu_pd(g), e0 = _mm256_loadu_pd(g + 4);
-    __m256d c1 = _mm256_setzero_pd(), e1 = c1;
-    fm_int r = 0;
-    for (; r + 2 <= nb; r += 2) {
-        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + ws);
-        c0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z), c0);
-        e0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z + 4), e0);
-        c1 = _mm256_fmadd_pd(w1, _mm256_loadu_pd(z + P), c1);
-        e1 = _mm256_fmadd_pd(w1, _mm256_loadu_pd(z + P + 4), e1);
-        z += 2 * P;
-        w += 2 * ws;
-    }
-    if (r < nb) {
-        __m256d w0 = _mm256_broadcast_sd(w);
-        c0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z), c0);
-        e0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z + 4), e0);
-    }
-    _mm256_storeu_pd(g, _mm256_add_pd(c0, c1));
-    _mm256_storeu_pd(g + 4, _mm256_add_pd(e0, e1));
-}
-
-/* G[q] (p rows of stride P) upper part += sum_r D[r,k] z_r z_r^T for the nb
- * buffered points Z (nb, P), zero beyond column p, q counting the targets k
- * other than skip; DZ (nb, K, P) is scratch. Row a is updated from column a in
- * blocks of 8 (at most 7 columns past the diagonal block are wasted, never read). */
-FM_AVX2 static void fm_gram_block(fm_int nb, fm_int K, fm_int skip, fm_int p, fm_int P,
-                                  const double* Z, const double* D, double* DZ, double* G) {
-    fm_int Kc = 0;
-    for (fm_int r = 0; r < nb; r++) {
-        Kc = 0;
-        for (fm_int k = 0; k < K; k++) {
-            if (k == skip) continue;
-            __m256d c = _mm256_broadcast_sd(D + r * K + k);
-            double* dz = DZ + (r * K + Kc++) * P;
-            for (fm_int j = 0; j < P; j += 4)
-                _mm256_storeu_pd(dz + j, _mm256_mul_pd(c, _mm256_loadu_pd(Z + r * P + j)));
-        }
-    }
-    fm_int gs = p * P, ws = K * P;
-    for (fm_int a = 0; a < p; a++)
-        for (fm_int j0 = a; j0 < p; j0 += 8) {
-            double* g = G + a * P + j0;
-            fm_int q = 0;
-            for (; q + 4 <= Kc; q += 4) fm_tile4(nb, Z + j0, P, DZ + q * P + a, ws, g + q * gs, gs);
-            for (; q < Kc; q++) fm_tile1(nb, Z + j0, P, DZ + q * P + a, ws, g + q * gs);
-        }
-}
-
+#if FM_HAVE_AVX2_PATH
 /* one step of the running minimum: keep c where it is below best (ties keep
  * the earlier target), and its index k */
 FM_AVX2 static inline void fm_keep_min(__m256d c, __m256d kk, __m256d* best, __m256d* idx) {
@@ -332,7 +222,7 @@ FM_AVX2 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, 
                                  double* gram, double* lin, double* scal, double* mass,
                                  double* lobj, short* assign) {
     fm_int p = d + 1;
-    fm_int P = (p + 10) / 4 * 4; /* row stride >= p + 7: a block of 8 fits from any column */
+    fm_int P = fm_stride(p);
     fm_int L8 = (L + 7) / 8 * 8;
     size_t size = (size_t)(FM_ROWS * P + FM_ROWS * K + FM_ROWS * K * P + K * p * P + K * P
                            + 8 * L8 + K * L8 + 4 * K + K * P + 8);
@@ -408,7 +298,7 @@ FM_AVX2 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, 
         }
     }
     if (nb) fm_gram_block(nb, K, skip, p, P, Z, D, DZ, G);
-    fm_pack_upper(K, skip, p, P, G, gram);
+    fm_pack_targets(K, skip, p, P, G, gram);
     for (fm_int k = 0; k < K; k++) {
         memcpy(lin + k * p, B + k * P, sizeof(double) * (size_t)p);
         memcpy(mass + k * L, mass8 + k * L8, sizeof(double) * (size_t)L);
@@ -418,8 +308,6 @@ FM_AVX2 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, 
     return 0;
 }
 #else
-#define FM_HAVE_AVX2_PATH 0
-static int fm_cpu_has_avx2(void) { return 0; }
 static int fm_chunk_avx2(fm_int n, fm_int d, const double* X, fm_int L, const double* W,
                          const double* ML, const double* vloc, fm_int K, const double* beta,
                          const double* var, int cost, fm_int skip, double* gram, double* lin,
