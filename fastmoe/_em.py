@@ -118,28 +118,51 @@ class EMData:
         self.obj = np.empty((self.nc, 3))
         self.total_weight = float(w.sum())
         self.var_y = float(np.average(self.y**2, weights=w))
+        # sum_i w_i z_i z_i^T, z = (1, x, y): the experts' Gram matrices sum to
+        # it, so a pass leaves out the heaviest expert's and gram() derives it
+        Z = np.column_stack([np.ones(n), X, self.y])
+        self.total_gram = Z.T @ (Z * w[:, None])
+        self.skip = -1
+        self.G = None
 
     def e_step(self, alpha, beta, var, check: bool = False) -> float:
         """One fused pass (``_kernels.em_pass``) at (alpha, beta, var): returns
-        the weighted log-likelihood and fills resp, row_ll, stats, and the gate
-        Newton statistics at alpha for the targets resp. With ``check``, also
-        the gate objective at alpha for the previous targets (gate_check)."""
+        the weighted log-likelihood and fills resp, row_ll, the experts' Gram
+        matrices G, and the gate Newton statistics at alpha for the targets
+        resp. With ``check``, also the gate objective at alpha for the previous
+        targets (gate_check)."""
         R_in = self.targets if check else self.targets[:0]
+        skip = -1 if self.G is None else int(np.argmax(self.G[:, 0, 0]))
+        self.G = None
         bad = _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, R_in, self.resp,
                                self.row_ll, self.stats, self.grad, self.info, self.obj,
-                               self.chunk, self.n_threads)
+                               self.chunk, self.n_threads, skip)
         if bad:
             raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite; "
                                      "the parameters overflowed (rescale X or y).")
+        self.G = self._gram(skip)
         return float(self.obj[:, 0].sum())
+
+    def _gram(self, skip: int) -> np.ndarray:
+        """(K, d+2, d+2) sum_i w_i r_ik z_i z_i^T from the pass that left out
+        expert ``skip`` (-1: none). Its matrix is the total minus the others',
+        exact unless it lost most of its weight since the last pass: below
+        1/(4K) of the total it is summed directly."""
+        G = unpack_sym(self.stats.sum(axis=0), self.d + 2)
+        if skip >= 0:
+            G[skip] = self.total_gram - G.sum(axis=0)
+            if not G[skip, 0, 0] >= self.total_weight / (4 * self.K):
+                G[skip] = weighted_gram(self.X, self.y, self.w, self.resp[:, skip:skip + 1])[0]
+        return G
 
     def keep_targets(self) -> None:
         """Make the current responsibilities the targets of the next M-step."""
         self.resp, self.targets = self.targets, self.resp
 
     def gram(self) -> np.ndarray:
-        """(K, d+2, d+2) sum_i w_i r_ik z_i z_i^T with z = (1, x, y)."""
-        return unpack_sym(self.stats.sum(axis=0), self.d + 2)
+        """(K, d+2, d+2) sum_i w_i r_ik z_i z_i^T with z = (1, x, y), from the
+        last pass."""
+        return self.G
 
     @property
     def gate_objective(self) -> float:
@@ -191,10 +214,9 @@ def weighted_gram(X, y, w, R) -> np.ndarray:
 
 
 def covariate_moments(data: EMData) -> np.ndarray:
-    """(d+1, d+1) weighted mean of z z^T, z = (1, x), from the last pass (the
-    responsibilities of every expert sum to one, so any pass gives it)."""
+    """(d+1, d+1) weighted mean of z z^T, z = (1, x)."""
     p = data.d + 1
-    return data.gram()[:, :p, :p].sum(axis=0) / data.total_weight
+    return data.total_gram[:p, :p] / data.total_weight
 
 
 def duplicate_pair(beta, var, moments):

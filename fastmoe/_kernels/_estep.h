@@ -5,16 +5,18 @@
  *   fm_gate_chunk: the gate objective for given targets, and optionally its
  *     gradient and information matrix (the gate IRLS and its step halving).
  *
- * Rows go through in blocks of FM_ROWS: the exps and logs of a block are
- * taken over arrays (fm_exp, fm_log) and its weighted outer products are added
- * in register tiles (fm_gram), both from _simd.h. Each function is compiled
- * twice from the same body: once for AVX2 and FMA (used when the CPU has
- * them) and once plain; the two differ only in rounding.
+ * Rows go through in blocks of FM_ROWS, and within a block every quantity is
+ * stored by column (one array over the block's rows per expert, per gate, per
+ * covariate), so that each step is a loop over the rows that the compiler
+ * vectorises; the exps and logs are taken over arrays (fm_exp, fm_log) and the
+ * weighted outer products are added in register tiles (fm_gram), both from
+ * _simd.h. Each function is compiled twice from the same body: once for AVX2
+ * and FMA (used when the CPU has them) and once plain; the two differ only in
+ * rounding.
  *
  * Inputs (row-major float64): X (n, d) covariates; y (n,) responses; w (n,)
- * sample weights; coefT (d+1, ld) stacked coefficients transposed, intercept
- * first: the K gates, then (fm_em_chunk) the K experts, then zero columns up
- * to ld, a multiple of 8 (fm_coef_width); lnorm, inv_var (K,):
+ * sample weights; coefT (d+1, m) stacked coefficients transposed, intercept
+ * first: the K gates, then (fm_em_chunk) the K experts; lnorm, inv_var (K,):
  * log N(y; mean, var) = lnorm - (y - mean)^2 inv_var / 2.
  * With p = d+1, q = d+2, T(n) = n(n+1)/2 and J = K(K-1)/2, outputs are
  * overwritten:
@@ -30,204 +32,308 @@
 #ifndef FASTMOE_ESTEP_H
 #define FASTMOE_ESTEP_H
 
+#include <float.h>
+
 #include "_simd.h"
 
+#ifndef FM_INLINE
+#if defined(__GNUC__) || defined(__clang__)
 #define FM_INLINE static inline __attribute__((always_inline))
+#else
+#define FM_INLINE static inline
+#endif
+#endif
+
+/* GCC and Clang vectors of 4 doubles (a ymm register under AVX2, two xmm
+ * registers otherwise) for the loops whose sums the compilers do not keep in
+ * registers by themselves; other compilers get plain loops */
+#if defined(__GNUC__) || defined(__clang__)
+#define FM_VECTORS 1
+typedef double fm_v4 __attribute__((vector_size(32), aligned(8)));
+#else
+#define FM_VECTORS 0
+#endif
+#define FM_B FM_ROWS
 
 /* rows of a Gram matrix of size q in the scratch (fm_gram_rows) */
 static inline fm_int fm_rows4(fm_int q) { return (q + 3) / 4 * 4; }
 
-/* columns of the stacked coefficients for m affine functions */
-static inline fm_int fm_coef_width(fm_int m) { return (m + 7) / 8 * 8; }
-
-/* out (ld,) = coefT[0, :] + sum_j x[j] coefT[j+1, :] for coefT (d+1, ld), ld
- * a multiple of 8: eight sums at a time, kept in registers (GCC and Clang
- * vectors: two ymm registers under AVX2, four xmm registers otherwise) */
-#if defined(__GNUC__) || defined(__clang__)
-typedef double fm_v4 __attribute__((vector_size(32), aligned(8)));
-
-FM_INLINE void fm_affine(const double* coefT, fm_int ld, const double* x, fm_int d, double* out) {
-    for (fm_int g = 0; g < ld; g += 8) {
-        fm_v4 a0 = *(const fm_v4*)(coefT + g), a1 = *(const fm_v4*)(coefT + g + 4);
-        for (fm_int j = 0; j < d; j++) {
-            const double* c = coefT + (j + 1) * ld + g;
-            fm_v4 xj = {x[j], x[j], x[j], x[j]};
-            a0 += *(const fm_v4*)c * xj;
-            a1 += *(const fm_v4*)(c + 4) * xj;
-        }
-        *(fm_v4*)(out + g) = a0;
-        *(fm_v4*)(out + g + 4) = a1;
-    }
-}
-#else
-FM_INLINE void fm_affine(const double* coefT, fm_int ld, const double* x, fm_int d, double* out) {
-    for (fm_int k = 0; k < ld; k++) out[k] = coefT[k];
-    for (fm_int j = 0; j < d; j++)
-        for (fm_int k = 0; k < ld; k++) out[k] += coefT[(j + 1) * ld + k] * x[j];
-}
-#endif
-
-/* Z row r = (1, x_i) and, when y is not NULL, y_i after it; the ld affine
- * functions of coefT (d+1, ld) into lg (nb, ld) */
-FM_INLINE void fm_block_rows(fm_int nb, fm_int d, const double* X, const double* y,
-                             const double* coefT, fm_int ld, fm_int P, double* Z, double* lg) {
-    for (fm_int r = 0; r < nb; r++) {
-        double* z = Z + r * P;
-        z[0] = 1.0;
-        memcpy(z + 1, X + r * d, sizeof(double) * (size_t)d);
-        if (y) z[d + 1] = y[r];
-        fm_affine(coefT, ld, z + 1, d, lg + r * ld);
-    }
-}
-
-/* lse[r] = log sum_k exp(v[r, k]) of nb rows of K values of stride ld, and
- * e (nb, K) = exp(v - lse); rows with ok[r] == 0 are skipped (ok[r] is
- * cleared where the maximum is not finite). s is scratch (nb,). */
-FM_INLINE void fm_logsumexp_block(fm_int nb, fm_int K, const double* v, fm_int ld, char* ok,
-                                  double* e, double* lse, double* s, int simd) {
-    for (fm_int r = 0; r < nb; r++) {
-        const double* g = v + r * ld;
-        double vmax = -INFINITY;
-        for (fm_int k = 0; k < K; k++)
-            if (g[k] > vmax) vmax = g[k];
-        ok[r] = ok[r] && isfinite(vmax);
-        lse[r] = vmax;
-        for (fm_int k = 0; k < K; k++) e[r * K + k] = ok[r] ? g[k] - vmax : 0.0;
-    }
-    fm_exp(e, nb * K, simd);
-    for (fm_int r = 0; r < nb; r++) {
-        double t = 0.0;
-        for (fm_int k = 0; k < K; k++) t += e[r * K + k];
-        s[r] = t;
-        t = 1.0 / t;
-        for (fm_int k = 0; k < K; k++) e[r * K + k] *= t;
-    }
-    fm_log(s, nb, simd);
-    for (fm_int r = 0; r < nb; r++) lse[r] += s[r];
-}
-
-/* w sum_k R_k logpi_k, a zero target contributing nothing (even at -inf) */
-FM_INLINE double fm_weighted_log(double w, const double* R, const double* logpi, fm_int K) {
-    double acc = 0.0;
-    for (fm_int k = 0; k < K; k++)
-        if (R[k] != 0.0) acc += R[k] * logpi[k];
-    return w * acc;
-}
-
-/* one row of the gate Newton statistics: grad += its gradient, hw (J,) =
- * its weights of xt xt^T in the information blocks, w s pi_a (delta_ab - pi_b) */
-FM_INLINE void fm_newton_row(double w, const double* R, const double* pi, fm_int K,
-                             const double* xt, fm_int p, double* grad, double* hw) {
-    double s = 0.0;
-    for (fm_int k = 0; k < K; k++) s += R[k];
-    double ws = w * s;
-    for (fm_int a = 0; a < K - 1; a++) {
-        double ca = w * R[a] - ws * pi[a];
-        for (fm_int j = 0; j < p; j++) grad[a * p + j] += ca * xt[j];
-    }
-    for (fm_int a = 0, jj = 0; a < K - 1; a++)
-        for (fm_int b = a; b < K - 1; b++, jj++)
-            hw[jj] = a == b ? ws * pi[a] * (1.0 - pi[a]) : -ws * pi[a] * pi[b];
-}
-
-/* scratch of a chunk: the Z block (zero beyond its columns), logits, exps,
- * row scalars, flags, weights and the Gram tiles, in one zeroed allocation */
+/* the scratch of a chunk, by column over the FM_B rows of a block, in one
+ * zeroed allocation */
 typedef struct {
-    double *Z, *lg, *pi, *e, *s, *g_lse, *j_lse, *D, *DZ, *G, *grad;
-    char* ok;
+    double* Z;    /* (FM_B, P) rows z = (1, x[, y]), zero beyond them */
+    double* ZT;   /* (q, FM_B) the same by column */
+    double* A;    /* (m, FM_B) gate logits, then log pi; expert means, then joint log-densities */
+    double* pi;   /* (K, FM_B) gate probabilities */
+    double* e;    /* (K, FM_B) responsibilities (fm_em_body) or targets (fm_gate_body) */
+    double* ok;   /* (FM_B) 1 for a row in the block whose maxima are finite, else 0 */
+    double* W;    /* (FM_B) its sample weight, 0 for a row left out */
+    double *mx, *s, *t, *lse, *lse2; /* (FM_B) row scalars */
+    double* D;    /* (M, FM_B) weights of the Gram matrices */
+    double* DZ;   /* (FM_B, M, rows) scratch of fm_gram */
+    double* G;    /* (M, rows, P) Gram matrices */
+    double* grad; /* (K-1, p, 4) gradient, in 4 partial sums */
     void* mem;
 } fm_scratch;
 
-static int fm_scratch_alloc(fm_scratch* b, fm_int P, fm_int m, fm_int K, fm_int M, fm_int rows,
-                            fm_int p) {
-    fm_int B = FM_ROWS;
-    size_t n = (size_t)(B * P + B * m + 2 * B * K + 3 * B + B * M + B * M * P + M * rows * P
-                        + (K - 1) * p) + B / sizeof(double) + 1;
+static int fm_scratch_alloc(fm_scratch* b, fm_int P, fm_int q, fm_int m, fm_int K, fm_int M,
+                            fm_int rows) {
+    fm_int p = q, n_row = 7 + m + 2 * K + M;
+    size_t n = (size_t)(FM_B * P + q * FM_B + n_row * FM_B + FM_B * M * rows + M * rows * P
+                        + (K - 1) * p * 4);
     double* mem = calloc(n, sizeof(double));
     if (!mem) return -1;
     b->mem = mem;
     b->Z = mem;
-    b->lg = b->Z + B * P;
-    b->pi = b->lg + B * m;
-    b->e = b->pi + B * K;
-    b->s = b->e + B * K;
-    b->g_lse = b->s + B;
-    b->j_lse = b->g_lse + B;
-    b->D = b->j_lse + B;
-    b->DZ = b->D + B * M;
-    b->G = b->DZ + B * M * P;
+    b->ZT = b->Z + FM_B * P;
+    b->A = b->ZT + q * FM_B;
+    b->pi = b->A + m * FM_B;
+    b->e = b->pi + K * FM_B;
+    b->ok = b->e + K * FM_B;
+    b->W = b->ok + FM_B;
+    b->mx = b->W + FM_B;
+    b->s = b->mx + FM_B;
+    b->t = b->s + FM_B;
+    b->lse = b->t + FM_B;
+    b->lse2 = b->lse + FM_B;
+    b->D = b->lse2 + FM_B;
+    b->DZ = b->D + M * FM_B;
+    b->G = b->DZ + FM_B * M * rows;
     b->grad = b->G + M * rows * P;
-    b->ok = (char*)(b->grad + (K - 1) * p);
     return 0;
 }
 
-/* a row left out: no weight, and its Z row zeroed (its x may not be finite) */
-FM_INLINE void fm_drop_row(fm_int r, fm_int M, fm_int q, fm_int P, double* D, double* Z) {
-    for (fm_int m = 0; m < M; m++) D[r * M + m] = 0.0;
-    for (fm_int j = 0; j < q; j++) Z[r * P + j] = 0.0;
+/* the nb rows of a block: Z rows (1, x_i) and, when y is not NULL, y_i after
+ * it; ZT the same by column; ok = 1 for them, 0 for the rest of the block */
+FM_INLINE void fm_load_block(fm_int nb, fm_int d, const double* X, const double* y, fm_int P,
+                             fm_scratch* b) {
+    for (fm_int r = 0; r < nb; r++) {
+        const double* x = X + r * d;
+        double* z = b->Z + r * P;
+        z[0] = b->ZT[r] = 1.0;
+        memcpy(z + 1, x, sizeof(double) * (size_t)d);
+        for (fm_int j = 0; j < d; j++) b->ZT[(j + 1) * FM_B + r] = x[j];
+        if (y) z[d + 1] = b->ZT[(d + 1) * FM_B + r] = y[r];
+    }
+    for (fm_int r = 0; r < FM_B; r++) b->ok[r] = r < nb ? 1.0 : 0.0;
+}
+
+/* A (m, FM_B) = the m affine functions coefT (p, m) of the block's rows,
+ * ZT[0] being the intercept's ones (rows past the block give finite garbage).
+ * Sixteen rows at a time in four vectors: four independent chains of sums. */
+#if FM_VECTORS
+FM_INLINE void fm_affine_block(const double* coefT, fm_int m, fm_int p, const double* ZT,
+                               double* A) {
+    for (fm_int k = 0; k < m; k++)
+        for (int v = 0; v < FM_B; v += 16) {
+            const double c0 = coefT[k];
+            fm_v4 s0 = {c0, c0, c0, c0}, s1 = s0, s2 = s0, s3 = s0;
+            for (fm_int j = 1; j < p; j++) {
+                const double c = coefT[j * m + k];
+                const fm_v4 cv = {c, c, c, c};
+                const fm_v4* zt = (const fm_v4*)(ZT + j * FM_B + v);
+                s0 += cv * zt[0];
+                s1 += cv * zt[1];
+                s2 += cv * zt[2];
+                s3 += cv * zt[3];
+            }
+            fm_v4* out = (fm_v4*)(A + k * FM_B + v);
+            out[0] = s0;
+            out[1] = s1;
+            out[2] = s2;
+            out[3] = s3;
+        }
+}
+#else
+FM_INLINE void fm_affine_block(const double* coefT, fm_int m, fm_int p, const double* ZT,
+                               double* A) {
+    for (fm_int k = 0; k < m; k++) {
+        for (int r = 0; r < FM_B; r++) A[k * FM_B + r] = coefT[k];
+        for (fm_int j = 1; j < p; j++)
+            for (int r = 0; r < FM_B; r++) A[k * FM_B + r] += coefT[j * m + k] * ZT[j * FM_B + r];
+    }
+}
+#endif
+
+/* lse = log sum_k exp(V[k]) and e (K, FM_B) = exp(V - lse) for the K columns
+ * V (K, FM_B); ok is cleared where the maximum is not finite (those rows'
+ * lse and e are meaningless but finite) */
+FM_INLINE void fm_lse_block(fm_int K, const double* V, fm_scratch* b, double* e, double* lse,
+                            int simd) {
+    double *mx = b->mx, *s = b->s, *inv = b->t, *ok = b->ok;
+    for (int r = 0; r < FM_B; r++) mx[r] = -INFINITY;
+    for (fm_int k = 0; k < K; k++)
+        for (int r = 0; r < FM_B; r++) mx[r] = V[k * FM_B + r] > mx[r] ? V[k * FM_B + r] : mx[r];
+    for (int r = 0; r < FM_B; r++) ok[r] = ok[r] != 0.0 && fabs(mx[r]) <= DBL_MAX ? 1.0 : 0.0;
+    for (fm_int k = 0; k < K; k++)
+        for (int r = 0; r < FM_B; r++)
+            e[k * FM_B + r] = ok[r] != 0.0 ? V[k * FM_B + r] - mx[r] : 0.0;
+    fm_exp(e, K * FM_B, simd);
+    for (int r = 0; r < FM_B; r++) s[r] = 0.0;
+    for (fm_int k = 0; k < K; k++)
+        for (int r = 0; r < FM_B; r++) s[r] += e[k * FM_B + r];
+    for (int r = 0; r < FM_B; r++) inv[r] = 1.0 / s[r];
+    for (fm_int k = 0; k < K; k++)
+        for (int r = 0; r < FM_B; r++) e[k * FM_B + r] *= inv[r];
+    fm_log(s, FM_B, simd);
+    for (int r = 0; r < FM_B; r++) lse[r] = mx[r] + s[r];
+}
+
+/* the gates of the block: A[:K] = log pi, pi; ok cleared where the logits'
+ * maximum is not finite */
+FM_INLINE void fm_gates_block(fm_int K, fm_scratch* b, int simd) {
+    fm_lse_block(K, b->A, b, b->pi, b->lse, simd);
+    for (fm_int k = 0; k < K; k++)
+        for (int r = 0; r < FM_B; r++) b->A[k * FM_B + r] -= b->lse[r];
+}
+
+/* w sum_k R_k logpi_k for one row: R of stride rs, logpi a column of the
+ * block (stride FM_B); a zero target contributes nothing (even at -inf) */
+FM_INLINE double fm_weighted_log(double w, const double* R, fm_int rs, const double* logpi,
+                                 fm_int K) {
+    double acc = 0.0;
+    for (fm_int k = 0; k < K; k++)
+        if (R[k * rs] != 0.0) acc += R[k * rs] * logpi[k * FM_B];
+    return w * acc;
+}
+
+/* g[0..4] += the 4 partial sums of x . y over the FM_B rows (x[r] y[r] goes
+ * to sum r mod 4; two chains of sums) */
+#if FM_VECTORS
+FM_INLINE void fm_dot4(const double* x, const double* y, double* g) {
+    const fm_v4 *x4 = (const fm_v4*)x, *y4 = (const fm_v4*)y;
+    fm_v4 s0 = x4[0] * y4[0], s1 = x4[1] * y4[1];
+    for (int v = 2; v < FM_B / 4; v += 2) {
+        s0 += x4[v] * y4[v];
+        s1 += x4[v + 1] * y4[v + 1];
+    }
+    *(fm_v4*)g += s0 + s1;
+}
+#else
+FM_INLINE void fm_dot4(const double* x, const double* y, double* g) {
+    for (int l = 0; l < 4; l++) {
+        double s0 = x[l] * y[l], s1 = x[4 + l] * y[4 + l];
+        for (int v = 8; v < FM_B; v += 8) {
+            s0 += x[v + l] * y[v + l];
+            s1 += x[v + 4 + l] * y[v + 4 + l];
+        }
+        g[l] += s0 + s1;
+    }
+}
+#endif
+
+/* the gate Newton statistics of the block for targets R (K, FM_B), with
+ * weights W: grad += sum_r W_r (R_ra - s_r pi_ra) xt_r (in 4 partial sums),
+ * HW (J, FM_B) = the weights of xt_r xt_r^T in the information blocks,
+ * W_r s_r pi_ra (delta_ab - pi_rb); s_r = sum_k R_rk */
+FM_INLINE void fm_newton_block(fm_int K, fm_int p, const double* R, fm_scratch* b, double* HW) {
+    double *ws = b->s, *ca = b->t;
+    const double *W = b->W, *pi = b->pi;
+    for (int r = 0; r < FM_B; r++) ws[r] = 0.0;
+    for (fm_int k = 0; k < K; k++)
+        for (int r = 0; r < FM_B; r++) ws[r] += R[k * FM_B + r];
+    for (int r = 0; r < FM_B; r++) ws[r] *= W[r];
+    for (fm_int a = 0; a < K - 1; a++) {
+        for (int r = 0; r < FM_B; r++)
+            ca[r] = W[r] * R[a * FM_B + r] - ws[r] * pi[a * FM_B + r];
+        for (fm_int j = 0; j < p; j++)
+            fm_dot4(ca, b->ZT + j * FM_B, b->grad + (a * p + j) * 4);
+    }
+    for (fm_int a = 0, jj = 0; a < K - 1; a++)
+        for (fm_int c = a; c < K - 1; c++, jj++) {
+            const double *pa = pi + a * FM_B, *pc = pi + c * FM_B;
+            double* h = HW + jj * FM_B;
+            if (a == c)
+                for (int r = 0; r < FM_B; r++) h[r] = ws[r] * pa[r] * (1.0 - pa[r]);
+            else
+                for (int r = 0; r < FM_B; r++) h[r] = -ws[r] * pa[r] * pc[r];
+        }
+}
+
+/* a row left out: no weight, and its z zeroed (its x may not be finite) */
+FM_INLINE void fm_drop_row(fm_int r, fm_int q, fm_int P, fm_scratch* b) {
+    b->W[r] = 0.0;
+    for (fm_int j = 0; j < q; j++) b->Z[r * P + j] = b->ZT[j * FM_B + r] = 0.0;
+}
+
+/* the gradient's 4 partial sums added in a fixed order */
+static void fm_grad_out(fm_int K, fm_int p, const double* g4, double* grad) {
+    for (fm_int t = 0; t < (K - 1) * p; t++)
+        grad[t] = (g4[4 * t] + g4[4 * t + 1]) + (g4[4 * t + 2] + g4[4 * t + 3]);
 }
 
 /* The fused EM pass over n rows (see the top of the file). resp (n, K):
  * responsibilities, or their logs if log_out; row_ll (n,). stats may be NULL;
+ * stats[skip] is left zero (the caller derives it: the weights of the experts
+ * sum to w), or none when skip is -1;
  * grad, info and obj are NULL together or not: obj[0] = sum_i w_i row_ll_i,
  * obj[1] = the gate objective at the gates for the new responsibilities,
  * obj[2] = that for the targets R_in (n, K) (0 when R_in is NULL). */
 FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const double* y,
                             const double* w, const double* coefT, const double* lnorm,
                             const double* inv_var, const double* R_in, double* resp,
-                            int log_out, double* row_ll, double* stats, double* grad,
-                            double* info, double* obj, int simd) {
-    fm_int p = d + 1, q = d + 2, m = fm_coef_width(2 * K), J = K * (K - 1) / 2;
-    fm_int P = fm_stride(q), rows = fm_rows4(q);
+                            int log_out, double* row_ll, double* stats, fm_int skip,
+                            double* grad, double* info, double* obj, int simd) {
+    fm_int p = d + 1, q = d + 2, J = K * (K - 1) / 2, P = fm_stride(q), rows = fm_rows4(q);
     int want_stats = stats != NULL, want_gate = grad != NULL;
-    fm_int Ks = want_stats ? K : 0, M = Ks + (want_gate ? J : 0);
+    fm_int Ks = want_stats ? (skip >= 0 ? K - 1 : K) : 0, M = Ks + (want_gate ? J : 0);
     fm_scratch b;
-    if (fm_scratch_alloc(&b, P, m, K, M, rows, p)) return n;
+    if (fm_scratch_alloc(&b, P, q, 2 * K, K, M, rows)) return n;
+    double *A = b.A, *E = b.e, *ZT = b.ZT;
     fm_int bad = 0;
     double ll = 0.0, q_new = 0.0, q_in = 0.0;
-    for (fm_int i0 = 0; i0 < n; i0 += FM_ROWS) {
-        fm_int nb = n - i0 < FM_ROWS ? n - i0 : FM_ROWS;
-        fm_block_rows(nb, d, X + i0 * d, y + i0, coefT, m, P, b.Z, b.lg);
-        for (fm_int r = 0; r < nb; r++) b.ok[r] = 1;
-        /* gates: log pi into lg[:, :K], pi */
-        fm_logsumexp_block(nb, K, b.lg, m, b.ok, b.pi, b.g_lse, b.s, simd);
-        for (fm_int r = 0; r < nb; r++) {
-            if (!b.ok[r]) continue;
-            double *g = b.lg + r * m, yi = y[i0 + r];
-            for (fm_int k = 0; k < K; k++) {
-                double res = yi - g[K + k];
-                g[k] -= b.g_lse[r];
-                g[K + k] = g[k] + lnorm[k] - 0.5 * res * res * inv_var[k]; /* joint */
+    for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
+        fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
+        fm_load_block(nb, d, X + i0 * d, y + i0, P, &b);
+        fm_affine_block(coefT, 2 * K, p, ZT, A);
+        fm_gates_block(K, &b, simd);
+        for (fm_int k = 0; k < K; k++) { /* joint log-densities, in place of the means */
+            const double *lp = A + k * FM_B, *yb = ZT + (q - 1) * FM_B;
+            double* mj = A + (K + k) * FM_B;
+            for (int r = 0; r < FM_B; r++) {
+                double res = yb[r] - mj[r];
+                mj[r] = lp[r] + lnorm[k] - 0.5 * res * res * inv_var[k];
             }
         }
-        fm_logsumexp_block(nb, K, b.lg + K, m, b.ok, b.e, b.j_lse, b.s, simd);
-        for (fm_int r = 0; r < nb; r++) {
+        fm_lse_block(K, A + K * FM_B, &b, E, b.lse2, simd);
+        for (fm_int r = 0; r < FM_B; r++) {
             fm_int i = i0 + r;
-            if (!b.ok[r]) {
+            b.W[r] = 0.0;
+            if (r >= nb) continue;
+            if (b.ok[r] == 0.0) {
                 row_ll[i] = NAN;
                 bad++;
-                fm_drop_row(r, M, q, P, b.D, b.Z);
+                fm_drop_row(r, q, P, &b);
                 continue;
             }
-            const double *logpi = b.lg + r * m, *e = b.e + r * K, wi = w[i];
+            double lse = b.lse2[r], wi = w[i];
             double* out = resp + i * K;
-            row_ll[i] = b.j_lse[r];
-            ll += wi * b.j_lse[r];
-            for (fm_int k = 0; k < K; k++) out[k] = log_out ? logpi[K + k] - b.j_lse[r] : e[k];
-            if (R_in) q_in += fm_weighted_log(wi, R_in + i * K, logpi, K);
-            double* Dr = b.D + r * M;
-            for (fm_int k = 0; k < Ks; k++) Dr[k] = wi * e[k];
-            if (want_gate) {
-                q_new += fm_weighted_log(wi, e, logpi, K);
-                fm_newton_row(wi, e, b.pi + r * K, K, b.Z + r * P, p, b.grad, Dr + Ks);
-            }
+            b.W[r] = wi;
+            row_ll[i] = lse;
+            ll += wi * lse;
+            for (fm_int k = 0; k < K; k++)
+                out[k] = log_out ? A[(K + k) * FM_B + r] - lse : E[k * FM_B + r];
+            if (R_in) q_in += fm_weighted_log(wi, R_in + i * K, 1, A + r, K);
+            if (want_gate) q_new += fm_weighted_log(wi, E + r, FM_B, A + r, K);
         }
-        if (M) fm_gram(nb, M, q, rows, P, b.Z, b.D, b.DZ, b.G, simd);
+        for (fm_int k = 0, kk = 0; k < K && want_stats; k++) {
+            if (k == skip) continue;
+            for (int r = 0; r < FM_B; r++) b.D[kk * FM_B + r] = b.W[r] * E[k * FM_B + r];
+            kk++;
+        }
+        if (want_gate) fm_newton_block(K, p, E, &b, b.D + Ks * FM_B);
+        if (M) fm_gram(nb, M, q, rows, P, b.Z, b.D, FM_B, b.DZ, b.G, simd);
     }
-    if (want_stats) fm_pack(K, q, rows, P, b.G, stats);
+    fm_int T = q * (q + 1) / 2;
+    for (fm_int k = 0, kk = 0; k < K && want_stats; k++) {
+        if (k == skip)
+            memset(stats + k * T, 0, sizeof(double) * (size_t)T);
+        else
+            fm_pack(1, q, rows, P, b.G + kk++ * rows * P, stats + k * T);
+    }
     if (want_gate) {
         fm_pack(J, p, rows, P, b.G + Ks * rows * P, info);
-        memcpy(grad, b.grad, sizeof(double) * (size_t)((K - 1) * p));
+        fm_grad_out(K, p, b.grad, grad);
         obj[0] = ll;
         obj[1] = q_new;
         obj[2] = q_in;
@@ -243,64 +349,64 @@ FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const
 FM_INLINE fm_int fm_gate_body(fm_int n, fm_int d, fm_int K, const double* X, const double* w,
                               const double* R, const double* coefT, double* grad, double* info,
                               double* obj, int simd) {
-    fm_int p = d + 1, J = K * (K - 1) / 2, P = fm_stride(p), m = fm_coef_width(K);
-    fm_int rows = fm_rows4(p);
+    fm_int p = d + 1, J = K * (K - 1) / 2, P = fm_stride(p), rows = fm_rows4(p);
     int newton = grad != NULL;
     fm_int M = newton ? J : 0;
     fm_scratch b;
-    if (fm_scratch_alloc(&b, P, m, K, M, rows, p)) {
+    if (fm_scratch_alloc(&b, P, p, K, K, M, rows)) {
         obj[0] = NAN;
         return n;
     }
     fm_int bad = 0;
     double acc = 0.0;
-    for (fm_int i0 = 0; i0 < n; i0 += FM_ROWS) {
-        fm_int nb = n - i0 < FM_ROWS ? n - i0 : FM_ROWS;
-        fm_block_rows(nb, d, X + i0 * d, NULL, coefT, m, P, b.Z, b.lg);
-        for (fm_int r = 0; r < nb; r++) b.ok[r] = 1;
-        fm_logsumexp_block(nb, K, b.lg, m, b.ok, b.pi, b.g_lse, b.s, simd);
-        for (fm_int r = 0; r < nb; r++) {
+    for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
+        fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
+        fm_load_block(nb, d, X + i0 * d, NULL, P, &b);
+        fm_affine_block(coefT, K, p, b.ZT, b.A);
+        fm_gates_block(K, &b, simd);
+        for (fm_int r = 0; r < FM_B; r++) {
             fm_int i = i0 + r;
-            if (!b.ok[r]) {
+            b.W[r] = 0.0;
+            for (fm_int k = 0; k < K; k++) b.e[k * FM_B + r] = r < nb ? R[i * K + k] : 0.0;
+            if (r >= nb) continue;
+            if (b.ok[r] == 0.0) {
                 bad++;
-                fm_drop_row(r, M, p, P, b.D, b.Z);
+                fm_drop_row(r, p, P, &b);
                 continue;
             }
-            double* logpi = b.lg + r * m;
-            for (fm_int k = 0; k < K; k++) logpi[k] -= b.g_lse[r];
-            acc += fm_weighted_log(w[i], R + i * K, logpi, K);
-            if (newton)
-                fm_newton_row(w[i], R + i * K, b.pi + r * K, K, b.Z + r * P, p, b.grad,
-                              b.D + r * M);
+            b.W[r] = w[i];
+            acc += fm_weighted_log(w[i], R + i * K, 1, b.A + r, K);
         }
-        if (M) fm_gram(nb, M, p, rows, P, b.Z, b.D, b.DZ, b.G, simd);
+        if (newton) {
+            fm_newton_block(K, p, b.e, &b, b.D);
+            fm_gram(nb, M, p, rows, P, b.Z, b.D, FM_B, b.DZ, b.G, simd);
+        }
     }
     obj[0] = bad ? NAN : acc;
     if (newton) {
         fm_pack(J, p, rows, P, b.G, info);
-        memcpy(grad, b.grad, sizeof(double) * (size_t)((K - 1) * p));
+        fm_grad_out(K, p, b.grad, grad);
     }
     free(b.mem);
     return bad;
 }
 
 /* out (n, K) = log softmax of the gate logits (coefT (d+1, K)); a row whose
- * logits have a non-finite maximum is counted, its out row not finite */
+ * logits have a non-finite maximum is counted */
 FM_INLINE fm_int fm_log_proba_body(fm_int n, fm_int d, fm_int K, const double* X,
                                    const double* coefT, double* out, int simd) {
-    fm_int P = fm_stride(d + 1), m = fm_coef_width(K);
+    fm_int p = d + 1, P = fm_stride(p);
     fm_scratch b;
-    if (fm_scratch_alloc(&b, P, m, K, 0, 0, d + 1)) return n;
+    if (fm_scratch_alloc(&b, P, p, K, K, 0, 0)) return n;
     fm_int bad = 0;
-    for (fm_int i0 = 0; i0 < n; i0 += FM_ROWS) {
-        fm_int nb = n - i0 < FM_ROWS ? n - i0 : FM_ROWS;
-        fm_block_rows(nb, d, X + i0 * d, NULL, coefT, m, P, b.Z, b.lg);
-        for (fm_int r = 0; r < nb; r++) b.ok[r] = 1;
-        fm_logsumexp_block(nb, K, b.lg, m, b.ok, b.pi, b.g_lse, b.s, simd);
+    for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
+        fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
+        fm_load_block(nb, d, X + i0 * d, NULL, P, &b);
+        fm_affine_block(coefT, K, p, b.ZT, b.A);
+        fm_gates_block(K, &b, simd);
         for (fm_int r = 0; r < nb; r++) {
-            bad += !b.ok[r];
-            for (fm_int k = 0; k < K; k++)
-                out[(i0 + r) * K + k] = b.lg[r * m + k] - b.g_lse[r];
+            bad += b.ok[r] == 0.0;
+            for (fm_int k = 0; k < K; k++) out[(i0 + r) * K + k] = b.A[k * FM_B + r];
         }
     }
     free(b.mem);
@@ -311,10 +417,10 @@ FM_INLINE fm_int fm_log_proba_body(fm_int n, fm_int d, fm_int K, const double* X
 static fm_int fm_em_chunk_plain(fm_int n, fm_int d, fm_int K, const double* X, const double* y,
                                 const double* w, const double* coefT, const double* lnorm,
                                 const double* inv_var, const double* R_in, double* resp,
-                                int log_out, double* row_ll, double* stats, double* grad,
-                                double* info, double* obj) {
+                                int log_out, double* row_ll, double* stats, fm_int skip,
+                                double* grad, double* info, double* obj) {
     return fm_em_body(n, d, K, X, y, w, coefT, lnorm, inv_var, R_in, resp, log_out, row_ll,
-                      stats, grad, info, obj, 0);
+                      stats, skip, grad, info, obj, 0);
 }
 
 static fm_int fm_gate_chunk_plain(fm_int n, fm_int d, fm_int K, const double* X,
@@ -333,10 +439,10 @@ FM_AVX2 static fm_int fm_em_chunk_avx2(fm_int n, fm_int d, fm_int K, const doubl
                                        const double* y, const double* w, const double* coefT,
                                        const double* lnorm, const double* inv_var,
                                        const double* R_in, double* resp, int log_out,
-                                       double* row_ll, double* stats, double* grad,
-                                       double* info, double* obj) {
+                                       double* row_ll, double* stats, fm_int skip,
+                                       double* grad, double* info, double* obj) {
     return fm_em_body(n, d, K, X, y, w, coefT, lnorm, inv_var, R_in, resp, log_out, row_ll,
-                      stats, grad, info, obj, 1);
+                      stats, skip, grad, info, obj, 1);
 }
 
 FM_AVX2 static fm_int fm_gate_chunk_avx2(fm_int n, fm_int d, fm_int K, const double* X,

@@ -56,11 +56,11 @@ cdef extern from "_estep.h" nogil:
     fm_int fm_em_chunk_plain(fm_int n, fm_int d, fm_int K, const f8* X, const f8* y,
                              const f8* w, const f8* coefT, const f8* lnorm, const f8* inv_var,
                              const f8* R_in, f8* resp, int log_out, f8* row_ll, f8* stats,
-                             f8* grad, f8* info, f8* obj)
+                             fm_int skip, f8* grad, f8* info, f8* obj)
     fm_int fm_em_chunk_avx2(fm_int n, fm_int d, fm_int K, const f8* X, const f8* y,
                             const f8* w, const f8* coefT, const f8* lnorm, const f8* inv_var,
                             const f8* R_in, f8* resp, int log_out, f8* row_ll, f8* stats,
-                            f8* grad, f8* info, f8* obj)
+                            fm_int skip, f8* grad, f8* info, f8* obj)
     fm_int fm_gate_chunk_plain(fm_int n, fm_int d, fm_int K, const f8* X, const f8* w,
                                const f8* R, const f8* coefT, f8* grad, f8* info, f8* obj)
     fm_int fm_gate_chunk_avx2(fm_int n, fm_int d, fm_int K, const f8* X, const f8* w,
@@ -104,7 +104,7 @@ def e_step(
 
     Returns the number of rows with a non-finite log-likelihood.
     """
-    return _e_step(X, y, w, alpha, beta, var, None, log_resp, True, row_ll, stats,
+    return _e_step(X, y, w, alpha, beta, var, None, log_resp, True, row_ll, stats, -1,
                    None, None, None, chunk, n_threads)
 
 
@@ -113,7 +113,7 @@ def em_pass(
     const f8[:, ::1] alpha, const f8[:, ::1] beta, const f8[::1] var,
     const f8[:, ::1] R_in, f8[:, ::1] resp, f8[::1] row_ll, f8[:, :, ::1] stats,
     f8[:, :, ::1] grad, f8[:, :, ::1] info, f8[:, ::1] obj,
-    Py_ssize_t chunk, int n_threads,
+    Py_ssize_t chunk, int n_threads, Py_ssize_t skip=-1,
 ):
     """One pass of an EM iteration: the E-step, the statistics of the expert
     update and the gate Newton statistics, fused.
@@ -128,17 +128,22 @@ def em_pass(
         sum_i w_i row_ll_i, the gate objective at ``alpha`` for the targets
         ``resp``, and that for the targets ``R_in`` (0 without R_in): the
         check of the gate step that produced ``alpha``.
+    skip : an expert whose statistics are left zero, or -1 (none). The caller
+        derives them: the weighted Gram matrix of z summed over the experts
+        does not depend on the parameters.
     """
+    if not -1 <= skip < alpha.shape[0]:
+        raise ValueError(f"skip must be -1 or an expert index; got {skip}")
     return _e_step(X, y, w, alpha, beta, var, R_in if R_in.shape[0] > 0 else None, resp,
-                   False, row_ll, stats, grad, info, obj, chunk, n_threads)
+                   False, row_ll, stats, skip, grad, info, obj, chunk, n_threads)
 
 
 cdef Py_ssize_t _e_step(
     const f8[:, ::1] X, const f8[::1] y, const f8[::1] w,
     const f8[:, ::1] alpha, const f8[:, ::1] beta, const f8[::1] var,
     const f8[:, ::1] R_in, f8[:, ::1] resp, bint log_out, f8[::1] row_ll,
-    f8[:, :, ::1] stats, f8[:, :, ::1] grad, f8[:, :, ::1] info, f8[:, ::1] obj,
-    Py_ssize_t chunk, int n_threads,
+    f8[:, :, ::1] stats, Py_ssize_t skip, f8[:, :, ::1] grad, f8[:, :, ::1] info,
+    f8[:, ::1] obj, Py_ssize_t chunk, int n_threads,
 ) except -1:
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = alpha.shape[0]
     cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
@@ -166,11 +171,11 @@ cdef Py_ssize_t _e_step(
         if simd:
             bad += fm_em_chunk_avx2(m, d, K, &X[lo, 0], &y[lo], &w[lo], &coefT[0, 0],
                                     &lnorm[0], &inv_var[0], &R_in[lo, 0] if check else NULL,
-                                    &resp[lo, 0], log_out, &row_ll[lo], st, gr, inf, ob)
+                                    &resp[lo, 0], log_out, &row_ll[lo], st, skip, gr, inf, ob)
         else:
             bad += fm_em_chunk_plain(m, d, K, &X[lo, 0], &y[lo], &w[lo], &coefT[0, 0],
                                      &lnorm[0], &inv_var[0], &R_in[lo, 0] if check else NULL,
-                                     &resp[lo, 0], log_out, &row_ll[lo], st, gr, inf, ob)
+                                     &resp[lo, 0], log_out, &row_ll[lo], st, skip, gr, inf, ob)
     return bad
 
 def gate_newton_stats(
@@ -227,12 +232,9 @@ cdef Py_ssize_t _gate_pass(
     return bad
 
 def _stacked_transposed(*coefs):
-    """(d+1, ld): the (K, d+1) coefficient arrays stacked and transposed, with
-    zero columns up to ld, the next multiple of 8 (the C kernels' layout)."""
-    stacked = np.vstack(coefs)
-    out = np.zeros((stacked.shape[1], -(-stacked.shape[0] // 8) * 8))
-    out[:, :stacked.shape[0]] = stacked.T
-    return out
+    """(d+1, m): the (K, d+1) coefficient arrays stacked and transposed (the C
+    kernels' layout)."""
+    return np.ascontiguousarray(np.vstack(coefs).T)
 
 
 def _gauss_constants(const f8[::1] var):

@@ -30,17 +30,17 @@ static void fm_pack(fm_int nm, fm_int n, fm_int rows, fm_int P, const double* G,
             for (fm_int b = a; b < n; b++) out[t++] = G[(m * rows + a) * P + b];
 }
 
-/* G[q] (rows apart, stride P) upper p x p part += sum_r D[r,k] z_r z_r^T for
- * the nb rows Z (nb, P), q counting the weights k < K other than skip: the
- * plain version of fm_gram_block and fm_gram_rows, row by row */
+/* G[q] (rows apart, stride P) upper p x p part += sum_r D[r dr + k dk] z_r z_r^T
+ * for the nb rows Z (nb, P), q counting the weights k < K other than skip:
+ * the plain version of fm_gram_block and fm_gram_rows, row by row */
 static void fm_gram_plain(fm_int nb, fm_int K, fm_int skip, fm_int p, fm_int rows, fm_int P,
-                          const double* Z, const double* D, double* G) {
+                          const double* Z, const double* D, fm_int dr, fm_int dk, double* G) {
     for (fm_int r = 0; r < nb; r++) {
         const double* z = Z + r * P;
         for (fm_int k = 0, q = 0; k < K; k++) {
             if (k == skip) continue;
             double* g = G + q++ * rows * P;
-            double c = D[r * K + k];
+            double c = D[r * dr + k * dk];
             for (fm_int a = 0; a < p; a++) {
                 double ca = c * z[a];
                 for (fm_int j = a; j < p; j++) g[a * P + j] += ca * z[j];
@@ -175,26 +175,27 @@ FM_AVX2 static void fm_gram_block(fm_int nb, fm_int K, fm_int skip, fm_int p, fm
 }
 
 
-/* G[m] (rows >= q rounded up to 4, stride P) upper part += sum_r D[r,m]
+/* G[m] (rows >= q rounded up to 4, stride P) upper part += sum_r D[m dm + r]
  * z_r z_r^T for the M weights of the nb rows Z (nb, P), zero beyond column q;
- * DZ (nb, M, P) is scratch. Four rows a of one G[m] at a time, from column
+ * DZ (nb, M, rows) is scratch. Four rows a of one G[m] at a time, from column
  * 4 floor(a/4), in tiles of 8 columns and a last one of 4 (the entries below
  * the diagonal and past column q are wasted, never read): the layout for few
  * weights (the EM pass), where fm_gram_block groups four weights. */
 FM_AVX2 static void fm_gram_rows(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P,
-                                 const double* Z, const double* D, double* DZ, double* G) {
+                                 const double* Z, const double* D, fm_int dm, double* DZ,
+                                 double* G) {
     for (fm_int r = 0; r < nb; r++)
         for (fm_int m = 0; m < M; m++) {
-            __m256d c = _mm256_broadcast_sd(D + r * M + m);
-            double* dz = DZ + (r * M + m) * P;
-            for (fm_int j = 0; j < P; j += 4)
+            __m256d c = _mm256_broadcast_sd(D + m * dm + r);
+            double* dz = DZ + (r * M + m) * rows;
+            for (fm_int j = 0; j < rows; j += 4)
                 _mm256_storeu_pd(dz + j, _mm256_mul_pd(c, _mm256_loadu_pd(Z + r * P + j)));
         }
-    fm_int ws = M * P;
+    fm_int ws = M * rows;
     for (fm_int m = 0; m < M; m++)
         for (fm_int a = 0; a < q; a += 4) {
             double* g = G + (m * rows + a) * P;
-            const double* w = DZ + m * P + a;
+            const double* w = DZ + m * rows + a;
             fm_int j = a;
             for (; q - j > 4; j += 8) fm_tile4(nb, Z + j, P, w, 1, ws, g + j, P);
             if (j < q) fm_tile4x4(nb, Z + j, P, w, 1, ws, g + j, P);
@@ -217,79 +218,77 @@ FM_AVX2 static inline __m256d fm_estrin(__m256d x, const double* c, int n) {
     return t[0];
 }
 
-/* a[i] = exp(a[i]) in place: x = n ln2 + r, |r| <= ln2/2, exp(r) by its
- * Taylor series to degree 13 (truncation below 5e-18), 2^n added to the
- * exponent; lanes outside [-708, 709] (and NaN) go to the C library */
-FM_AVX2 static void fm_exp_avx2(double* a, fm_int n) {
-    const __m256d log2e = _mm256_set1_pd(1.4426950408889634);
-    const __m256d ln2hi = _mm256_set1_pd(6.93147180369123816490e-01);
-    const __m256d ln2lo = _mm256_set1_pd(1.90821492927058770002e-10);
-    const __m256d magic = _mm256_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
-    const __m256d lo = _mm256_set1_pd(-708.0), hi = _mm256_set1_pd(709.0);
+/* exp of 4 lanes: x = k ln2 + r, |r| <= ln2/2, exp(r) by its Taylor series to
+ * degree 13 (truncation below 5e-18), k added to the exponent; valid for x in
+ * [-708, 709] (fm_exp_avx2 sends the other lanes to the C library) */
+FM_AVX2 static inline __m256d fm_exp4(__m256d x) {
     static const double c[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
                                  1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
                                  1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
-    fm_int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        __m256d x = _mm256_loadu_pd(a + i);
-        __m256d ok = _mm256_and_pd(_mm256_cmp_pd(x, lo, _CMP_GE_OQ),
-                                   _mm256_cmp_pd(x, hi, _CMP_LE_OQ));
-        __m256d t = _mm256_fmadd_pd(x, log2e, magic); /* magic + round(x / ln2) */
-        __m256d k = _mm256_sub_pd(t, magic);
-        __m256d r = _mm256_fnmadd_pd(k, ln2lo, _mm256_fnmadd_pd(k, ln2hi, x));
-        __m256d s = fm_estrin(r, c, 14);
-        /* the low bits of t hold k: shifted into the exponent field */
-        __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t), 52);
-        _mm256_storeu_pd(a + i, _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(s), e)));
-        int m = _mm256_movemask_pd(ok);
-        if (m != 15)
-            for (int j = 0; j < 4; j++)
-                if (!(m >> j & 1)) a[i + j] = exp(((double*)&x)[j]);
-    }
-    for (; i < n; i++) a[i] = exp(a[i]);
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
+    __m256d t = _mm256_fmadd_pd(x, _mm256_set1_pd(1.4426950408889634), magic);
+    __m256d k = _mm256_sub_pd(t, magic); /* round(x / ln2); the low bits of t hold it */
+    __m256d r = _mm256_fnmadd_pd(k, _mm256_set1_pd(6.93147180369123816490e-01), x);
+    r = _mm256_fnmadd_pd(k, _mm256_set1_pd(1.90821492927058770002e-10), r);
+    __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t), 52);
+    return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(fm_estrin(r, c, 14)), e));
 }
 
-/* a[i] = log(a[i]) in place: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
- * log m = 2 atanh(u), u = (m - 1) / (m + 1), |u| <= 0.172, by its series to
- * u^23 (truncation below 1e-18); lanes outside the normal positive numbers go
- * to the C library */
-FM_AVX2 static void fm_log_avx2(double* a, fm_int n) {
-    const __m256d ln2hi = _mm256_set1_pd(6.93147180369123816490e-01);
-    const __m256d ln2lo = _mm256_set1_pd(1.90821492927058770002e-10);
-    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
-    const __m256d one = _mm256_set1_pd(1.0), sqrt2 = _mm256_set1_pd(1.4142135623730951);
-    const __m256d lo = _mm256_set1_pd(2.2250738585072014e-308), hi = _mm256_set1_pd(1.7e308);
-    const __m256i mant = _mm256_set1_epi64x(0x000fffffffffffffLL);
-    const __m256i bias = _mm256_set1_epi64x(1023);
+/* log of 4 lanes: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(u),
+ * u = (m - 1) / (m + 1), |u| <= 0.172, by its series to u^23 (truncation
+ * below 1e-18); valid for positive normal x (fm_log_avx2 sends the other
+ * lanes to the C library) */
+FM_AVX2 static inline __m256d fm_log4(__m256d x) {
     static const double c[12] = {1.0, 1.0 / 3, 1.0 / 5, 1.0 / 7, 1.0 / 9, 1.0 / 11, 1.0 / 13,
                                  1.0 / 15, 1.0 / 17, 1.0 / 19, 1.0 / 21, 1.0 / 23};
-    fm_int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        __m256d x = _mm256_loadu_pd(a + i);
-        __m256d ok = _mm256_and_pd(_mm256_cmp_pd(x, lo, _CMP_GE_OQ),
-                                   _mm256_cmp_pd(x, hi, _CMP_LE_OQ));
-        __m256i bits = _mm256_castpd_si256(x);
-        __m256i ex = _mm256_sub_epi64(_mm256_srli_epi64(bits, 52), bias);
-        /* m in [1, 2), then halved (and e raised) above sqrt(2) */
-        __m256d m = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(bits, mant),
-                                                        _mm256_castpd_si256(one)));
-        __m256d big = _mm256_cmp_pd(m, sqrt2, _CMP_GT_OQ);
-        m = _mm256_blendv_pd(m, _mm256_mul_pd(m, _mm256_set1_pd(0.5)), big);
-        ex = _mm256_sub_epi64(ex, _mm256_castpd_si256(big)); /* the mask is -1 */
-        __m256d e = _mm256_sub_pd(
-            _mm256_castsi256_pd(_mm256_add_epi64(ex, _mm256_castpd_si256(magic))), magic);
-        __m256d u = _mm256_div_pd(_mm256_sub_pd(m, one), _mm256_add_pd(m, one));
-        __m256d u2 = _mm256_mul_pd(u, u);
-        __m256d s = fm_estrin(u2, c, 12);
-        __m256d lm = _mm256_mul_pd(_mm256_add_pd(u, u), s);
-        __m256d out = _mm256_fmadd_pd(e, ln2hi, _mm256_fmadd_pd(e, ln2lo, lm));
-        _mm256_storeu_pd(a + i, out);
-        int mk = _mm256_movemask_pd(ok);
-        if (mk != 15)
-            for (int j = 0; j < 4; j++)
-                if (!(mk >> j & 1)) a[i + j] = log(((double*)&x)[j]);
-    }
-    for (; i < n; i++) a[i] = log(a[i]);
+    const __m256d one = _mm256_set1_pd(1.0), magic = _mm256_set1_pd(6755399441055744.0);
+    __m256i bits = _mm256_castpd_si256(x);
+    __m256i ex = _mm256_sub_epi64(_mm256_srli_epi64(bits, 52), _mm256_set1_epi64x(1023));
+    /* m in [1, 2), then halved (and e raised) above sqrt(2) */
+    __m256d m = _mm256_castsi256_pd(_mm256_or_si256(
+        _mm256_and_si256(bits, _mm256_set1_epi64x(0x000fffffffffffffLL)),
+        _mm256_castpd_si256(one)));
+    __m256d big = _mm256_cmp_pd(m, _mm256_set1_pd(1.4142135623730951), _CMP_GT_OQ);
+    m = _mm256_blendv_pd(m, _mm256_mul_pd(m, _mm256_set1_pd(0.5)), big);
+    ex = _mm256_sub_epi64(ex, _mm256_castpd_si256(big)); /* the mask is -1 */
+    __m256d e = _mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_add_epi64(ex, _mm256_castpd_si256(magic))), magic);
+    __m256d u = _mm256_div_pd(_mm256_sub_pd(m, one), _mm256_add_pd(m, one));
+    __m256d lm = _mm256_mul_pd(_mm256_add_pd(u, u), fm_estrin(_mm256_mul_pd(u, u), c, 12));
+    return _mm256_fmadd_pd(e, _mm256_set1_pd(6.93147180369123816490e-01),
+                           _mm256_fmadd_pd(e, _mm256_set1_pd(1.90821492927058770002e-10), lm));
+}
+
+/* f of 8 lanes at a time, two vectors in flight (the polynomials are latency
+ * chains); lanes outside [lo, hi] (and NaN) and the tail go to libm */
+#define FM_MAP_AVX2(f4, libm, lo_, hi_)                                                        \
+    const __m256d lo = _mm256_set1_pd(lo_), hi = _mm256_set1_pd(hi_);                         \
+    fm_int i = 0;                                                                             \
+    for (; i + 8 <= n; i += 8) {                                                              \
+        __m256d x0 = _mm256_loadu_pd(a + i), x1 = _mm256_loadu_pd(a + i + 4);                 \
+        __m256d ok0 = _mm256_and_pd(_mm256_cmp_pd(x0, lo, _CMP_GE_OQ),                       \
+                                    _mm256_cmp_pd(x0, hi, _CMP_LE_OQ));                       \
+        __m256d ok1 = _mm256_and_pd(_mm256_cmp_pd(x1, lo, _CMP_GE_OQ),                       \
+                                    _mm256_cmp_pd(x1, hi, _CMP_LE_OQ));                       \
+        _mm256_storeu_pd(a + i, f4(x0));                                                      \
+        _mm256_storeu_pd(a + i + 4, f4(x1));                                                  \
+        int m = _mm256_movemask_pd(ok0) | _mm256_movemask_pd(ok1) << 4;                       \
+        if (m != 255) {                                                                       \
+            double xs[8];                                                                     \
+            _mm256_storeu_pd(xs, x0);                                                         \
+            _mm256_storeu_pd(xs + 4, x1);                                                     \
+            for (int j = 0; j < 8; j++)                                                       \
+                if (!(m >> j & 1)) a[i + j] = libm(xs[j]);                                    \
+        }                                                                                     \
+    }                                                                                         \
+    for (; i < n; i++) a[i] = libm(a[i]);
+
+/* a[i] = exp(a[i]) in place */
+FM_AVX2 static void fm_exp_avx2(double* a, fm_int n) { FM_MAP_AVX2(fm_exp4, exp, -708.0, 709.0) }
+
+/* a[i] = log(a[i]) in place */
+FM_AVX2 static void fm_log_avx2(double* a, fm_int n) {
+    FM_MAP_AVX2(fm_log4, log, 2.2250738585072014e-308, 1.7e308)
 }
 #else
 #define FM_HAVE_AVX2_PATH 0
@@ -297,12 +296,12 @@ static int fm_cpu_has_avx2(void) { return 0; }
 static void fm_gram_block(fm_int nb, fm_int K, fm_int skip, fm_int p, fm_int P, const double* Z,
                           const double* D, double* DZ, double* G) {
     (void)DZ;
-    fm_gram_plain(nb, K, skip, p, p, P, Z, D, G);
+    fm_gram_plain(nb, K, skip, p, p, P, Z, D, K, 1, G);
 }
 static void fm_gram_rows(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P, const double* Z,
-                         const double* D, double* DZ, double* G) {
+                         const double* D, fm_int dm, double* DZ, double* G) {
     (void)DZ;
-    fm_gram_plain(nb, M, -1, q, rows, P, Z, D, G);
+    fm_gram_plain(nb, M, -1, q, rows, P, Z, D, 1, dm, G);
 }
 static void fm_exp_avx2(double* a, fm_int n) {
     for (fm_int i = 0; i < n; i++) a[i] = exp(a[i]);
@@ -331,11 +330,12 @@ static inline void fm_log(double* a, fm_int n, int simd) {
 }
 
 static inline void fm_gram(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P,
-                           const double* Z, const double* D, double* DZ, double* G, int simd) {
+                           const double* Z, const double* D, fm_int dm, double* DZ, double* G,
+                           int simd) {
     if (simd)
-        fm_gram_rows(nb, M, q, rows, P, Z, D, DZ, G);
+        fm_gram_rows(nb, M, q, rows, P, Z, D, dm, DZ, G);
     else
-        fm_gram_plain(nb, M, -1, q, rows, P, Z, D, G);
+        fm_gram_plain(nb, M, -1, q, rows, P, Z, D, 1, dm, G);
 }
 
 #endif
