@@ -311,8 +311,10 @@ FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const
             b.W[r] = wi;
             row_ll[i] = lse;
             ll += wi * lse;
-            for (fm_int k = 0; k < K; k++)
-                out[k] = log_out ? A[(K + k) * FM_B + r] - lse : E[k * FM_B + r];
+            if (log_out)
+                for (fm_int k = 0; k < K; k++) out[k] = A[(K + k) * FM_B + r] - lse;
+            else
+                for (fm_int k = 0; k < K; k++) out[k] = E[k * FM_B + r];
             if (R_in) q_in += fm_weighted_log(wi, R_in + i * K, 1, A + r, K);
             if (want_gate) q_new += fm_weighted_log(wi, E + r, FM_B, A + r, K);
         }

@@ -141,6 +141,59 @@ static int fm_chunk_plain(fm_int n, fm_int d, const double* X, fm_int L, const d
 }
 
 #if FM_HAVE_AVX2_PATH
+/* g[0..8] += sum_r w[r*ws] z[r*P + 0..8], even and odd rows in separate sums */
+FM_AVX2 __attribute__((noinline)) static void fm_tile1(fm_int nb, const double* restrict z,
+                                                       fm_int P, const double* restrict w,
+                                                       fm_int ws, double* restrict g) {
+    __m256d c0 = _mm256_loadu_pd(g), e0 = _mm256_loadu_pd(g + 4);
+    __m256d c1 = _mm256_setzero_pd(), e1 = c1;
+    fm_int r = 0;
+    for (; r + 2 <= nb; r += 2) {
+        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + ws);
+        c0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z), c0);
+        e0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z + 4), e0);
+        c1 = _mm256_fmadd_pd(w1, _mm256_loadu_pd(z + P), c1);
+        e1 = _mm256_fmadd_pd(w1, _mm256_loadu_pd(z + P + 4), e1);
+        z += 2 * P;
+        w += 2 * ws;
+    }
+    if (r < nb) {
+        __m256d w0 = _mm256_broadcast_sd(w);
+        c0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z), c0);
+        e0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z + 4), e0);
+    }
+    _mm256_storeu_pd(g, _mm256_add_pd(c0, c1));
+    _mm256_storeu_pd(g + 4, _mm256_add_pd(e0, e1));
+}
+
+/* G[q] (p rows of stride P) upper part += sum_r D[r,k] z_r z_r^T for the nb
+ * buffered points Z (nb, P), zero beyond column p, q counting the targets k
+ * other than skip; DZ (nb, K, P) is scratch. Row a is updated from column a in
+ * blocks of 8 (at most 7 columns past the diagonal block are wasted, never read). */
+FM_AVX2 static void fm_gram_block(fm_int nb, fm_int K, fm_int skip, fm_int p, fm_int P,
+                                  const double* Z, const double* D, double* DZ, double* G) {
+    fm_int Kc = 0;
+    for (fm_int r = 0; r < nb; r++) {
+        Kc = 0;
+        for (fm_int k = 0; k < K; k++) {
+            if (k == skip) continue;
+            __m256d c = _mm256_broadcast_sd(D + r * K + k);
+            double* dz = DZ + (r * K + Kc++) * P;
+            for (fm_int j = 0; j < P; j += 4)
+                _mm256_storeu_pd(dz + j, _mm256_mul_pd(c, _mm256_loadu_pd(Z + r * P + j)));
+        }
+    }
+    fm_int gs = p * P, ws = K * P;
+    for (fm_int a = 0; a < p; a++)
+        for (fm_int j0 = a; j0 < p; j0 += 8) {
+            double* g = G + a * P + j0;
+            fm_int q = 0;
+            for (; q + 4 <= Kc; q += 4) fm_tile4(nb, Z + j0, P, DZ + q * P + a, P, ws, g + q * gs, gs);
+            for (; q < Kc; q++) fm_tile1(nb, Z + j0, P, DZ + q * P + a, ws, g + q * gs);
+        }
+}
+
+
 /* one step of the running minimum: keep c where it is below best (ties keep
  * the earlier target), and its index k */
 FM_AVX2 static inline void fm_keep_min(__m256d c, __m256d kk, __m256d* best, __m256d* idx) {

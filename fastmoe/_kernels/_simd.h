@@ -30,26 +30,25 @@ static void fm_pack(fm_int nm, fm_int n, fm_int rows, fm_int P, const double* G,
             for (fm_int b = a; b < n; b++) out[t++] = G[(m * rows + a) * P + b];
 }
 
-/* G[q] (rows apart, stride P) upper p x p part += sum_r D[r dr + k dk] z_r z_r^T
- * for the nb rows Z (nb, P), q counting the weights k < K other than skip:
- * the plain version of fm_gram_block and fm_gram_rows, row by row */
-static void fm_gram_plain(fm_int nb, fm_int K, fm_int skip, fm_int p, fm_int rows, fm_int P,
-                          const double* Z, const double* D, fm_int dr, fm_int dk, double* G) {
+/* G[m] (rows apart, stride P) upper q x q part += sum_r D[m dm + r] z_r z_r^T
+ * for the M weights of the nb rows Z (nb, P): the plain version of
+ * fm_gram_rows, row by row */
+static void fm_gram_plain(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P, const double* Z,
+                          const double* D, fm_int dm, double* G) {
     for (fm_int r = 0; r < nb; r++) {
         const double* z = Z + r * P;
-        for (fm_int k = 0, q = 0; k < K; k++) {
-            if (k == skip) continue;
-            double* g = G + q++ * rows * P;
-            double c = D[r * dr + k * dk];
-            for (fm_int a = 0; a < p; a++) {
+        for (fm_int m = 0; m < M; m++) {
+            double *g = G + m * rows * P, c = D[m * dm + r];
+            for (fm_int a = 0; a < q; a++) {
                 double ca = c * z[a];
-                for (fm_int j = a; j < p; j++) g[a * P + j] += ca * z[j];
+                for (fm_int j = a; j < q; j++) g[a * P + j] += ca * z[j];
             }
         }
     }
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* FM_NO_AVX2 compiles the plain versions alone, as on other CPUs and compilers */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(FM_NO_AVX2)
 #define FM_HAVE_AVX2_PATH 1
 #include <immintrin.h>
 
@@ -122,59 +121,6 @@ FM_AVX2 __attribute__((noinline)) static void fm_tile4x4(fm_int nb, const double
     _mm256_storeu_pd(g + 3 * gs, c3);
 }
 
-/* g[0..8] += sum_r w[r*ws] z[r*P + 0..8], even and odd rows in separate sums */
-FM_AVX2 __attribute__((noinline)) static void fm_tile1(fm_int nb, const double* restrict z,
-                                                       fm_int P, const double* restrict w,
-                                                       fm_int ws, double* restrict g) {
-    __m256d c0 = _mm256_loadu_pd(g), e0 = _mm256_loadu_pd(g + 4);
-    __m256d c1 = _mm256_setzero_pd(), e1 = c1;
-    fm_int r = 0;
-    for (; r + 2 <= nb; r += 2) {
-        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + ws);
-        c0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z), c0);
-        e0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z + 4), e0);
-        c1 = _mm256_fmadd_pd(w1, _mm256_loadu_pd(z + P), c1);
-        e1 = _mm256_fmadd_pd(w1, _mm256_loadu_pd(z + P + 4), e1);
-        z += 2 * P;
-        w += 2 * ws;
-    }
-    if (r < nb) {
-        __m256d w0 = _mm256_broadcast_sd(w);
-        c0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z), c0);
-        e0 = _mm256_fmadd_pd(w0, _mm256_loadu_pd(z + 4), e0);
-    }
-    _mm256_storeu_pd(g, _mm256_add_pd(c0, c1));
-    _mm256_storeu_pd(g + 4, _mm256_add_pd(e0, e1));
-}
-
-/* G[q] (p rows of stride P) upper part += sum_r D[r,k] z_r z_r^T for the nb
- * buffered points Z (nb, P), zero beyond column p, q counting the targets k
- * other than skip; DZ (nb, K, P) is scratch. Row a is updated from column a in
- * blocks of 8 (at most 7 columns past the diagonal block are wasted, never read). */
-FM_AVX2 static void fm_gram_block(fm_int nb, fm_int K, fm_int skip, fm_int p, fm_int P,
-                                  const double* Z, const double* D, double* DZ, double* G) {
-    fm_int Kc = 0;
-    for (fm_int r = 0; r < nb; r++) {
-        Kc = 0;
-        for (fm_int k = 0; k < K; k++) {
-            if (k == skip) continue;
-            __m256d c = _mm256_broadcast_sd(D + r * K + k);
-            double* dz = DZ + (r * K + Kc++) * P;
-            for (fm_int j = 0; j < P; j += 4)
-                _mm256_storeu_pd(dz + j, _mm256_mul_pd(c, _mm256_loadu_pd(Z + r * P + j)));
-        }
-    }
-    fm_int gs = p * P, ws = K * P;
-    for (fm_int a = 0; a < p; a++)
-        for (fm_int j0 = a; j0 < p; j0 += 8) {
-            double* g = G + a * P + j0;
-            fm_int q = 0;
-            for (; q + 4 <= Kc; q += 4) fm_tile4(nb, Z + j0, P, DZ + q * P + a, P, ws, g + q * gs, gs);
-            for (; q < Kc; q++) fm_tile1(nb, Z + j0, P, DZ + q * P + a, ws, g + q * gs);
-        }
-}
-
-
 /* G[m] (rows >= q rounded up to 4, stride P) upper part += sum_r D[m dm + r]
  * z_r z_r^T for the M weights of the nb rows Z (nb, P), zero beyond column q;
  * DZ (nb, M, rows) is scratch. Four rows a of one G[m] at a time, from column
@@ -218,20 +164,24 @@ FM_AVX2 static inline __m256d fm_estrin(__m256d x, const double* c, int n) {
     return t[0];
 }
 
-/* exp of 4 lanes: x = k ln2 + r, |r| <= ln2/2, exp(r) by its Taylor series to
- * degree 13 (truncation below 5e-18), k added to the exponent; valid for x in
- * [-708, 709] (fm_exp_avx2 sends the other lanes to the C library) */
+/* exp of 4 lanes: x = k ln2 + r, |r| <= ln2/2, exp(r) by a polynomial of
+ * degree 11 (the Chebyshev fit of mpmath.chebyfit, error 3.2e-18 on the
+ * interval), k added to the exponent; valid for x in [-708, 709]
+ * (fm_exp_avx2 sends the other lanes to the C library). exp(0) is exactly 1. */
 FM_AVX2 static inline __m256d fm_exp4(__m256d x) {
-    static const double c[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
-                                 1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
-                                 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
+    static const double c[12] = {1.0, 0.99999999999999999976, 0.50000000000000183855,
+                                 0.16666666666666680806, 0.041666666666488095495,
+                                 0.0083333333333196006109, 0.0013888888952314774652,
+                                 0.00019841269890047113707, 0.000024801485482328492419,
+                                 2.7557240918578969823e-6, 2.7632639639041029749e-7,
+                                 2.5110037605963777712e-8};
     const __m256d magic = _mm256_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
     __m256d t = _mm256_fmadd_pd(x, _mm256_set1_pd(1.4426950408889634), magic);
     __m256d k = _mm256_sub_pd(t, magic); /* round(x / ln2); the low bits of t hold it */
     __m256d r = _mm256_fnmadd_pd(k, _mm256_set1_pd(6.93147180369123816490e-01), x);
     r = _mm256_fnmadd_pd(k, _mm256_set1_pd(1.90821492927058770002e-10), r);
     __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t), 52);
-    return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(fm_estrin(r, c, 14)), e));
+    return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(fm_estrin(r, c, 12)), e));
 }
 
 /* log of 4 lanes: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(u),
@@ -281,27 +231,28 @@ FM_AVX2 static inline __m256d fm_log4(__m256d x) {
                 if (!(m >> j & 1)) a[i + j] = libm(xs[j]);                                    \
         }                                                                                     \
     }                                                                                         \
-    for (; i < n; i++) a[i] = libm(a[i]);
+    for (fm_int j = i; j < n; j++) a[j] = libm(a[j]);
 
-/* a[i] = exp(a[i]) in place */
-FM_AVX2 static void fm_exp_avx2(double* a, fm_int n) { FM_MAP_AVX2(fm_exp4, exp, -708.0, 709.0) }
+/* GCC warns, wrongly, that the tail loop could run 2^61 times when it knows
+ * that n is a multiple of 8 (the calls of fm_log) */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
+
+/* a[i] = exp(a[i]) in place (not cloned per call site: one copy serves all) */
+FM_AVX2 __attribute__((noinline, noclone)) static void fm_exp_avx2(double* a, fm_int n) { FM_MAP_AVX2(fm_exp4, exp, -708.0, 709.0) }
 
 /* a[i] = log(a[i]) in place */
-FM_AVX2 static void fm_log_avx2(double* a, fm_int n) {
+FM_AVX2 __attribute__((noinline, noclone)) static void fm_log_avx2(double* a, fm_int n) {
     FM_MAP_AVX2(fm_log4, log, 2.2250738585072014e-308, 1.7e308)
 }
+#pragma GCC diagnostic pop
 #else
 #define FM_HAVE_AVX2_PATH 0
 static int fm_cpu_has_avx2(void) { return 0; }
-static void fm_gram_block(fm_int nb, fm_int K, fm_int skip, fm_int p, fm_int P, const double* Z,
-                          const double* D, double* DZ, double* G) {
-    (void)DZ;
-    fm_gram_plain(nb, K, skip, p, p, P, Z, D, K, 1, G);
-}
 static void fm_gram_rows(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P, const double* Z,
                          const double* D, fm_int dm, double* DZ, double* G) {
     (void)DZ;
-    fm_gram_plain(nb, M, -1, q, rows, P, Z, D, 1, dm, G);
+    fm_gram_plain(nb, M, q, rows, P, Z, D, dm, G);
 }
 static void fm_exp_avx2(double* a, fm_int n) {
     for (fm_int i = 0; i < n; i++) a[i] = exp(a[i]);
@@ -335,7 +286,7 @@ static inline void fm_gram(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P,
     if (simd)
         fm_gram_rows(nb, M, q, rows, P, Z, D, dm, DZ, G);
     else
-        fm_gram_plain(nb, M, -1, q, rows, P, Z, D, 1, dm, G);
+        fm_gram_plain(nb, M, q, rows, P, Z, D, dm, G);
 }
 
 #endif
