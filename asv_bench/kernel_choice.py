@@ -1,10 +1,11 @@
 """Why each kernel is in the technology it is, timed side by side in one run.
 
-1. The E-step with the expert statistics written once more in numba (same
-   chunked accumulators, same arithmetic, one row at a time where the Cython
-   kernel adds the outer products four rows at a time) against the Cython
-   kernel fastmoe ships; plus the cost of the first call in a fresh process
-   for each (Cython: none; numba: the disk-cache load).
+1. The E-step with the expert statistics written in numba (same chunked
+   accumulators, same arithmetic, one row at a time) against the C kernel
+   fastmoe ships (blocks of rows by column, vector exp and log, Gram tiles),
+   on its AVX2/FMA path and on its plain path; plus the cost of the first
+   call in a fresh process (the compiled extension: none; numba: the
+   disk-cache load).
 2. The reduction's assignment pass: the numba kernel fastmoe shipped before
    (cached local weights and means) against the shipped C kernel, on its
    AVX2/FMA path and on its plain path; and the local weights and means
@@ -67,10 +68,10 @@ def numba_e_step(X, y, w, alpha, beta, var, log_resp, row_ll, stats, chunk):
             row_ll[i] = lse - gmax - np.log(sg)
             for k in range(K):
                 log_resp[i, k] = lj[k] - lse
-            z[0] = y[i]  # the shipped kernel's order, z = (y, 1, x)
-            z[1] = 1.0
+            z[0] = 1.0  # the shipped kernel's order, z = (1, x, y)
             for j in range(d):
-                z[j + 2] = X[i, j]
+                z[j + 1] = X[i, j]
+            z[q - 1] = y[i]
             t = 0
             for a in range(q):
                 for b in range(a, q):
@@ -332,25 +333,33 @@ def main(argv=None):
     chunk = chunk_size(n)
     q = d + 2
     outs = [(np.empty((n, K)), np.empty(n), np.empty((n_chunks(n, chunk), K, q * (q + 1) // 2)))
-            for _ in range(2)]
+            for _ in range(3)]
     nt = resolve_threads(None)
     numba.set_num_threads(nt)
 
-    def cy():
-        _kernels.e_step(X, y, w, alpha, beta, var, *outs[0], chunk, nt)
+    def shipped(out, simd):
+        def run():
+            previous = _kernels.set_simd(simd)
+            try:
+                _kernels.e_step(X, y, w, alpha, beta, var, *out, chunk, nt)
+            finally:
+                _kernels.set_simd(previous)
+        return run
 
     def nb():
-        numba_e_step(X, y, w, alpha, beta, var, *outs[1], chunk)
+        numba_e_step(X, y, w, alpha, beta, var, *outs[2], chunk)
 
-    cy()
-    nb()
-    t_cy, t_nb = [], []
+    runs = {"C, AVX2/FMA path (shipped)": shipped(outs[0], True),
+            "C, plain path (shipped)": shipped(outs[1], False), "numba": nb}
+    times = {name: [] for name in runs}
+    for f in runs.values():
+        f()
     for _ in range(args.repeat):
-        for f, acc in ((cy, t_cy), (nb, t_nb)):
+        for name, f in runs.items():
             t = time.perf_counter()
             f()
-            acc.append(time.perf_counter() - t)
-    same = np.allclose(outs[0][2].sum(0), outs[1][2].sum(0), rtol=1e-12)
+            times[name].append(time.perf_counter() - t)
+    same = all(np.allclose(o[2].sum(0), outs[2][2].sum(0), rtol=1e-12) for o in outs[:2])
     first_cy = subprocess.run([sys.executable, "-c", FIRST_CALL.format(
         imp="from fastmoe._kernels import e_step",
         call="e_step(X, y, w, a, a, v, lr, ll, st, 4, 1)")], capture_output=True, text=True)
@@ -359,10 +368,12 @@ def main(argv=None):
         call="numba_e_step(X, y, w, a, a, v, lr, ll, st, 4)")], capture_output=True, text=True)
     print(f"fused E-step with statistics, n={n} d={d} K={K}, {nt} threads (same results: "
           f"{same})")
+    print(f"(AVX2 path available: {_kernels.simd_available()})")
     print("| implementation | ms per call | first call in a new process (s) |")
     print("|---|---|---|")
-    print(f"| Cython (shipped) | {min(t_cy) * 1e3:.1f} | {first_cy.stdout.strip()} |")
-    print(f"| numba | {min(t_nb) * 1e3:.1f} | {first_nb.stdout.strip()} |")
+    for name, t in times.items():
+        first = first_nb if name == "numba" else first_cy
+        print(f"| {name} | {min(t) * 1e3:.1f} | {first.stdout.strip()} |")
     reduction_pass(args.repeat)
 
 

@@ -1,9 +1,10 @@
 """Compiled kernels of fastmoe: the only import surface of ``fastmoe._kernels``.
 
-Cython (ahead-of-time): ``e_step``, ``em_pass`` (the fused EM pass),
-``gate_newton_stats``, ``gate_objective``, ``gate_log_proba``,
-``expert_log_density``: everything a local fit and a prediction run; and
-``mm_pass``, the reduction's assignment step (C with an AVX2 path, ``_reduce.h``).
+C driven by Cython (ahead of time), each with an AVX2/FMA path chosen at run
+time and a plain path (``set_simd``): ``e_step``, ``em_pass`` (the fused EM
+pass), ``gate_newton_stats``, ``gate_objective``, ``gate_log_proba``
+(``_estep.h``): everything a local fit and a prediction run; and ``mm_pass``,
+the reduction's assignment step (``_reduce.h``). Cython: ``expert_log_density``.
 numba (cached JIT): ``local_support``, the local weights and means on the
 support, run only at the server.
 Each kernel has exactly one implementation; module docstrings say why which.
@@ -11,6 +12,7 @@ Each kernel has exactly one implementation; module docstrings say why which.
 
 import numpy as np
 
+from . import _estep, _reduce
 from ._estep import (
     e_step,
     em_pass,
@@ -19,8 +21,16 @@ from ._estep import (
     gate_newton_stats,
     gate_objective,
 )
-from ._reduce import KL, W2, mm_pass, set_simd, simd_available
+from ._reduce import KL, W2, mm_pass, simd_available
 from ._support import local_support
+
+
+def set_simd(flag: bool) -> bool:
+    """Run the C kernels on their AVX2/FMA path when the CPU has it (True, the
+    default) or on their plain path (False). Returns the previous setting."""
+    previous = _reduce.set_simd(flag)
+    _estep.set_simd(flag)
+    return previous
 
 
 def warm_up(n_threads: int = 1) -> None:

@@ -32,10 +32,24 @@ static void fm_pack(fm_int nm, fm_int n, fm_int rows, fm_int P, const double* G,
 
 /* G[m] (rows apart, stride P) upper q x q part += sum_r D[m dm + r] z_r z_r^T
  * for the M weights of the nb rows Z (nb, P): the plain version of
- * fm_gram_rows, row by row */
+ * fm_gram_rows, four rows at a time (each entry loaded and stored once per
+ * four rows; the loop over columns vectorises) */
 static void fm_gram_plain(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P, const double* Z,
                           const double* D, fm_int dm, double* G) {
-    for (fm_int r = 0; r < nb; r++) {
+    fm_int r = 0;
+    for (; r + 4 <= nb; r += 4) {
+        const double *z0 = Z + r * P, *z1 = z0 + P, *z2 = z1 + P, *z3 = z2 + P;
+        for (fm_int m = 0; m < M; m++) {
+            const double* c = D + m * dm + r;
+            for (fm_int a = 0; a < q; a++) {
+                double c0 = c[0] * z0[a], c1 = c[1] * z1[a], c2 = c[2] * z2[a], c3 = c[3] * z3[a];
+                double* g = G + (m * rows + a) * P;
+                for (fm_int j = a; j < q; j++)
+                    g[j] += (c0 * z0[j] + c1 * z1[j]) + (c2 * z2[j] + c3 * z3[j]);
+            }
+        }
+    }
+    for (; r < nb; r++) {
         const double* z = Z + r * P;
         for (fm_int m = 0; m < M; m++) {
             double *g = G + m * rows * P, c = D[m * dm + r];
