@@ -120,8 +120,7 @@ class EMData:
         self.var_y = float(np.average(self.y**2, weights=w))
         # sum_i w_i z_i z_i^T, z = (1, x, y): the experts' Gram matrices sum to
         # it, so a pass leaves out the heaviest expert's and gram() derives it
-        Z = np.column_stack([np.ones(n), X, self.y])
-        self.total_gram = Z.T @ (Z * w[:, None])
+        self.total_gram = weighted_gram(X, self.y, w, np.ones((n, 1)))[0]
         self.skip = -1
         self.G = None
 
@@ -208,9 +207,11 @@ def experts_from_gram(G, beta_prev, var_prev, var_floor, total_weight):
 
 
 def weighted_gram(X, y, w, R) -> np.ndarray:
-    """(K, d+2, d+2) sum_i w_i R_ik z_i z_i^T, for initialisation from given labels."""
+    """(K, d+2, d+2) sum_i w_i R_ik z_i z_i^T with z = (1, x, y), by matrix
+    products: for initialisation from given labels, and the total of the
+    experts' matrices."""
     Z = np.column_stack([np.ones(X.shape[0]), X, y])
-    return np.einsum("ik,ia,ib->kab", R * w[:, None], Z, Z, optimize=True)
+    return np.stack([Z.T @ (Z * (w * R[:, k])[:, None]) for k in range(R.shape[1])])
 
 
 def covariate_moments(data: EMData) -> np.ndarray:

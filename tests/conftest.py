@@ -3,6 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastmoe import _kernels
+
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_octave_substitute"
 
 
@@ -17,3 +19,14 @@ def reference(name: str) -> np.ndarray:
     if not path.exists():
         pytest.skip(f"reference data not available ({path})")
     return np.load(path)
+
+
+@pytest.fixture(params=["simd", "plain"])
+def kernel_path(request):
+    """Run a test on the AVX2/FMA path of the C kernels (where the CPU has it)
+    and on their plain path."""
+    if request.param == "simd" and not _kernels.simd_available():
+        pytest.skip("this CPU has no AVX2/FMA")
+    previous = _kernels.set_simd(request.param == "simd")
+    yield request.param
+    _kernels.set_simd(previous)

@@ -28,17 +28,6 @@ def random_model(rng, K, d, spread=1.0):
                      rng.uniform(0.3, 2.0, K))
 
 
-@pytest.fixture(params=["simd", "plain"])
-def kernel_path(request):
-    """Run a test on the AVX2/FMA path of the reduction kernel (where the CPU
-    has it) and on the plain C path."""
-    if request.param == "simd" and not _kernels.simd_available():
-        pytest.skip("this CPU has no AVX2/FMA")
-    previous = _kernels.set_simd(request.param == "simd")
-    yield request.param
-    _kernels.set_simd(previous)
-
-
 def test_local_support_against_naive(rng):
     models = [random_model(rng, K, 3) for K in (2, 3, 1)]
     lam = np.array([0.5, 0.3, 0.2])

@@ -282,3 +282,45 @@ def test_an_overflowing_gate_step_is_halved_not_fatal(small, monkeypatch):
     history = out[6]
     assert np.all(np.isfinite(history))
     assert np.all(np.diff(history) >= -1e-10 * np.abs(history[1:]))
+
+
+def test_pass_derives_the_heaviest_experts_gram_from_the_total(small, monkeypatch):
+    """From its second pass on, EMData leaves the heaviest expert of the last
+    pass out of the kernel and takes its Gram matrix as the total minus the
+    others; where that expert lost most of its weight it sums it directly."""
+    import naive
+
+    from fastmoe import _em
+    from fastmoe._em import EMData
+
+    direct = []
+    summed = _em.weighted_gram
+    monkeypatch.setattr(_em, "weighted_gram", lambda *a: direct.append(1) or summed(*a))
+
+    X, y, truth, _ = small
+    w = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
+    data = EMData(X, y, w, 3, 2)
+    direct.clear()  # the total, summed once
+    alpha, beta, var = truth.gate_aug, truth.expert_aug.copy(), truth.expert_var
+    beta[:, 0] -= data.y_shift
+
+    def reference(a, b, v):
+        return naive.e_step(X, data.y, w, a, b, v)[2]
+
+    data.e_step(alpha, beta, var)
+    np.testing.assert_allclose(data.gram(), reference(alpha, beta, var), rtol=1e-10)
+    heaviest = int(np.argmax(data.gram()[:, 0, 0]))
+    data.e_step(alpha, beta, var)  # leaves `heaviest` out and derives it
+    assert np.all(data.stats[:, heaviest] == 0.0)
+    np.testing.assert_allclose(data.gram(), reference(alpha, beta, var), rtol=1e-10)
+    assert not direct
+    # the left-out expert now gets almost no weight: summed directly, not derived
+    starved = alpha.copy()
+    starved[heaviest, 0] -= 40.0
+    starved -= starved[-1]
+    data.e_step(starved, beta, var)
+    assert np.all(data.stats[:, heaviest] == 0.0)
+    G = data.gram()
+    assert 0 < G[heaviest, 0, 0] < 1e-3 * data.total_weight
+    assert len(direct) == 1
+    np.testing.assert_allclose(G, reference(starved, beta, var), rtol=1e-10)

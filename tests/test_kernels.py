@@ -41,7 +41,7 @@ def _assert_information_blocks(info, info_ref, K, p):
 @pytest.mark.parametrize("n,d,K", SHAPES)
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
-def test_e_step(rng, n, d, K, n_threads, readonly):
+def test_e_step(rng, kernel_path, n, d, K, n_threads, readonly):
     X, y, w, alpha, beta, var, _ = _problem(rng, n, d, K, readonly)
     chunk = chunk_size(n)
     q = d + 2
@@ -62,7 +62,7 @@ def test_e_step(rng, n, d, K, n_threads, readonly):
 @pytest.mark.parametrize("n,d,K", SHAPES[:-1] + [(2503, 3, 4)])
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
-def test_em_pass(rng, n, d, K, n_threads, readonly):
+def test_em_pass(rng, kernel_path, n, d, K, n_threads, readonly):
     X, y, w, alpha, beta, var, R_in = _problem(rng, n, d, K, readonly)
     chunk = chunk_size(n)
     nc = n_chunks(n, chunk)
@@ -114,7 +114,7 @@ def test_e_step_without_stats_matches(rng):
     np.testing.assert_allclose(ll, ll_ref, rtol=RTOL)
 
 
-def test_e_step_minus_inf_gate(rng):
+def test_e_step_minus_inf_gate(rng, kernel_path):
     """A gate at -inf switches its expert off: zero responsibility, finite loglik."""
     X, y, w, alpha, beta, var, _ = _problem(rng, 40, 2, 3)
     alpha = alpha.copy()
@@ -128,7 +128,7 @@ def test_e_step_minus_inf_gate(rng):
     np.testing.assert_allclose(ll, ref, rtol=RTOL)
 
 
-def test_e_step_reports_non_finite_rows(rng):
+def test_e_step_reports_non_finite_rows(rng, kernel_path):
     X, y, w, alpha, beta, var, _ = _problem(rng, 10, 2, 2)
     alpha = np.full_like(alpha, -np.inf)
     lr, ll = np.empty((10, 2)), np.empty(10)
@@ -137,7 +137,7 @@ def test_e_step_reports_non_finite_rows(rng):
 
 @pytest.mark.parametrize("n,d,K", SHAPES)
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_gate_log_proba_and_expert_density(rng, n, d, K, n_threads):
+def test_gate_log_proba_and_expert_density(rng, kernel_path, n, d, K, n_threads):
     X, y, _, alpha, beta, var, _ = _problem(rng, n, d, K, readonly=True)
     out = np.empty((n, K))
     assert _kernels.gate_log_proba(X, alpha, out, n_threads) == 0
@@ -149,7 +149,7 @@ def test_gate_log_proba_and_expert_density(rng, n, d, K, n_threads):
 @pytest.mark.parametrize("n,d,K", [s for s in SHAPES if s[2] > 1])
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
-def test_gate_newton_stats(rng, n, d, K, n_threads, readonly):
+def test_gate_newton_stats(rng, kernel_path, n, d, K, n_threads, readonly):
     X, _, w, alpha, _, _, R = _problem(rng, n, d, K, readonly)
     R = R.copy()
     R[0] *= 0.5  # rows need not sum to one
@@ -167,6 +167,73 @@ def test_gate_newton_stats(rng, n, d, K, n_threads, readonly):
     obj2 = np.empty(nc)
     _kernels.gate_objective(X, w, R, alpha, chunk, obj2, n_threads=n_threads)
     np.testing.assert_allclose(obj2.sum(), naive.gate_objective(X, w, R, alpha), rtol=RTOL)
+
+
+def _em_buffers(n, d, K):
+    nc = n_chunks(n, chunk_size(n))
+    q, p = d + 2, d + 1
+    return (np.empty((n, K)), np.empty(n), np.empty((nc, K, q * (q + 1) // 2)),
+            np.empty((nc, K - 1, p)), np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2)),
+            np.empty((nc, 3)))
+
+
+@pytest.mark.parametrize("skip", [0, 2])
+def test_em_pass_skip_leaves_one_expert_out(rng, kernel_path, skip):
+    n, d, K = 3000, 3, 3
+    X, y, w, alpha, beta, var, R = _problem(rng, n, d, K)
+    full, part = _em_buffers(n, d, K), _em_buffers(n, d, K)
+    _kernels.em_pass(X, y, w, alpha, beta, var, R, *full, chunk_size(n), 2)
+    _kernels.em_pass(X, y, w, alpha, beta, var, R, *part, chunk_size(n), 2, skip)
+    stats, stats_skip = full[2], part[2]
+    assert np.all(stats_skip[:, skip] == 0.0)
+    others = [k for k in range(K) if k != skip]
+    np.testing.assert_array_equal(stats_skip[:, others], stats[:, others])
+    for a, b in zip(full[:2] + full[3:], part[:2] + part[3:]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="skip"):
+        _kernels.em_pass(X, y, w, alpha, beta, var, R, *part, chunk_size(n), 2, K)
+
+
+def test_the_two_kernel_paths_agree_to_rounding(rng):
+    if not _kernels.simd_available():
+        pytest.skip("this CPU has no AVX2/FMA")
+    n, d, K = 5000, 4, 3
+    X, y, w, alpha, beta, var, R = _problem(rng, n, d, K)
+    outs = []
+    for simd in (True, False):
+        previous = _kernels.set_simd(simd)
+        try:
+            out = _em_buffers(n, d, K)
+            _kernels.em_pass(X, y, w, alpha, beta, var, R, *out, chunk_size(n), 2)
+        finally:
+            _kernels.set_simd(previous)
+        outs.append(out)
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+    # distinct code (fused multiply-adds on one path): set_simd reaches the EM pass
+    assert not np.array_equal(outs[0][2], outs[1][2])
+
+
+@pytest.mark.parametrize("scale", [1.0, 60.0, 400.0])
+def test_gate_and_joint_exps_over_a_wide_range(rng, kernel_path, scale):
+    """Logit gaps from 0 to beyond the exp's fast range (-708): the vector exp
+    and log against scipy's logsumexp, lane by lane of many blocks."""
+    n, d, K = 700, 2, 9
+    X, y, w, alpha, beta, var, _ = _problem(rng, n, d, K)
+    alpha = alpha * scale
+    alpha[-1] = 0.0
+    beta = beta * scale / 20
+    out = np.empty((n, K))
+    assert _kernels.gate_log_proba(X, alpha, out, 1) == 0
+    np.testing.assert_allclose(out, naive.gate_log_proba(X, alpha), rtol=RTOL, atol=1e-12)
+    resp, row_ll = np.empty((n, K)), np.empty(n)
+    assert _kernels.e_step(X, y, w, alpha, beta, var, resp, row_ll, np.empty((0, 0, 0)),
+                           chunk_size(n), 1) == 0
+    lr_ref, ll_ref, _ = naive.e_step(X, y, w, alpha, beta, var)
+    np.testing.assert_allclose(row_ll, ll_ref, rtol=RTOL)
+    finite = np.isfinite(lr_ref)
+    np.testing.assert_array_equal(np.isfinite(resp), finite)
+    np.testing.assert_allclose(resp[finite], lr_ref[finite], rtol=RTOL, atol=1e-9)
 
 
 def test_results_do_not_depend_on_thread_count(rng):

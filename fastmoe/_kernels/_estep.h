@@ -111,8 +111,7 @@ FM_INLINE void fm_load_block(fm_int nb, fm_int d, const double* X, const double*
         const double* x = X + r * d;
         double* z = b->Z + r * P;
         z[0] = b->ZT[r] = 1.0;
-        memcpy(z + 1, x, sizeof(double) * (size_t)d);
-        for (fm_int j = 0; j < d; j++) b->ZT[(j + 1) * FM_B + r] = x[j];
+        for (fm_int j = 0; j < d; j++) z[j + 1] = b->ZT[(j + 1) * FM_B + r] = x[j];
         if (y) z[d + 1] = b->ZT[(d + 1) * FM_B + r] = y[r];
     }
     for (fm_int r = 0; r < FM_B; r++) b->ok[r] = r < nb ? 1.0 : 0.0;
