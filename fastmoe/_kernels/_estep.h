@@ -8,8 +8,9 @@
  * Rows go through in blocks of FM_ROWS, and within a block every quantity is
  * stored by column (one array over the block's rows per expert, per gate, per
  * covariate), so that each step is a loop over the rows that the compiler
- * vectorises; the exps and logs are taken over arrays (fm_exp, fm_log) and the
- * weighted outer products are added in register tiles (fm_gram), both from
+ * vectorises; the exps and logs are taken over arrays (fm_exp, fm_log), and
+ * each weighted Gram matrix is a set of dot products over the block's rows
+ * with the weighted column held in registers (fm_gram_cols), both from
  * _simd.h. Each function is compiled twice from the same body: once for AVX2
  * and FMA (used when the CPU has them) and once plain; the two differ only in
  * rounding.
@@ -55,14 +56,10 @@ typedef double fm_v4 __attribute__((vector_size(32), aligned(8)));
 #endif
 #define FM_B FM_ROWS
 
-/* rows of a Gram matrix of size q in the scratch (fm_gram_rows) */
-static inline fm_int fm_rows4(fm_int q) { return (q + 3) / 4 * 4; }
-
 /* the scratch of a chunk, by column over the FM_B rows of a block, in one
  * zeroed allocation */
 typedef struct {
-    double* Z;    /* (FM_B, P) rows z = (1, x[, y]), zero beyond them */
-    double* ZT;   /* (q, FM_B) the same by column */
+    double* ZT;   /* (q, FM_B) z = (1, x[, y]) of the block's rows, by column */
     double* A;    /* (m, FM_B) gate logits, then log pi; expert means, then joint log-densities */
     double* pi;   /* (K, FM_B) gate probabilities */
     double* e;    /* (K, FM_B) responsibilities (fm_em_body) or targets (fm_gate_body) */
@@ -70,22 +67,19 @@ typedef struct {
     double* W;    /* (FM_B) its sample weight, 0 for a row left out */
     double *mx, *s, *t, *lse, *lse2; /* (FM_B) row scalars */
     double* D;    /* (M, FM_B) weights of the Gram matrices */
-    double* DZ;   /* (FM_B, M, rows) scratch of fm_gram */
-    double* G;    /* (M, rows, P) Gram matrices */
+    double* G;    /* (nG, 4) their packed upper triangles, in 4 partial sums */
     double* grad; /* (K-1, p, 4) gradient, in 4 partial sums */
     void* mem;
 } fm_scratch;
 
-static int fm_scratch_alloc(fm_scratch* b, fm_int P, fm_int q, fm_int m, fm_int K, fm_int M,
-                            fm_int rows) {
-    fm_int p = q, n_row = 7 + m + 2 * K + M;
-    size_t n = (size_t)(FM_B * P + q * FM_B + n_row * FM_B + FM_B * M * rows + M * rows * P
-                        + (K - 1) * p * 4);
+static int fm_scratch_alloc(fm_scratch* b, fm_int q, fm_int p, fm_int m, fm_int K, fm_int M,
+                            fm_int nG) {
+    fm_int n_row = 7 + m + 2 * K + M;
+    size_t n = (size_t)(q * FM_B + n_row * FM_B + nG * 4 + (K - 1) * p * 4);
     double* mem = calloc(n, sizeof(double));
     if (!mem) return -1;
     b->mem = mem;
-    b->Z = mem;
-    b->ZT = b->Z + FM_B * P;
+    b->ZT = mem;
     b->A = b->ZT + q * FM_B;
     b->pi = b->A + m * FM_B;
     b->e = b->pi + K * FM_B;
@@ -97,22 +91,21 @@ static int fm_scratch_alloc(fm_scratch* b, fm_int P, fm_int q, fm_int m, fm_int 
     b->lse = b->t + FM_B;
     b->lse2 = b->lse + FM_B;
     b->D = b->lse2 + FM_B;
-    b->DZ = b->D + M * FM_B;
-    b->G = b->DZ + FM_B * M * rows;
-    b->grad = b->G + M * rows * P;
+    b->G = b->D + M * FM_B;
+    b->grad = b->G + nG * 4;
     return 0;
 }
 
-/* the nb rows of a block: Z rows (1, x_i) and, when y is not NULL, y_i after
- * it; ZT the same by column; ok = 1 for them, 0 for the rest of the block */
-FM_INLINE void fm_load_block(fm_int nb, fm_int d, const double* X, const double* y, fm_int P,
+/* the nb rows of a block by column: ZT = (1, x_i) and, when y is not NULL,
+ * y_i after it; ok = 1 for them, 0 for the rest of the block (whose columns
+ * keep finite values of an earlier block, or zeros) */
+FM_INLINE void fm_load_block(fm_int nb, fm_int d, const double* X, const double* y,
                              fm_scratch* b) {
     for (fm_int r = 0; r < nb; r++) {
         const double* x = X + r * d;
-        double* z = b->Z + r * P;
-        z[0] = b->ZT[r] = 1.0;
-        for (fm_int j = 0; j < d; j++) z[j + 1] = b->ZT[(j + 1) * FM_B + r] = x[j];
-        if (y) z[d + 1] = b->ZT[(d + 1) * FM_B + r] = y[r];
+        b->ZT[r] = 1.0;
+        for (fm_int j = 0; j < d; j++) b->ZT[(j + 1) * FM_B + r] = x[j];
+        if (y) b->ZT[(d + 1) * FM_B + r] = y[r];
     }
     for (fm_int r = 0; r < FM_B; r++) b->ok[r] = r < nb ? 1.0 : 0.0;
 }
@@ -250,15 +243,26 @@ FM_INLINE void fm_newton_block(fm_int K, fm_int p, const double* R, fm_scratch* 
 }
 
 /* a row left out: no weight, and its z zeroed (its x may not be finite) */
-FM_INLINE void fm_drop_row(fm_int r, fm_int q, fm_int P, fm_scratch* b) {
+FM_INLINE void fm_drop_row(fm_int r, fm_int q, fm_scratch* b) {
     b->W[r] = 0.0;
-    for (fm_int j = 0; j < q; j++) b->Z[r * P + j] = b->ZT[j * FM_B + r] = 0.0;
+    for (fm_int j = 0; j < q; j++) b->ZT[j * FM_B + r] = 0.0;
 }
 
-/* the gradient's 4 partial sums added in a fixed order */
-static void fm_grad_out(fm_int K, fm_int p, const double* g4, double* grad) {
-    for (fm_int t = 0; t < (K - 1) * p; t++)
-        grad[t] = (g4[4 * t] + g4[4 * t + 1]) + (g4[4 * t + 2] + g4[4 * t + 3]);
+/* out (n,) = the n sums of 4 partial sums s (n, 4), added in a fixed order */
+static void fm_lanes_out(fm_int n, const double* s, double* out) {
+    for (fm_int t = 0; t < n; t++)
+        out[t] = (s[4 * t] + s[4 * t + 1]) + (s[4 * t + 2] + s[4 * t + 3]);
+}
+
+/* G (4 partial sums per entry) += the weighted Gram matrices of the block:
+ * the first Ms weights D[:Ms] of size n1, the others of size n2 */
+FM_INLINE void fm_gram_block(fm_int M, fm_int Ms, fm_int n1, fm_int n2, const fm_scratch* b,
+                             double* G, int simd) {
+    for (fm_int m = 0; m < M; m++) {
+        fm_int n = m < Ms ? n1 : n2;
+        fm_gram_cols(n, b->ZT, b->D + m * FM_B, G, simd);
+        G += n * (n + 1) / 2 * 4;
+    }
 }
 
 /* The fused EM pass over n rows (see the top of the file). resp (n, K):
@@ -273,17 +277,17 @@ FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const
                             const double* inv_var, const double* R_in, double* resp,
                             int log_out, double* row_ll, double* stats, fm_int skip,
                             double* grad, double* info, double* obj, int simd) {
-    fm_int p = d + 1, q = d + 2, J = K * (K - 1) / 2, P = fm_stride(q), rows = fm_rows4(q);
+    fm_int p = d + 1, q = d + 2, J = K * (K - 1) / 2, T = q * (q + 1) / 2, Tp = p * (p + 1) / 2;
     int want_stats = stats != NULL, want_gate = grad != NULL;
     fm_int Ks = want_stats ? (skip >= 0 ? K - 1 : K) : 0, M = Ks + (want_gate ? J : 0);
     fm_scratch b;
-    if (fm_scratch_alloc(&b, P, q, 2 * K, K, M, rows)) return n;
+    if (fm_scratch_alloc(&b, q, p, 2 * K, K, M, Ks * T + (want_gate ? J * Tp : 0))) return n;
     double *A = b.A, *E = b.e, *ZT = b.ZT;
     fm_int bad = 0;
     double ll = 0.0, q_new = 0.0, q_in = 0.0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
         fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
-        fm_load_block(nb, d, X + i0 * d, y + i0, P, &b);
+        fm_load_block(nb, d, X + i0 * d, y + i0, &b);
         fm_affine_block(coefT, 2 * K, p, ZT, A);
         fm_gates_block(K, &b, simd);
         for (fm_int k = 0; k < K; k++) { /* joint log-densities, in place of the means */
@@ -302,7 +306,7 @@ FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const
             if (b.ok[r] == 0.0) {
                 row_ll[i] = NAN;
                 bad++;
-                fm_drop_row(r, q, P, &b);
+                fm_drop_row(r, q, &b);
                 continue;
             }
             double lse = b.lse2[r], wi = w[i];
@@ -323,18 +327,17 @@ FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const
             kk++;
         }
         if (want_gate) fm_newton_block(K, p, E, &b, b.D + Ks * FM_B);
-        if (M) fm_gram(nb, M, q, rows, P, b.Z, b.D, FM_B, b.DZ, b.G, simd);
+        fm_gram_block(M, Ks, q, p, &b, b.G, simd);
     }
-    fm_int T = q * (q + 1) / 2;
     for (fm_int k = 0, kk = 0; k < K && want_stats; k++) {
         if (k == skip)
             memset(stats + k * T, 0, sizeof(double) * (size_t)T);
         else
-            fm_pack(1, q, rows, P, b.G + kk++ * rows * P, stats + k * T);
+            fm_lanes_out(T, b.G + kk++ * T * 4, stats + k * T);
     }
     if (want_gate) {
-        fm_pack(J, p, rows, P, b.G + Ks * rows * P, info);
-        fm_grad_out(K, p, b.grad, grad);
+        fm_lanes_out(J * Tp, b.G + Ks * T * 4, info);
+        fm_lanes_out((K - 1) * p, b.grad, grad);
         obj[0] = ll;
         obj[1] = q_new;
         obj[2] = q_in;
@@ -350,11 +353,11 @@ FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const
 FM_INLINE fm_int fm_gate_body(fm_int n, fm_int d, fm_int K, const double* X, const double* w,
                               const double* R, const double* coefT, double* grad, double* info,
                               double* obj, int simd) {
-    fm_int p = d + 1, J = K * (K - 1) / 2, P = fm_stride(p), rows = fm_rows4(p);
+    fm_int p = d + 1, J = K * (K - 1) / 2, Tp = p * (p + 1) / 2;
     int newton = grad != NULL;
     fm_int M = newton ? J : 0;
     fm_scratch b;
-    if (fm_scratch_alloc(&b, P, p, K, K, M, rows)) {
+    if (fm_scratch_alloc(&b, p, p, K, K, M, M * Tp)) {
         obj[0] = NAN;
         return n;
     }
@@ -362,7 +365,7 @@ FM_INLINE fm_int fm_gate_body(fm_int n, fm_int d, fm_int K, const double* X, con
     double acc = 0.0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
         fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
-        fm_load_block(nb, d, X + i0 * d, NULL, P, &b);
+        fm_load_block(nb, d, X + i0 * d, NULL, &b);
         fm_affine_block(coefT, K, p, b.ZT, b.A);
         fm_gates_block(K, &b, simd);
         for (fm_int r = 0; r < FM_B; r++) {
@@ -372,7 +375,7 @@ FM_INLINE fm_int fm_gate_body(fm_int n, fm_int d, fm_int K, const double* X, con
             if (r >= nb) continue;
             if (b.ok[r] == 0.0) {
                 bad++;
-                fm_drop_row(r, p, P, &b);
+                fm_drop_row(r, p, &b);
                 continue;
             }
             b.W[r] = w[i];
@@ -380,13 +383,13 @@ FM_INLINE fm_int fm_gate_body(fm_int n, fm_int d, fm_int K, const double* X, con
         }
         if (newton) {
             fm_newton_block(K, p, b.e, &b, b.D);
-            fm_gram(nb, M, p, rows, P, b.Z, b.D, FM_B, b.DZ, b.G, simd);
+            fm_gram_block(M, 0, p, p, &b, b.G, simd);
         }
     }
     obj[0] = bad ? NAN : acc;
     if (newton) {
-        fm_pack(J, p, rows, P, b.G, info);
-        fm_grad_out(K, p, b.grad, grad);
+        fm_lanes_out(J * Tp, b.G, info);
+        fm_lanes_out((K - 1) * p, b.grad, grad);
     }
     free(b.mem);
     return bad;
@@ -396,13 +399,13 @@ FM_INLINE fm_int fm_gate_body(fm_int n, fm_int d, fm_int K, const double* X, con
  * logits have a non-finite maximum is counted */
 FM_INLINE fm_int fm_log_proba_body(fm_int n, fm_int d, fm_int K, const double* X,
                                    const double* coefT, double* out, int simd) {
-    fm_int p = d + 1, P = fm_stride(p);
+    fm_int p = d + 1;
     fm_scratch b;
-    if (fm_scratch_alloc(&b, P, p, K, K, 0, 0)) return n;
+    if (fm_scratch_alloc(&b, p, p, K, K, 0, 0)) return n;
     fm_int bad = 0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
         fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
-        fm_load_block(nb, d, X + i0 * d, NULL, P, &b);
+        fm_load_block(nb, d, X + i0 * d, NULL, &b);
         fm_affine_block(coefT, K, p, b.ZT, b.A);
         fm_gates_block(K, &b, simd);
         for (fm_int r = 0; r < nb; r++) {

@@ -60,6 +60,18 @@ static double fm_objective_terms(fm_int L, const double* vloc, int cost, double*
     return cost == FM_KL ? 0.5 : 1.0;
 }
 
+/* row stride of a Gram block's rows: >= p + 7, so that a run of 8 columns
+ * fits from any column (the tiles read past the last column, into zeros) */
+static inline fm_int fm_stride(fm_int p) { return (p + 10) / 4 * 4; }
+
+/* out: the packed (row-major) upper n x n triangles of nm matrices of row
+ * stride P, each rows * P apart */
+static void fm_pack(fm_int nm, fm_int n, fm_int rows, fm_int P, const double* G, double* out) {
+    for (fm_int m = 0, t = 0; m < nm; m++)
+        for (fm_int a = 0; a < n; a++)
+            for (fm_int b = a; b < n; b++) out[t++] = G[(m * rows + a) * P + b];
+}
+
 /* gram[k] (K, T) = the packed upper triangles of the matrices G[q] (p rows of
  * stride P), q counting the targets other than skip; gram[skip] = 0 */
 static void fm_pack_targets(fm_int K, fm_int skip, fm_int p, fm_int P, const double* G,
@@ -141,6 +153,46 @@ static int fm_chunk_plain(fm_int n, fm_int d, const double* X, fm_int L, const d
 }
 
 #if FM_HAVE_AVX2_PATH
+FM_AVX2 static inline double fm_hsum(__m256d v) {
+    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
+}
+
+/* g[q*gs + 0..8] += sum_r w[r*ws + q*ls] z[r*P + 0..8] for the 4 lanes q:
+ * 8 accumulators */
+FM_AVX2 __attribute__((noinline)) static void fm_tile4(fm_int nb, const double* restrict z,
+                                                       fm_int P, const double* restrict w,
+                                                       fm_int ls, fm_int ws, double* restrict g,
+                                                       fm_int gs) {
+    __m256d c0 = _mm256_loadu_pd(g), e0 = _mm256_loadu_pd(g + 4);
+    __m256d c1 = _mm256_loadu_pd(g + gs), e1 = _mm256_loadu_pd(g + gs + 4);
+    __m256d c2 = _mm256_loadu_pd(g + 2 * gs), e2 = _mm256_loadu_pd(g + 2 * gs + 4);
+    __m256d c3 = _mm256_loadu_pd(g + 3 * gs), e3 = _mm256_loadu_pd(g + 3 * gs + 4);
+    for (fm_int r = 0; r < nb; r++) {
+        __m256d zv = _mm256_loadu_pd(z), zw = _mm256_loadu_pd(z + 4);
+        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + ls);
+        __m256d w2 = _mm256_broadcast_sd(w + 2 * ls), w3 = _mm256_broadcast_sd(w + 3 * ls);
+        c0 = _mm256_fmadd_pd(w0, zv, c0);
+        e0 = _mm256_fmadd_pd(w0, zw, e0);
+        c1 = _mm256_fmadd_pd(w1, zv, c1);
+        e1 = _mm256_fmadd_pd(w1, zw, e1);
+        c2 = _mm256_fmadd_pd(w2, zv, c2);
+        e2 = _mm256_fmadd_pd(w2, zw, e2);
+        c3 = _mm256_fmadd_pd(w3, zv, c3);
+        e3 = _mm256_fmadd_pd(w3, zw, e3);
+        z += P;
+        w += ws;
+    }
+    _mm256_storeu_pd(g, c0);
+    _mm256_storeu_pd(g + 4, e0);
+    _mm256_storeu_pd(g + gs, c1);
+    _mm256_storeu_pd(g + gs + 4, e1);
+    _mm256_storeu_pd(g + 2 * gs, c2);
+    _mm256_storeu_pd(g + 2 * gs + 4, e2);
+    _mm256_storeu_pd(g + 3 * gs, c3);
+    _mm256_storeu_pd(g + 3 * gs + 4, e3);
+}
+
 /* g[0..8] += sum_r w[r*ws] z[r*P + 0..8], even and odd rows in separate sums */
 FM_AVX2 __attribute__((noinline)) static void fm_tile1(fm_int nb, const double* restrict z,
                                                        fm_int P, const double* restrict w,

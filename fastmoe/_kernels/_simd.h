@@ -1,6 +1,7 @@
-/* SIMD building blocks shared by the compiled kernels (_reduce.h, _estep.h):
- * weighted Gram matrices of a block of rows in register tiles, and exp and
- * log over arrays. Each has an AVX2/FMA version, compiled for those
+/* SIMD building blocks of the compiled kernels: the AVX2 dispatch (shared with
+ * _reduce.h) and, for the EM passes (_estep.h), the weighted Gram matrices of
+ * a block of rows stored by column, and exp and log over arrays. Each has an
+ * AVX2/FMA version, compiled for those
  * instructions only (a function attribute, not a build flag) and used when
  * the CPU has them (fm_cpu_has_avx2), and a plain C version for other CPUs
  * and compilers. The two differ only in rounding: the vector exp and log are
@@ -16,47 +17,29 @@
 
 typedef long long fm_int;
 
-#define FM_ROWS 32 /* rows per Gram block */
+#define FM_ROWS 32 /* rows (support points) per block */
 
-/* row stride of a Gram block's rows: >= p + 7, so that a run of 8 columns
- * fits from any column (the tiles read past the last column, into zeros) */
-static inline fm_int fm_stride(fm_int p) { return (p + 10) / 4 * 4; }
-
-/* out: the packed (row-major) upper n x n triangles of nm matrices of row
- * stride P, each rows * P apart */
-static void fm_pack(fm_int nm, fm_int n, fm_int rows, fm_int P, const double* G, double* out) {
-    for (fm_int m = 0, t = 0; m < nm; m++)
-        for (fm_int a = 0; a < n; a++)
-            for (fm_int b = a; b < n; b++) out[t++] = G[(m * rows + a) * P + b];
-}
-
-/* G[m] (rows apart, stride P) upper q x q part += sum_r D[m dm + r] z_r z_r^T
- * for the M weights of the nb rows Z (nb, P): the plain version of
- * fm_gram_rows, four rows at a time (each entry loaded and stored once per
- * four rows; the loop over columns vectorises) */
-static void fm_gram_plain(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P, const double* Z,
-                          const double* D, fm_int dm, double* G) {
-    fm_int r = 0;
-    for (; r + 4 <= nb; r += 4) {
-        const double *z0 = Z + r * P, *z1 = z0 + P, *z2 = z1 + P, *z3 = z2 + P;
-        for (fm_int m = 0; m < M; m++) {
-            const double* c = D + m * dm + r;
-            for (fm_int a = 0; a < q; a++) {
-                double c0 = c[0] * z0[a], c1 = c[1] * z1[a], c2 = c[2] * z2[a], c3 = c[3] * z3[a];
-                double* g = G + (m * rows + a) * P;
-                for (fm_int j = a; j < q; j++)
-                    g[j] += (c0 * z0[j] + c1 * z1[j]) + (c2 * z2[j] + c3 * z3[j]);
+/* acc (T(n), 4) += the packed (row-major) upper triangle of
+ * sum_r d_r zt_r zt_r^T over the FM_ROWS rows of a block stored by column,
+ * ZT (n, FM_ROWS), in 4 partial sums: lane l adds the rows r = l mod 4, in
+ * order (fm_gram_cols_avx2 adds the same products in the same order) */
+static void fm_gram_cols_plain(fm_int n, const double* ZT, const double* d, double* acc) {
+    double w[FM_ROWS];
+    for (fm_int a = 0; a < n; a++) {
+        for (int r = 0; r < FM_ROWS; r++) w[r] = d[r] * ZT[a * FM_ROWS + r];
+        for (fm_int b = a; b < n; b++, acc += 4) {
+            const double* zb = ZT + b * FM_ROWS;
+            double s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];
+            for (int v = 0; v < FM_ROWS; v += 4) {
+                s0 += w[v] * zb[v];
+                s1 += w[v + 1] * zb[v + 1];
+                s2 += w[v + 2] * zb[v + 2];
+                s3 += w[v + 3] * zb[v + 3];
             }
-        }
-    }
-    for (; r < nb; r++) {
-        const double* z = Z + r * P;
-        for (fm_int m = 0; m < M; m++) {
-            double *g = G + m * rows * P, c = D[m * dm + r];
-            for (fm_int a = 0; a < q; a++) {
-                double ca = c * z[a];
-                for (fm_int j = a; j < q; j++) g[a * P + j] += ca * z[j];
-            }
+            acc[0] = s0;
+            acc[1] = s1;
+            acc[2] = s2;
+            acc[3] = s3;
         }
     }
 }
@@ -73,93 +56,36 @@ static int fm_cpu_has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-FM_AVX2 static inline double fm_hsum(__m256d v) {
-    __m128d lo = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
-}
-
-/* g[q*gs + 0..8] += sum_r w[r*ws + q*ls] z[r*P + 0..8] for the 4 lanes q:
- * 8 accumulators */
-FM_AVX2 __attribute__((noinline)) static void fm_tile4(fm_int nb, const double* restrict z,
-                                                       fm_int P, const double* restrict w,
-                                                       fm_int ls, fm_int ws, double* restrict g,
-                                                       fm_int gs) {
-    __m256d c0 = _mm256_loadu_pd(g), e0 = _mm256_loadu_pd(g + 4);
-    __m256d c1 = _mm256_loadu_pd(g + gs), e1 = _mm256_loadu_pd(g + gs + 4);
-    __m256d c2 = _mm256_loadu_pd(g + 2 * gs), e2 = _mm256_loadu_pd(g + 2 * gs + 4);
-    __m256d c3 = _mm256_loadu_pd(g + 3 * gs), e3 = _mm256_loadu_pd(g + 3 * gs + 4);
-    for (fm_int r = 0; r < nb; r++) {
-        __m256d zv = _mm256_loadu_pd(z), zw = _mm256_loadu_pd(z + 4);
-        __m256d w0 = _mm256_broadcast_sd(w), w1 = _mm256_broadcast_sd(w + ls);
-        __m256d w2 = _mm256_broadcast_sd(w + 2 * ls), w3 = _mm256_broadcast_sd(w + 3 * ls);
-        c0 = _mm256_fmadd_pd(w0, zv, c0);
-        e0 = _mm256_fmadd_pd(w0, zw, e0);
-        c1 = _mm256_fmadd_pd(w1, zv, c1);
-        e1 = _mm256_fmadd_pd(w1, zw, e1);
-        c2 = _mm256_fmadd_pd(w2, zv, c2);
-        e2 = _mm256_fmadd_pd(w2, zw, e2);
-        c3 = _mm256_fmadd_pd(w3, zv, c3);
-        e3 = _mm256_fmadd_pd(w3, zw, e3);
-        z += P;
-        w += ws;
-    }
-    _mm256_storeu_pd(g, c0);
-    _mm256_storeu_pd(g + 4, e0);
-    _mm256_storeu_pd(g + gs, c1);
-    _mm256_storeu_pd(g + gs + 4, e1);
-    _mm256_storeu_pd(g + 2 * gs, c2);
-    _mm256_storeu_pd(g + 2 * gs + 4, e2);
-    _mm256_storeu_pd(g + 3 * gs, c3);
-    _mm256_storeu_pd(g + 3 * gs + 4, e3);
-}
-
-/* g[q*gs + 0..4] += sum_r w[r*ws + q*ls] z[r*P + 0..4] for the 4 lanes q */
-FM_AVX2 __attribute__((noinline)) static void fm_tile4x4(fm_int nb, const double* restrict z,
-                                                         fm_int P, const double* restrict w,
-                                                         fm_int ls, fm_int ws,
-                                                         double* restrict g, fm_int gs) {
-    __m256d c0 = _mm256_loadu_pd(g), c1 = _mm256_loadu_pd(g + gs);
-    __m256d c2 = _mm256_loadu_pd(g + 2 * gs), c3 = _mm256_loadu_pd(g + 3 * gs);
-    for (fm_int r = 0; r < nb; r++) {
-        __m256d zv = _mm256_loadu_pd(z);
-        c0 = _mm256_fmadd_pd(_mm256_broadcast_sd(w), zv, c0);
-        c1 = _mm256_fmadd_pd(_mm256_broadcast_sd(w + ls), zv, c1);
-        c2 = _mm256_fmadd_pd(_mm256_broadcast_sd(w + 2 * ls), zv, c2);
-        c3 = _mm256_fmadd_pd(_mm256_broadcast_sd(w + 3 * ls), zv, c3);
-        z += P;
-        w += ws;
-    }
-    _mm256_storeu_pd(g, c0);
-    _mm256_storeu_pd(g + gs, c1);
-    _mm256_storeu_pd(g + 2 * gs, c2);
-    _mm256_storeu_pd(g + 3 * gs, c3);
-}
-
-/* G[m] (rows >= q rounded up to 4, stride P) upper part += sum_r D[m dm + r]
- * z_r z_r^T for the M weights of the nb rows Z (nb, P), zero beyond column q;
- * DZ (nb, M, rows) is scratch. Four rows a of one G[m] at a time, from column
- * 4 floor(a/4), in tiles of 8 columns and a last one of 4 (the entries below
- * the diagonal and past column q are wasted, never read): the layout for few
- * weights (the EM pass), where fm_gram_block groups four weights. */
-FM_AVX2 static void fm_gram_rows(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P,
-                                 const double* Z, const double* D, fm_int dm, double* DZ,
-                                 double* G) {
-    for (fm_int r = 0; r < nb; r++)
-        for (fm_int m = 0; m < M; m++) {
-            __m256d c = _mm256_broadcast_sd(D + m * dm + r);
-            double* dz = DZ + (r * M + m) * rows;
-            for (fm_int j = 0; j < rows; j += 4)
-                _mm256_storeu_pd(dz + j, _mm256_mul_pd(c, _mm256_loadu_pd(Z + r * P + j)));
+/* fm_gram_cols_plain on the AVX2 path: the row weights of a, w = d zt_a, in
+ * 8 registers; two entries (a, b) at a time, each a chain of 8 fused
+ * multiply-adds into its 4 partial sums */
+FM_AVX2 static void fm_gram_cols_avx2(fm_int n, const double* ZT, const double* d, double* acc) {
+    enum { V = FM_ROWS / 4 };
+    for (fm_int a = 0; a < n; a++) {
+        const double* za = ZT + a * FM_ROWS;
+        __m256d w[V];
+        for (int v = 0; v < V; v++)
+            w[v] = _mm256_mul_pd(_mm256_loadu_pd(d + 4 * v), _mm256_loadu_pd(za + 4 * v));
+        fm_int b = a;
+        for (; b + 2 <= n; b += 2, acc += 8) {
+            const double *z0 = ZT + b * FM_ROWS, *z1 = z0 + FM_ROWS;
+            __m256d s0 = _mm256_loadu_pd(acc), s1 = _mm256_loadu_pd(acc + 4);
+            for (int v = 0; v < V; v++) {
+                s0 = _mm256_fmadd_pd(w[v], _mm256_loadu_pd(z0 + 4 * v), s0);
+                s1 = _mm256_fmadd_pd(w[v], _mm256_loadu_pd(z1 + 4 * v), s1);
+            }
+            _mm256_storeu_pd(acc, s0);
+            _mm256_storeu_pd(acc + 4, s1);
         }
-    fm_int ws = M * rows;
-    for (fm_int m = 0; m < M; m++)
-        for (fm_int a = 0; a < q; a += 4) {
-            double* g = G + (m * rows + a) * P;
-            const double* w = DZ + m * rows + a;
-            fm_int j = a;
-            for (; q - j > 4; j += 8) fm_tile4(nb, Z + j, P, w, 1, ws, g + j, P);
-            if (j < q) fm_tile4x4(nb, Z + j, P, w, 1, ws, g + j, P);
+        if (b < n) {
+            const double* z0 = ZT + b * FM_ROWS;
+            __m256d s0 = _mm256_loadu_pd(acc);
+            for (int v = 0; v < V; v++)
+                s0 = _mm256_fmadd_pd(w[v], _mm256_loadu_pd(z0 + 4 * v), s0);
+            _mm256_storeu_pd(acc, s0);
+            acc += 4;
         }
+    }
 }
 
 /* sum_{j < n} c[j] x^j by Estrin's scheme (n even, at most 16): pairs
@@ -263,10 +189,8 @@ FM_AVX2 __attribute__((noinline, noclone)) static void fm_log_avx2(double* a, fm
 #else
 #define FM_HAVE_AVX2_PATH 0
 static int fm_cpu_has_avx2(void) { return 0; }
-static void fm_gram_rows(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P, const double* Z,
-                         const double* D, fm_int dm, double* DZ, double* G) {
-    (void)DZ;
-    fm_gram_plain(nb, M, q, rows, P, Z, D, dm, G);
+static void fm_gram_cols_avx2(fm_int n, const double* ZT, const double* d, double* acc) {
+    fm_gram_cols_plain(n, ZT, d, acc);
 }
 static void fm_exp_avx2(double* a, fm_int n) {
     for (fm_int i = 0; i < n; i++) a[i] = exp(a[i]);
@@ -276,8 +200,7 @@ static void fm_log_avx2(double* a, fm_int n) {
 }
 #endif
 
-/* the exp, the log and the Gram matrices of the EM pass on the path chosen
- * by simd */
+/* the exp and the log on the path chosen by simd */
 static inline void fm_exp(double* a, fm_int n, int simd) {
     if (simd) {
         fm_exp_avx2(a, n);
@@ -294,13 +217,13 @@ static inline void fm_log(double* a, fm_int n, int simd) {
     for (fm_int i = 0; i < n; i++) a[i] = log(a[i]);
 }
 
-static inline void fm_gram(fm_int nb, fm_int M, fm_int q, fm_int rows, fm_int P,
-                           const double* Z, const double* D, fm_int dm, double* DZ, double* G,
-                           int simd) {
+/* the Gram matrices of a block (fm_gram_cols_plain) on the path chosen by simd */
+static inline void fm_gram_cols(fm_int n, const double* ZT, const double* d, double* acc,
+                                int simd) {
     if (simd)
-        fm_gram_rows(nb, M, q, rows, P, Z, D, dm, DZ, G);
+        fm_gram_cols_avx2(n, ZT, d, acc);
     else
-        fm_gram_plain(nb, M, q, rows, P, Z, D, dm, G);
+        fm_gram_cols_plain(n, ZT, d, acc);
 }
 
 #endif
