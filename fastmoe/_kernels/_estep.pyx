@@ -16,7 +16,7 @@ the baseline (``set_simd`` forces it; the tests run both).
 
 Why C: the numba version of the E-step with the expert statistics (same
 chunked accumulators and arithmetic, ``asv_bench/kernel_choice.py``, n=1e5,
-d=10, K=3, 2 threads) takes 18.8 ms against 7.3 ms here (22.7 ms on the
+d=10, K=3, 2 threads) takes 18.3 ms against 6.1 ms here (15.7 ms on the
 plain path), and the first call in a new process costs it the load of its
 disk cache, where the ahead-of-time extension costs nothing: prediction in a
 fresh process, and each local fit in a fresh worker, start at once. The
