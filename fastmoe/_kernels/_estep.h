@@ -149,7 +149,7 @@ FM_INLINE void fm_affine_block(const double* coefT, fm_int m, fm_int p, const do
 
 /* lse = log sum_k exp(V[k]) and e (K, FM_B) = exp(V - lse) for the K columns
  * V (K, FM_B); ok is cleared where the maximum is not finite (those rows'
- * lse and e are meaningless but finite) */
+ * lse is not finite, their e is finite and meaningless) */
 FM_INLINE void fm_lse_block(fm_int K, const double* V, fm_scratch* b, double* e, double* lse,
                             int simd) {
     double *mx = b->mx, *s = b->s, *inv = b->t, *ok = b->ok;
