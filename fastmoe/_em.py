@@ -119,10 +119,9 @@ class EMData:
         self.total_weight = float(w.sum())
         self.var_y = float(np.average(self.y**2, weights=w))
         # sum_i w_i z_i z_i^T, z = (1, x, y): the experts' Gram matrices sum to
-        # it, so a pass leaves out the heaviest expert's and gram() derives it
+        # it, so a pass leaves out the heaviest expert's and _gram derives it
         self.total_gram = weighted_gram(X, self.y, w, np.ones((n, 1)))[0]
-        self.skip = -1
-        self.G = None
+        self.G = None  # the experts' Gram matrices of the last pass
 
     def e_step(self, alpha, beta, var, check: bool = False) -> float:
         """One fused pass (``_kernels.em_pass``) at (alpha, beta, var): returns
@@ -145,8 +144,9 @@ class EMData:
     def _gram(self, skip: int) -> np.ndarray:
         """(K, d+2, d+2) sum_i w_i r_ik z_i z_i^T from the pass that left out
         expert ``skip`` (-1: none). Its matrix is the total minus the others',
-        exact unless it lost most of its weight since the last pass: below
-        1/(4K) of the total it is summed directly."""
+        whose rounding error is relative to the total: where the expert lost
+        most of its weight since the last pass (below 1/(4K) of the total), it
+        is summed directly instead."""
         G = unpack_sym(self.stats.sum(axis=0), self.d + 2)
         if skip >= 0:
             G[skip] = self.total_gram - G.sum(axis=0)

@@ -104,6 +104,3 @@ def solve_psd(A: np.ndarray, b: np.ndarray, rcond: float = 1e-12) -> np.ndarray:
     inv = np.divide(1.0, evals, out=np.zeros_like(evals), where=keep)
     proj = np.einsum("...ji,...j->...i", evecs, b) * inv
     return np.einsum("...ij,...j->...i", evecs, proj) / d
-
-
-
