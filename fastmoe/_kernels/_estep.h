@@ -96,15 +96,50 @@ static int fm_scratch_alloc(fm_scratch* b, fm_int q, fm_int p, fm_int m, fm_int 
     return 0;
 }
 
+#if FM_HAVE_AVX2_PATH
+/* ZT[(j+1)*FM_B + r] = X[r*d + j] for the 4 rows r0..r0+3 and the columns
+ * j < d in 4 x 4 transposes (the last d mod 4 columns one by one) */
+FM_AVX2 static void fm_transpose4_avx2(fm_int d, const double* X, fm_int r0, double* ZT) {
+    const double *x0 = X + r0 * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+    fm_int j = 0;
+    for (; j + 4 <= d; j += 4) {
+        __m256d a = _mm256_loadu_pd(x0 + j), b = _mm256_loadu_pd(x1 + j);
+        __m256d c = _mm256_loadu_pd(x2 + j), e = _mm256_loadu_pd(x3 + j);
+        __m256d ab0 = _mm256_unpacklo_pd(a, b), ab1 = _mm256_unpackhi_pd(a, b);
+        __m256d ce0 = _mm256_unpacklo_pd(c, e), ce1 = _mm256_unpackhi_pd(c, e);
+        double* z = ZT + (j + 1) * FM_B + r0;
+        _mm256_storeu_pd(z, _mm256_permute2f128_pd(ab0, ce0, 0x20));
+        _mm256_storeu_pd(z + FM_B, _mm256_permute2f128_pd(ab1, ce1, 0x20));
+        _mm256_storeu_pd(z + 2 * FM_B, _mm256_permute2f128_pd(ab0, ce0, 0x31));
+        _mm256_storeu_pd(z + 3 * FM_B, _mm256_permute2f128_pd(ab1, ce1, 0x31));
+    }
+    for (; j < d; j++) {
+        double* z = ZT + (j + 1) * FM_B + r0;
+        z[0] = x0[j];
+        z[1] = x1[j];
+        z[2] = x2[j];
+        z[3] = x3[j];
+    }
+}
+
+#endif
+
 /* the nb rows of a block by column: ZT = (1, x_i) and, when y is not NULL,
  * y_i after it; ok = 1 for them, 0 for the rest of the block (whose columns
  * keep finite values of an earlier block, or zeros) */
 FM_INLINE void fm_load_block(fm_int nb, fm_int d, const double* X, const double* y,
-                             fm_scratch* b) {
-    for (fm_int r = 0; r < nb; r++) {
-        const double* x = X + r * d;
+                             fm_scratch* b, int simd) {
+    fm_int r = 0;
+#if FM_HAVE_AVX2_PATH
+    if (simd) /* whole groups of 4 rows in 4 x 4 transposes */
+        for (; r + 4 <= nb; r += 4) fm_transpose4_avx2(d, X, r, b->ZT);
+#else
+    (void)simd;
+#endif
+    for (; r < nb; r++)
+        for (fm_int j = 0; j < d; j++) b->ZT[(j + 1) * FM_B + r] = X[r * d + j];
+    for (r = 0; r < nb; r++) {
         b->ZT[r] = 1.0;
-        for (fm_int j = 0; j < d; j++) b->ZT[(j + 1) * FM_B + r] = x[j];
         if (y) b->ZT[(d + 1) * FM_B + r] = y[r];
     }
     for (fm_int r = 0; r < FM_B; r++) b->ok[r] = r < nb ? 1.0 : 0.0;
@@ -287,7 +322,7 @@ FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const
     double ll = 0.0, q_new = 0.0, q_in = 0.0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
         fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
-        fm_load_block(nb, d, X + i0 * d, y + i0, &b);
+        fm_load_block(nb, d, X + i0 * d, y + i0, &b, simd);
         fm_affine_block(coefT, 2 * K, p, ZT, A);
         fm_gates_block(K, &b, simd);
         for (fm_int k = 0; k < K; k++) { /* joint log-densities, in place of the means */
@@ -365,7 +400,7 @@ FM_INLINE fm_int fm_gate_body(fm_int n, fm_int d, fm_int K, const double* X, con
     double acc = 0.0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
         fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
-        fm_load_block(nb, d, X + i0 * d, NULL, &b);
+        fm_load_block(nb, d, X + i0 * d, NULL, &b, simd);
         fm_affine_block(coefT, K, p, b.ZT, b.A);
         fm_gates_block(K, &b, simd);
         for (fm_int r = 0; r < FM_B; r++) {
@@ -405,7 +440,7 @@ FM_INLINE fm_int fm_log_proba_body(fm_int n, fm_int d, fm_int K, const double* X
     fm_int bad = 0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
         fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
-        fm_load_block(nb, d, X + i0 * d, NULL, &b);
+        fm_load_block(nb, d, X + i0 * d, NULL, &b, simd);
         fm_affine_block(coefT, K, p, b.ZT, b.A);
         fm_gates_block(K, &b, simd);
         for (fm_int r = 0; r < nb; r++) {
