@@ -20,6 +20,7 @@ import argparse
 import time
 import warnings
 
+import blas_threads  # asv_bench/blas_threads.py, beside this script
 import numpy as np
 from scipy.special import log_softmax, logsumexp
 
@@ -95,15 +96,9 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--gate-steps", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--blas-threads", type=int, default=1,
-                    help="BLAS threads of both sides (0: BLAS's default)")
+    blas_threads.add_option(ap)
     args = ap.parse_args(argv)
-    if args.blas_threads > 0:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=args.blas_threads, user_api="blas"):
-            return run(args)
-    return run(args)
+    return blas_threads.run_with(args, run)
 
 
 def run(args):
@@ -141,7 +136,7 @@ def run(args):
     per_fast = min(t_fast) / args.iters
     per_np = min(t_np) / args.iters
     rel = np.max(np.abs(h_fast - h_np) / np.abs(h_np))
-    blas = args.blas_threads if args.blas_threads > 0 else "default"
+    blas = blas_threads.label(args)
     print(f"n={args.n} d={args.d} K={args.K} gate_steps={args.gate_steps} "
           f"threads={n_threads} BLAS threads={blas} iterations={args.iters}")
     print("| implementation | ms / EM iteration | loglik after last iteration |")

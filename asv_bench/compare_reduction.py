@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import blas_threads  # asv_bench/blas_threads.py, beside this script
 import numpy as np
 
 from fastmoe import MoEParams
@@ -82,14 +83,9 @@ def main(argv=None):
     ap.add_argument("--K", type=int, default=5)
     ap.add_argument("--d", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--blas-threads", type=int, default=1)
+    blas_threads.add_option(ap)
     args = ap.parse_args(argv)
-    if args.blas_threads > 0:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=args.blas_threads, user_api="blas"):
-            return run(args)
-    return run(args)
+    return blas_threads.run_with(args, run)
 
 
 def run(args):
@@ -117,7 +113,7 @@ def run(args):
         on, bn, vn = tensor_iteration(mix, Xs, beta, var)
         t_np.append(time.perf_counter() - t)
     ratio = min(t_np) / min(t_fast)
-    blas = args.blas_threads if args.blas_threads > 0 else "default"
+    blas = blas_threads.label(args)
     print(f"S={S} M={M} K={K} d={d} (L={M * K}) threads={n_threads} BLAS threads={blas}")
     print("| implementation | ms / MM iteration | objective |")
     print("|---|---|---|")

@@ -183,15 +183,29 @@ class SupportCache:
     gram_total: np.ndarray
 
 
+def support_blocks(mix: LargeMixture, Xs, rows: int, cache: SupportCache | None = None,
+                   n_threads: int = 1):
+    """(lo, hi, W, ML) for the blocks of ``rows`` support points: the local
+    weights and means, sliced from ``cache`` when it holds them, else computed
+    block by block."""
+    S = Xs.shape[0]
+    held = cache is not None and cache.W.shape[0] == S
+    for lo in range(0, S, rows):
+        hi = min(S, lo + rows)
+        if held:
+            yield lo, hi, cache.W[lo:hi], cache.ML[lo:hi]
+        else:
+            yield (lo, hi) + mix.support(Xs[lo:hi], n_threads)
+
+
 def support_cache(mix: LargeMixture, Xs, n_threads: int = 1) -> SupportCache:
     """The :class:`SupportCache` of one support, built once per aggregation."""
     S, L = Xs.shape[0], mix.gate.shape[0]
     keep = 2 * S * L * 8 <= CACHE_BYTES
     rows = S if keep else max(1, BLOCK_BYTES // (2 * 8 * L))
     gram_total = np.zeros((Xs.shape[1] + 1,) * 2)
-    for lo in range(0, S, rows):
-        W, ML = mix.support(Xs[lo:lo + rows], n_threads)
-        Z = np.column_stack([np.ones(W.shape[0]), Xs[lo:lo + rows]])
+    for lo, hi, W, ML in support_blocks(mix, Xs, rows, n_threads=n_threads):
+        Z = np.column_stack([np.ones(W.shape[0]), Xs[lo:hi]])
         gram_total += Z.T @ (W.sum(axis=1)[:, None] * Z)
     if not keep:
         W = ML = np.empty((0, L))
@@ -223,9 +237,7 @@ def mm_pass(mix: LargeMixture, Xs, beta, var, cost: int, n_threads: int,
                          n_threads=n_threads)
     else:
         rows = chunk * max(1, BLOCK_BYTES // (2 * 8 * L * chunk))
-        for lo in range(0, S, rows):
-            hi = min(S, lo + rows)
-            W, ML = mix.support(Xs[lo:hi], n_threads)
+        for lo, hi, W, ML in support_blocks(mix, Xs, rows, n_threads=n_threads):
             c = slice(lo // chunk, n_chunks(hi - lo, chunk) + lo // chunk)
             block = tuple(a[c] for a in out[:5]) + (out[5][lo:hi] if want_assign else out[5],)
             _kernels.mm_pass(Xs[lo:hi], W, ML, mix.var, targets, cost, chunk, block, skip,
@@ -334,26 +346,20 @@ def _kmeans_start(mix, K, rng):
 # ----------------------------------------------------------------------------
 # gate targets
 # ----------------------------------------------------------------------------
-def _blocks(S):
-    for lo in range(0, S, TARGET_BLOCK):
-        yield slice(lo, min(lo + TARGET_BLOCK, S))
-
-
-def _target_assigned(mix, Xs, mass, K):
+def _target_assigned(mix, Xs, mass, K, cache=None):
     owner = np.argmax(mass, axis=1)  # a_l
     onehot = np.zeros((mass.shape[0], K))
     onehot[np.arange(mass.shape[0]), owner] = 1.0
     T = np.empty((Xs.shape[0], K))
-    for b in _blocks(Xs.shape[0]):
-        W = mix.support(Xs[b])[0]
-        T[b] = (W @ onehot) / W.sum(axis=1, keepdims=True)
+    for lo, hi, W, _ in support_blocks(mix, Xs, TARGET_BLOCK, cache):
+        T[lo:hi] = (W @ onehot) / W.sum(axis=1, keepdims=True)
     return T
 
 
-def _target_plan(mix, Xs, assign, K):
+def _target_plan(mix, Xs, assign, K, cache=None):
     T = np.zeros((Xs.shape[0], K))
-    for b in _blocks(Xs.shape[0]):
-        W = mix.support(Xs[b])[0]
+    for lo, hi, W, _ in support_blocks(mix, Xs, TARGET_BLOCK, cache):
+        b = slice(lo, hi)
         A = assign[b]
         for k in range(K):
             T[b, k] = np.sum(W * (A == k), axis=1)
@@ -365,8 +371,8 @@ def _log_expert(y, mean, var):
     return -0.5 * (np.log(2 * np.pi * var) + (y - mean) ** 2 / var)
 
 
-def _target_posterior(mix, Xs, ys, assign, beta, var, K):
-    prior = _target_plan(mix, Xs, assign, K)
+def _target_posterior(mix, Xs, ys, assign, beta, var, K, cache=None):
+    prior = _target_plan(mix, Xs, assign, K, cache)
     mk = Xs @ beta[:, 1:].T + beta[:, 0]
     with np.errstate(divide="ignore"):
         logj = np.log(prior) + _log_expert(ys[:, None], mk, var)
@@ -375,16 +381,16 @@ def _target_posterior(mix, Xs, ys, assign, beta, var, K):
     return T / T.sum(axis=1, keepdims=True)
 
 
-def _kl_targets(mix, Xs, alpha, beta, var, nodes, weights):
+def _kl_targets(mix, Xs, alpha, beta, var, nodes, weights, cache=None):
     """Soft targets of the KL-projection EM and its expected log-likelihood
     sum_s sum_l w_l sum_q omega_q log f_red(m_l + sd_l z_q | x_s)."""
     K = beta.shape[0]
     T = np.empty((Xs.shape[0], K))
     total = 0.0
     sd_l = np.sqrt(mix.var)
-    for b in _blocks(Xs.shape[0]):
+    for lo, hi, W, ml in support_blocks(mix, Xs, TARGET_BLOCK, cache):  # (s, L) each
+        b = slice(lo, hi)
         X = Xs[b]
-        W, ml = mix.support(X)  # (s, L) each
         Y = ml[:, :, None] + sd_l[None, :, None] * nodes[None, None, :]  # (s, L, Q)
         logit = X @ alpha[:, 1:].T + alpha[:, 0]
         logpi = logit - np.logaddexp.reduce(logit, axis=1, keepdims=True)  # (s, K)
@@ -398,14 +404,14 @@ def _kl_targets(mix, Xs, alpha, beta, var, nodes, weights):
     return T, total
 
 
-def _fit_gates_kl(mix, Xs, alpha, beta, var, *, max_iter, tol, n_threads):
+def _fit_gates_kl(mix, Xs, alpha, beta, var, *, max_iter, tol, n_threads, cache=None):
     nodes, weights = np.polynomial.hermite_e.hermegauss(GH_NODES)
     weights = weights / weights.sum()
     w = np.ones(Xs.shape[0])
     prev = -np.inf
     converged = False
     for _ in range(max_iter):
-        T, value = _kl_targets(mix, Xs, alpha, beta, var, nodes, weights)
+        T, value = _kl_targets(mix, Xs, alpha, beta, var, nodes, weights, cache)
         if value - prev <= tol * abs(value):
             converged = True
             break
@@ -582,20 +588,20 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
 
     t0 = time.perf_counter()
     final = mm_pass(mix, Xs, beta, var, code, n_threads, want_assign=True, cache=cache)
-    del cache
     w = np.ones(Xs.shape[0])
     alpha0 = np.zeros((K, Xs.shape[1] + 1))
     if gate_target == "plan":
-        T = _target_plan(mix, Xs, final.assign, K)
+        T = _target_plan(mix, Xs, final.assign, K, cache)
     elif gate_target == "posterior":
-        T = _target_posterior(mix, Xs, ys, final.assign, beta, var, K)
+        T = _target_posterior(mix, Xs, ys, final.assign, beta, var, K, cache)
     else:
-        T = _target_assigned(mix, Xs, final.mass, K)
+        T = _target_assigned(mix, Xs, final.mass, K, cache)
     gfit = fit_gates(Xs, T, w, alpha0, max_iter=gate_max_iter, tol=1e-12, n_threads=n_threads)
     alpha = gfit.alpha
     if gate_target == "kl":
         alpha, _ = _fit_gates_kl(mix, Xs, alpha, beta, var, max_iter=gate_max_iter, tol=1e-10,
-                                 n_threads=n_threads)
+                                 n_threads=n_threads, cache=cache)
+    del cache
     t_gates = time.perf_counter() - t0
     timings = {"reduction": t_reduction, "gates": t_gates,
                "total": time.perf_counter() - t_start}

@@ -37,12 +37,10 @@
 
 #include "_simd.h"
 
-#ifndef FM_INLINE
 #if defined(__GNUC__) || defined(__clang__)
 #define FM_INLINE static inline __attribute__((always_inline))
 #else
 #define FM_INLINE static inline
-#endif
 #endif
 
 /* GCC and Clang vectors of 4 doubles (a ymm register under AVX2, two xmm
@@ -214,6 +212,18 @@ FM_INLINE void fm_gates_block(fm_int K, fm_scratch* b, int simd) {
         for (int r = 0; r < FM_B; r++) b->A[k * FM_B + r] -= b->lse[r];
 }
 
+/* the block of rows from i0 (returns how many): its rows by column, the m
+ * affine functions of coefT, the K gates first, and the gates */
+FM_INLINE fm_int fm_start_block(fm_int i0, fm_int n, fm_int d, const double* X, const double* y,
+                                const double* coefT, fm_int m, fm_int K, fm_scratch* b,
+                                int simd) {
+    fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
+    fm_load_block(nb, d, X + i0 * d, y ? y + i0 : NULL, b, simd);
+    fm_affine_block(coefT, m, d + 1, b->ZT, b->A);
+    fm_gates_block(K, b, simd);
+    return nb;
+}
+
 /* w sum_k R_k logpi_k for one row: R of stride rs, logpi a column of the
  * block (stride FM_B); a zero target contributes nothing (even at -inf) */
 FM_INLINE double fm_weighted_log(double w, const double* R, fm_int rs, const double* logpi,
@@ -321,10 +331,7 @@ FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const
     fm_int bad = 0;
     double ll = 0.0, q_new = 0.0, q_in = 0.0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
-        fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
-        fm_load_block(nb, d, X + i0 * d, y + i0, &b, simd);
-        fm_affine_block(coefT, 2 * K, p, ZT, A);
-        fm_gates_block(K, &b, simd);
+        fm_int nb = fm_start_block(i0, n, d, X, y, coefT, 2 * K, K, &b, simd);
         for (fm_int k = 0; k < K; k++) { /* joint log-densities, in place of the means */
             const double *lp = A + k * FM_B, *yb = ZT + (q - 1) * FM_B;
             double* mj = A + (K + k) * FM_B;
@@ -399,10 +406,7 @@ FM_INLINE fm_int fm_gate_body(fm_int n, fm_int d, fm_int K, const double* X, con
     fm_int bad = 0;
     double acc = 0.0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
-        fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
-        fm_load_block(nb, d, X + i0 * d, NULL, &b, simd);
-        fm_affine_block(coefT, K, p, b.ZT, b.A);
-        fm_gates_block(K, &b, simd);
+        fm_int nb = fm_start_block(i0, n, d, X, NULL, coefT, K, K, &b, simd);
         for (fm_int r = 0; r < FM_B; r++) {
             fm_int i = i0 + r;
             b.W[r] = 0.0;
@@ -439,10 +443,7 @@ FM_INLINE fm_int fm_log_proba_body(fm_int n, fm_int d, fm_int K, const double* X
     if (fm_scratch_alloc(&b, p, p, K, K, 0, 0)) return n;
     fm_int bad = 0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
-        fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
-        fm_load_block(nb, d, X + i0 * d, NULL, &b, simd);
-        fm_affine_block(coefT, K, p, b.ZT, b.A);
-        fm_gates_block(K, &b, simd);
+        fm_int nb = fm_start_block(i0, n, d, X, NULL, coefT, K, K, &b, simd);
         for (fm_int r = 0; r < nb; r++) {
             bad += b.ok[r] == 0.0;
             for (fm_int k = 0; k < K; k++) out[(i0 + r) * K + k] = b.A[k * FM_B + r];
