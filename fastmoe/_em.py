@@ -10,9 +10,13 @@ One EM iteration (method.md section 2):
    floored at ``reg_var * Var(y)``), and
 3. the gates take one Newton step with step halving on the weighted
    multinomial logistic objective (a generalised EM: the log-likelihood still
-   never decreases). The ascent check of the full step is computed inside the
-   next pass, so an iteration is one pass over the data unless the step has
-   to be halved; ``gate_steps`` > 1 runs that many IRLS steps instead.
+   never decreases). For targets R whose rows sum to 1 that objective is
+   Q(alpha) = sum_k alpha_k . m_k - sum_i w_i lse_i(alpha), with
+   m_k = sum_i w_i R_ik (1, x_i) the first row of expert k's Gram matrix and
+   lse_i the log-partition of the gates, which the pass sums. So the ascent
+   check of the full step is made from the next pass at the new gates, and
+   an iteration is one pass over the data unless the step has to be halved;
+   ``gate_steps`` > 1 runs that many IRLS steps instead.
 
 The response is centred internally (its weighted mean is added back to the
 expert intercepts), which keeps the variance formula from the Gram matrix
@@ -28,7 +32,7 @@ import numpy as np
 from scipy.special import softmax
 
 from . import _kernels
-from ._gating import assemble_newton, fit_gates, halve_step, newton_direction
+from ._gating import assemble_newton, fit_gates, gate_objective, halve_step, newton_direction
 from ._linalg import (
     chunk_size,
     n_chunks,
@@ -111,34 +115,33 @@ class EMData:
         q, p, K = d + 2, d + 1, n_experts
         self.resp = np.empty((n, K))
         self.targets = np.empty((n, K))  # the responsibilities of the previous E-step
-        self.row_ll = np.empty(n)
         self.stats = np.empty((self.nc, K, q * (q + 1) // 2))
         self.grad = np.empty((self.nc, K - 1, p))
         self.info = np.empty((self.nc, (K - 1) * K // 2, p * (p + 1) // 2))
-        self.obj = np.empty((self.nc, 3))
+        self.obj = np.empty((self.nc, 2))
         self.total_weight = float(w.sum())
         self.var_y = float(np.average(self.y**2, weights=w))
         # sum_i w_i z_i z_i^T, z = (1, x, y): the experts' Gram matrices sum to
         # it, so a pass leaves out the heaviest expert's and _gram derives it
         self.total_gram = weighted_gram(X, self.y, w, np.ones((n, 1)))[0]
         self.G = None  # the experts' Gram matrices of the last pass
+        self.log_partition = None  # sum_i w_i log sum_k exp(alpha_k . xt_i), from it
 
-    def e_step(self, alpha, beta, var, check: bool = False) -> float:
+    def e_step(self, alpha, beta, var) -> float:
         """One fused pass (``_kernels.em_pass``) at (alpha, beta, var): returns
-        the weighted log-likelihood and fills resp, row_ll, the experts' Gram
-        matrices G, and the gate Newton statistics at alpha for the targets
-        resp. With ``check``, also the gate objective at alpha for the previous
-        targets (gate_check)."""
-        R_in = self.targets if check else self.targets[:0]
+        the weighted log-likelihood and fills resp, the experts' Gram matrices
+        G, the gates' log-partition and the gate Newton statistics at alpha for
+        the targets resp."""
         skip = -1 if self.G is None else int(np.argmax(self.G[:, 0, 0]))
         self.G = None
-        bad = _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, R_in, self.resp,
-                               self.row_ll, self.stats, self.grad, self.info, self.obj,
+        bad = _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, self.resp,
+                               np.empty(0), self.stats, self.grad, self.info, self.obj,
                                self.chunk, self.n_threads, skip)
         if bad:
             raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite; "
                                      "the parameters overflowed (rescale X or y).")
         self.G = self._gram(skip)
+        self.log_partition = float(self.obj[:, 1].sum())
         return float(self.obj[:, 0].sum())
 
     def _gram(self, skip: int) -> np.ndarray:
@@ -163,15 +166,11 @@ class EMData:
         last pass."""
         return self.G
 
-    @property
-    def gate_objective(self) -> float:
-        """sum_i w_i sum_k r_ik log pi_k(x_i) of the last pass."""
-        return float(self.obj[:, 1].sum())
-
-    @property
-    def gate_check(self) -> float:
-        """The same for the previous targets (a pass with ``check``)."""
-        return float(self.obj[:, 2].sum())
+    def target_sums(self) -> np.ndarray:
+        """(K, d+1) m_k = sum_i w_i r_ik (1, x_i) of the last pass: the gate
+        objective for its responsibilities is sum_k alpha_k . m_k minus the
+        log-partition (see the top of the module)."""
+        return self.G[:, 0, :self.d + 1]
 
     def gate_step(self, alpha):
         """Newton direction (K, d+1) at alpha from the last pass's statistics."""
@@ -328,7 +327,7 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int) -> tuple:
     (alpha, loglik) at the new parameters, data holding that E-step.
 
     One Newton step (the default) from the statistics of the previous pass,
-    checked inside the next pass; if the check fails, step halving on the
+    checked with the next pass's log-partition; if the check fails, step halving on the
     gate objective alone, then the pass at the accepted step (generalised EM:
     the log-likelihood never decreases). ``gate_steps`` > 1 runs the gate
     IRLS for that many steps instead."""
@@ -339,15 +338,19 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int) -> tuple:
         alpha = fit_gates(data.X, data.targets, data.w, alpha, max_iter=gate_steps, tol=0.0,
                           n_threads=data.n_threads).alpha
         return alpha, data.e_step(alpha, beta, var)
-    q_old = data.gate_objective
+    sums, part = data.target_sums().copy(), data.log_partition
     step = data.gate_step(alpha)
     trial = alpha + step
     try:
-        ll = data.e_step(trial, beta, var, check=True)
-        if np.isfinite(data.gate_check) and data.gate_check >= q_old:
+        ll = data.e_step(trial, beta, var)
+        # Q(trial) - Q(alpha) for the targets of the step
+        gain = float(np.sum(step * sums)) - (data.log_partition - part)
+        if gain >= 0.0:
             return trial, ll
     except FloatingPointError:  # the full step overflowed the gates: halve it
         pass
+    q_old = gate_objective(data.X, data.w, data.targets, alpha, data.chunk, data.nc,
+                           data.n_threads)
     found = halve_step(data.X, data.w, data.targets, alpha, step, q_old, data.chunk, data.nc,
                        data.n_threads, t=0.5)
     alpha = alpha if found is None else found[0]

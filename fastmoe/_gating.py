@@ -28,7 +28,8 @@ class GateFit:
     converged: bool
 
 
-def _objective(X, w, R, alpha, chunk, nc, n_threads) -> float:
+def gate_objective(X, w, R, alpha, chunk, nc, n_threads) -> float:
+    """Q(alpha) for the targets R, summed over the kernel's chunks."""
     obj = np.empty(nc)
     _kernels.gate_objective(X, w, R, alpha, chunk, obj, n_threads=n_threads)
     with np.errstate(over="ignore"):  # a trial far out may overflow: -inf, rejected
@@ -73,7 +74,7 @@ def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0):
     MAX_HALVINGS halvings (no ascent direction left at machine precision)."""
     for _ in range(MAX_HALVINGS):
         trial = alpha + t * step
-        new = _objective(X, w, R, trial, chunk, nc, n_threads)
+        new = gate_objective(X, w, R, trial, chunk, nc, n_threads)
         if np.isfinite(new) and new >= obj:
             return trial, new
         t *= 0.5

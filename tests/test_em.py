@@ -284,6 +284,55 @@ def test_an_overflowing_gate_step_is_halved_not_fatal(small, monkeypatch):
     assert np.all(np.diff(history) >= -1e-10 * np.abs(history[1:]))
 
 
+def test_the_gate_check_from_the_log_partition_is_the_objectives_gain(small):
+    """The ascent check of a gate step, sum_k step_k . m_k minus the change of
+    the log-partition, is Q(alpha + step) - Q(alpha) for the pass's
+    responsibilities."""
+    import naive
+
+    from fastmoe._em import EMData
+
+    X, y, truth, _ = small
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(y))
+    for weights in (np.ones(len(y)), w):
+        data = EMData(X, y, weights, 3, 2)
+        alpha, beta, var = truth.gate_aug, truth.expert_aug.copy(), truth.expert_var
+        beta[:, 0] -= data.y_shift
+        data.e_step(alpha, beta, var)
+        R = data.resp.copy()
+        sums, part = data.target_sums().copy(), data.log_partition
+        q0 = naive.gate_objective(X, weights, R, alpha)
+        np.testing.assert_allclose(np.sum(alpha * sums) - part, q0, rtol=1e-10)
+        for scale in (0.3, -0.3):
+            step = scale * np.random.default_rng(2).standard_normal(alpha.shape)
+            step[-1] = 0.0
+            data.e_step(alpha + step, beta, var)
+            gain = np.sum(step * sums) - (data.log_partition - part)
+            np.testing.assert_allclose(gain, naive.gate_objective(X, weights, R, alpha + step) - q0,
+                                       rtol=1e-8)
+
+
+def test_a_gate_step_that_lowers_the_objective_is_halved(small, monkeypatch):
+    from fastmoe import _em
+    from fastmoe._em import EMData, run_em
+
+    X, y, truth, _ = small
+    data = EMData(X, y, np.ones(len(y)), 3, 1)
+    beta = truth.expert_aug.copy()
+    beta[:, 0] -= data.y_shift
+    real = EMData.gate_step
+    direct = []
+    objective = _em.gate_objective
+    monkeypatch.setattr(_em, "gate_objective", lambda *a: direct.append(1) or objective(*a))
+    # a step 5 times too long overshoots: the check fails, EM halves it
+    monkeypatch.setattr(EMData, "gate_step", lambda self, alpha: real(self, alpha) * 5.0)
+    out = run_em(data, truth.gate_aug, beta, truth.expert_var.copy(), max_iter=4, tol=0.0,
+                 gate_steps=1, var_floor=1e-9)
+    history = out[6]
+    assert direct  # the halving path ran
+    assert np.all(np.diff(history) >= -1e-10 * np.abs(history[1:]))
+
+
 def test_pass_derives_the_heaviest_experts_gram_from_the_total(small, monkeypatch):
     """From its second pass on, EMData leaves the heaviest expert of the last
     pass out of the kernel and takes its Gram matrix as the total minus the

@@ -3,6 +3,7 @@
 import naive
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 
 from fastmoe import _kernels
 from fastmoe._linalg import chunk_size, n_chunks, solve_psd, unpack_sym
@@ -58,22 +59,29 @@ def test_e_step(rng, kernel_path, n, d, K, n_threads, readonly):
     np.testing.assert_allclose(np.exp(log_resp).sum(axis=1), 1.0, rtol=1e-12)
 
 
-# n=2503: several chunks and a short block of buffered rows
+def _log_partition(X, alpha):
+    """(n,) log sum_k exp(alpha_k . xt_i), row by row."""
+    Z = naive.xt(X)
+    return np.array([logsumexp([Z[i] @ a for a in alpha]) for i in range(X.shape[0])])
+
+
+# n=2503: several chunks and a short block of buffered rows; unit weights take
+# the logs of products of the rows' sums, other weights a log per row
 @pytest.mark.parametrize("n,d,K", SHAPES[:-1] + [(2503, 3, 4)])
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
-def test_em_pass(rng, kernel_path, n, d, K, n_threads, readonly):
-    X, y, w, alpha, beta, var, R_in = _problem(rng, n, d, K, readonly)
-    chunk = chunk_size(n)
-    nc = n_chunks(n, chunk)
+@pytest.mark.parametrize("weights", ["random", "ones"])
+def test_em_pass(rng, kernel_path, n, d, K, n_threads, readonly, weights):
+    X, y, w, alpha, beta, var, _ = _problem(rng, n, d, K)
+    if weights == "ones":
+        w = np.ones(n)
+    if readonly:
+        for a in (X, y, w, alpha, beta, var):
+            a.setflags(write=False)
+    resp, row_ll, stats, grad, info, obj = _em_buffers(n, d, K)
     q, p = d + 2, d + 1
-    resp, row_ll = np.empty((n, K)), np.empty(n)
-    stats = np.empty((nc, K, q * (q + 1) // 2))
-    grad = np.empty((nc, K - 1, p))
-    info = np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2))
-    obj = np.empty((nc, 3))
-    bad = _kernels.em_pass(X, y, w, alpha, beta, var, R_in, resp, row_ll, stats, grad, info,
-                           obj, chunk, n_threads)
+    bad = _kernels.em_pass(X, y, w, alpha, beta, var, resp, row_ll, stats, grad, info, obj,
+                           chunk_size(n), n_threads)
     lr_ref, ll_ref, gram_ref = naive.e_step(X, y, w, alpha, beta, var)
     R = np.exp(lr_ref)
     q_ref, grad_ref, info_ref = naive.gate_newton(X, w, R, alpha)
@@ -81,28 +89,33 @@ def test_em_pass(rng, kernel_path, n, d, K, n_threads, readonly):
     np.testing.assert_allclose(resp, R, rtol=RTOL, atol=1e-14)
     np.testing.assert_allclose(row_ll, ll_ref, rtol=RTOL)
     np.testing.assert_allclose(obj[:, 0].sum(), w @ ll_ref, rtol=RTOL)
-    np.testing.assert_allclose(unpack_sym(stats.sum(axis=0), q), gram_ref, rtol=RTOL,
-                               atol=1e-12)
-    np.testing.assert_allclose(obj[:, 1].sum(), q_ref, rtol=RTOL, atol=1e-12)
-    np.testing.assert_allclose(obj[:, 2].sum(), naive.gate_objective(X, w, R_in, alpha),
-                               rtol=RTOL, atol=1e-12)
+    gram = unpack_sym(stats.sum(axis=0), q)
+    np.testing.assert_allclose(gram, gram_ref, rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(obj[:, 1].sum(), w @ _log_partition(X, alpha), rtol=RTOL)
+    # the gate objective from the Gram matrices' first rows and the log-partition
+    np.testing.assert_allclose(np.sum(alpha * gram[:, 0, :p]) - obj[:, 1].sum(), q_ref,
+                               rtol=RTOL, atol=1e-10)
     np.testing.assert_allclose(grad.sum(axis=0), grad_ref, rtol=RTOL, atol=1e-11)
     _assert_information_blocks(info, info_ref, K, p)
-    # without R_in the check is 0; the rest is unchanged
-    obj2 = np.empty((nc, 3))
-    _kernels.em_pass(X, y, w, alpha, beta, var, R_in[:0], resp, row_ll, stats, grad, info,
-                     obj2, chunk, n_threads)
-    assert obj2[:, 2].sum() == 0.0
-    np.testing.assert_array_equal(obj2[:, :2], obj[:, :2])
+    # without resp and row_ll, nothing else changes (unit weights: also without
+    # the per-row logs that row_ll needs)
+    out2 = _em_buffers(n, d, K)
+    out2[0][:] = out2[1][:] = 7.0
+    _kernels.em_pass(X, y, w, alpha, beta, var, np.empty((0, K)), np.empty(0), *out2[2:],
+                     chunk_size(n), n_threads)
+    for a, b in zip(out2[2:5], (stats, grad, info)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(out2[5], obj, rtol=1e-13, atol=1e-13)
+    assert np.all(out2[0] == 7.0) and np.all(out2[1] == 7.0)
 
 
-def test_em_pass_rejects_targets_of_the_wrong_shape(rng):
-    X, y, w, alpha, beta, var, R = _problem(rng, 20, 2, 3)
-    nc = 1
-    with pytest.raises(ValueError, match="R_in"):
-        _kernels.em_pass(X, y, w, alpha, beta, var, R[:10], np.empty((20, 3)), np.empty(20),
-                         np.empty((nc, 3, 10)), np.empty((nc, 2, 3)), np.empty((nc, 3, 6)),
-                         np.empty((nc, 3)), 20, 1)
+def test_em_pass_rejects_buffers_of_the_wrong_shape(rng):
+    X, y, w, alpha, beta, var, _ = _problem(rng, 20, 2, 3)
+    resp, row_ll, *rest = _em_buffers(20, 2, 3)
+    for bad, name in [((resp[:10], row_ll, *rest), "resp"), ((resp, row_ll[:5], *rest), "row_ll"),
+                      ((resp, row_ll, *rest[:3], rest[3][:, :1]), "obj")]:
+        with pytest.raises(ValueError, match=name):
+            _kernels.em_pass(X, y, w, alpha, beta, var, *bad, 20, 1)
 
 
 def test_e_step_without_stats_matches(rng):
@@ -174,16 +187,16 @@ def _em_buffers(n, d, K):
     q, p = d + 2, d + 1
     return (np.empty((n, K)), np.empty(n), np.empty((nc, K, q * (q + 1) // 2)),
             np.empty((nc, K - 1, p)), np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2)),
-            np.empty((nc, 3)))
+            np.empty((nc, 2)))
 
 
 @pytest.mark.parametrize("skip", [0, 2])
 def test_em_pass_skip_leaves_one_expert_out(rng, kernel_path, skip):
     n, d, K = 3000, 3, 3
-    X, y, w, alpha, beta, var, R = _problem(rng, n, d, K)
+    X, y, w, alpha, beta, var, _ = _problem(rng, n, d, K)
     full, part = _em_buffers(n, d, K), _em_buffers(n, d, K)
-    _kernels.em_pass(X, y, w, alpha, beta, var, R, *full, chunk_size(n), 2)
-    _kernels.em_pass(X, y, w, alpha, beta, var, R, *part, chunk_size(n), 2, skip)
+    _kernels.em_pass(X, y, w, alpha, beta, var, *full, chunk_size(n), 2)
+    _kernels.em_pass(X, y, w, alpha, beta, var, *part, chunk_size(n), 2, skip)
     stats, stats_skip = full[2], part[2]
     assert np.all(stats_skip[:, skip] == 0.0)
     others = [k for k in range(K) if k != skip]
@@ -191,20 +204,20 @@ def test_em_pass_skip_leaves_one_expert_out(rng, kernel_path, skip):
     for a, b in zip(full[:2] + full[3:], part[:2] + part[3:]):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="skip"):
-        _kernels.em_pass(X, y, w, alpha, beta, var, R, *part, chunk_size(n), 2, K)
+        _kernels.em_pass(X, y, w, alpha, beta, var, *part, chunk_size(n), 2, K)
 
 
 def test_the_two_kernel_paths_agree_to_rounding(rng):
     if not _kernels.simd_available():
         pytest.skip("this CPU has no AVX2/FMA")
     n, d, K = 5000, 4, 3
-    X, y, w, alpha, beta, var, R = _problem(rng, n, d, K)
+    X, y, w, alpha, beta, var, _ = _problem(rng, n, d, K)
     outs = []
     for simd in (True, False):
         previous = _kernels.set_simd(simd)
         try:
             out = _em_buffers(n, d, K)
-            _kernels.em_pass(X, y, w, alpha, beta, var, R, *out, chunk_size(n), 2)
+            _kernels.em_pass(X, y, w, alpha, beta, var, *out, chunk_size(n), 2)
         finally:
             _kernels.set_simd(previous)
         outs.append(out)
@@ -238,7 +251,7 @@ def test_gate_and_joint_exps_over_a_wide_range(rng, kernel_path, scale):
 
 def test_results_do_not_depend_on_thread_count(rng):
     n, d, K = 5000, 3, 3
-    X, y, w, alpha, beta, var, R = _problem(rng, n, d, K)
+    X, y, w, alpha, beta, var, _ = _problem(rng, n, d, K)
     chunk = chunk_size(n)
     nc = n_chunks(n, chunk)
     outs = []
@@ -246,9 +259,8 @@ def test_results_do_not_depend_on_thread_count(rng):
         stats = np.empty((nc, K, 15))
         lr, ll = np.empty((n, K)), np.empty(n)
         _kernels.e_step(X, y, w, alpha, beta, var, lr, ll, stats, chunk, nt)
-        fused = (np.empty((n, K)), np.empty(n), np.empty((nc, K, 15)), np.empty((nc, K - 1, 4)),
-                 np.empty((nc, 3, 10)), np.empty((nc, 3)))
-        _kernels.em_pass(X, y, w, alpha, beta, var, R, *fused, chunk, nt)
+        fused = _em_buffers(n, d, K)
+        _kernels.em_pass(X, y, w, alpha, beta, var, *fused, chunk, nt)
         outs.append([stats.sum(axis=0)] + [a.sum(axis=0) for a in fused])
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)

@@ -63,7 +63,10 @@ typedef struct {
     double* e;    /* (K, FM_B) responsibilities (fm_em_body) or targets (fm_gate_body) */
     double* ok;   /* (FM_B) 1 for a row in the block whose maxima are finite, else 0 */
     double* W;    /* (FM_B) its sample weight, 0 for a row left out */
-    double *mx, *s, *t, *lse, *lse2; /* (FM_B) row scalars */
+    double *mg, *sg; /* (FM_B) the gate logits' maximum and sum of exps (fm_softmax_block) */
+    double *mj, *sj; /* (FM_B) the same for the joint log-densities */
+    double* lse;     /* (FM_B) the gates' log-partition mg + log sg */
+    double* t;       /* (2, FM_B) temporary */
     double* D;    /* (M, FM_B) weights of the Gram matrices */
     double* G;    /* (nG, 4) their packed upper triangles, in 4 partial sums */
     double* grad; /* (K-1, p, 4) gradient, in 4 partial sums */
@@ -72,7 +75,7 @@ typedef struct {
 
 static int fm_scratch_alloc(fm_scratch* b, fm_int q, fm_int p, fm_int m, fm_int K, fm_int M,
                             fm_int nG) {
-    fm_int n_row = 7 + m + 2 * K + M;
+    fm_int n_row = 9 + m + 2 * K + M;
     size_t n = (size_t)(q * FM_B + n_row * FM_B + nG * 4 + (K - 1) * p * 4);
     double* mem = calloc(n, sizeof(double));
     if (!mem) return -1;
@@ -83,12 +86,13 @@ static int fm_scratch_alloc(fm_scratch* b, fm_int q, fm_int p, fm_int m, fm_int 
     b->e = b->pi + K * FM_B;
     b->ok = b->e + K * FM_B;
     b->W = b->ok + FM_B;
-    b->mx = b->W + FM_B;
-    b->s = b->mx + FM_B;
-    b->t = b->s + FM_B;
-    b->lse = b->t + FM_B;
-    b->lse2 = b->lse + FM_B;
-    b->D = b->lse2 + FM_B;
+    b->mg = b->W + FM_B;
+    b->sg = b->mg + FM_B;
+    b->mj = b->sg + FM_B;
+    b->sj = b->mj + FM_B;
+    b->lse = b->sj + FM_B;
+    b->t = b->lse + FM_B;
+    b->D = b->t + 2 * FM_B;
     b->G = b->D + M * FM_B;
     b->grad = b->G + nG * 4;
     return 0;
@@ -180,12 +184,11 @@ FM_INLINE void fm_affine_block(const double* coefT, fm_int m, fm_int p, const do
 }
 #endif
 
-/* lse = log sum_k exp(V[k]) and e (K, FM_B) = exp(V - lse) for the K columns
- * V (K, FM_B); ok is cleared where the maximum is not finite (those rows'
- * lse is not finite, their e is finite and meaningless) */
-FM_INLINE void fm_lse_block(fm_int K, const double* V, fm_scratch* b, double* e, double* lse,
-                            int simd) {
-    double *mx = b->mx, *s = b->s, *inv = b->t, *ok = b->ok;
+/* e (K, FM_B) = exp(V - mx) / S for the K columns V (K, FM_B): mx the rows'
+ * maximum, S = sum_k exp(V_k - mx), which lies in [1, K]; ok is cleared where
+ * mx is not finite (those rows' e and S are finite and meaningless) */
+FM_INLINE void fm_softmax_block(fm_int K, const double* V, double* ok, double* mx, double* S,
+                                double* e, double* inv, int simd) {
     for (int r = 0; r < FM_B; r++) mx[r] = -INFINITY;
     for (fm_int k = 0; k < K; k++)
         for (int r = 0; r < FM_B; r++) mx[r] = V[k * FM_B + r] > mx[r] ? V[k * FM_B + r] : mx[r];
@@ -194,33 +197,73 @@ FM_INLINE void fm_lse_block(fm_int K, const double* V, fm_scratch* b, double* e,
         for (int r = 0; r < FM_B; r++)
             e[k * FM_B + r] = ok[r] != 0.0 ? V[k * FM_B + r] - mx[r] : 0.0;
     fm_exp(e, K * FM_B, simd);
-    for (int r = 0; r < FM_B; r++) s[r] = 0.0;
+    for (int r = 0; r < FM_B; r++) S[r] = 0.0;
     for (fm_int k = 0; k < K; k++)
-        for (int r = 0; r < FM_B; r++) s[r] += e[k * FM_B + r];
-    for (int r = 0; r < FM_B; r++) inv[r] = 1.0 / s[r];
+        for (int r = 0; r < FM_B; r++) S[r] += e[k * FM_B + r];
+    for (int r = 0; r < FM_B; r++) inv[r] = 1.0 / S[r];
     for (fm_int k = 0; k < K; k++)
         for (int r = 0; r < FM_B; r++) e[k * FM_B + r] *= inv[r];
-    fm_log(s, FM_B, simd);
-    for (int r = 0; r < FM_B; r++) lse[r] = mx[r] + s[r];
 }
 
-/* the gates of the block: A[:K] = log pi, pi; ok cleared where the logits'
- * maximum is not finite */
-FM_INLINE void fm_gates_block(fm_int K, fm_scratch* b, int simd) {
-    fm_lse_block(K, b->A, b, b->pi, b->lse, simd);
+/* the gates of the block, from their logits A[:K]: pi, their maximum mg and
+ * sum of exps sg (fm_softmax_block); with logpi, A[:K] = log pi and lse =
+ * their log-partition mg + log sg */
+FM_INLINE void fm_gates_block(fm_int K, fm_scratch* b, int logpi, int simd) {
+    fm_softmax_block(K, b->A, b->ok, b->mg, b->sg, b->pi, b->t, simd);
+    if (!logpi) return;
+    for (int r = 0; r < FM_B; r++) b->lse[r] = b->sg[r];
+    fm_log(b->lse, FM_B, simd);
+    for (int r = 0; r < FM_B; r++) b->lse[r] += b->mg[r];
     for (fm_int k = 0; k < K; k++)
         for (int r = 0; r < FM_B; r++) b->A[k * FM_B + r] -= b->lse[r];
 }
 
+/* out[j] = sum_r W_r log x_j[r] over the rows of the block for the two
+ * columns x_0 = sj, x_1 = sg of sums of a softmax (in [1, K]); rows with
+ * W_r = 0 add nothing. With uniform (the rows with W_r != 0 share one weight
+ * w0, as unit sample weights do), the log of products: out[j] = w0 sum_l log
+ * prod_{r = l mod 4} x_j[r], one log per 8 rows (a product of 8 values in
+ * [1, K] does not overflow); else a log per row, left in tmp (2, FM_B) for
+ * the rows with ok (1 elsewhere). The two differ only in rounding. */
+FM_INLINE void fm_wlogsum2(const double* ok, const double* W, int uniform, double w0,
+                           const double* sj, const double* sg, double* tmp, double* out,
+                           int simd) {
+    if (uniform) {
+        double prod[8] = {1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0};
+        for (int v = 0; v < FM_B; v += 4)
+            for (int l = 0; l < 4; l++) {
+                prod[l] *= W[v + l] != 0.0 ? sj[v + l] : 1.0;
+                prod[4 + l] *= W[v + l] != 0.0 ? sg[v + l] : 1.0;
+            }
+        fm_log(prod, 8, simd);
+        out[0] = w0 * ((prod[0] + prod[1]) + (prod[2] + prod[3]));
+        out[1] = w0 * ((prod[4] + prod[5]) + (prod[6] + prod[7]));
+        return;
+    }
+    for (int r = 0; r < FM_B; r++) {
+        tmp[r] = ok[r] != 0.0 ? sj[r] : 1.0;
+        tmp[FM_B + r] = ok[r] != 0.0 ? sg[r] : 1.0;
+    }
+    fm_log(tmp, 2 * FM_B, simd);
+    double a = 0.0, c = 0.0;
+    for (int r = 0; r < FM_B; r++) {
+        a += W[r] * tmp[r];
+        c += W[r] * tmp[FM_B + r];
+    }
+    out[0] = a;
+    out[1] = c;
+}
+
 /* the block of rows from i0 (returns how many): its rows by column, the m
- * affine functions of coefT, the K gates first, and the gates */
+ * affine functions of coefT, the K gates first, and the gates
+ * (fm_gates_block) */
 FM_INLINE fm_int fm_start_block(fm_int i0, fm_int n, fm_int d, const double* X, const double* y,
                                 const double* coefT, fm_int m, fm_int K, fm_scratch* b,
-                                int simd) {
+                                int logpi, int simd) {
     fm_int nb = n - i0 < FM_B ? n - i0 : FM_B;
     fm_load_block(nb, d, X + i0 * d, y ? y + i0 : NULL, b, simd);
     fm_affine_block(coefT, m, d + 1, b->ZT, b->A);
-    fm_gates_block(K, b, simd);
+    fm_gates_block(K, b, logpi, simd);
     return nb;
 }
 
@@ -264,7 +307,7 @@ FM_INLINE void fm_dot4(const double* x, const double* y, double* g) {
  * HW (J, FM_B) = the weights of xt_r xt_r^T in the information blocks,
  * W_r s_r pi_ra (delta_ab - pi_rb); s_r = sum_k R_rk */
 FM_INLINE void fm_newton_block(fm_int K, fm_int p, const double* R, fm_scratch* b, double* HW) {
-    double *ws = b->s, *ca = b->t;
+    double *ws = b->t, *ca = b->t + FM_B;
     const double *W = b->W, *pi = b->pi;
     for (int r = 0; r < FM_B; r++) ws[r] = 0.0;
     for (fm_int k = 0; k < K; k++)
@@ -311,61 +354,81 @@ FM_INLINE void fm_gram_block(fm_int M, fm_int Ms, fm_int n1, fm_int n2, const fm
 }
 
 /* The fused EM pass over n rows (see the top of the file). resp (n, K):
- * responsibilities, or their logs if log_out; row_ll (n,). stats may be NULL;
- * stats[skip] is left zero (the caller derives it: the weights of the experts
- * sum to w), or none when skip is -1;
- * grad, info and obj are NULL together or not: obj[0] = sum_i w_i row_ll_i,
- * obj[1] = the gate objective at the gates for the new responsibilities,
- * obj[2] = that for the targets R_in (n, K) (0 when R_in is NULL). */
+ * responsibilities, or their logs if log_out, or NULL (not written); row_ll
+ * (n,) or NULL; stats may be NULL; stats[skip] is left zero (the caller
+ * derives it: the weights of the experts sum to w), or none when skip is -1;
+ * grad and info are NULL together or not; obj (2,) or NULL: obj[0] = sum_i
+ * w_i row_ll_i, obj[1] = sum_i w_i lse_i, lse_i = log sum_k exp(the gate
+ * logits of row i). For targets R whose rows sum to 1 the gate objective is
+ * sum_k alpha_k . (sum_i w_i R_ik xt_i) - obj[1]: the caller takes the sums
+ * from the first rows of the Gram matrices. */
 FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const double* y,
                             const double* w, const double* coefT, const double* lnorm,
-                            const double* inv_var, const double* R_in, double* resp,
-                            int log_out, double* row_ll, double* stats, fm_int skip,
-                            double* grad, double* info, double* obj, int simd) {
+                            const double* inv_var, double* resp, int log_out, double* row_ll,
+                            double* stats, fm_int skip, double* grad, double* info, double* obj,
+                            int simd) {
     fm_int p = d + 1, q = d + 2, J = K * (K - 1) / 2, T = q * (q + 1) / 2, Tp = p * (p + 1) / 2;
     int want_stats = stats != NULL, want_gate = grad != NULL;
+    int per_row = row_ll != NULL || (resp != NULL && log_out);
     fm_int Ks = want_stats ? (skip >= 0 ? K - 1 : K) : 0, M = Ks + (want_gate ? J : 0);
     fm_scratch b;
     if (fm_scratch_alloc(&b, q, p, 2 * K, K, M, Ks * T + (want_gate ? J * Tp : 0))) return n;
-    double *A = b.A, *E = b.e, *ZT = b.ZT;
+    double *A = b.A, *E = b.e, *ZT = b.ZT, *W = b.W;
     fm_int bad = 0;
-    double ll = 0.0, q_new = 0.0, q_in = 0.0;
+    double ll = 0.0, part = 0.0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
-        fm_int nb = fm_start_block(i0, n, d, X, y, coefT, 2 * K, K, &b, simd);
-        for (fm_int k = 0; k < K; k++) { /* joint log-densities, in place of the means */
-            const double *lp = A + k * FM_B, *yb = ZT + (q - 1) * FM_B;
+        fm_int nb = fm_start_block(i0, n, d, X, y, coefT, 2 * K, K, &b, 0, simd);
+        for (fm_int k = 0; k < K; k++) { /* logit + log density, in place of the means */
+            const double *g = A + k * FM_B, *yb = ZT + (q - 1) * FM_B;
             double* mj = A + (K + k) * FM_B;
             for (int r = 0; r < FM_B; r++) {
                 double res = yb[r] - mj[r];
-                mj[r] = lp[r] + lnorm[k] - 0.5 * res * res * inv_var[k];
+                mj[r] = g[r] + lnorm[k] - 0.5 * res * res * inv_var[k];
             }
         }
-        fm_lse_block(K, A + K * FM_B, &b, E, b.lse2, simd);
+        /* the responsibilities: a softmax of the joint log-densities, whose
+         * log-sum-exp minus the gates' is the row's log-likelihood */
+        fm_softmax_block(K, A + K * FM_B, b.ok, b.mj, b.sj, E, b.t, simd);
+        int uniform = !per_row;
+        double w0 = 0.0;
         for (fm_int r = 0; r < FM_B; r++) {
             fm_int i = i0 + r;
-            b.W[r] = 0.0;
+            W[r] = 0.0;
             if (r >= nb) continue;
             if (b.ok[r] == 0.0) {
-                row_ll[i] = NAN;
+                if (row_ll) row_ll[i] = NAN;
                 bad++;
                 fm_drop_row(r, q, &b);
                 continue;
             }
-            double lse = b.lse2[r], wi = w[i];
-            double* out = resp + i * K;
-            b.W[r] = wi;
-            row_ll[i] = lse;
-            ll += wi * lse;
-            if (log_out)
-                for (fm_int k = 0; k < K; k++) out[k] = A[(K + k) * FM_B + r] - lse;
-            else
-                for (fm_int k = 0; k < K; k++) out[k] = E[k * FM_B + r];
-            if (R_in) q_in += fm_weighted_log(wi, R_in + i * K, 1, A + r, K);
-            if (want_gate) q_new += fm_weighted_log(wi, E + r, FM_B, A + r, K);
+            W[r] = w[i];
+            if (w0 == 0.0)
+                w0 = w[i];
+            else if (w[i] != 0.0 && w[i] != w0)
+                uniform = 0;
+            if (resp && !log_out)
+                for (fm_int k = 0; k < K; k++) resp[i * K + k] = E[k * FM_B + r];
         }
+        double logs[2], shift = 0.0, lg = 0.0;
+        fm_wlogsum2(b.ok, W, uniform, w0, b.sj, b.sg, b.t, logs, simd);
+        for (int r = 0; r < FM_B; r++) {
+            shift += W[r] != 0.0 ? W[r] * (b.mj[r] - b.mg[r]) : 0.0;
+            lg += W[r] != 0.0 ? W[r] * b.mg[r] : 0.0;
+        }
+        ll += shift + (logs[0] - logs[1]);
+        part += lg + logs[1];
+        if (per_row) /* fm_wlogsum2 left the rows' logs in b.t */
+            for (fm_int r = 0; r < nb; r++) {
+                if (b.ok[r] == 0.0) continue;
+                fm_int i = i0 + r;
+                double lse = b.mj[r] + b.t[r];
+                if (row_ll) row_ll[i] = lse - (b.mg[r] + b.t[FM_B + r]);
+                if (resp && log_out)
+                    for (fm_int k = 0; k < K; k++) resp[i * K + k] = A[(K + k) * FM_B + r] - lse;
+            }
         for (fm_int k = 0, kk = 0; k < K && want_stats; k++) {
             if (k == skip) continue;
-            for (int r = 0; r < FM_B; r++) b.D[kk * FM_B + r] = b.W[r] * E[k * FM_B + r];
+            for (int r = 0; r < FM_B; r++) b.D[kk * FM_B + r] = W[r] * E[k * FM_B + r];
             kk++;
         }
         if (want_gate) fm_newton_block(K, p, E, &b, b.D + Ks * FM_B);
@@ -380,9 +443,10 @@ FM_INLINE fm_int fm_em_body(fm_int n, fm_int d, fm_int K, const double* X, const
     if (want_gate) {
         fm_lanes_out(J * Tp, b.G + Ks * T * 4, info);
         fm_lanes_out((K - 1) * p, b.grad, grad);
+    }
+    if (obj) {
         obj[0] = ll;
-        obj[1] = q_new;
-        obj[2] = q_in;
+        obj[1] = part;
     }
     free(b.mem);
     return bad;
@@ -406,7 +470,7 @@ FM_INLINE fm_int fm_gate_body(fm_int n, fm_int d, fm_int K, const double* X, con
     fm_int bad = 0;
     double acc = 0.0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
-        fm_int nb = fm_start_block(i0, n, d, X, NULL, coefT, K, K, &b, simd);
+        fm_int nb = fm_start_block(i0, n, d, X, NULL, coefT, K, K, &b, 1, simd);
         for (fm_int r = 0; r < FM_B; r++) {
             fm_int i = i0 + r;
             b.W[r] = 0.0;
@@ -443,7 +507,7 @@ FM_INLINE fm_int fm_log_proba_body(fm_int n, fm_int d, fm_int K, const double* X
     if (fm_scratch_alloc(&b, p, p, K, K, 0, 0)) return n;
     fm_int bad = 0;
     for (fm_int i0 = 0; i0 < n; i0 += FM_B) {
-        fm_int nb = fm_start_block(i0, n, d, X, NULL, coefT, K, K, &b, simd);
+        fm_int nb = fm_start_block(i0, n, d, X, NULL, coefT, K, K, &b, 1, simd);
         for (fm_int r = 0; r < nb; r++) {
             bad += b.ok[r] == 0.0;
             for (fm_int k = 0; k < K; k++) out[(i0 + r) * K + k] = b.A[k * FM_B + r];
@@ -456,10 +520,10 @@ FM_INLINE fm_int fm_log_proba_body(fm_int n, fm_int d, fm_int K, const double* X
 /* the two compilations of each body */
 static fm_int fm_em_chunk_plain(fm_int n, fm_int d, fm_int K, const double* X, const double* y,
                                 const double* w, const double* coefT, const double* lnorm,
-                                const double* inv_var, const double* R_in, double* resp,
+                                const double* inv_var, double* resp,
                                 int log_out, double* row_ll, double* stats, fm_int skip,
                                 double* grad, double* info, double* obj) {
-    return fm_em_body(n, d, K, X, y, w, coefT, lnorm, inv_var, R_in, resp, log_out, row_ll,
+    return fm_em_body(n, d, K, X, y, w, coefT, lnorm, inv_var, resp, log_out, row_ll,
                       stats, skip, grad, info, obj, 0);
 }
 
@@ -477,11 +541,10 @@ static fm_int fm_log_proba_plain(fm_int n, fm_int d, fm_int K, const double* X,
 #if FM_HAVE_AVX2_PATH
 FM_AVX2 static fm_int fm_em_chunk_avx2(fm_int n, fm_int d, fm_int K, const double* X,
                                        const double* y, const double* w, const double* coefT,
-                                       const double* lnorm, const double* inv_var,
-                                       const double* R_in, double* resp, int log_out,
+                                       const double* lnorm, const double* inv_var, double* resp, int log_out,
                                        double* row_ll, double* stats, fm_int skip,
                                        double* grad, double* info, double* obj) {
-    return fm_em_body(n, d, K, X, y, w, coefT, lnorm, inv_var, R_in, resp, log_out, row_ll,
+    return fm_em_body(n, d, K, X, y, w, coefT, lnorm, inv_var, resp, log_out, row_ll,
                       stats, skip, grad, info, obj, 1);
 }
 

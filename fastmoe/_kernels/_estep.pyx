@@ -3,14 +3,15 @@
 log-densities, the E-step, the gate Newton statistics and objective, and
 ``em_pass``, which fuses an EM iteration into one pass over the rows
 (log-likelihood, responsibilities, the weighted statistics of the expert
-update, the gate Newton statistics at the current gates, and the ascent check
-of the gate step that produced them).
+update, the gate Newton statistics at the current gates, and the gates'
+log-partition, from which the caller computes the gate objective and the
+ascent check of the gate step that produced them).
 
 The passes are C (``_estep.h``), driven from here in parallel over chunks of
 rows. They take the rows in blocks of 32, stored by column, so that every
 step is a vectorised loop over the rows; the exps and logs of a block are
-taken together, with a vector exp and log on the AVX2/FMA path; the weighted
-outer products are added in register tiles. Each pass is compiled twice from
+taken together, with a vector exp and log on the AVX2/FMA path; each
+weighted Gram matrix is a set of dot products over the block's rows. Each pass is compiled twice from
 the same body, for AVX2/FMA (chosen at run time when the CPU has it) and for
 the baseline (``set_simd`` forces it; the tests run both).
 
@@ -63,12 +64,12 @@ cdef extern from "_estep.h" nogil:
     int fm_cpu_has_avx2()
     fm_int fm_em_chunk_plain(fm_int n, fm_int d, fm_int K, const f8* X, const f8* y,
                              const f8* w, const f8* coefT, const f8* lnorm, const f8* inv_var,
-                             const f8* R_in, f8* resp, int log_out, f8* row_ll, f8* stats,
-                             fm_int skip, f8* grad, f8* info, f8* obj)
+                             f8* resp, int log_out, f8* row_ll, f8* stats, fm_int skip,
+                             f8* grad, f8* info, f8* obj)
     fm_int fm_em_chunk_avx2(fm_int n, fm_int d, fm_int K, const f8* X, const f8* y,
                             const f8* w, const f8* coefT, const f8* lnorm, const f8* inv_var,
-                            const f8* R_in, f8* resp, int log_out, f8* row_ll, f8* stats,
-                            fm_int skip, f8* grad, f8* info, f8* obj)
+                            f8* resp, int log_out, f8* row_ll, f8* stats, fm_int skip,
+                            f8* grad, f8* info, f8* obj)
     fm_int fm_gate_chunk_plain(fm_int n, fm_int d, fm_int K, const f8* X, const f8* w,
                                const f8* R, const f8* coefT, f8* grad, f8* info, f8* obj)
     fm_int fm_gate_chunk_avx2(fm_int n, fm_int d, fm_int K, const f8* X, const f8* w,
@@ -112,52 +113,54 @@ def e_step(
 
     Returns the number of rows with a non-finite log-likelihood.
     """
-    return _e_step(X, y, w, alpha, beta, var, None, log_resp, True, row_ll, stats, -1,
-                   None, None, None, chunk, n_threads)
+    return _e_step(X, y, w, alpha, beta, var, log_resp, True, row_ll, stats, -1, None, None,
+                   None, chunk, n_threads)
 
 
 def em_pass(
     const f8[:, ::1] X, const f8[::1] y, const f8[::1] w,
     const f8[:, ::1] alpha, const f8[:, ::1] beta, const f8[::1] var,
-    const f8[:, ::1] R_in, f8[:, ::1] resp, f8[::1] row_ll, f8[:, :, ::1] stats,
-    f8[:, :, ::1] grad, f8[:, :, ::1] info, f8[:, ::1] obj,
-    Py_ssize_t chunk, int n_threads, Py_ssize_t skip=-1,
+    f8[:, ::1] resp, f8[::1] row_ll, f8[:, :, ::1] stats, f8[:, :, ::1] grad,
+    f8[:, :, ::1] info, f8[:, ::1] obj, Py_ssize_t chunk, int n_threads, Py_ssize_t skip=-1,
 ):
     """One pass of an EM iteration: the E-step, the statistics of the expert
     update and the gate Newton statistics, fused.
 
     As :func:`e_step`, and
-    R_in (n, K) : IN the previous responsibilities (the targets of the gate
-        step that produced ``alpha``), or an array with n == 0.
-    resp (n, K) : OUT responsibilities (not their logs).
+    resp (n, K) : OUT responsibilities (not their logs), or an array with
+        n == 0 (not written).
+    row_ll (n,) : OUT as e_step, or an array with n == 0 (not written).
     grad (n_chunks, K-1, d+1), info (n_chunks, J, Tx) : OUT the gate Newton
         statistics at ``alpha`` for the targets ``resp``, as gate_newton_stats.
-    obj (n_chunks, 3) : OUT per chunk, the weighted log-likelihood
-        sum_i w_i row_ll_i, the gate objective at ``alpha`` for the targets
-        ``resp``, and that for the targets ``R_in`` (0 without R_in): the
-        check of the gate step that produced ``alpha``.
+    obj (n_chunks, 2) : OUT per chunk, the weighted log-likelihood
+        sum_i w_i row_ll_i and the gates' log-partition sum_i w_i lse_i,
+        lse_i = log sum_k exp(alpha_k . xt_i). For targets R whose rows sum to
+        1, the gate objective sum_i w_i sum_k R_ik log pi_ik is
+        sum_k alpha_k . (sum_i w_i R_ik xt_i) - sum_i w_i lse_i: the first
+        row of an expert's Gram matrix in ``stats`` holds its sum.
     skip : an expert whose statistics are left zero, or -1 (none). The caller
         derives them: the weighted Gram matrix of z summed over the experts
         does not depend on the parameters.
     """
     if not -1 <= skip < alpha.shape[0]:
         raise ValueError(f"skip must be -1 or an expert index; got {skip}")
-    return _e_step(X, y, w, alpha, beta, var, R_in if R_in.shape[0] > 0 else None, resp,
-                   False, row_ll, stats, skip, grad, info, obj, chunk, n_threads)
+    return _e_step(X, y, w, alpha, beta, var, resp, False, row_ll, stats, skip, grad, info, obj,
+                   chunk, n_threads)
 
 
 cdef Py_ssize_t _e_step(
     const f8[:, ::1] X, const f8[::1] y, const f8[::1] w,
     const f8[:, ::1] alpha, const f8[:, ::1] beta, const f8[::1] var,
-    const f8[:, ::1] R_in, f8[:, ::1] resp, bint log_out, f8[::1] row_ll,
-    f8[:, :, ::1] stats, Py_ssize_t skip, f8[:, :, ::1] grad, f8[:, :, ::1] info,
-    f8[:, ::1] obj, Py_ssize_t chunk, int n_threads,
+    f8[:, ::1] resp, bint log_out, f8[::1] row_ll, f8[:, :, ::1] stats, Py_ssize_t skip,
+    f8[:, :, ::1] grad, f8[:, :, ::1] info, f8[:, ::1] obj, Py_ssize_t chunk, int n_threads,
 ) except -1:
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = alpha.shape[0]
     cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
     cdef bint want_stats = stats.shape[0] > 0
     cdef bint want_gate = grad is not None
-    cdef bint check = R_in is not None
+    cdef bint want_obj = obj is not None
+    cdef bint want_resp = resp.shape[0] > 0
+    cdef bint want_ll = row_ll.shape[0] > 0
     cdef bint simd = _use_simd
     cdef Py_ssize_t c, lo, m, bad = 0
     cdef f8[::1] lnorm, inv_var
@@ -166,8 +169,14 @@ cdef Py_ssize_t _e_step(
     cdef f8* gr
     cdef f8* inf
     cdef f8* ob
-    if check and (R_in.shape[0] != n or R_in.shape[1] != K):
-        raise ValueError("R_in must be (n, K)")
+    cdef f8* rs
+    cdef f8* rl
+    if want_resp and (resp.shape[0] != n or resp.shape[1] != K):
+        raise ValueError(f"resp must be ({n}, {K}) or empty; got ({resp.shape[0]}, {resp.shape[1]})")
+    if want_ll and row_ll.shape[0] != n:
+        raise ValueError(f"row_ll must be ({n},) or empty; got ({row_ll.shape[0]},)")
+    if want_obj and (obj.shape[0] != n_chunks or obj.shape[1] != 2):
+        raise ValueError(f"obj must be ({n_chunks}, 2); got ({obj.shape[0]}, {obj.shape[1]})")
     lnorm, inv_var = _gauss_constants(var)
     for c in prange(n_chunks, nogil=True, schedule="dynamic", num_threads=n_threads):
         lo = c * chunk
@@ -175,15 +184,17 @@ cdef Py_ssize_t _e_step(
         st = &stats[c, 0, 0] if want_stats else NULL
         gr = &grad[c, 0, 0] if want_gate else NULL
         inf = &info[c, 0, 0] if want_gate else NULL
-        ob = &obj[c, 0] if want_gate else NULL
+        ob = &obj[c, 0] if want_obj else NULL
+        rs = &resp[lo, 0] if want_resp else NULL
+        rl = &row_ll[lo] if want_ll else NULL
         if simd:
             bad += fm_em_chunk_avx2(m, d, K, &X[lo, 0], &y[lo], &w[lo], &coefT[0, 0],
-                                    &lnorm[0], &inv_var[0], &R_in[lo, 0] if check else NULL,
-                                    &resp[lo, 0], log_out, &row_ll[lo], st, skip, gr, inf, ob)
+                                    &lnorm[0], &inv_var[0], rs, log_out, rl, st, skip, gr, inf,
+                                    ob)
         else:
             bad += fm_em_chunk_plain(m, d, K, &X[lo, 0], &y[lo], &w[lo], &coefT[0, 0],
-                                     &lnorm[0], &inv_var[0], &R_in[lo, 0] if check else NULL,
-                                     &resp[lo, 0], log_out, &row_ll[lo], st, skip, gr, inf, ob)
+                                     &lnorm[0], &inv_var[0], rs, log_out, rl, st, skip, gr, inf,
+                                     ob)
     return bad
 
 def gate_newton_stats(
