@@ -8,12 +8,13 @@ Used by the local EM fits and by the gate refit of the reduction.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _kernels
-from ._linalg import chunk_size, n_chunks, solve_psd, unpack_sym
+from ._linalg import chunk_size, n_chunks, solve_psd, unpacking_index
 
 MAX_HALVINGS = 30
 
@@ -36,18 +37,29 @@ def gate_objective(X, w, R, alpha, chunk, nc, n_threads) -> float:
         return float(obj.sum())
 
 
-def assemble_newton(grad, info, K: int, p: int):
-    """Gradient (flattened (K-1)p) and information matrix ((K-1)p, (K-1)p) from
-    the kernels' per-chunk accumulators, summed in chunk order."""
-    blocks = unpack_sym(info.sum(axis=0), p)
-    H = np.zeros(((K - 1) * p, (K - 1) * p))
+@functools.cache
+def _information_layout(K: int, p: int) -> np.ndarray:
+    """((K-1)p * (K-1)p,) the position of each entry of the information matrix
+    in the kernels' packed blocks (J, p(p+1)/2) flattened: block (a, b),
+    a <= b < K-1 in row-major order, and its mirror image."""
+    T = p * (p + 1) // 2
+    within = unpacking_index(p).reshape(p, p)
+    where = np.empty(((K - 1) * p, (K - 1) * p), dtype=np.intp)
     jj = 0
     for a in range(K - 1):
         for b in range(a, K - 1):
-            H[a * p:(a + 1) * p, b * p:(b + 1) * p] = blocks[jj]
-            H[b * p:(b + 1) * p, a * p:(a + 1) * p] = blocks[jj]
+            where[a * p:(a + 1) * p, b * p:(b + 1) * p] = jj * T + within
+            where[b * p:(b + 1) * p, a * p:(a + 1) * p] = jj * T + within
             jj += 1
-    return grad.sum(axis=0).ravel(), H
+    where.setflags(write=False)
+    return where.ravel()
+
+
+def assemble_newton(grad, info, K: int, p: int):
+    """Gradient (flattened (K-1)p) and information matrix ((K-1)p, (K-1)p) from
+    the kernels' per-chunk accumulators, summed in chunk order."""
+    H = info.sum(axis=0).ravel()[_information_layout(K, p)]
+    return grad.sum(axis=0).ravel(), H.reshape((K - 1) * p, (K - 1) * p)
 
 
 def newton_system(X, w, R, alpha, chunk, nc, n_threads):

@@ -281,6 +281,32 @@ def test_serial_and_parallel_variants_have_separate_disk_cache_entries():
         assert kernel.serial.py_func.__qualname__ != kernel.parallel.py_func.__qualname__
 
 
+@pytest.mark.parametrize("q", [1, 2, 7, 22])
+def test_spd_solve_against_numpy(rng, q):
+    """The compiled fast path of solve_psd: stacks of well-conditioned systems
+    solved as numpy solves them; False for a singular, an ill-conditioned or
+    an indefinite system anywhere in the stack."""
+    M = rng.standard_normal((3, q, 3 * q + 2)) * rng.uniform(0.01, 100.0, (3, q, 1))
+    A = M @ M.transpose(0, 2, 1)
+    b = rng.standard_normal((3, q))
+    x = np.empty((3, q))
+    assert _kernels.spd_solve(A, b, x, 1e8)
+    np.testing.assert_allclose(x, np.linalg.solve(A, b[..., None])[..., 0], rtol=1e-10)
+    if q == 1:
+        return
+    singular = A.copy()
+    singular[1, :, -1] = singular[1, :, 0]
+    singular[1, -1, :] = singular[1, 0, :]
+    ill = A.copy()
+    ill[2] += 1e12 * A[2].max() * np.ones((q, q))  # condition number about 1e12
+    indefinite = A.copy()
+    indefinite[0, 0, 1] = indefinite[0, 1, 0] = 2 * np.sqrt(A[0, 0, 0] * A[0, 1, 1])
+    for bad in (singular, ill, indefinite):
+        assert not _kernels.spd_solve(bad, b, x, 1e8)
+    with pytest.raises(ValueError, match="spd_solve"):
+        _kernels.spd_solve(A, b[:2], x, 1e8)
+
+
 def test_solve_psd_paths_and_stacks(rng):
     A = rng.standard_normal((6, 30))
     A = A @ A.T  # well conditioned: the inverse path

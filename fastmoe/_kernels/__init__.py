@@ -4,7 +4,8 @@ C driven by Cython (ahead of time), each with an AVX2/FMA path chosen at run
 time and a plain path (``set_simd``): ``e_step``, ``em_pass`` (the fused EM
 pass), ``gate_newton_stats``, ``gate_objective``, ``gate_log_proba``
 (``_estep.h``): everything a local fit and a prediction run; and ``mm_pass``,
-the reduction's assignment step (``_reduce.h``). Cython: ``expert_log_density``.
+the reduction's assignment step (``_reduce.h``). Cython: ``expert_log_density``,
+``spd_solve`` (the fast path of ``_linalg.solve_psd`` for small systems).
 numba (cached JIT): ``local_support``, the local weights and means on the
 support, run only at the server.
 Each kernel has exactly one implementation; module docstrings say why which.
@@ -20,6 +21,7 @@ from ._estep import (
     gate_log_proba,
     gate_newton_stats,
     gate_objective,
+    spd_solve,
 )
 from ._reduce import KL, W2, mm_pass, simd_available
 from ._support import local_support
@@ -57,4 +59,5 @@ __all__ = [
     "gate_log_proba",
     "gate_newton_stats",
     "gate_objective",
+    "spd_solve",
 ]

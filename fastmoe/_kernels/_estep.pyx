@@ -37,7 +37,7 @@ Conventions (all kernels):
 """
 
 from cython.parallel cimport prange
-from libc.math cimport log
+from libc.math cimport log, sqrt
 
 import numpy as np
 
@@ -297,3 +297,83 @@ def expert_log_density(
             r = y[i] - out[i, k]
             out[i, k] = lnorm[k] - 0.5 * r * r * inv_var[k]
     return 0
+
+
+
+def spd_solve(const f8[:, :, ::1] A, const f8[:, ::1] b, f8[:, ::1] x, double cond_limit):
+    """OUT x[s] = A[s]^-1 b[s] for a stack of symmetric positive definite
+    systems, by Cholesky after scaling each to unit diagonal (the fast path
+    of ``_linalg.solve_psd``, without numpy's per-call cost on small systems).
+
+    Returns False, x undefined, as soon as a scaled system is not numerically
+    positive definite or its Frobenius condition number ||S||_F ||S^-1||_F
+    is not below ``cond_limit``; the caller then decomposes. Reads the lower
+    triangles of A. O(q^3) per system without blocking: for small q.
+    """
+    cdef Py_ssize_t m = A.shape[0], q = A.shape[1], s
+    cdef bint ok = True
+    cdef f8[:, ::1] L = np.empty((q, q))
+    cdef f8[::1] dg = np.empty(q)
+    cdef f8[::1] z = np.empty(q)
+    if A.shape[2] != q or b.shape[0] != m or b.shape[1] != q or x.shape[0] != m \
+            or x.shape[1] != q:
+        raise ValueError("spd_solve needs A (m, q, q), b (m, q) and x (m, q)")
+    with nogil:
+        for s in range(m):
+            ok = _spd_solve_one(q, &A[s, 0, 0], &b[s, 0], &x[s, 0], &L[0, 0], &dg[0], &z[0],
+                                cond_limit)
+            if not ok:
+                break
+    return bool(ok)
+
+
+cdef bint _spd_solve_one(Py_ssize_t q, const f8* A, const f8* b, f8* x, f8* L, f8* dg, f8* z,
+                         double cond_limit) noexcept nogil:
+    """One system of spd_solve; L (q, q), dg and z (q,) are scratch."""
+    cdef Py_ssize_t i, j, k
+    cdef f8 acc, norm_s = 0.0, norm_inv = 0.0
+    for i in range(q):
+        if not A[i * q + i] > 0.0:
+            return False
+        dg[i] = sqrt(A[i * q + i])
+    # S = D^-1 A D^-1 = L L^T, row by row, and the Frobenius norm of S
+    for i in range(q):
+        for j in range(i + 1):
+            acc = A[i * q + j] / (dg[i] * dg[j])
+            norm_s += (1.0 if i == j else 2.0) * acc * acc
+            for k in range(j):
+                acc -= L[i * q + k] * L[j * q + k]
+            if i == j:
+                if not acc > 0.0:
+                    return False
+                L[i * q + i] = sqrt(acc)
+            else:
+                L[i * q + j] = acc / L[j * q + j]
+    # z = L^-1 D^-1 b, then x = D^-1 L^-T z
+    for i in range(q):
+        acc = b[i] / dg[i]
+        for k in range(i):
+            acc -= L[i * q + k] * z[k]
+        z[i] = acc / L[i * q + i]
+    for i in range(q - 1, -1, -1):
+        acc = z[i]
+        for k in range(i + 1, q):
+            acc -= L[k * q + i] * x[k]
+        x[i] = acc / L[i * q + i]
+    for i in range(q):
+        x[i] = x[i] / dg[i]
+    # L^-1 in place, row by row; S^-1 = L^-T L^-1 and its Frobenius norm
+    for i in range(q):
+        L[i * q + i] = 1.0 / L[i * q + i]
+        for j in range(i):
+            acc = 0.0
+            for k in range(j, i):
+                acc -= L[i * q + k] * L[k * q + j]
+            L[i * q + j] = acc * L[i * q + i]
+    for i in range(q):
+        for j in range(i + 1):
+            acc = 0.0
+            for k in range(i, q):
+                acc += L[k * q + i] * L[k * q + j]
+            norm_inv += (1.0 if i == j else 2.0) * acc * acc
+    return sqrt(norm_s) * sqrt(norm_inv) < cond_limit
