@@ -114,7 +114,7 @@ class EMData:
         self.nc = n_chunks(n, self.chunk)
         q, p, K = d + 2, d + 1, n_experts
         self.resp = np.empty((n, K))
-        self.targets = np.empty((n, K))  # the responsibilities of the previous E-step
+        self.resp_at = None  # the parameters of the responsibilities in resp
         self.stats = np.empty((self.nc, K, q * (q + 1) // 2))
         self.grad = np.empty((self.nc, K - 1, p))
         self.info = np.empty((self.nc, (K - 1) * K // 2, p * (p + 1) // 2))
@@ -126,40 +126,59 @@ class EMData:
         self.total_gram = weighted_gram(X, self.y, w, np.ones((n, 1)))[0]
         self.G = None  # the experts' Gram matrices of the last pass
         self.log_partition = None  # sum_i w_i log sum_k exp(alpha_k . xt_i), from it
+        self.params = None  # its (alpha, beta, var)
 
-    def e_step(self, alpha, beta, var) -> float:
+    def e_step(self, alpha, beta, var, keep_resp: bool = False) -> float:
         """One fused pass (``_kernels.em_pass``) at (alpha, beta, var): returns
-        the weighted log-likelihood and fills resp, the experts' Gram matrices
-        G, the gates' log-partition and the gate Newton statistics at alpha for
-        the targets resp."""
-        skip = -1 if self.G is None else int(np.argmax(self.G[:, 0, 0]))
-        self.G = None
-        bad = _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, self.resp,
-                               np.empty(0), self.stats, self.grad, self.info, self.obj,
-                               self.chunk, self.n_threads, skip)
-        if bad:
-            raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite; "
-                                     "the parameters overflowed (rescale X or y).")
-        self.G = self._gram(skip)
-        self.log_partition = float(self.obj[:, 1].sum())
-        return float(self.obj[:, 0].sum())
+        the weighted log-likelihood and holds the experts' Gram matrices G, the
+        gates' log-partition and the gate Newton statistics at alpha for the
+        pass's responsibilities, which it writes to resp only with
+        ``keep_resp`` (see ``responsibilities``).
 
-    def _gram(self, skip: int) -> np.ndarray:
-        """(K, d+2, d+2) sum_i w_i r_ik z_i z_i^T from the pass that left out
-        expert ``skip`` (-1: none). Its matrix is the total minus the others',
-        whose rounding error is relative to the total: where the expert lost
-        most of its weight since the last pass (below 1/(4K) of the total), it
-        is summed directly instead."""
+        From the second pass on, the heaviest expert of the last pass is left
+        out of the kernel and its Gram matrix is the total minus the others',
+        whose rounding error is relative to the total: where that expert lost
+        most of its weight (below 1/(4K) of the total), the pass is redone with
+        every expert summed."""
+        skip = -1 if self.G is None else int(np.argmax(self.G[:, 0, 0]))
+        self.G = self.params = None
+        self.resp_at = None
+        self._pass(alpha, beta, var, keep_resp, skip)
         G = unpack_sym(self.stats.sum(axis=0), self.d + 2)
         if skip >= 0:
             G[skip] = self.total_gram - G.sum(axis=0)
             if not G[skip, 0, 0] >= self.total_weight / (4 * self.K):
-                G[skip] = weighted_gram(self.X, self.y, self.w, self.resp[:, skip:skip + 1])[0]
-        return G
+                self._pass(alpha, beta, var, keep_resp, -1)
+                G = unpack_sym(self.stats.sum(axis=0), self.d + 2)
+        self.G, self.params = G, (alpha, beta, var)
+        if keep_resp:
+            self.resp_at = self.params
+        self.log_partition = float(self.obj[:, 1].sum())
+        return float(self.obj[:, 0].sum())
 
-    def keep_targets(self) -> None:
-        """Make the current responsibilities the targets of the next M-step."""
-        self.resp, self.targets = self.targets, self.resp
+    def _pass(self, alpha, beta, var, keep_resp, skip):
+        resp = self.resp if keep_resp else self.resp[:0]
+        bad = _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, resp, np.empty(0),
+                               self.stats, self.grad, self.info, self.obj, self.chunk,
+                               self.n_threads, skip)
+        if bad:
+            raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite; "
+                                     "the parameters overflowed (rescale X or y).")
+
+    def responsibilities(self, params) -> np.ndarray:
+        """(n, K) responsibilities at params = (alpha, beta, var) (the params of
+        a pass): kept by that pass, or from an E-step now. The EM passes do not
+        write them; step halving, the gate IRLS (gate_steps > 1) and the
+        split-merge moves ask for them."""
+        if self.resp_at is not params:
+            self.resp_at = None
+            bad = _kernels.em_pass(self.X, self.y, self.w, *params, self.resp, np.empty(0),
+                                   self.stats[:0], None, None, None, self.chunk,
+                                   self.n_threads)
+            if bad:
+                raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite.")
+            self.resp_at = params
+        return self.resp
 
     def gram(self) -> np.ndarray:
         """(K, d+2, d+2) sum_i w_i r_ik z_i z_i^T with z = (1, x, y), from the
@@ -245,7 +264,7 @@ def _split_move(data: EMData, alpha, beta, var, var_floor, pair):
     on the broad expert's rows above and below its regression line, and gives
     both its gate. Returns (alpha, beta, var) and a message."""
     i, j, kl = pair
-    data.e_step(alpha, beta, var)
+    data.e_step(alpha, beta, var, keep_resp=True)
     mass = data.gram()[:, 0, 0]  # sum_i w_i r_ik, from the pass
     if mass[i] < mass[j]:
         i, j = j, i  # the lighter expert of the pair is re-seeded
@@ -334,10 +353,11 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int) -> tuple:
     K = alpha.shape[0]
     if K == 1:
         return alpha, data.e_step(alpha, beta, var)
-    if gate_steps > 1:
-        alpha = fit_gates(data.X, data.targets, data.w, alpha, max_iter=gate_steps, tol=0.0,
-                          n_threads=data.n_threads).alpha
-        return alpha, data.e_step(alpha, beta, var)
+    if gate_steps > 1:  # the IRLS on the last pass's responsibilities, kept by it
+        alpha = fit_gates(data.X, data.responsibilities(data.params), data.w, alpha,
+                          max_iter=gate_steps, tol=0.0, n_threads=data.n_threads).alpha
+        return alpha, data.e_step(alpha, beta, var, keep_resp=True)
+    targets_at = data.params
     sums, part = data.target_sums().copy(), data.log_partition
     step = data.gate_step(alpha)
     trial = alpha + step
@@ -349,9 +369,9 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int) -> tuple:
             return trial, ll
     except FloatingPointError:  # the full step overflowed the gates: halve it
         pass
-    q_old = gate_objective(data.X, data.w, data.targets, alpha, data.chunk, data.nc,
-                           data.n_threads)
-    found = halve_step(data.X, data.w, data.targets, alpha, step, q_old, data.chunk, data.nc,
+    targets = data.responsibilities(targets_at)  # rare: recomputed, not kept by every pass
+    q_old = gate_objective(data.X, data.w, targets, alpha, data.chunk, data.nc, data.n_threads)
+    found = halve_step(data.X, data.w, targets, alpha, step, q_old, data.chunk, data.nc,
                        data.n_threads, t=0.5)
     alpha = alpha if found is None else found[0]
     return alpha, data.e_step(alpha, beta, var)
@@ -367,7 +387,6 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
     for it in range(1, max_iter + 1):
         beta, var, notes = experts_from_gram(data.gram(), beta, var, var_floor,
                                              data.total_weight)
-        data.keep_targets()
         alpha, ll_new = _gate_m_step(data, alpha, beta, var, gate_steps)
         history.append(ll_new)
         change, ll = ll_new - ll, ll_new

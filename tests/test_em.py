@@ -21,10 +21,11 @@ def small():
     return make_moe_regression(3000, 2, 3, random_state=1)
 
 
-def test_loglik_never_decreases(small):
+@pytest.mark.parametrize("gate_steps", [1, 3])
+def test_loglik_never_decreases(small, gate_steps):
     X, y, _, _ = small
     for init in ("kmeans", "random"):
-        fit = fit_moe(X, y, 3, init=init, random_state=3, max_iter=300)
+        fit = fit_moe(X, y, 3, init=init, random_state=3, max_iter=300, gate_steps=gate_steps)
         steps = np.diff(fit.history)
         assert np.all(steps >= -1e-10 * np.abs(fit.history[1:])), steps.min()
         assert fit.log_likelihood == fit.history[-1]
@@ -298,7 +299,7 @@ def test_the_gate_check_from_the_log_partition_is_the_objectives_gain(small):
         data = EMData(X, y, weights, 3, 2)
         alpha, beta, var = truth.gate_aug, truth.expert_aug.copy(), truth.expert_var
         beta[:, 0] -= data.y_shift
-        data.e_step(alpha, beta, var)
+        data.e_step(alpha, beta, var, keep_resp=True)
         R = data.resp.copy()
         sums, part = data.target_sums().copy(), data.log_partition
         q0 = naive.gate_objective(X, weights, R, alpha)
@@ -336,20 +337,21 @@ def test_a_gate_step_that_lowers_the_objective_is_halved(small, monkeypatch):
 def test_pass_derives_the_heaviest_experts_gram_from_the_total(small, monkeypatch):
     """From its second pass on, EMData leaves the heaviest expert of the last
     pass out of the kernel and takes its Gram matrix as the total minus the
-    others; where that expert lost most of its weight it sums it directly."""
+    others; where that expert lost most of its weight the pass is redone with
+    every expert summed."""
     import naive
 
     from fastmoe import _em
     from fastmoe._em import EMData
 
-    direct = []
-    summed = _em.weighted_gram
-    monkeypatch.setattr(_em, "weighted_gram", lambda *a: direct.append(1) or summed(*a))
+    skips = []
+    kernel = _em._kernels.em_pass
+    monkeypatch.setattr(_em._kernels, "em_pass",
+                        lambda *a: skips.append(a[-1]) or kernel(*a))
 
     X, y, truth, _ = small
     w = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
     data = EMData(X, y, w, 3, 2)
-    direct.clear()  # the total, summed once
     alpha, beta, var = truth.gate_aug, truth.expert_aug.copy(), truth.expert_var
     beta[:, 0] -= data.y_shift
 
@@ -360,16 +362,35 @@ def test_pass_derives_the_heaviest_experts_gram_from_the_total(small, monkeypatc
     np.testing.assert_allclose(data.gram(), reference(alpha, beta, var), rtol=1e-10)
     heaviest = int(np.argmax(data.gram()[:, 0, 0]))
     data.e_step(alpha, beta, var)  # leaves `heaviest` out and derives it
-    assert np.all(data.stats[:, heaviest] == 0.0)
+    assert skips == [-1, heaviest]
     np.testing.assert_allclose(data.gram(), reference(alpha, beta, var), rtol=1e-10)
-    assert not direct
-    # the left-out expert now gets almost no weight: summed directly, not derived
+    # the left-out expert now gets almost no weight: the pass is redone
     starved = alpha.copy()
     starved[heaviest, 0] -= 40.0
     starved -= starved[-1]
     data.e_step(starved, beta, var)
-    assert np.all(data.stats[:, heaviest] == 0.0)
+    assert skips[2:] == [heaviest, -1]
     G = data.gram()
     assert 0 < G[heaviest, 0, 0] < 1e-3 * data.total_weight
-    assert len(direct) == 1
     np.testing.assert_allclose(G, reference(starved, beta, var), rtol=1e-10)
+
+
+def test_responsibilities_are_kept_or_recomputed(small):
+    """EM passes do not write the responsibilities; EMData.responsibilities
+    gives them for the parameters of any pass, kept by it or recomputed."""
+    import naive
+
+    from fastmoe._em import EMData
+
+    X, y, truth, _ = small
+    data = EMData(X, y, np.ones(len(y)), 3, 2)
+    alpha, beta, var = truth.gate_aug, truth.expert_aug.copy(), truth.expert_var
+    beta[:, 0] -= data.y_shift
+    data.e_step(alpha, beta, var, keep_resp=True)
+    first = data.params
+    reference = np.exp(naive.e_step(X, data.y, data.w, alpha, beta, var)[0])
+    np.testing.assert_allclose(data.responsibilities(first), reference, rtol=1e-10, atol=1e-14)
+    data.e_step(alpha * 0.5, beta, var)  # another pass, not kept
+    G = data.gram().copy()
+    np.testing.assert_allclose(data.responsibilities(first), reference, rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(data.gram(), G)  # recomputing leaves the pass's state
