@@ -10,7 +10,7 @@
  * covariate), so that each step is a loop over the rows that the compiler
  * vectorises; the exps and logs are taken over arrays (fm_exp, fm_log), and
  * each weighted Gram matrix is a set of dot products over the block's rows
- * with the weighted column held in registers (fm_gram_cols), both from
+ * with weighted columns held in registers (fm_gram_cols), both from
  * _simd.h. Each function is compiled twice from the same body: once for AVX2
  * and FMA (used when the CPU has them) and once plain; the two differ only in
  * rounding.
@@ -543,8 +543,8 @@ FM_INLINE fm_int fm_log_proba_body(fm_int n, fm_int d, fm_int K, const double* X
 /* the two compilations of each body */
 static fm_int fm_em_chunk_plain(fm_int n, fm_int d, fm_int K, const double* X, const double* y,
                                 const double* w, const double* coefT, const double* lnorm,
-                                const double* inv_var, double* resp,
-                                int log_out, double* row_ll, double* stats, fm_int skip,
+                                const double* inv_var, double* resp, int log_out,
+                                double* row_ll, double* stats, fm_int skip,
                                 double* grad, double* info, double* obj) {
     return fm_em_body(n, d, K, X, y, w, coefT, lnorm, inv_var, resp, log_out, row_ll,
                       stats, skip, grad, info, obj, 0);
@@ -564,8 +564,8 @@ static fm_int fm_log_proba_plain(fm_int n, fm_int d, fm_int K, const double* X,
 #if FM_HAVE_AVX2_PATH
 FM_AVX2 static fm_int fm_em_chunk_avx2(fm_int n, fm_int d, fm_int K, const double* X,
                                        const double* y, const double* w, const double* coefT,
-                                       const double* lnorm, const double* inv_var, double* resp, int log_out,
-                                       double* row_ll, double* stats, fm_int skip,
+                                       const double* lnorm, const double* inv_var, double* resp,
+                                       int log_out, double* row_ll, double* stats, fm_int skip,
                                        double* grad, double* info, double* obj) {
     return fm_em_body(n, d, K, X, y, w, coefT, lnorm, inv_var, resp, log_out, row_ll,
                       stats, skip, grad, info, obj, 1);

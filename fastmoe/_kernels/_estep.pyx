@@ -11,9 +11,10 @@ The passes are C (``_estep.h``), driven from here in parallel over chunks of
 rows. They take the rows in blocks of 32, stored by column, so that every
 step is a vectorised loop over the rows; the exps and logs of a block are
 taken together, with a vector exp and log on the AVX2/FMA path; each
-weighted Gram matrix is a set of dot products over the block's rows. Each pass is compiled twice from
-the same body, for AVX2/FMA (chosen at run time when the CPU has it) and for
-the baseline (``set_simd`` forces it; the tests run both).
+weighted Gram matrix is a set of dot products over the block's rows. Each
+pass is compiled twice from the same body, for AVX2/FMA (chosen at run time
+when the CPU has it) and for the baseline (``set_simd`` forces it; the tests
+run both).
 
 Why C: the numba version of the E-step with the expert statistics (same
 chunked accumulators and arithmetic, ``asv_bench/kernel_choice.py``, n=1e5,
@@ -172,7 +173,8 @@ cdef Py_ssize_t _e_step(
     cdef f8* rs
     cdef f8* rl
     if want_resp and (resp.shape[0] != n or resp.shape[1] != K):
-        raise ValueError(f"resp must be ({n}, {K}) or empty; got ({resp.shape[0]}, {resp.shape[1]})")
+        raise ValueError(f"resp must be ({n}, {K}) or empty; "
+                         f"got ({resp.shape[0]}, {resp.shape[1]})")
     if want_ll and row_ll.shape[0] != n:
         raise ValueError(f"row_ll must be ({n},) or empty; got ({row_ll.shape[0]},)")
     if want_obj and (obj.shape[0] != n_chunks or obj.shape[1] != 2):
