@@ -205,22 +205,19 @@ def experts_from_gram(G, beta_prev, var_prev, var_floor, total_weight):
     """
     K, q, _ = G.shape
     p = q - 1
-    beta = np.array(beta_prev, dtype=np.float64, copy=True)
-    var = np.array(var_prev, dtype=np.float64, copy=True)
-    notes = []
+    mass = G[:, 0, 0]
+    filled = mass > EMPTY_SHARE * total_weight
     solved = solve_psd(G[:, :p, :p], G[:, :p, p])
-    for k in range(K):
-        mass = G[k, 0, 0]
-        if not mass > EMPTY_SHARE * total_weight:
-            notes.append(f"expert {k} received no responsibility; its parameters were kept")
-            continue
-        b, syy = G[k, :p, p], G[k, p, p]
-        beta[k] = solved[k]
-        v = (syy - b @ beta[k]) / mass
-        if not v > var_floor:
-            notes.append(f"expert {k}'s variance collapsed to the floor {var_floor:.3g}")
-            v = var_floor
-        var[k] = v
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty experts: kept below
+        v = (G[:, p, p] - np.einsum("kj,kj->k", G[:, :p, p], solved)) / mass
+    collapsed = filled & ~(v > var_floor)
+    beta = np.where(filled[:, None], solved, beta_prev)
+    var = np.where(filled, np.where(collapsed, var_floor, v), var_prev)
+    notes = []
+    for k in np.flatnonzero(~filled | collapsed):
+        notes.append(f"expert {k} received no responsibility; its parameters were kept"
+                     if not filled[k] else
+                     f"expert {k}'s variance collapsed to the floor {var_floor:.3g}")
     return beta, var, notes
 
 
