@@ -65,9 +65,11 @@ def _log_partition(X, alpha):
     return np.array([logsumexp([Z[i] @ a for a in alpha]) for i in range(X.shape[0])])
 
 
-# n=2503: several chunks and a short block of buffered rows; unit weights take
-# the logs of products of the rows' sums, other weights a log per row
-@pytest.mark.parametrize("n,d,K", SHAPES[:-1] + [(2503, 3, 4)])
+# n=2503: several chunks and a short block of buffered rows; d=20, K=5: Gram
+# accumulators beyond FM_PAIRED_BYTES (one column at a time on the AVX2 path);
+# unit weights take the logs of products of the rows' sums, other weights a
+# log per row
+@pytest.mark.parametrize("n,d,K", SHAPES[:-1] + [(2503, 3, 4), (300, 20, 5)])
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
 @pytest.mark.parametrize("weights", ["random", "ones"])

@@ -368,9 +368,12 @@ static void fm_lanes_out(fm_int n, const double* s, double* out) {
  * the first Ms weights D[:Ms] of size n1, the others of size n2 */
 FM_INLINE void fm_gram_block(fm_int M, fm_int Ms, fm_int n1, fm_int n2, const fm_scratch* b,
                              double* G, int simd) {
+    size_t bytes = sizeof(double) * 4 * (size_t)(Ms * n1 * (n1 + 1) / 2 +
+                                                 (M - Ms) * n2 * (n2 + 1) / 2);
+    int paired = bytes <= FM_PAIRED_BYTES;
     for (fm_int m = 0; m < M; m++) {
         fm_int n = m < Ms ? n1 : n2;
-        fm_gram_cols(n, b->ZT, b->D + m * FM_B, G, simd);
+        fm_gram_cols(n, b->ZT, b->D + m * FM_B, G, simd, paired);
         G += n * (n + 1) / 2 * 4;
     }
 }
