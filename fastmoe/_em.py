@@ -16,7 +16,9 @@ One EM iteration (method.md section 2):
    lse_i the log-partition of the gates, which the pass sums. So the ascent
    check of the full step is made from the next pass at the new gates, and
    an iteration is one pass over the data unless the step has to be halved;
-   ``gate_steps`` > 1 runs that many IRLS steps instead.
+   ``gate_steps`` > 1 runs that many IRLS steps instead. The last pass of a
+   run (at ``max_iter``) computes the log-likelihood without the statistics
+   of a next iteration.
 
 The response is centred internally (its weighted mean is added back to the
 expert intercepts), which keeps the variance formula from the Gram matrix
@@ -128,12 +130,14 @@ class EMData:
         self.log_partition = None  # sum_i w_i log sum_k exp(alpha_k . xt_i), from it
         self.params = None  # its (alpha, beta, var)
 
-    def e_step(self, alpha, beta, var, keep_resp: bool = False) -> float:
+    def e_step(self, alpha, beta, var, keep_resp: bool = False, stats: bool = True) -> float:
         """One fused pass (``_kernels.em_pass``) at (alpha, beta, var): returns
-        the weighted log-likelihood and holds the experts' Gram matrices G, the
-        gates' log-partition and the gate Newton statistics at alpha for the
-        pass's responsibilities, which it writes to resp only with
-        ``keep_resp`` (see ``responsibilities``).
+        the weighted log-likelihood and holds the gates' log-partition, and
+        with ``stats`` (the default) the experts' Gram matrices G and the gate
+        Newton statistics at alpha for the pass's responsibilities; it writes
+        those to resp only with ``keep_resp`` (see ``responsibilities``). The
+        last pass of a run needs no statistics: without them a pass costs
+        about half.
 
         From the second pass on, the heaviest expert of the last pass is left
         out of the kernel and its Gram matrix is the total minus the others',
@@ -143,6 +147,9 @@ class EMData:
         skip = -1 if self.G is None else int(np.argmax(self.G[:, 0, 0]))
         self.G = self.params = None
         self.resp_at = None
+        if not stats:
+            self._pass(alpha, beta, var, keep_resp, -1, stats=False)
+            return self._finish(None, (alpha, beta, var), keep_resp)
         self._pass(alpha, beta, var, keep_resp, skip)
         G = unpack_sym(self.stats.sum(axis=0), self.d + 2)
         if skip >= 0:
@@ -150,17 +157,20 @@ class EMData:
             if not G[skip, 0, 0] >= self.total_weight / (4 * self.K):
                 self._pass(alpha, beta, var, keep_resp, -1)
                 G = unpack_sym(self.stats.sum(axis=0), self.d + 2)
-        self.G, self.params = G, (alpha, beta, var)
+        return self._finish(G, (alpha, beta, var), keep_resp)
+
+    def _finish(self, G, params, keep_resp) -> float:
+        self.G, self.params = G, params
         if keep_resp:
-            self.resp_at = self.params
+            self.resp_at = params
         self.log_partition = float(self.obj[:, 1].sum())
         return float(self.obj[:, 0].sum())
 
-    def _pass(self, alpha, beta, var, keep_resp, skip):
+    def _pass(self, alpha, beta, var, keep_resp, skip, stats=True):
         resp = self.resp if keep_resp else self.resp[:0]
+        out = (self.stats, self.grad, self.info) if stats else (self.stats[:0], None, None)
         bad = _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, resp, np.empty(0),
-                               self.stats, self.grad, self.info, self.obj, self.chunk,
-                               self.n_threads, skip)
+                               *out, self.obj, self.chunk, self.n_threads, skip)
         if bad:
             raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite; "
                                      "the parameters overflowed (rescale X or y).")
@@ -338,9 +348,10 @@ def _initial_params(data: EMData, init, rng, var_floor):
     return alpha, beta, var
 
 
-def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int) -> tuple:
+def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int, last: bool) -> tuple:
     """The gate half of the M-step followed by the next E-step: returns
-    (alpha, loglik) at the new parameters, data holding that E-step.
+    (alpha, loglik) at the new parameters, data holding that E-step (without
+    the statistics of another iteration when ``last``).
 
     One Newton step (the default) from the statistics of the previous pass,
     checked with the next pass's log-partition; if the check fails, step halving on the
@@ -349,17 +360,17 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int) -> tuple:
     IRLS for that many steps instead."""
     K = alpha.shape[0]
     if K == 1:
-        return alpha, data.e_step(alpha, beta, var)
+        return alpha, data.e_step(alpha, beta, var, stats=not last)
     if gate_steps > 1:  # the IRLS on the last pass's responsibilities, kept by it
         alpha = fit_gates(data.X, data.responsibilities(data.params), data.w, alpha,
                           max_iter=gate_steps, tol=0.0, n_threads=data.n_threads).alpha
-        return alpha, data.e_step(alpha, beta, var, keep_resp=True)
+        return alpha, data.e_step(alpha, beta, var, keep_resp=not last, stats=not last)
     targets_at = data.params
     sums, part = data.target_sums().copy(), data.log_partition
     step = data.gate_step(alpha)
     trial = alpha + step
     try:
-        ll = data.e_step(trial, beta, var)
+        ll = data.e_step(trial, beta, var, stats=not last)
         # Q(trial) - Q(alpha) for the targets of the step
         gain = float(np.sum(step * sums)) - (data.log_partition - part)
         if gain >= 0.0:
@@ -371,7 +382,7 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int) -> tuple:
     found = halve_step(data.X, data.w, targets, alpha, step, q_old, data.chunk, data.nc,
                        data.n_threads, t=0.5)
     alpha = alpha if found is None else found[0]
-    return alpha, data.e_step(alpha, beta, var)
+    return alpha, data.e_step(alpha, beta, var, stats=not last)
 
 
 def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_floor):
@@ -384,7 +395,7 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
     for it in range(1, max_iter + 1):
         beta, var, notes = experts_from_gram(data.gram(), beta, var, var_floor,
                                              data.total_weight)
-        alpha, ll_new = _gate_m_step(data, alpha, beta, var, gate_steps)
+        alpha, ll_new = _gate_m_step(data, alpha, beta, var, gate_steps, it == max_iter)
         history.append(ll_new)
         change, ll = ll_new - ll, ll_new
         if abs(change) <= tol * abs(ll):

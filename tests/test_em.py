@@ -375,6 +375,28 @@ def test_pass_derives_the_heaviest_experts_gram_from_the_total(small, monkeypatc
     np.testing.assert_allclose(G, reference(starved, beta, var), rtol=1e-10)
 
 
+def test_the_last_pass_of_a_run_computes_no_statistics(small, monkeypatch):
+    """run_em's last pass needs only the log-likelihood: it leaves out the
+    Gram matrices and gate statistics, with the same log-likelihoods."""
+    from fastmoe import _em
+    from fastmoe._em import EMData, run_em
+
+    with_stats = []
+    kernel = _em._kernels.em_pass
+    monkeypatch.setattr(_em._kernels, "em_pass",
+                        lambda *a: with_stats.append(a[9] is not None) or kernel(*a))
+    X, y, truth, _ = small
+    data = EMData(X, y, np.ones(len(y)), 3, 2)
+    beta = truth.expert_aug.copy()
+    beta[:, 0] -= data.y_shift
+    start = dict(alpha=truth.gate_aug * 0.5, beta=beta, var=truth.expert_var * 2)
+    runs = [run_em(data, **start, max_iter=m, tol=0.0, gate_steps=1, var_floor=1e-9)
+            for m in (3, 4)]
+    assert with_stats == [True] * 3 + [False] + [True] * 4 + [False]
+    np.testing.assert_array_equal(runs[0][6], runs[1][6][:4])
+    assert data.gram() is None
+
+
 def test_responsibilities_are_kept_or_recomputed(small):
     """EM passes do not write the responsibilities; EMData.responsibilities
     gives them for the parameters of any pass, kept by it or recomputed."""
