@@ -134,10 +134,10 @@ class EMData:
         """One fused pass (``_kernels.em_pass``) at (alpha, beta, var): returns
         the weighted log-likelihood and holds the gates' log-partition, and
         with ``stats`` (the default) the experts' Gram matrices G and the gate
-        Newton statistics at alpha for the pass's responsibilities; it writes
-        those to resp only with ``keep_resp`` (see ``responsibilities``). The
-        last pass of a run needs no statistics: without them a pass costs
-        about half.
+        Newton statistics at alpha for the pass's responsibilities. It writes
+        the responsibilities to resp only with ``keep_resp`` (see
+        ``responsibilities``). The last pass of a run needs no statistics:
+        without them a pass costs about half.
 
         From the second pass on, the heaviest expert of the last pass is left
         out of the kernel and its Gram matrix is the total minus the others',
@@ -160,6 +160,7 @@ class EMData:
         return self._finish(G, (alpha, beta, var), keep_resp)
 
     def _finish(self, G, params, keep_resp) -> float:
+        """Hold the pass's results; returns its log-likelihood."""
         self.G, self.params = G, params
         if keep_resp:
             self.resp_at = params
@@ -354,9 +355,9 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int, last: bool) ->
     the statistics of another iteration when ``last``).
 
     One Newton step (the default) from the statistics of the previous pass,
-    checked with the next pass's log-partition; if the check fails, step halving on the
-    gate objective alone, then the pass at the accepted step (generalised EM:
-    the log-likelihood never decreases). ``gate_steps`` > 1 runs the gate
+    checked with the next pass's log-partition; if the check fails, step
+    halving on the gate objective alone, then the pass at the accepted step
+    (generalised EM: the log-likelihood never decreases). ``gate_steps`` > 1 runs the gate
     IRLS for that many steps instead."""
     K = alpha.shape[0]
     if K == 1:

@@ -19,8 +19,9 @@ typedef long long fm_int;
 
 #define FM_ROWS 32 /* rows (support points) per block */
 /* the Gram matrices of a pass take two columns at a time while their
- * accumulators fit in this many bytes (measured, n=1e5 on one thread: 1.1%
- * faster at d=10, K=3 with 11 KB; 2% slower at d=20, K=5 with 106 KB) */
+ * accumulators fit in this many bytes (measured at n=1e5: the EM pass on 2
+ * threads 3% faster at d=10, K=3, 11 KB; on one thread 2% slower at d=20,
+ * K=5, 106 KB) */
 #define FM_PAIRED_BYTES 16384
 
 /* acc (T(n), 4) += the packed (row-major) upper triangle of
