@@ -268,19 +268,34 @@ def test_bad_input(kwargs, match):
         fit_moe(X, y, K, **args)
 
 
-def test_an_overflowing_gate_step_is_halved_not_fatal(small, monkeypatch):
+def _truth_start(data, truth):
+    """(alpha, beta, var) of the true model, on data's centred response."""
+    beta = truth.expert_aug.copy()
+    beta[:, 0] -= data.y_shift
+    return truth.gate_aug, beta, truth.expert_var.copy()
+
+
+def _run_with_scaled_gate_steps(small, monkeypatch, factor, max_iter):
+    """run_em from the truth with every gate step scaled by ``factor``: its
+    history, and how often step halving evaluated the gate objective."""
+    from fastmoe import _em
     from fastmoe._em import EMData, run_em
 
     X, y, truth, _ = small
     data = EMData(X, y, np.ones(len(y)), 3, 1)
-    beta = truth.expert_aug.copy()
-    beta[:, 0] -= data.y_shift
     real = EMData.gate_step
+    direct = []
+    objective = _em.gate_objective
+    monkeypatch.setattr(_em, "gate_objective", lambda *a: direct.append(1) or objective(*a))
+    monkeypatch.setattr(EMData, "gate_step", lambda self, alpha: real(self, alpha) * factor)
+    out = run_em(data, *_truth_start(data, truth), max_iter=max_iter, tol=0.0, gate_steps=1,
+                 var_floor=1e-9)
+    return out[6], len(direct)
+
+
+def test_an_overflowing_gate_step_is_halved_not_fatal(small, monkeypatch):
     # a full step that overflows the gate logits: the check pass fails, EM halves
-    monkeypatch.setattr(EMData, "gate_step", lambda self, alpha: real(self, alpha) * 1e308)
-    out = run_em(data, truth.gate_aug, beta, truth.expert_var.copy(), max_iter=3, tol=0.0,
-                 gate_steps=1, var_floor=1e-9)
-    history = out[6]
+    history, _ = _run_with_scaled_gate_steps(small, monkeypatch, 1e308, max_iter=3)
     assert np.all(np.isfinite(history))
     assert np.all(np.diff(history) >= -1e-10 * np.abs(history[1:]))
 
@@ -297,8 +312,7 @@ def test_the_gate_check_from_the_log_partition_is_the_objectives_gain(small):
     w = np.random.default_rng(1).uniform(0.5, 2.0, len(y))
     for weights in (np.ones(len(y)), w):
         data = EMData(X, y, weights, 3, 2)
-        alpha, beta, var = truth.gate_aug, truth.expert_aug.copy(), truth.expert_var
-        beta[:, 0] -= data.y_shift
+        alpha, beta, var = _truth_start(data, truth)
         data.e_step(alpha, beta, var, keep_resp=True)
         R = data.resp.copy()
         sums, part = data.target_sums().copy(), data.log_partition
@@ -314,22 +328,8 @@ def test_the_gate_check_from_the_log_partition_is_the_objectives_gain(small):
 
 
 def test_a_gate_step_that_lowers_the_objective_is_halved(small, monkeypatch):
-    from fastmoe import _em
-    from fastmoe._em import EMData, run_em
-
-    X, y, truth, _ = small
-    data = EMData(X, y, np.ones(len(y)), 3, 1)
-    beta = truth.expert_aug.copy()
-    beta[:, 0] -= data.y_shift
-    real = EMData.gate_step
-    direct = []
-    objective = _em.gate_objective
-    monkeypatch.setattr(_em, "gate_objective", lambda *a: direct.append(1) or objective(*a))
     # a step 5 times too long overshoots: the check fails, EM halves it
-    monkeypatch.setattr(EMData, "gate_step", lambda self, alpha: real(self, alpha) * 5.0)
-    out = run_em(data, truth.gate_aug, beta, truth.expert_var.copy(), max_iter=4, tol=0.0,
-                 gate_steps=1, var_floor=1e-9)
-    history = out[6]
+    history, direct = _run_with_scaled_gate_steps(small, monkeypatch, 5.0, max_iter=4)
     assert direct  # the halving path ran
     assert np.all(np.diff(history) >= -1e-10 * np.abs(history[1:]))
 
@@ -352,8 +352,7 @@ def test_pass_derives_the_heaviest_experts_gram_from_the_total(small, monkeypatc
     X, y, truth, _ = small
     w = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
     data = EMData(X, y, w, 3, 2)
-    alpha, beta, var = truth.gate_aug, truth.expert_aug.copy(), truth.expert_var
-    beta[:, 0] -= data.y_shift
+    alpha, beta, var = _truth_start(data, truth)
 
     def reference(a, b, v):
         return naive.e_step(X, data.y, w, a, b, v)[2]
@@ -387,9 +386,8 @@ def test_the_last_pass_of_a_run_computes_no_statistics(small, monkeypatch):
                         lambda *a: with_stats.append(a[9] is not None) or kernel(*a))
     X, y, truth, _ = small
     data = EMData(X, y, np.ones(len(y)), 3, 2)
-    beta = truth.expert_aug.copy()
-    beta[:, 0] -= data.y_shift
-    start = dict(alpha=truth.gate_aug * 0.5, beta=beta, var=truth.expert_var * 2)
+    alpha, beta, var = _truth_start(data, truth)
+    start = dict(alpha=alpha * 0.5, beta=beta, var=var * 2)
     runs = [run_em(data, **start, max_iter=m, tol=0.0, gate_steps=1, var_floor=1e-9)
             for m in (3, 4)]
     assert with_stats == [True] * 3 + [False] + [True] * 4 + [False]
@@ -406,8 +404,7 @@ def test_responsibilities_are_kept_or_recomputed(small):
 
     X, y, truth, _ = small
     data = EMData(X, y, np.ones(len(y)), 3, 2)
-    alpha, beta, var = truth.gate_aug, truth.expert_aug.copy(), truth.expert_var
-    beta[:, 0] -= data.y_shift
+    alpha, beta, var = _truth_start(data, truth)
     data.e_step(alpha, beta, var, keep_resp=True)
     first = data.params
     reference = np.exp(naive.e_step(X, data.y, data.w, alpha, beta, var)[0])

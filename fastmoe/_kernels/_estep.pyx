@@ -38,7 +38,7 @@ Conventions (all kernels):
 """
 
 from cython.parallel cimport prange
-from libc.math cimport log, sqrt
+from libc.math cimport sqrt
 
 import numpy as np
 
@@ -79,6 +79,15 @@ cdef extern from "_estep.h" nogil:
                               f8* out)
     fm_int fm_log_proba_avx2(fm_int n, fm_int d, fm_int K, const f8* X, const f8* coefT,
                              f8* out)
+
+# the two compilations of each pass share a signature: one call site each
+ctypedef fm_int (*em_chunk_fn)(fm_int, fm_int, fm_int, const f8*, const f8*, const f8*,
+                               const f8*, const f8*, const f8*, f8*, int, f8*, f8*, fm_int,
+                               f8*, f8*, f8*) noexcept nogil
+ctypedef fm_int (*gate_chunk_fn)(fm_int, fm_int, fm_int, const f8*, const f8*, const f8*,
+                                 const f8*, f8*, f8*, f8*) noexcept nogil
+ctypedef fm_int (*log_proba_fn)(fm_int, fm_int, fm_int, const f8*, const f8*,
+                                f8*) noexcept nogil
 
 cdef bint _has_simd = FM_HAVE_AVX2_PATH and fm_cpu_has_avx2()
 cdef bint _use_simd = _has_simd
@@ -162,7 +171,7 @@ cdef Py_ssize_t _e_step(
     cdef bint want_obj = obj is not None
     cdef bint want_resp = resp.shape[0] > 0
     cdef bint want_ll = row_ll.shape[0] > 0
-    cdef bint simd = _use_simd
+    cdef em_chunk_fn em_chunk = fm_em_chunk_avx2 if _use_simd else fm_em_chunk_plain
     cdef Py_ssize_t c, lo, m, bad = 0
     cdef f8[::1] lnorm, inv_var
     cdef const f8[:, ::1] coefT = _stacked_transposed(alpha, beta)
@@ -189,14 +198,8 @@ cdef Py_ssize_t _e_step(
         ob = &obj[c, 0] if want_obj else NULL
         rs = &resp[lo, 0] if want_resp else NULL
         rl = &row_ll[lo] if want_ll else NULL
-        if simd:
-            bad += fm_em_chunk_avx2(m, d, K, &X[lo, 0], &y[lo], &w[lo], &coefT[0, 0],
-                                    &lnorm[0], &inv_var[0], rs, log_out, rl, st, skip, gr, inf,
-                                    ob)
-        else:
-            bad += fm_em_chunk_plain(m, d, K, &X[lo, 0], &y[lo], &w[lo], &coefT[0, 0],
-                                     &lnorm[0], &inv_var[0], rs, log_out, rl, st, skip, gr, inf,
-                                     ob)
+        bad += em_chunk(m, d, K, &X[lo, 0], &y[lo], &w[lo], &coefT[0, 0], &lnorm[0],
+                        &inv_var[0], rs, log_out, rl, st, skip, gr, inf, ob)
     return bad
 
 def gate_newton_stats(
@@ -234,7 +237,8 @@ cdef Py_ssize_t _gate_pass(
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = alpha.shape[0]
     cdef Py_ssize_t n_chunks = obj.shape[0]
     cdef bint newton = grad is not None
-    cdef bint simd = _use_simd
+    cdef gate_chunk_fn gate_chunk = (fm_gate_chunk_avx2 if _use_simd
+                                     else fm_gate_chunk_plain)
     cdef Py_ssize_t c, lo, m, bad = 0
     cdef const f8[:, ::1] alphaT = _stacked_transposed(alpha)
     cdef f8* gr
@@ -244,12 +248,8 @@ cdef Py_ssize_t _gate_pass(
         m = min(chunk, n - lo)
         gr = &grad[c, 0, 0] if newton else NULL
         inf = &info[c, 0, 0] if newton else NULL
-        if simd:
-            bad += fm_gate_chunk_avx2(m, d, K, &X[lo, 0], &w[lo], &R[lo, 0], &alphaT[0, 0],
-                                      gr, inf, &obj[c])
-        else:
-            bad += fm_gate_chunk_plain(m, d, K, &X[lo, 0], &w[lo], &R[lo, 0], &alphaT[0, 0],
-                                       gr, inf, &obj[c])
+        bad += gate_chunk(m, d, K, &X[lo, 0], &w[lo], &R[lo, 0], &alphaT[0, 0], gr, inf,
+                          &obj[c])
     return bad
 
 def _stacked_transposed(*coefs):
@@ -269,16 +269,13 @@ def gate_log_proba(const f8[:, ::1] X, const f8[:, ::1] alpha, f8[:, ::1] out, i
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = alpha.shape[0]
     cdef Py_ssize_t chunk = 1024
     cdef Py_ssize_t c, lo, m, bad = 0
-    cdef bint simd = _use_simd
+    cdef log_proba_fn log_proba = fm_log_proba_avx2 if _use_simd else fm_log_proba_plain
     cdef const f8[:, ::1] alphaT = _stacked_transposed(alpha)
     for c in prange((n + chunk - 1) // chunk, nogil=True, schedule="static",
                     num_threads=n_threads):
         lo = c * chunk
         m = min(chunk, n - lo)
-        if simd:
-            bad += fm_log_proba_avx2(m, d, K, &X[lo, 0], &alphaT[0, 0], &out[lo, 0])
-        else:
-            bad += fm_log_proba_plain(m, d, K, &X[lo, 0], &alphaT[0, 0], &out[lo, 0])
+        bad += log_proba(m, d, K, &X[lo, 0], &alphaT[0, 0], &out[lo, 0])
     return bad
 
 

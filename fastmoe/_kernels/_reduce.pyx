@@ -28,6 +28,12 @@ cdef extern from "_reduce.h" nogil:
                       const double* var, int cost, fm_int skip, double* gram, double* lin, double* scal,
                       double* mass, double* lobj, short* assign)
 
+# the two compilations of the pass share a signature: one call site
+ctypedef int (*mm_chunk_fn)(fm_int, fm_int, const double*, fm_int, const double*,
+                            const double*, const double*, fm_int, const double*, const double*,
+                            int, fm_int, double*, double*, double*, double*, double*,
+                            short*) noexcept nogil
+
 cdef bint _has_simd = FM_HAVE_AVX2_PATH and fm_cpu_has_avx2()
 cdef bint _use_simd = _has_simd
 
@@ -82,7 +88,7 @@ def mm_pass(const double[:, ::1] Xs, const double[:, ::1] W, const double[:, ::1
         raise ValueError(f"mm_pass: skip must be -1 or a target index; got {skip}")
     if S == 0 or chunk < 1 or nc != (S + chunk - 1) // chunk:
         raise ValueError("mm_pass: need S > 0 support points in ceil(S / chunk) chunks")
-    cdef bint simd = _use_simd
+    cdef mm_chunk_fn mm_chunk = fm_chunk_avx2 if _use_simd else fm_chunk_plain
     cdef bint want_assign = assign.shape[0] > 0
     cdef Py_ssize_t c, lo, n
     cdef int failed = 0
@@ -91,13 +97,8 @@ def mm_pass(const double[:, ::1] Xs, const double[:, ::1] W, const double[:, ::1
         lo = c * chunk
         n = S - lo if S - lo < chunk else chunk
         a_ptr = &assign[lo, 0] if want_assign else NULL
-        if simd:
-            failed += fm_chunk_avx2(n, d, &Xs[lo, 0], L, &W[lo, 0], &ML[lo, 0], &v_loc[0], K,
-                                    &beta[0, 0], &var[0], cost, skip, &gram[c, 0, 0], &lin[c, 0, 0],
-                                    &scal[c, 0, 0], &mass[c, 0, 0], &lobj[c, 0], a_ptr)
-        else:
-            failed += fm_chunk_plain(n, d, &Xs[lo, 0], L, &W[lo, 0], &ML[lo, 0], &v_loc[0], K,
-                                     &beta[0, 0], &var[0], cost, skip, &gram[c, 0, 0], &lin[c, 0, 0],
-                                     &scal[c, 0, 0], &mass[c, 0, 0], &lobj[c, 0], a_ptr)
+        failed += mm_chunk(n, d, &Xs[lo, 0], L, &W[lo, 0], &ML[lo, 0], &v_loc[0], K,
+                           &beta[0, 0], &var[0], cost, skip, &gram[c, 0, 0], &lin[c, 0, 0],
+                           &scal[c, 0, 0], &mass[c, 0, 0], &lobj[c, 0], a_ptr)
     if failed:
         raise MemoryError("mm_pass: could not allocate the per-chunk scratch memory")
