@@ -4,6 +4,7 @@ Centralised EM fits and one-shot distributed learning by optimal-transport
 aggregation of local experts (Chamroukhi & Pham, arXiv 2312.09877).
 """
 
+from . import _runtime  # noqa: F401  (first: the OpenMP wait policy, see there)
 from ._em import MoEFit, fit_moe
 from ._params import MoEParams
 from .aggregation import (
@@ -17,12 +18,11 @@ from .aggregation import (
 from .distributed import (
     DistributedMoERegressor,
     LocalMessage,
-    ShardError,
     aggregate_messages,
     fit_local,
     select_n_experts,
 )
-from .exceptions import ConvergenceWarning, DegenerateExpertWarning
+from .exceptions import ConvergenceWarning, DegenerateExpertWarning, ShardError
 from .moe import GaussianMoERegressor
 
 __version__ = "0.1.0"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
 from . import _kernels
+from ._runtime import blas_single_thread as single_threaded_blas  # noqa: F401 (re-export)
+from ._runtime import resolve_threads  # noqa: F401 (re-export)
 
 #: condition number below which solve_psd inverts instead of decomposing
 WELL_CONDITIONED = 1e8
@@ -21,22 +22,6 @@ MAX_CHUNKS = 256
 MIN_CHUNK = 1024
 
 
-def single_threaded_blas(func):
-    """Decorator: run ``func`` with BLAS on one thread. Our BLAS calls are
-    small dense solves, for which extra BLAS threads only spin and take the
-    cores from the compiled kernels (measured: local fits in two worker
-    processes ran 2-3x slower with OpenBLAS's default threads)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
 def chunk_size(n: int) -> int:
     """Rows per accumulator chunk: depends on n only, so results do not depend
     on the thread count."""
@@ -45,17 +30,6 @@ def chunk_size(n: int) -> int:
 
 def n_chunks(n: int, chunk: int) -> int:
     return max(1, -(-n // chunk))
-
-
-def resolve_threads(n_threads: int | None) -> int:
-    """None -> all cores; a positive int is taken as is (validated)."""
-    if n_threads is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1
-        )
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
-        raise ValueError(f"n_threads must be None or an int >= 1; got {n_threads!r}.")
-    return int(n_threads)
 
 
 @functools.cache

@@ -11,7 +11,6 @@ exactly (float64 values are written with ``repr`` precision).
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +19,23 @@ import numpy as np
 from . import _kernels
 from ._linalg import resolve_threads
 from ._validation import check_random_state, check_X, check_X_y
+from .io import read_json, read_npz
 
 FORMAT = "fastmoe.MoEParams"
 FORMAT_VERSION = 1
+#: largest model file read by MoEParams.load
+MAX_MODEL_BYTES = 64 * 2**20
+#: largest n_experts or n_features a record may declare
+MAX_RECORD_EXPERTS_OR_FEATURES = 100_000
 _FIELDS = ("gate_coef", "gate_intercept", "expert_coef", "expert_intercept", "expert_var")
+
+
+def _record_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 1 <= value <= MAX_RECORD_EXPERTS_OR_FEATURES:
+        raise ValueError(f"{FORMAT} field {name} must be an int in [1, "
+                         f"{MAX_RECORD_EXPERTS_OR_FEATURES}]; got {value!r}.")
+    return int(value)
 
 
 def _frozen(a) -> np.ndarray:
@@ -213,19 +225,30 @@ class MoEParams:
 
     @classmethod
     def from_dict(cls, data: dict) -> MoEParams:
+        """Read a :meth:`to_dict` record (untrusted: every field is checked,
+        each failure is a ValueError of one line)."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} record (missing or wrong 'format' field).")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"{FORMAT} version {data.get('version')!r} is not supported by this "
                              f"fastmoe (reads version {FORMAT_VERSION}); upgrade fastmoe.")
-        missing = [f for f in _FIELDS if f not in data]
+        missing = [f for f in ("n_experts", "n_features", *_FIELDS) if f not in data]
         if missing:
             raise ValueError(f"{FORMAT} record lacks fields {missing}.")
-        K, d = int(data["n_experts"]), int(data["n_features"])
+        K, d = (_record_int(data[k], k) for k in ("n_experts", "n_features"))
 
         def arr(name, shape):
-            a = np.asarray(data[name], dtype=np.float64)
-            return a.reshape(shape) if a.size == int(np.prod(shape)) else a
+            try:
+                a = np.asarray(data[name])
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ValueError(f"{FORMAT} field {name} is not an array ({exc}).") from None
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"{FORMAT} field {name} must hold numbers; got dtype "
+                                 f"{a.dtype}.")
+            if a.size != int(np.prod(shape)):
+                raise ValueError(f"{FORMAT} field {name} must have shape {shape} for "
+                                 f"n_experts={K}, n_features={d}; got {a.shape}.")
+            return a.astype(np.float64).reshape(shape)
 
         return cls(arr("gate_coef", (K, d)), arr("gate_intercept", (K,)),
                    arr("expert_coef", (K, d)), arr("expert_intercept", (K,)),
@@ -246,25 +269,22 @@ class MoEParams:
 
     @classmethod
     def load(cls, path) -> MoEParams:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save` (at most ``MAX_MODEL_BYTES``;
+        every field checked)."""
         path = Path(path)
         if path.suffix not in (".json", ".npz"):
             raise ValueError(f"unknown file type {path.suffix!r}; use .json or .npz.")
+        if path.suffix == ".json":
+            data = read_json(path, "model file", MAX_MODEL_BYTES)
+        else:
+            data = read_npz(path, "model file", MAX_MODEL_BYTES)
+            for k, v in list(data.items()):
+                if v.ndim == 0:  # the scalars of the record
+                    data[k] = v.item()
         try:
-            if path.suffix == ".json":
-                data = json.loads(path.read_text())
-            else:
-                with np.load(path, allow_pickle=False) as z:
-                    data = {k: z[k] for k in z.files}
-                for k in ("format",):
-                    if k in data:
-                        data[k] = str(data[k])
-                for k in ("version", "n_experts", "n_features"):
-                    if k in data:
-                        data[k] = int(data[k])
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"cannot read model file {str(path)!r}: {exc}") from None
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"model file {str(path)!r}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"MoEParams(n_experts={self.n_experts}, n_features={self.n_features})"

@@ -448,6 +448,9 @@ class AggregationResult:
     excluded : indices of input models left out as failed local fits
         (:func:`fastmoe.aggregate_messages` with ``exclude_failed``); ``machine``
         then numbers the models that were kept, in order.
+    implausible : indices of input models whose claimed sample size is out of
+        line with the others' or with their own covariate sample
+        (:func:`fastmoe.aggregate_messages`); the reasons are in ``notes``.
     """
 
     params: MoEParams
@@ -464,6 +467,7 @@ class AggregationResult:
     timings: dict
     notes: tuple = ()
     excluded: tuple = ()
+    implausible: tuple = ()
 
     def report(self) -> str:
         """Aggregation health report (:func:`fastmoe.diagnostics.health_report`)."""

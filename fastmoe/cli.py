@@ -2,19 +2,63 @@
 
 Data files are .npz (arrays X and y), .csv or .parquet (response in the column
 "y"); models are written as .json or .npz, messages as .npz or .json. A user
-mistake is reported as one line on stderr with exit code 2.
+mistake (a missing, empty, truncated or malformed file, a wrong key or shape,
+an overflow, a bad option value) is reported as one line on stderr with exit
+code 2, never a traceback (``FASTMOE_TRACEBACK=1`` shows one for an error
+that is not a user mistake). Warnings are one line each on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+#: exit status of a user mistake
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (it prints usage and the error)."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value:g}")
+    return value
+
+
+def _suffix(path, allowed, what) -> Path:
+    """Check an output path's type before any work is done."""
+    path = Path(path)
+    if path.suffix not in allowed:
+        raise ValueError(f"unknown {what} type {path.suffix!r} ({str(path)!r}); use "
+                         f"{' or '.join(allowed)}.")
+    return path
 
 
 def _table(rows, header) -> str:
@@ -27,12 +71,14 @@ def _table(rows, header) -> str:
 
 
 def _read(path, need_y=True):
-    from .distributed import read_table
+    from ._validation import check_X, check_y
+    from .io import read_table
 
     X, y = read_table(path)
     if need_y and y is None:
         raise ValueError(f"{path} has no response (an array or column named 'y').")
-    return X, y
+    X = check_X(X, name=f"X of {path}")
+    return X, None if y is None else check_y(y, X.shape[0], name=f"y of {path}")
 
 
 def _load_model(path):
@@ -106,9 +152,14 @@ def cmd_simulate(args) -> int:
     from .datasets import make_moe_regression
     from .distributed import write_table
 
+    out = _suffix(args.output, (".npz", ".csv", ".parquet"), "data file")
+    if args.truth:
+        _suffix(args.truth, (".json", ".npz"), "model file")
+    if args.shards > args.n_samples:
+        raise ValueError(f"--shards {args.shards} is more than --n-samples {args.n_samples}; "
+                         "every shard needs at least one row.")
     X, y, truth, labels = make_moe_regression(args.n_samples, args.n_features, args.n_experts,
                                               design=args.design, random_state=args.seed)
-    out = Path(args.output)
     if args.shards > 1:
         parts = np.array_split(np.arange(len(y)), args.shards)
         for m, idx in enumerate(parts):
@@ -130,6 +181,7 @@ def _fit_options(args) -> dict:
 def cmd_fit(args) -> int:
     from . import fit_moe
 
+    _suffix(args.output, (".json", ".npz"), "model file")
     X, y = _read(args.data)
     fit = fit_moe(X, y, args.n_experts, **_fit_options(args))
     fit.params.save(args.output)
@@ -141,6 +193,7 @@ def cmd_fit(args) -> int:
 def cmd_fit_local(args) -> int:
     from .distributed import fit_local
 
+    _suffix(args.output, (".npz", ".json"), "message file")
     X, y = _read(args.data)
     msg = fit_local(X, y, args.n_experts, n_support=args.n_support, support=args.support,
                     heldout=args.heldout, **_fit_options(args))
@@ -153,6 +206,7 @@ def cmd_fit_local(args) -> int:
 def cmd_aggregate(args) -> int:
     from .distributed import aggregate_messages
 
+    _suffix(args.output, (".json", ".npz"), "model file")
     result = aggregate_messages(args.messages, args.n_experts, cost=args.cost,
                                 gate_target=args.gate_target,
                                 exclude_failed=not args.keep_failed, random_state=args.seed)
@@ -166,17 +220,24 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    out = _suffix(args.output, (".csv", ".npz"), "output")
     params = _load_model(args.model)
     X, _ = _read(args.data, need_y=False)
-    pred = params.predict_mean(X)
-    out = Path(args.output)
+    if X.shape[1] != params.n_features:
+        raise ValueError(f"{args.data} has {X.shape[1]} covariates but the model expects "
+                         f"{params.n_features}.")
+    with np.errstate(over="ignore", invalid="ignore"):
+        pred, var = params.predict_mean(X), params.predict_var(X)
+    bad = ~(np.isfinite(pred) & np.isfinite(var))
+    if bad.any():
+        raise ValueError(f"the model's predictions overflow at {int(bad.sum())} of {len(pred)} "
+                         f"rows (first: row {int(np.argmax(bad))}); its coefficients are too "
+                         "large for these covariates. Nothing was written.")
     if out.suffix == ".npz":
-        np.savez(out, y_pred=pred, y_var=params.predict_var(X))
-    elif out.suffix == ".csv":
-        np.savetxt(out, np.column_stack([pred, params.predict_var(X)]), delimiter=",",
-                   header="y_pred,y_var", comments="", fmt="%.17g")
+        np.savez(out, y_pred=pred, y_var=var)
     else:
-        raise ValueError(f"unknown output type {out.suffix!r}; use .csv or .npz.")
+        np.savetxt(out, np.column_stack([pred, var]), delimiter=",",
+                   header="y_pred,y_var", comments="", fmt="%.17g")
     print(f"{len(pred)} predictions written to {out}")
     return 0
 
@@ -187,7 +248,11 @@ def cmd_evaluate(args) -> int:
     params = _load_model(args.model)
     X, y = _read(args.data)
     truth = _load_model(args.truth) if args.truth else None
-    metrics = model_metrics(params, X, y, truth=truth)
+    with np.errstate(all="ignore"):
+        metrics = model_metrics(params, X, y, truth=truth)
+    if not np.isfinite(metrics["loglik"]):
+        raise ValueError(f"the model's log-likelihood on {args.data} is not finite: its "
+                         "coefficients overflow at these covariates.")
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -223,7 +288,7 @@ def cmd_study(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastmoe", description="Fast Gaussian mixture-of-experts regression, "
         "centralised and distributed (optimal-transport aggregation).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -234,30 +299,31 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def fit_opts(p):
-        p.add_argument("--n-experts", type=int, required=True, help="K")
-        p.add_argument("--n-init", type=int, default=3, help="EM starts (default 3)")
-        p.add_argument("--max-iter", type=int, default=300, help="EM iterations per start")
+        p.add_argument("--n-experts", type=_positive_int, required=True, help="K")
+        p.add_argument("--n-init", type=_positive_int, default=3, help="EM starts (default 3)")
+        p.add_argument("--max-iter", type=_positive_int, default=300,
+                       help="EM iterations per start")
         p.add_argument("--seed", type=int, default=0)
 
     p = add("demo", cmd_demo, "the main job: simulate, fit distributed and centralised, "
             "compare", "Simulate the authors' design, fit it centrally and distributed "
             "(one message per machine, OT aggregation), and print a comparison table.")
-    p.add_argument("--n-samples", type=int, default=50000)
-    p.add_argument("--n-features", type=int, default=20)
-    p.add_argument("--n-experts", type=int, default=5)
-    p.add_argument("--n-machines", type=int, default=4)
+    p.add_argument("--n-samples", type=_positive_int, default=50000)
+    p.add_argument("--n-features", type=_positive_int, default=20)
+    p.add_argument("--n-experts", type=_positive_int, default=5)
+    p.add_argument("--n-machines", type=_positive_int, default=4)
     p.add_argument("--design", choices=["authors", "separated"], default="authors")
     p.add_argument("--backend", choices=["local", "serial", "dask"], default="local")
     p.add_argument("--costs", nargs="+", choices=["kl", "w2"], default=["kl"])
-    p.add_argument("--n-init", type=int, default=3, help="EM starts per fit")
+    p.add_argument("--n-init", type=_positive_int, default=3, help="EM starts per fit")
     p.add_argument("--seed", type=int, default=0)
 
     p = add("simulate", cmd_simulate, "write a simulated data set")
-    p.add_argument("--n-samples", type=int, default=10000)
-    p.add_argument("--n-features", type=int, default=5)
-    p.add_argument("--n-experts", type=int, default=3)
+    p.add_argument("--n-samples", type=_positive_int, default=10000)
+    p.add_argument("--n-features", type=_positive_int, default=5)
+    p.add_argument("--n-experts", type=_positive_int, default=3)
     p.add_argument("--design", choices=["authors", "separated"], default="separated")
-    p.add_argument("--shards", type=int, default=1,
+    p.add_argument("--shards", type=_positive_int, default=1,
                    help="write this many files OUTPUT_0, OUTPUT_1, ... (one per machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help=".npz, .csv or .parquet")
@@ -271,15 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("fit-local", cmd_fit_local, "fit one shard and write its message")
     p.add_argument("--data", required=True)
     fit_opts(p)
-    p.add_argument("--n-support", type=int, default=1000)
+    p.add_argument("--n-support", type=_positive_int, default=1000)
     p.add_argument("--support", choices=["sample", "gaussian"], default="sample")
-    p.add_argument("--heldout", type=float, default=0.0,
+    p.add_argument("--heldout", type=_fraction, default=0.0,
                    help="fraction of rows held out to report a held-out log-likelihood")
     p.add_argument("--output", required=True, help="message file (.npz or .json)")
 
     p = add("aggregate", cmd_aggregate, "aggregate message files into one model")
     p.add_argument("messages", nargs="+", help="message files")
-    p.add_argument("--n-experts", type=int, default=None)
+    p.add_argument("--n-experts", type=_positive_int, default=None)
     p.add_argument("--cost", choices=["kl", "w2"], default="kl")
     p.add_argument("--gate-target", choices=["assigned", "kl", "plan"], default="assigned")
     p.add_argument("--keep-failed", action="store_true",
@@ -304,25 +370,50 @@ def build_parser() -> argparse.ArgumentParser:
             "estimators, and the log-log slope of error against N. --design authors runs "
             "the authors' comparison (K=5, d=20, N=100k, M in 4, 16, 64).")
     p.add_argument("--design", choices=["authors", "separated"], default="separated")
-    p.add_argument("--n-grid", type=int, nargs="+", default=[2000, 8000, 32000])
-    p.add_argument("--machines", type=int, nargs="+", default=None)
-    p.add_argument("--n-features", type=int, default=3)
-    p.add_argument("--n-experts", type=int, default=3)
-    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--n-grid", type=_positive_int, nargs="+", default=[2000, 8000, 32000])
+    p.add_argument("--machines", type=_positive_int, nargs="+", default=None)
+    p.add_argument("--n-features", type=_positive_int, default=3)
+    p.add_argument("--n-experts", type=_positive_int, default=3)
+    p.add_argument("--repetitions", type=_positive_int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="prefix of the .md, .csv (and .png) files to write")
 
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, OSError) as exc:
-        print(f"fastmoe {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    name = f"fastmoe {args.command}"
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{name}: warning: {_one_line(Warning(message))}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
+        except (ValueError, OSError, TypeError, KeyError, IndexError, OverflowError,
+                FloatingPointError, MemoryError, RecursionError) as exc:
+            if os.environ.get("FASTMOE_TRACEBACK") == "1":
+                raise
+            print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
+            return USAGE_ERROR
+        except Exception as exc:  # not a user mistake we know of: still one line
+            if os.environ.get("FASTMOE_TRACEBACK") == "1":
+                raise
+            print(f"{name}: error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+                  "(FASTMOE_TRACEBACK=1 shows the traceback; please report it)",
+                  file=sys.stderr)
+            return USAGE_ERROR
 
 
 if __name__ == "__main__":

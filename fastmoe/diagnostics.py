@@ -160,6 +160,8 @@ def aggregation_health(result) -> dict:
     - ``failed`` : collapsed machines whose cost per unit mass exceeds
       ``FAILED_COST_FACTOR`` times the median machine's, taken for failed
       local fits (:func:`fastmoe.aggregate_messages` with ``exclude_failed``);
+    - ``implausible`` : input indices of machines whose claimed sample size
+      is out of line (``AggregationResult.implausible``);
     - ``warnings`` : sentences naming the likely cause.
     """
     K = result.params.n_experts
@@ -180,6 +182,11 @@ def aggregation_health(result) -> dict:
     hetero = [m for m in range(M) if M > 2 and cost[m] > OUTLIER_FACTOR * max(med, 1e-300)]
     failed = [m for m in collapsed if cost[m] > FAILED_COST_FACTOR * med]
     notes = []
+    implausible = list(getattr(result, "implausible", ()))
+    if implausible:
+        notes.append(f"machine(s) {implausible} claim sample sizes out of line with the others' "
+                     "or with their own covariate samples: their weight in the aggregate may be "
+                     "forged (aggregate_messages(max_weight=...) caps any machine's weight)")
     if hetero:
         notes.append(f"machine(s) {hetero} fit the aggregate far worse than the others "
                      f"(cost per unit mass {np.round(cost[hetero], 4).tolist()} vs median "
@@ -205,7 +212,7 @@ def aggregation_health(result) -> dict:
                      "regression may be noisy; send larger covariate samples")
     return {"counts": counts, "mass": result.expert_mass.copy(), "objective_share": share,
             "machine_cost": cost, "collapsed": collapsed, "heterogeneous": hetero,
-            "failed": failed, "warnings": notes}
+            "failed": failed, "implausible": implausible, "warnings": notes}
 
 
 def health_report(result) -> str:

@@ -11,25 +11,20 @@ process pool, or on a Dask cluster.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import validate_data
 
-from . import _kernels
+from . import _backends, _kernels
+from ._backends import BACKENDS
 from ._em import fit_moe
-from ._linalg import resolve_threads
-from ._params import MoEParams
+from ._runtime import resolve_threads, split_cores
 from ._validation import (
     check_bool,
     check_choice,
@@ -40,146 +35,20 @@ from ._validation import (
 )
 from .aggregation import AggregationResult, aggregate
 from .diagnostics import FAILED_COST_FACTOR
-from .exceptions import ConvergenceWarning
+from .exceptions import ConvergenceWarning, ShardError
+from .io import read_npy, read_table, write_table
+from .message import MESSAGE_FORMAT, MESSAGE_VERSION, LocalMessage
 from .moe import _MoEPredictMixin
 
-MESSAGE_FORMAT = "fastmoe.LocalMessage"
-MESSAGE_VERSION = 1
 SUPPORTS = ("sample", "gaussian")
-BACKENDS = ("local", "serial", "dask")
+#: a machine claiming more than this multiple of the median sample size is
+#: flagged as implausible (a warning and the health report; its weight is kept
+#: unless ``max_weight`` caps it)
+PLAUSIBLE_N_RATIO = 100.0
 
-
-class ShardError(ValueError):
-    """A shard could not be fitted; ``index`` says which and ``reason`` why."""
-
-    def __init__(self, index: int, reason: str, n_rows: int = 0):
-        self.index = index
-        self.reason = reason
-        self.n_rows = n_rows
-        super().__init__(f"shard {index}: {reason}")
-
-
-# ----------------------------------------------------------------------------
-# the message
-# ----------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class LocalMessage:
-    """What one machine sends to the server; nothing else leaves a shard.
-
-    Attributes
-    ----------
-    params : the local MoEParams.
-    n : number of rows the local model was fitted on.
-    support : (s, d) covariate rows sampled from the shard, or None when the
-        machine sends only their moments (``support="gaussian"``).
-    support_mean, support_cov : (d,), (d, d) mean and covariance of the
-        shard's covariates (always sent; used when ``support`` is None).
-    heldout_loglik, heldout_n : log-likelihood of the local model on rows the
-        machine held out of its fit, and how many (0 when none), for model
-        selection at the server.
-    fit_time : seconds the local fit took.
-    """
-
-    params: MoEParams
-    n: int
-    support: np.ndarray | None
-    support_mean: np.ndarray
-    support_cov: np.ndarray
-    heldout_loglik: float = 0.0
-    heldout_n: int = 0
-    fit_time: float = 0.0
-    meta: dict = field(default_factory=dict)
-
-    def _fields(self) -> dict:
-        d = {"format": MESSAGE_FORMAT, "version": MESSAGE_VERSION, "n": int(self.n),
-             "heldout_loglik": float(self.heldout_loglik), "heldout_n": int(self.heldout_n),
-             "fit_time": float(self.fit_time), "params": self.params.to_dict(),
-             "support_mean": self.support_mean.tolist(),
-             "support_cov": self.support_cov.tolist(),
-             "support": None if self.support is None else self.support.tolist(),
-             "meta": self.meta}
-        return d
-
-    def to_bytes(self) -> bytes:
-        """Compact binary form (a .npz archive)."""
-        buf = io.BytesIO()
-        header = self._fields()
-        arrays = {"support_mean": self.support_mean, "support_cov": self.support_cov}
-        if self.support is not None:
-            arrays["support"] = self.support
-        for name in ("support", "support_mean", "support_cov"):
-            header.pop(name)
-        np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
-                            **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> LocalMessage:
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                arrays = {k: z[k] for k in z.files if k != "header"}
-        except Exception as exc:  # a truncated or foreign file
-            raise ValueError(f"not a {MESSAGE_FORMAT} (cannot decode: {exc}).") from None
-        header.update({k: v for k, v in arrays.items()})
-        header.setdefault("support", None)
-        return cls._from_fields(header)
-
-    @classmethod
-    def _from_fields(cls, d: dict) -> LocalMessage:
-        if not isinstance(d, dict) or d.get("format") != MESSAGE_FORMAT:
-            raise ValueError(f"not a {MESSAGE_FORMAT} (missing or wrong 'format' field).")
-        if d.get("version") != MESSAGE_VERSION:
-            raise ValueError(f"{MESSAGE_FORMAT} version {d.get('version')!r} is not supported "
-                             f"(this fastmoe reads version {MESSAGE_VERSION}).")
-        try:
-            params = MoEParams.from_dict(d["params"])
-            support = None if d["support"] is None else np.asarray(d["support"], np.float64)
-            msg = cls(params, int(d["n"]), support,
-                      np.asarray(d["support_mean"], np.float64),
-                      np.asarray(d["support_cov"], np.float64),
-                      float(d.get("heldout_loglik", 0.0)), int(d.get("heldout_n", 0)),
-                      float(d.get("fit_time", 0.0)), dict(d.get("meta", {})))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed {MESSAGE_FORMAT}: {exc}") from None
-        msg.validate()
-        return msg
-
-    def validate(self) -> None:
-        d = self.params.n_features
-        if self.n < 1:
-            raise ValueError(f"message sample size n must be >= 1; got {self.n}.")
-        if self.support_mean.shape != (d,) or self.support_cov.shape != (d, d):
-            raise ValueError("message support moments have the wrong shape for "
-                             f"{d} features.")
-        if self.support is not None and (self.support.ndim != 2
-                                         or self.support.shape[1] != d):
-            raise ValueError(f"message support sample must have shape (s, {d}).")
-
-    def save(self, path) -> None:
-        """Write to ``.npz`` (binary) or ``.json``."""
-        path = Path(path)
-        if path.suffix == ".npz":
-            path.write_bytes(self.to_bytes())
-        elif path.suffix == ".json":
-            path.write_text(json.dumps(self._fields()))
-        else:
-            raise ValueError(f"unknown message file type {path.suffix!r}; use .npz or .json.")
-
-    @classmethod
-    def load(cls, path) -> LocalMessage:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"message file {str(path)!r} does not exist.")
-        if path.suffix == ".npz":
-            return cls.from_bytes(path.read_bytes())
-        if path.suffix == ".json":
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"message file {str(path)!r} is not valid JSON: {exc}") from None
-            return cls._from_fields(data)
-        raise ValueError(f"unknown message file type {path.suffix!r}; use .npz or .json.")
+__all__ = ["BACKENDS", "MESSAGE_FORMAT", "MESSAGE_VERSION", "DistributedMoERegressor",
+           "LocalMessage", "ShardError", "aggregate_messages", "fit_local", "fit_shard",
+           "load_shard", "pooled_support", "read_table", "select_n_experts", "write_table"]
 
 
 def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sample",
@@ -188,25 +57,44 @@ def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sa
 
     Parameters
     ----------
-    X, y : the shard.
-    n_experts : K of the local model.
-    n_support : covariate rows sampled into the message (at most the shard size).
-    support : "sample" (send the rows) or "gaussian" (send only their mean and
-        covariance; no raw row leaves the machine).
-    heldout : fraction of rows kept out of the fit to report a held-out
+    X : array-like of shape (n, d)
+        The shard's covariates.
+    y : array-like of shape (n,)
+        The shard's responses.
+    n_experts : int
+        K of the local model.
+    n_support : int, default=1000
+        Covariate rows sampled into the message (at most the shard size).
+    support : {"sample", "gaussian"}, default="sample"
+        "sample" sends the rows; "gaussian" sends only their mean and
+        covariance (no raw row leaves the machine).
+    heldout : float, default=0.0
+        Fraction of rows in (0, 1) kept out of the fit to report a held-out
         log-likelihood (for model selection at the server); 0 for none.
-    random_state : None, int or Generator (the support sample and the fit).
-    **fit_options : passed to :func:`fastmoe.fit_moe`; ``tol`` is relative
-        to this shard's log-likelihood (DistributedMoERegressor passes
-        ``tol * M`` for M machines, the centralised fit's absolute precision).
+    random_state : None, int or Generator
+        Seeds the support sample and the fit.
+    **fit_options
+        Passed to :func:`fastmoe.fit_moe`; ``tol`` is relative to this shard's
+        log-likelihood (DistributedMoERegressor passes ``tol * M`` for M
+        machines, the centralised fit's absolute precision).
+
+    Returns
+    -------
+    LocalMessage
     """
     X, y, _ = check_X_y(X, y)
     check_choice(support, "support", SUPPORTS)
     n_support = check_int(n_support, "n_support")
+    heldout = check_float(heldout, "heldout", 0.0, inclusive=True)
+    if heldout >= 1.0:
+        raise ValueError(f"heldout must be 0 (none) or a fraction in (0, 1); got {heldout!r}.")
     rng = check_random_state(random_state)
     n = X.shape[0]
-    t0 = time.perf_counter()
     n_out = int(round(heldout * n)) if heldout else 0
+    if heldout and not 1 <= n_out < n:
+        raise ValueError(f"heldout={heldout:g} of {n} rows holds out {n_out} rows; it must "
+                         "leave at least one row on each side.")
+    t0 = time.perf_counter()
     order = rng.permutation(n)
     fit_rows, out_rows = np.sort(order[n_out:]), order[:n_out]
     fit = fit_moe(X[fit_rows], y[fit_rows], n_experts, random_state=rng, **fit_options)
@@ -215,9 +103,11 @@ def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sa
     take = np.sort(rng.choice(n, size=min(n_support, n), replace=False))
     mean = X.mean(axis=0)
     cov = np.atleast_2d(np.cov(X, rowvar=False)) if n > 1 else np.zeros((X.shape[1],) * 2)
-    return LocalMessage(fit.params, len(fit_rows), X[take].copy() if support == "sample"
-                        else None, mean, cov, float(ll_out), n_out, fit_time,
-                        {"converged": bool(fit.converged), "n_iter": int(fit.n_iter)})
+    msg = LocalMessage(fit.params, len(fit_rows), X[take].copy() if support == "sample"
+                       else None, mean, (cov + cov.T) / 2, float(ll_out), n_out, fit_time,
+                       {"converged": bool(fit.converged), "n_iter": int(fit.n_iter)})
+    msg.validate()
+    return msg
 
 
 def pooled_support(messages, n_support: int | None = None, random_state=None) -> np.ndarray:
@@ -237,52 +127,160 @@ def pooled_support(messages, n_support: int | None = None, random_state=None) ->
     return np.ascontiguousarray(np.vstack(parts))
 
 
+def read_messages(messages, n_experts: int | None = None) -> list[LocalMessage]:
+    """Messages (LocalMessages, bytes or file paths) read and validated, with
+    the same number of covariates (and of experts, unless ``n_experts`` is
+    given to reduce models of different sizes); errors name the message."""
+    if isinstance(messages, (str, os.PathLike, bytes, LocalMessage)) \
+            or not hasattr(messages, "__iter__"):
+        raise ValueError("messages must be a list of LocalMessages, message bytes or file "
+                         "paths.")
+    msgs = []
+    for i, m in enumerate(messages):
+        try:
+            if isinstance(m, (str, os.PathLike)):
+                m = LocalMessage.load(m)
+            elif isinstance(m, (bytes, bytearray, memoryview)):
+                m = LocalMessage.from_bytes(m)
+            elif isinstance(m, LocalMessage):
+                m.validate()
+                m = m._normalised()
+            else:
+                raise ValueError(f"is a {type(m).__name__}; expected a LocalMessage, its bytes "
+                                 "or a message file path")
+        except (ValueError, FileNotFoundError) as exc:
+            where = f" ({m})" if isinstance(m, (str, os.PathLike)) else ""
+            raise ValueError(f"messages[{i}]{where}: {exc}") from None
+        msgs.append(m)
+    if not msgs:
+        raise ValueError("messages is empty; give at least one message.")
+    d0, k0 = msgs[0].params.n_features, msgs[0].params.n_experts
+    for i, m in enumerate(msgs[1:], 1):
+        d, k = m.params.n_features, m.params.n_experts
+        if d != d0:
+            raise ValueError(f"messages[{i}] has {d} covariates but messages[0] has {d0}; all "
+                             "messages must describe the same covariates.")
+        if k != k0 and n_experts is None:
+            raise ValueError(f"messages[{i}] has {k} experts but messages[0] has {k0}; pass "
+                             "n_experts to reduce local models of different sizes.")
+    return msgs
+
+
+def implausible_sizes(messages) -> dict:
+    """{index: reason} for machines whose claimed n is out of line: more than
+    ``PLAUSIBLE_N_RATIO`` times the median claim, or a covariate sample
+    smaller than the others' while the claim says the shard had rows to spare
+    (a machine samples min(n_support, its rows))."""
+    claims = np.array([m.n + m.heldout_n for m in messages], dtype=float)
+    out = {}
+    if len(messages) >= 3:
+        med = float(np.median(claims))
+        for i, c in enumerate(claims):
+            if c > PLAUSIBLE_N_RATIO * med:
+                out[i] = f"claims {int(c)} rows, {c / med:.3g} times the median claim"
+    sizes = [m.support.shape[0] for m in messages if m.support is not None]
+    if len(sizes) >= 2:
+        top = max(sizes)
+        for i, m in enumerate(messages):
+            if m.support is not None and m.support.shape[0] < min(top, claims[i]):
+                out.setdefault(i, f"claims {int(claims[i])} rows but sampled only "
+                                  f"{m.support.shape[0]} where others sampled {top}")
+    return out
+
+
+def capped_weights(sizes, max_weight: float) -> np.ndarray:
+    """Machine weights n_m / n with none above ``max_weight``: capped weights
+    are set to the cap and the rest renormalised, until none exceeds it."""
+    lam = np.asarray(sizes, dtype=float)
+    lam = lam / lam.sum()
+    M = len(lam)
+    if max_weight * M < 1.0 - 1e-12:
+        raise ValueError(f"max_weight={max_weight:g} is below 1/M = {1 / M:.4g} for {M} "
+                         "machines; the weights could not sum to 1.")
+    capped = np.zeros(M, dtype=bool)
+    for _ in range(M):
+        over = ~capped & (lam > max_weight)
+        if not over.any():
+            break
+        capped |= over
+        free = ~capped
+        rest = 1.0 - max_weight * capped.sum()
+        lam[capped] = max_weight
+        if free.any():
+            lam[free] *= rest / lam[free].sum()
+    return lam
+
+
 def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int | None = None,
-                       exclude_failed: bool = False, random_state=None,
-                       **aggregate_options) -> AggregationResult:
-    """Server side: pool the supports and aggregate the local models.
+                       exclude_failed: bool = False, max_weight: float | None = None,
+                       random_state=None, **aggregate_options) -> AggregationResult:
+    """Server side: check the messages, pool the supports and aggregate the
+    local models.
 
-    ``messages`` are LocalMessages or paths to message files.
-
-    exclude_failed : leave out the models that look like failed local fits
-        and aggregate the others again. A model is taken for a failed fit
-        when the aggregation health (:func:`fastmoe.diagnostics.aggregation_health`,
+    Parameters
+    ----------
+    messages : list of LocalMessage, bytes or str paths
+        One message per machine (see :mod:`fastmoe.message` for the checks
+        every message passes first).
+    n_experts : int, optional
+        K of the aggregate (default: the common K of the local models).
+    n_support : int, optional
+        Support points drawn for a message without a covariate sample.
+    exclude_failed : bool, default=False
+        Leave out the models that look like failed local fits and aggregate
+        the others again. A model is taken for a failed fit when the
+        aggregation health (:func:`fastmoe.diagnostics.aggregation_health`,
         ``failed``) finds its experts collapsed onto fewer global experts than
-        it has (a local EM that ended with two experts on one group of rows and
-        one on two groups) and its transport cost per unit mass above
+        it has and its transport cost per unit mass above
         ``FAILED_COST_FACTOR`` times the median machine's. Measured in
         ``fastmoe demo``: one such machine of 4 cost the aggregate 0.6% of
         test log-likelihood. The result's ``excluded`` lists the indices left
         out; with two models nothing can be excluded.
+    max_weight : float in (0, 1], optional
+        Cap on any one machine's weight n_m / n (the others renormalised):
+        bounds what a machine that overstates its n can do. A machine whose
+        claimed n is out of line (:func:`implausible_sizes`) is flagged in
+        ``implausible``, the health report and a warning either way.
+    random_state : None, int or Generator
+    **aggregate_options
+        Passed to :func:`fastmoe.aggregate`.
+
+    Returns
+    -------
+    AggregationResult
     """
-    msgs = []
-    for i, m in enumerate(messages):
-        if isinstance(m, (str, os.PathLike)):
-            try:
-                m = LocalMessage.load(m)
-            except ValueError as exc:
-                raise ValueError(f"messages[{i}] ({m}): {exc}") from None
-        elif not isinstance(m, LocalMessage):
-            raise ValueError(f"messages[{i}] is a {type(m).__name__}; expected a LocalMessage "
-                             "or a message file path.")
-        msgs.append(m)
-    if not msgs:
-        raise ValueError("messages is empty; give at least one message.")
+    msgs = read_messages(messages, n_experts)
     exclude_failed = check_bool(exclude_failed, "exclude_failed")
+    if max_weight is not None:
+        max_weight = check_float(max_weight, "max_weight")
+        if max_weight > 1.0:
+            raise ValueError(f"max_weight must be in (0, 1]; got {max_weight!r}.")
     rng = check_random_state(random_state)
+    odd = implausible_sizes(msgs)
+    if odd:
+        warnings.warn("implausible sample size(s): " + "; ".join(
+            f"messages[{i}] {why}" for i, why in odd.items())
+            + ". Check those machines; max_weight caps any machine's weight.",
+            UserWarning, stacklevel=2)
 
     def run(kept):
-        Xs = pooled_support(kept, n_support, rng)
-        return aggregate([m.params for m in kept], n_experts, sample_sizes=[m.n for m in kept],
-                         X_support=Xs, random_state=rng, **aggregate_options)
+        Xs = pooled_support([msgs[i] for i in kept], n_support, rng)
+        sizes = [msgs[i].n for i in kept]
+        if max_weight is not None:
+            sizes = capped_weights(sizes, max_weight)
+        res = aggregate([msgs[i].params for i in kept], n_experts, sample_sizes=sizes,
+                        X_support=Xs, random_state=rng, **aggregate_options)
+        notes = tuple(f"messages[{i}] {why}" for i, why in odd.items())
+        return replace(res, implausible=tuple(odd), notes=res.notes + notes)
 
-    result = run(msgs)
+    every = list(range(len(msgs)))
+    result = run(every)
     if not exclude_failed:
         return result
     failed = result.health()["failed"]
     if not failed:
         return result
-    result = run([m for i, m in enumerate(msgs) if i not in failed])
+    result = run([i for i in every if i not in failed])
     note = (f"model(s) {failed} were left out as failed local fits (experts collapsed "
             f"onto fewer global experts, transport cost per unit mass over "
             f"{FAILED_COST_FACTOR:g} times the median)")
@@ -292,65 +290,6 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
 # ----------------------------------------------------------------------------
 # shards
 # ----------------------------------------------------------------------------
-def read_table(path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(X, y) from a data file: ``.npz`` with arrays "X" and "y"; ``.csv`` (with
-    a header line) or ``.parquet`` with the response in the column named "y"
-    and covariates in all the others. y is None when the file has none."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist.")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            if "X" not in z.files:
-                raise ValueError(f"{path} must hold an array named 'X' (and 'y'); "
-                                 f"it has {z.files}.")
-            return z["X"], (z["y"] if "y" in z.files else None)
-    if path.suffix == ".csv":
-        with open(path) as f:
-            header = [h.strip() for h in f.readline().strip().split(",")]
-        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    elif path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ValueError("reading .parquet needs pyarrow (pip install pyarrow).") from None
-        table = pq.read_table(path)
-        header = table.column_names
-        data = np.column_stack([table.column(c).to_numpy() for c in header]).astype(float)
-    else:
-        raise ValueError(f"unknown data file type {path.suffix!r}; use .npz, .csv or .parquet.")
-    if "y" not in header:
-        return data, None
-    j = header.index("y")
-    return np.delete(data, j, axis=1), data[:, j]
-
-
-def write_table(path, X, y=None) -> None:
-    """Write (X, y) as read by :func:`read_table` (.npz, .csv or .parquet)."""
-    path = Path(path)
-    X = np.asarray(X, dtype=float)
-    names = [f"x{j}" for j in range(X.shape[1])]
-    if path.suffix == ".npz":
-        np.savez(path, X=X, **({} if y is None else {"y": np.asarray(y, float)}))
-        return
-    cols = [X[:, j] for j in range(X.shape[1])]
-    if y is not None:
-        names.append("y")
-        cols.append(np.asarray(y, float))
-    if path.suffix == ".csv":
-        np.savetxt(path, np.column_stack(cols), delimiter=",", header=",".join(names),
-                   comments="", fmt="%.17g")
-    elif path.suffix == ".parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ValueError("writing .parquet needs pyarrow (pip install pyarrow).") from None
-        pq.write_table(pa.table(dict(zip(names, cols))), path)
-    else:
-        raise ValueError(f"unknown data file type {path.suffix!r}; use .npz, .csv or .parquet.")
-
-
 def _require_y(X, y, source):
     if y is None:
         raise ValueError(f"{source} has no response (an array or column named 'y').")
@@ -367,7 +306,7 @@ def load_shard(shard):
     if isinstance(shard, (tuple, list)) and len(shard) == 2:
         X, y = shard
         if isinstance(X, (str, os.PathLike)) and isinstance(y, (str, os.PathLike)):
-            return np.load(X, allow_pickle=False), np.load(y, allow_pickle=False)
+            return read_npy(X, "covariate file"), read_npy(y, "response file")
         return X, y
     raise ValueError(f"a shard must be (X, y), a data file path, a pair of .npy paths or a "
                      f"callable; got {type(shard).__name__}.")
@@ -384,7 +323,7 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
     try:
         X, y = load_shard(shard)
         X = np.asarray(X)
-        n = X.shape[0] if X.ndim else 0
+        n = int(X.shape[0]) if X.ndim else 0
         if n == 0:
             raise ShardError(index, "the shard is empty")
         d = X.shape[1] if X.ndim == 2 else 1
@@ -400,7 +339,8 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
     except ShardError as exc:
         return index, exc
     except Exception as exc:  # any failure of one shard is reported by its index
-        return index, ShardError(index, f"{type(exc).__name__}: {exc}", n)
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        return index, ShardError(index, f"{type(exc).__name__}: {reason}", n)
 
 
 def _progress(total: int, verbose: int):
@@ -411,49 +351,6 @@ def _progress(total: int, verbose: int):
     except ImportError:
         return None
     return tqdm(total=total, desc="local fits", unit="shard")
-
-
-def _run_serial(tasks, bar):
-    out = []
-    for t in tasks:
-        out.append(fit_shard(*t))
-        if bar is not None:
-            bar.update()
-    return out
-
-
-def _run_local(tasks, n_jobs, bar):
-    out = []
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as ex:
-        futures = [ex.submit(fit_shard, *t) for t in tasks]
-        for f in futures:
-            out.append(f.result())
-            if bar is not None:
-                bar.update()
-    return out
-
-
-def _run_dask(tasks, client, bar):
-    try:
-        from dask.distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise ValueError('backend="dask" needs dask.distributed '
-                         '(pip install "fastmoe[dask]").') from None
-    own = client is None
-    if own:
-        cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0")
-        client = Client(cluster)
-    try:
-        futures = [client.submit(fit_shard, *t, pure=False, key=f"fastmoe-shard-{t[0]}")
-                   for t in tasks]
-        for _ in as_completed(futures):
-            if bar is not None:
-                bar.update()
-        return client.gather(futures)
-    finally:
-        if own:
-            client.close()
-            cluster.close()
 
 
 def _dask_partitions(shards):
@@ -515,8 +412,11 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         with ``support="gaussian"``).
     support : {"sample", "gaussian"}, default="sample"
     backend : {"local", "serial", "dask"}, default="local"
-        "local": a process pool on this machine; "dask": a dask.distributed
-        Client (``client``, or a LocalCluster started and closed for the fit).
+        "local": a process pool on this machine (joblib's loky: works from a
+        plain script, ``python -`` or a notebook, with no main guard);
+        "serial": one fit after another in this process; "dask": a
+        dask.distributed Client (``client``, never closed by fastmoe, or a
+        LocalCluster started and closed for the fit).
     n_jobs : int or None
         Worker processes of the "local" backend (None: min(shards, cores)).
     client : dask.distributed.Client or None
@@ -544,6 +444,19 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         left out are listed in ``excluded_shards_``, with a warning.
     random_state : None, int or Generator
     n_threads : threads per local fit and of the reduction (None: cores / jobs)
+
+    Attributes
+    ----------
+    params_, gate_coef_, gate_intercept_, expert_coef_, expert_intercept_, expert_var_ :
+        the aggregated model.
+    n_iter_ : MM iterations of the reduction.
+    aggregation_ : the AggregationResult (``aggregation_.report()``).
+    messages_, local_models_ : the messages of the shards that were fitted.
+    shard_sizes_, dropped_shards_, dropped_rows_, excluded_shards_ : what
+        each shard contributed; ``shard_sizes_.sum() + dropped_rows_`` is the
+        number of rows given.
+    local_fit_times_, reduction_time_, learning_time_, wall_time_,
+    message_bytes_ : the costs.
     verbose : int, default=0
         1 shows a progress bar over the shard fits (on a terminal, with tqdm).
     """
@@ -616,18 +529,15 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         check_choice(self.on_shard_error, "on_shard_error", ("raise", "skip"))
         check_choice(self.support, "support", SUPPORTS)
         M = len(shards)
-        cores = resolve_threads(None)
-        n_jobs = min(M, cores) if self.n_jobs is None else check_int(self.n_jobs, "n_jobs")
-        if self.n_threads is not None:
-            threads = resolve_threads(self.n_threads)
-        elif self.backend == "serial":
-            threads = cores  # one fit at a time: all cores to it
+        # processes x threads never exceed the cores (_runtime.split_cores); the
+        # kernels' results do not depend on the thread count, so every backend
+        # gives the same model
+        if self.backend == "serial":  # one fit at a time: all cores to it
+            n_jobs, threads = split_cores(1, 1, self.n_threads)
         elif self.backend == "local":
-            threads = max(1, cores // n_jobs)
-        else:
-            threads = 1  # a Dask worker's own core
-        # the kernels' results do not depend on the thread count, so every
-        # backend gives the same model
+            n_jobs, threads = split_cores(M, self.n_jobs, self.n_threads)
+        else:  # a Dask worker's own core
+            n_jobs, threads = 1, resolve_threads(self.n_threads or 1)
         tol = check_float(self.tol, "tol", 0.0, inclusive=True)
         options = dict(n_support=self.n_support, support=self.support, max_iter=self.max_iter,
                        tol=tol * M, n_init=self.n_init, init=self.init,
@@ -638,12 +548,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         tasks = [(i, s, K, int(seeds[i]), options) for i, s in enumerate(shards)]
         bar = _progress(M, self.verbose)
         try:
-            if self.backend == "serial":
-                results = _run_serial(tasks, bar)
-            elif self.backend == "local":
-                results = _run_local(tasks, n_jobs, bar)
-            else:
-                results = _run_dask(tasks, self.client, bar)
+            results = _backends.run(self.backend, fit_shard, tasks, n_jobs=n_jobs,
+                                    client=self.client, bar=bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -676,6 +582,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         reduction_time = time.perf_counter() - t0
         self._set_params_attributes(agg.params)
         self.aggregation_ = agg
+        self.n_iter_ = int(agg.n_iter)
         self.messages_ = messages
         self.local_models_ = [m.params for m in messages]
         self.shard_sizes_ = np.array([m.n + m.heldout_n for m in messages])

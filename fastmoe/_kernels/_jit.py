@@ -27,8 +27,10 @@ class JitPair:
     def __call__(self, *args, n_threads: int = 1):
         if n_threads <= 1:
             return self.serial(*args)
-        numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
-        return self.parallel(*args)
+        from .._runtime import numba_threads
+
+        with numba_threads(n_threads):
+            return self.parallel(*args)
 
 
 def _renamed(func, suffix: str):

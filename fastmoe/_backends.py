@@ -1,0 +1,76 @@
+"""Where the local fits run: serially, in a local process pool, or on Dask.
+
+Every backend runs the same plain function on the same tasks and returns the
+same list of ``(index, LocalMessage or ShardError)`` in task order, so the
+model does not depend on the backend.
+
+- "serial": one fit after another in this process.
+- "local": joblib's loky process pool. Its workers do not re-import the
+  caller's ``__main__``, so a plain script, ``python -`` and a notebook
+  work without an ``if __name__ == "__main__":`` guard (a spawn pool of the
+  standard library re-runs the script in every worker and breaks there).
+- "dask": a dask.distributed Client, the user's (never closed here) or a
+  LocalCluster started and closed for the call. Task keys are unique to each
+  call, so concurrent fits on one client cannot take each other's results.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+BACKENDS = ("local", "serial", "dask")
+
+
+def run(backend: str, func, tasks: list, *, n_jobs: int, client=None, bar=None) -> list:
+    """[func(*task) for task in tasks] on ``backend``, in task order."""
+    runner = {"serial": _serial, "local": _local, "dask": _dask}[backend]
+    return runner(func, tasks, n_jobs=n_jobs, client=client, bar=bar)
+
+
+def _tick(bar):
+    if bar is not None:
+        bar.update()
+
+
+def _serial(func, tasks, *, n_jobs, client, bar):
+    out = []
+    for t in tasks:
+        out.append(func(*t))
+        _tick(bar)
+    return out
+
+
+def _local(func, tasks, *, n_jobs, client, bar):
+    from joblib import Parallel, delayed
+
+    out = []
+    parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")
+    for result in parallel(delayed(func)(*t) for t in tasks):
+        out.append(result)
+        _tick(bar)
+    return out
+
+
+def _dask(func, tasks, *, n_jobs, client, bar):
+    try:
+        from dask.base import tokenize
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ValueError('backend="dask" needs dask.distributed '
+                         '(pip install "fastmoe[dask]").') from None
+    own = client is None
+    if own:
+        cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0")
+        client = Client(cluster)
+    try:
+        call = uuid.uuid4().hex  # this call's own keys, even for identical tasks
+        futures = [client.submit(func, *t, pure=False,
+                                 key=f"fastmoe-shard-{i}-{tokenize(call, i)}")
+                   for i, t in enumerate(tasks)]
+        for _ in as_completed(futures):
+            _tick(bar)
+        return client.gather(futures)
+    finally:
+        if own:
+            client.close()
+            cluster.close()

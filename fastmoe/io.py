@@ -1,0 +1,265 @@
+"""Reading files that reach fastmoe: data tables, .npz archives, .npy and JSON.
+
+Every file is untrusted. Before anything is decompressed or allocated, the
+file's size and every array's declared size are checked against a limit
+(``MAX_DATA_BYTES`` for data, smaller ones for models and messages), object
+arrays are refused (nothing is ever unpickled), and a truncated, foreign or
+malformed file gives a ValueError of one line that names the file. Limits
+are module constants; the readers take them as arguments.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+#: largest data file (and largest array in one) that fastmoe reads
+MAX_DATA_BYTES = 8 * 2**30
+#: largest JSON text fastmoe parses (models and messages written as .json)
+MAX_JSON_BYTES = 256 * 2**20
+#: dtype kinds an archive may hold: bool, integers, floats, text (no objects)
+_KINDS = "biufU"
+
+
+def check_file(path, what: str, max_bytes: int) -> Path:
+    """An existing regular file no larger than ``max_bytes``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"cannot read {what} {str(path)!r}: it does not exist.")
+    if not path.is_file():
+        raise ValueError(f"cannot read {what} {str(path)!r}: it is not a regular file.")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"cannot read {what} {str(path)!r}: it has {size} bytes, more than "
+                         f"the limit of {max_bytes}.")
+    if size == 0:
+        raise ValueError(f"cannot read {what} {str(path)!r}: it is empty.")
+    return path
+
+
+def _read_exact(f, size: int) -> bytearray:
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        k = f.readinto(view[got:])
+        if not k:
+            break
+        got += k
+    if got != size:
+        raise ValueError(f"truncated array data ({got} of {size} bytes)")
+    return buf
+
+
+def read_npy_stream(f, budget: int) -> np.ndarray:
+    """One .npy array from the open binary stream ``f``, refused before any
+    allocation when its declared size exceeds ``budget`` bytes or its dtype
+    holds objects. Raises ValueError."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, EOFError, SyntaxError, TypeError, OSError) as exc:
+        raise ValueError(f"not a valid .npy array ({exc})") from None
+    if dtype.hasobject or dtype.kind not in _KINDS or dtype.fields is not None:
+        raise ValueError(f"arrays of dtype {dtype} are not accepted (numbers or text only)")
+    count = math.prod(int(s) for s in shape)
+    size = count * dtype.itemsize
+    if size > budget:
+        raise ValueError(f"an array declares shape {tuple(shape)} ({size} bytes), more than "
+                         f"the {budget} bytes allowed")
+    try:
+        buf = _read_exact(f, size)
+        if f.read(1):
+            raise ValueError("array data longer than its declared shape")
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"corrupt array data ({exc})") from None
+    except RuntimeError as exc:  # zipfile: bad CRC, encrypted member
+        raise ValueError(f"corrupt array data ({exc})") from None
+    arr = np.frombuffer(buf, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def read_npz(source, what: str, max_bytes: int) -> dict:
+    """The arrays of a .npz archive (a path or its bytes) as a dict, at most
+    ``max_bytes`` declared in all (see :func:`read_npy_stream`)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) > max_bytes:
+            raise ValueError(f"{what} has {len(source)} bytes, more than the limit of "
+                             f"{max_bytes}.")
+        handle, label = io.BytesIO(source), what
+    else:
+        handle, label = check_file(source, what, max_bytes), f"{what} {str(source)!r}"
+    try:
+        with zipfile.ZipFile(handle) as z:
+            infos = z.infolist()
+            if len(infos) > 64:
+                raise ValueError(f"{len(infos)} members; at most 64 are accepted")
+            budget = max_bytes
+            out = {}
+            for info in infos:
+                if not info.filename.endswith(".npy") or info.is_dir():
+                    raise ValueError(f"member {info.filename!r} is not a .npy array")
+                if info.file_size > budget + 4096:
+                    raise ValueError(f"member {info.filename!r} declares {info.file_size} "
+                                     f"bytes, more than the {max_bytes} allowed")
+                with z.open(info) as f:
+                    arr = read_npy_stream(f, budget)
+                budget -= arr.nbytes
+                out[info.filename[:-4]] = arr
+            return out
+    except ValueError as exc:
+        raise ValueError(f"cannot read {label}: {exc}.") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
+            NotImplementedError, RuntimeError) as exc:
+        raise ValueError(f"cannot read {label}: not a valid .npz archive ({exc}).") from None
+
+
+def read_npy(path, what: str = "array file", max_bytes: int = MAX_DATA_BYTES) -> np.ndarray:
+    """One .npy file, with the checks of :func:`read_npy_stream`."""
+    path = check_file(path, what, max_bytes)
+    with open(path, "rb") as f:
+        try:
+            return read_npy_stream(f, max_bytes)
+        except ValueError as exc:
+            raise ValueError(f"cannot read {what} {str(path)!r}: {exc}.") from None
+
+
+def read_json(path, what: str, max_bytes: int = MAX_JSON_BYTES):
+    """A JSON document from a file of at most ``max_bytes``."""
+    path = check_file(path, what, max_bytes)
+    try:
+        return parse_json(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"cannot read {what} {str(path)!r}: not valid JSON ({exc}).") from None
+
+
+def parse_json(data: bytes):
+    """JSON text -> Python objects; NaN and Infinity are refused (they are
+    not JSON), and so is nesting too deep to parse."""
+    def constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        return json.loads(data, parse_constant=constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason})") from None
+
+
+# ----------------------------------------------------------------------------
+# data tables
+# ----------------------------------------------------------------------------
+def read_table(path, max_bytes: int = MAX_DATA_BYTES) -> tuple[np.ndarray, np.ndarray | None]:
+    """(X, y) from a data file: ``.npz`` with arrays "X" and "y"; ``.csv`` (with
+    a header line) or ``.parquet`` with the response in the column named "y"
+    and covariates in all the others. y is None when the file has none.
+    Values are not checked here (``check_X`` does); shapes and sizes are."""
+    path = Path(path)
+    if path.suffix not in (".npz", ".csv", ".parquet"):
+        raise ValueError(f"unknown data file type {path.suffix!r} ({str(path)!r}); use .npz, "
+                         ".csv or .parquet.")
+    path = check_file(path, "data file", max_bytes)
+    if path.suffix == ".npz":
+        z = read_npz(path, "data file", max_bytes)
+        if "X" not in z:
+            raise ValueError(f"data file {str(path)!r} must hold an array named 'X' (and 'y'); "
+                             f"it has {sorted(z)}.")
+        X, y = z["X"], z.get("y")
+        if X.ndim != 2:
+            raise ValueError(f"data file {str(path)!r}: X must be 2-D; got shape {X.shape}.")
+        if y is not None and y.shape != (X.shape[0],):
+            raise ValueError(f"data file {str(path)!r}: y must have shape ({X.shape[0]},) to "
+                             f"match X; got {y.shape}.")
+        return X, y
+    if path.suffix == ".csv":
+        header, data = _read_csv(path)
+    else:
+        header, data = _read_parquet(path)
+    if len(set(header)) != len(header):
+        raise ValueError(f"data file {str(path)!r} has repeated column names.")
+    if data.shape[0] == 0:
+        raise ValueError(f"data file {str(path)!r} has a header but no data rows.")
+    if "y" not in header:
+        return data, None
+    if len(header) < 2:
+        raise ValueError(f"data file {str(path)!r} has the response 'y' but no covariate.")
+    j = header.index("y")
+    return np.delete(data, j, axis=1), data[:, j]
+
+
+def _read_csv(path: Path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = [h.strip() for h in f.readline().strip().split(",")]
+            with warnings.catch_warnings():  # no rows: said below, not warned
+                warnings.filterwarnings("ignore", "input contained no data")
+                data = np.loadtxt(f, delimiter=",", ndmin=2, dtype=np.float64)
+    except (ValueError, UnicodeDecodeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"data file {str(path)!r} is not a numeric CSV table with a header "
+                         f"line: {msg}") from None
+    if data.size and data.shape[1] != len(header):
+        raise ValueError(f"data file {str(path)!r} has {len(header)} column names but "
+                         f"{data.shape[1]} columns of data.")
+    return header, data.reshape(-1, len(header)) if data.size == 0 else data
+
+
+def _read_parquet(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("reading .parquet needs pyarrow (pip install pyarrow).") from None
+    try:
+        meta = pq.read_metadata(path)
+        declared = meta.num_rows * meta.num_columns * 8
+        if declared > MAX_DATA_BYTES:
+            raise ValueError(f"it declares {meta.num_rows} x {meta.num_columns} values, more "
+                             f"than {MAX_DATA_BYTES} bytes")
+        table = pq.read_table(path)
+        header = [str(c) for c in table.column_names]
+        cols = [table.column(c).to_numpy() for c in table.column_names]
+        data = (np.column_stack(cols).astype(np.float64) if cols
+                else np.empty((0, 0)))
+    except ValueError as exc:
+        raise ValueError(f"data file {str(path)!r} cannot be read: {exc}") from None
+    except Exception as exc:  # pyarrow's own errors on a corrupt file
+        raise ValueError(f"data file {str(path)!r} is not a readable numeric parquet table "
+                         f"({type(exc).__name__}: {exc})") from None
+    return header, data
+
+
+def write_table(path, X, y=None) -> None:
+    """Write (X, y) as read by :func:`read_table` (.npz, .csv or .parquet)."""
+    path = Path(path)
+    X = np.asarray(X, dtype=float)
+    names = [f"x{j}" for j in range(X.shape[1])]
+    if path.suffix == ".npz":
+        np.savez(path, X=X, **({} if y is None else {"y": np.asarray(y, float)}))
+        return
+    cols = [X[:, j] for j in range(X.shape[1])]
+    if y is not None:
+        names.append("y")
+        cols.append(np.asarray(y, float))
+    if path.suffix == ".csv":
+        np.savetxt(path, np.column_stack(cols), delimiter=",", header=",".join(names),
+                   comments="", fmt="%.17g")
+    elif path.suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError("writing .parquet needs pyarrow (pip install pyarrow).") from None
+        pq.write_table(pa.table(dict(zip(names, cols))), path)
+    else:
+        raise ValueError(f"unknown data file type {path.suffix!r}; use .npz, .csv or .parquet.")

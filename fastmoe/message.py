@@ -1,0 +1,310 @@
+"""The one message a machine sends to the server, and its checks.
+
+A :class:`LocalMessage` holds the local model, the number of rows it was
+fitted on, and a covariate sample (or only the covariates' mean and
+covariance). It is written as a compressed .npz archive (a JSON header and
+float64 arrays; nothing is pickled) or as JSON.
+
+A message is untrusted input. Reading one checks, before any array is
+decompressed, the file size (``MAX_MESSAGE_BYTES``) and every array's
+declared size; then :meth:`LocalMessage.validate` checks every field:
+
+- ``n`` (and ``heldout_n``) an integer in [1, ``MAX_N``] ([0, MAX_N]);
+- at most ``MAX_EXPERTS`` experts on at most ``MAX_FEATURES`` covariates;
+- every value finite; the covariates of the sample and their mean within
+  ``MAX_ABS``; the covariance symmetric positive semi-definite with variances
+  at most ``MAX_ABS**2``;
+- the model's expert means and gate logits within ``MAX_ABS`` wherever the
+  server will evaluate them (at the sample's rows, or over the 4-sigma
+  ellipsoid of the covariates' Gaussian), and its variances in
+  (0, ``MAX_VAR``]: so that no cost, Gram matrix or prediction of the
+  aggregate can overflow;
+- a sample of at most ``n + heldout_n`` rows (it is drawn from the shard).
+
+Each failure is a ValueError of one line naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._params import MoEParams
+from .io import MAX_JSON_BYTES, parse_json, read_json, read_npz
+
+MESSAGE_FORMAT = "fastmoe.LocalMessage"
+MESSAGE_VERSION = 1
+#: largest message (file, and arrays once decompressed) the server reads
+MAX_MESSAGE_BYTES = 64 * 2**20
+#: largest sample size a message may claim
+MAX_N = 10**12
+#: largest number of experts and of covariates in a message
+MAX_EXPERTS = 1000
+MAX_FEATURES = 1000
+#: bound on covariates, expert means and gate logits where the server uses them
+MAX_ABS = 1e50
+#: bound on the experts' variances
+MAX_VAR = 1e100
+#: relative tolerance of the symmetry and semi-definiteness checks
+_SYM_TOL = 1e-8
+
+
+def _count(value, name: str, minimum: int) -> int:
+    """An integer count in [minimum, MAX_N] (an integral float is accepted)."""
+    ok = isinstance(value, (numbers.Integral, float, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+    if ok and not isinstance(value, numbers.Integral):
+        ok = bool(np.isfinite(value)) and float(value).is_integer()
+    if not ok or not minimum <= value <= MAX_N:
+        raise ValueError(f"message field {name} must be an integer in [{minimum}, {MAX_N:.0e}]; "
+                         f"got {value!r}.")
+    return int(value)
+
+
+def _real(value, name: str, minimum: float | None = None) -> float:
+    ok = isinstance(value, (numbers.Real, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not np.isfinite(value) or (minimum is not None and value < minimum):
+        rel = "" if minimum is None else f" >= {minimum:g}"
+        raise ValueError(f"message field {name} must be a finite number{rel}; got {value!r}.")
+    return float(value)
+
+
+def _array(value, name: str, ndim: int) -> np.ndarray:
+    """A finite float64 array of ``ndim`` dimensions from a list or an array."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"message field {name} is not an array ({exc}).") from None
+    if a.dtype.kind not in "biuf" or a.ndim != ndim:
+        raise ValueError(f"message field {name} must be a {ndim}-D array of numbers; got "
+                         f"{a.ndim}-D dtype {a.dtype}.")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"message field {name} contains NaN or infinity.")
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class LocalMessage:
+    """What one machine sends to the server; nothing else leaves a shard.
+
+    Attributes
+    ----------
+    params : MoEParams
+        The local model.
+    n : int
+        Number of rows the local model was fitted on.
+    support : ndarray of shape (s, d) or None
+        Covariate rows sampled from the shard, or None when the machine sends
+        only their moments (``support="gaussian"``).
+    support_mean, support_cov : ndarray of shape (d,) and (d, d)
+        Mean and covariance of the shard's covariates (always sent; used when
+        ``support`` is None).
+    heldout_loglik, heldout_n : float, int
+        Log-likelihood of the local model on rows the machine held out of its
+        fit, and how many (0 when none), for model selection at the server.
+    fit_time : float
+        Seconds the local fit took.
+    meta : dict
+        Free-form facts about the fit (converged, n_iter, warnings).
+    """
+
+    params: MoEParams
+    n: int
+    support: np.ndarray | None
+    support_mean: np.ndarray
+    support_cov: np.ndarray
+    heldout_loglik: float = 0.0
+    heldout_n: int = 0
+    fit_time: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    # -- checks ----------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError (one line) unless every field is within the limits
+        of the module docstring."""
+        if not isinstance(self.params, MoEParams):
+            raise ValueError(f"message params must be MoEParams; got "
+                             f"{type(self.params).__name__}.")
+        p = self.params
+        K, d = p.n_experts, p.n_features
+        if K > MAX_EXPERTS or d > MAX_FEATURES:
+            raise ValueError(f"message model has {K} experts on {d} covariates; at most "
+                             f"{MAX_EXPERTS} and {MAX_FEATURES} are accepted.")
+        n = _count(self.n, "n", 1)
+        held = _count(self.heldout_n, "heldout_n", 0)
+        _real(self.heldout_loglik, "heldout_loglik")
+        _real(self.fit_time, "fit_time", 0.0)
+        if not isinstance(self.meta, dict):
+            raise ValueError(f"message field meta must be a dict; got "
+                             f"{type(self.meta).__name__}.")
+        mean = _array(self.support_mean, "support_mean", 1)
+        cov = _array(self.support_cov, "support_cov", 2)
+        if mean.shape != (d,) or cov.shape != (d, d):
+            raise ValueError(f"message support moments must have shapes ({d},) and ({d}, {d}) "
+                             f"for a model on {d} covariates; got {mean.shape} and {cov.shape}.")
+        if np.max(np.abs(mean)) > MAX_ABS:
+            raise ValueError(f"message support_mean has a value beyond {MAX_ABS:g}.")
+        _check_covariance(cov)
+        if self.support is not None:
+            S = _array(self.support, "support", 2)
+            if S.shape[0] < 1 or S.shape[1] != d:
+                raise ValueError(f"message support sample must have shape (s, {d}) with s >= 1; "
+                                 f"got {S.shape}.")
+            if S.shape[0] > n + held:
+                raise ValueError(f"message support sample has {S.shape[0]} rows but the shard "
+                                 f"claims {n + held} (n + heldout_n); a sample cannot be larger "
+                                 "than its shard.")
+            if np.max(np.abs(S)) > MAX_ABS:
+                raise ValueError(f"message support sample has a value beyond {MAX_ABS:g}.")
+        _check_model_range(p, self.support, mean, cov)
+
+    # -- serialisation ---------------------------------------------------------
+    def _fields(self) -> dict:
+        return {"format": MESSAGE_FORMAT, "version": MESSAGE_VERSION, "n": int(self.n),
+                "heldout_loglik": float(self.heldout_loglik),
+                "heldout_n": int(self.heldout_n), "fit_time": float(self.fit_time),
+                "params": self.params.to_dict(),
+                "support_mean": np.asarray(self.support_mean).tolist(),
+                "support_cov": np.asarray(self.support_cov).tolist(),
+                "support": None if self.support is None else np.asarray(self.support).tolist(),
+                "meta": self.meta}
+
+    def to_bytes(self) -> bytes:
+        """Compact binary form (a compressed .npz archive; nothing pickled)."""
+        buf = io.BytesIO()
+        header = self._fields()
+        arrays = {"support_mean": self.support_mean, "support_cov": self.support_cov}
+        if self.support is not None:
+            arrays["support"] = self.support
+        for name in ("support", "support_mean", "support_cov"):
+            header.pop(name)
+        np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+                            **{k: np.asarray(v, np.float64) for k, v in arrays.items()})
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LocalMessage:
+        """Read :meth:`to_bytes` output (checked: see the module docstring)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError(f"a message must be bytes; got {type(data).__name__}.")
+        try:
+            arrays = read_npz(bytes(data), f"a {MESSAGE_FORMAT}", MAX_MESSAGE_BYTES)
+        except ValueError as exc:
+            raise ValueError(f"not a {MESSAGE_FORMAT} ({exc})") from None
+        unknown = set(arrays) - {"header", "support", "support_mean", "support_cov"}
+        if "header" not in arrays or unknown:
+            raise ValueError(f"not a {MESSAGE_FORMAT} (arrays {sorted(arrays)}; expected "
+                             "header, support_mean, support_cov and optionally support).")
+        header = arrays.pop("header")
+        if header.dtype != np.uint8 or header.ndim != 1:
+            raise ValueError(f"not a {MESSAGE_FORMAT} (its header is not JSON text).")
+        try:
+            fields = parse_json(header.tobytes())
+        except ValueError as exc:
+            raise ValueError(f"not a {MESSAGE_FORMAT} (its header is not JSON: {exc}).") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"not a {MESSAGE_FORMAT} (its header is not a JSON object).")
+        for name in ("support", "support_mean", "support_cov"):
+            if name in fields:
+                raise ValueError(f"malformed {MESSAGE_FORMAT}: {name} in both the header and "
+                                 "the arrays.")
+        fields.update(arrays)
+        fields.setdefault("support", None)
+        return cls._from_fields(fields)
+
+    @classmethod
+    def _from_fields(cls, d: dict) -> LocalMessage:
+        if not isinstance(d, dict) or d.get("format") != MESSAGE_FORMAT:
+            raise ValueError(f"not a {MESSAGE_FORMAT} (missing or wrong 'format' field).")
+        if d.get("version") != MESSAGE_VERSION:
+            raise ValueError(f"{MESSAGE_FORMAT} version {d.get('version')!r} is not supported "
+                             f"(this fastmoe reads version {MESSAGE_VERSION}).")
+        missing = [k for k in ("params", "n", "support_mean", "support_cov") if k not in d]
+        if missing:
+            raise ValueError(f"malformed {MESSAGE_FORMAT}: missing field(s) {missing}.")
+        try:
+            params = MoEParams.from_dict(d["params"])
+        except ValueError as exc:
+            raise ValueError(f"malformed {MESSAGE_FORMAT}: params: {exc}") from None
+        support = d.get("support")
+        msg = cls(params, d["n"], None if support is None else _array(support, "support", 2),
+                  _array(d["support_mean"], "support_mean", 1),
+                  _array(d["support_cov"], "support_cov", 2),
+                  d.get("heldout_loglik", 0.0), d.get("heldout_n", 0), d.get("fit_time", 0.0),
+                  d.get("meta", {}))
+        msg.validate()
+        return msg._normalised()
+
+    def _normalised(self) -> LocalMessage:
+        """The same message with its counts as ints and arrays as float64."""
+        return LocalMessage(self.params, int(self.n), None if self.support is None else
+                            np.asarray(self.support, np.float64),
+                            np.asarray(self.support_mean, np.float64),
+                            np.asarray(self.support_cov, np.float64),
+                            float(self.heldout_loglik), int(self.heldout_n),
+                            float(self.fit_time), dict(self.meta))
+
+    def save(self, path) -> None:
+        """Write to ``.npz`` (binary) or ``.json``."""
+        path = Path(path)
+        if path.suffix == ".npz":
+            path.write_bytes(self.to_bytes())
+        elif path.suffix == ".json":
+            path.write_text(json.dumps(self._fields()))
+        else:
+            raise ValueError(f"unknown message file type {path.suffix!r}; use .npz or .json.")
+
+    @classmethod
+    def load(cls, path) -> LocalMessage:
+        """Read a file written by :meth:`save` (checked: see the module docstring)."""
+        path = Path(path)
+        if path.suffix not in (".npz", ".json"):
+            raise ValueError(f"unknown message file type {path.suffix!r}; use .npz or .json.")
+        if path.suffix == ".npz":
+            if not path.exists():
+                raise FileNotFoundError(f"message file {str(path)!r} does not exist.")
+            if path.is_file() and path.stat().st_size > MAX_MESSAGE_BYTES:
+                raise ValueError(f"message file {str(path)!r} has {path.stat().st_size} bytes, "
+                                 f"more than the limit of {MAX_MESSAGE_BYTES}.")
+            return cls.from_bytes(path.read_bytes())
+        return cls._from_fields(read_json(path, "message file",
+                                          min(MAX_JSON_BYTES, 4 * MAX_MESSAGE_BYTES)))
+
+
+def _check_covariance(cov: np.ndarray) -> None:
+    scale = float(np.max(np.abs(cov)))
+    if scale > MAX_ABS**2:
+        raise ValueError(f"message support_cov has a value beyond {MAX_ABS**2:g}.")
+    if np.max(np.abs(cov - cov.T)) > _SYM_TOL * scale:
+        raise ValueError("message support_cov is not symmetric.")
+    if scale > 0:
+        low = float(np.linalg.eigvalsh((cov + cov.T) / 2)[0])
+        if low < -_SYM_TOL * scale * cov.shape[0]:
+            raise ValueError(f"message support_cov is not positive semi-definite (an "
+                             f"eigenvalue of {low:.3g}).")
+
+
+def _check_model_range(p: MoEParams, support, mean, cov) -> None:
+    """Expert means and gate logits within MAX_ABS where the server evaluates
+    them, variances within (0, MAX_VAR]."""
+    if np.max(p.expert_var) > MAX_VAR:
+        raise ValueError(f"message model has an expert variance of {np.max(p.expert_var):.3g}, "
+                         f"beyond {MAX_VAR:g}.")
+    live = np.isfinite(p.gate_intercept)
+    for what, coef, icpt in (("expert means", p.expert_coef, p.expert_intercept),
+                             ("gate logits", p.gate_coef[live], p.gate_intercept[live])):
+        with np.errstate(over="ignore", invalid="ignore"):
+            if support is not None:
+                top = np.max(np.abs(support @ coef.T + icpt))
+            else:  # over the 4-sigma ellipsoid of N(mean, cov)
+                spread = np.sqrt(np.maximum(np.einsum("kj,jl,kl->k", coef, cov, coef), 0.0))
+                top = np.max(np.abs(coef @ mean + icpt) + 4.0 * spread)
+        if not top <= MAX_ABS:
+            raise ValueError(f"message model's {what} reach {top:.3g} on its covariates, "
+                             f"beyond {MAX_ABS:g}: its coefficients are out of range.")
