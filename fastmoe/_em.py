@@ -483,6 +483,13 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     n_threads = resolve_threads(n_threads)
     rng = check_random_state(random_state)
 
+    # columns (and y) on extreme scales are fitted in units a power of two
+    # away, exactly, and the model is returned in the user's units
+    x_scale, y_scale = _binary_scale(X, axis=0), float(_binary_scale(y, axis=None))
+    if np.any(x_scale != 1.0) or y_scale != 1.0:
+        X, y = X * x_scale, y * y_scale
+        if isinstance(init, MoEParams):
+            init = _rescaled(init, x_scale, y_scale)
     data = EMData(X, y, w, K, n_threads)
     var_floor = reg_var * (data.var_y if data.var_y > 0 else 1.0)
     short = n_init > 1 and init_iter is not None and init_iter < max_iter
@@ -519,9 +526,42 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     if notes:
         warnings.warn("; ".join(notes) + ". Consider fewer experts or a larger reg_var.",
                       DegenerateExpertWarning, stacklevel=2)
+    params = MoEParams.from_aug(alpha, beta, var)
+    if np.any(x_scale != 1.0) or y_scale != 1.0:  # back to the user's units
+        try:
+            with np.errstate(over="ignore", under="ignore"):
+                params = _rescaled(params, 1.0 / x_scale, 1.0 / y_scale)
+        except ValueError:
+            raise ValueError("the fitted model cannot be written in the units of X and y: its "
+                             "coefficients or variances overflow or underflow float64; "
+                             "rescale X or y.") from None
+        shift = data.total_weight * np.log(y_scale)  # log f(y) = log f(t y) + log t
+        ll, history, finals = ll + shift, history + shift, [f + shift for f in finals]
     history.setflags(write=False)
-    return MoEFit(MoEParams.from_aug(alpha, beta, var).canonical(), ll, it, converged, history,
-                  tuple(finals), tuple(notes), tuple(moves))
+    return MoEFit(params.canonical(), ll, it, converged, history, tuple(finals), tuple(notes),
+                  tuple(moves))
+
+
+#: columns whose largest magnitude lies outside [2**-BINARY_RANGE, 2**BINARY_RANGE]
+#: are rescaled by a power of two for the fit: their squares would otherwise
+#: underflow or overflow in the Gram matrices (X * 1e-300 was taken for a
+#: constant column); inside the range nothing changes, to the bit
+BINARY_RANGE = 64
+
+
+def _binary_scale(a: np.ndarray, axis):
+    """Powers of two that bring the largest magnitude of ``a`` (per column
+    with axis=0) to about 1 where it lies outside the binary range, else 1."""
+    top = np.max(np.abs(a), axis=axis)
+    far = (top > 0) & ((top < 2.0**-BINARY_RANGE) | (top > 2.0**BINARY_RANGE))
+    exponent = np.where(far, -np.round(np.log2(np.where(far, top, 1.0))), 0.0)
+    return np.ldexp(1.0, exponent.astype(int))
+
+
+def _rescaled(p: MoEParams, x_scale, y_scale: float) -> MoEParams:
+    """The model of (x * x_scale, y * y_scale) given that of (x, y)."""
+    return MoEParams(p.gate_coef / x_scale, p.gate_intercept, p.expert_coef * y_scale / x_scale,
+                     p.expert_intercept * y_scale, p.expert_var * y_scale**2)
 
 
 def _try_move(data: EMData, run: tuple, moments, moves: list, *, max_iter, tol, gate_steps,

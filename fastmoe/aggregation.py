@@ -338,6 +338,8 @@ def _kmeans_start(mix, K, rng):
     var = np.empty(K)
     for k in range(K):
         sel = labels == k
+        if not sel.any():  # k-means leaves a cluster empty on duplicate experts
+            sel = np.arange(len(w)) == rng.integers(len(w))
         beta[k] = np.average(mix.expert[sel], axis=0, weights=w[sel])
         var[k] = np.average(mix.var[sel], weights=w[sel])
     return beta, var

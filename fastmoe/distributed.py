@@ -503,6 +503,11 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         if M > n:
             raise ValueError(f"n_machines={M} is more than the number of samples "
                              f"(n_samples = {n}).")
+        K, d = check_int(self.n_experts, "n_experts"), X.shape[1]
+        if n // M < K * (d + 1):
+            raise ValueError(f"n_samples = {n} rows over {M} machines leave {n // M} per shard, "
+                             f"fewer than the K(d+1) = {K * (d + 1)} a local fit of {K} experts "
+                             f"on {d} features needs; use fewer machines or experts.")
         rng = check_random_state(self.random_state)
         order = rng.permutation(n)
         shards = [(X[idx], y[idx]) for idx in np.array_split(order, M)]

@@ -91,12 +91,13 @@ def read_npy_stream(f, budget: int) -> np.ndarray:
 
 def read_npz(source, what: str, max_bytes: int) -> dict:
     """The arrays of a .npz archive (a path or its bytes) as a dict, at most
-    ``max_bytes`` declared in all (see :func:`read_npy_stream`)."""
+    ``max_bytes`` declared in all (see :func:`read_npy_stream`). Errors name
+    the file (for bytes, the caller names them)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) > max_bytes:
             raise ValueError(f"{what} has {len(source)} bytes, more than the limit of "
                              f"{max_bytes}.")
-        handle, label = io.BytesIO(source), what
+        handle, label = io.BytesIO(source), None
     else:
         handle, label = check_file(source, what, max_bytes), f"{what} {str(source)!r}"
     try:
@@ -118,10 +119,11 @@ def read_npz(source, what: str, max_bytes: int) -> dict:
                 out[info.filename[:-4]] = arr
             return out
     except ValueError as exc:
-        raise ValueError(f"cannot read {label}: {exc}.") from None
+        detail = str(exc)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
             NotImplementedError, RuntimeError) as exc:
-        raise ValueError(f"cannot read {label}: not a valid .npz archive ({exc}).") from None
+        detail = f"not a valid .npz archive ({exc})"
+    raise ValueError(detail if label is None else f"cannot read {label}: {detail}.")
 
 
 def read_npy(path, what: str = "array file", max_bytes: int = MAX_DATA_BYTES) -> np.ndarray:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from fastmoe import GaussianMoERegressor
+from fastmoe import DistributedMoERegressor, GaussianMoERegressor
 from fastmoe.datasets import make_moe_regression
 
 #: checks expected to fail, each with its reason
@@ -21,7 +21,12 @@ EXPECTED_FAILED = {
 # The checks fit tiny arbitrary data sets on which collapsing experts and slow
 # convergence are expected; those are reported as ConvergenceWarning subclasses.
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@parametrize_with_checks([GaussianMoERegressor(n_experts=2, random_state=0, max_iter=500)],
+@pytest.mark.filterwarnings("ignore:aggregation health:UserWarning")  # supports of 10-50 rows
+# The distributed estimator runs on one machine here: the checks fit data sets
+# of 10 rows on up to 10 features, and a shard needs K(d+1) rows (fit says so).
+@parametrize_with_checks([GaussianMoERegressor(n_experts=2, random_state=0, max_iter=500),
+                          DistributedMoERegressor(n_experts=2, n_machines=1, n_init=1,
+                                                  backend="serial", random_state=0)],
                          expected_failed_checks=lambda est: EXPECTED_FAILED)
 def test_sklearn_contract(estimator, check):
     check(estimator)
