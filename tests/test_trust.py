@@ -149,7 +149,8 @@ def test_zip_bomb_is_refused_quickly(messages):
                       support=np.zeros((25_000_000, 2)))
     assert len(bomb) < 1_000_000
     t0 = time.perf_counter()
-    with pytest.raises(ValueError, match=r"not a fastmoe.LocalMessage \(member 'support.npy' declares 400000128 bytes"):
+    with pytest.raises(ValueError, match=r"not a fastmoe.LocalMessage \(member 'support.npy' "
+                                         r"declares 400000128 bytes"):
         LocalMessage.from_bytes(bomb)
     assert time.perf_counter() - t0 < 0.5
 
