@@ -48,7 +48,8 @@ PLAUSIBLE_N_RATIO = 100.0
 
 __all__ = ["BACKENDS", "MESSAGE_FORMAT", "MESSAGE_VERSION", "DistributedMoERegressor",
            "LocalMessage", "ShardError", "aggregate_messages", "fit_local", "fit_shard",
-           "load_shard", "pooled_support", "read_table", "select_n_experts", "write_table"]
+           "load_shard", "pooled_support", "read_messages", "read_table", "select_n_experts",
+           "write_table"]
 
 
 def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sample",
@@ -127,10 +128,12 @@ def pooled_support(messages, n_support: int | None = None, random_state=None) ->
     return np.ascontiguousarray(np.vstack(parts))
 
 
-def read_messages(messages, n_experts: int | None = None) -> list[LocalMessage]:
+def read_messages(messages, n_experts: int | None = None, *,
+                  mixed_experts: bool = False) -> list[LocalMessage]:
     """Messages (LocalMessages, bytes or file paths) read and validated, with
     the same number of covariates (and of experts, unless ``n_experts`` is
-    given to reduce models of different sizes); errors name the message."""
+    given or ``mixed_experts`` is set, to reduce models of different sizes);
+    errors name the message."""
     if isinstance(messages, (str, os.PathLike, bytes, LocalMessage)) \
             or not hasattr(messages, "__iter__"):
         raise ValueError("messages must be a list of LocalMessages, message bytes or file "
@@ -160,7 +163,7 @@ def read_messages(messages, n_experts: int | None = None) -> list[LocalMessage]:
         if d != d0:
             raise ValueError(f"messages[{i}] has {d} covariates but messages[0] has {d0}; all "
                              "messages must describe the same covariates.")
-        if k != k0 and n_experts is None:
+        if k != k0 and n_experts is None and not mixed_experts:
             raise ValueError(f"messages[{i}] has {k} experts but messages[0] has {k0}; pass "
                              "n_experts to reduce local models of different sizes.")
     return msgs
@@ -670,6 +673,7 @@ def select_n_experts(messages, candidates, *, criterion: str = "bic", random_sta
         if not isinstance(messages, dict):
             raise ValueError('criterion="heldout" needs messages as a dict {K: messages}.')
         for k, msgs in messages.items():
+            msgs = read_messages(msgs, k)
             if any(m.heldout_n == 0 for m in msgs):
                 raise ValueError(f"messages for K={k} carry no held-out log-likelihood; "
                                  "make them with fit_local(..., heldout=0.1).")
@@ -677,7 +681,7 @@ def select_n_experts(messages, candidates, *, criterion: str = "bic", random_sta
             results[k] = aggregate_messages(msgs, k, random_state=rng, **aggregate_options)
         best = max(scores, key=scores.get)
     else:
-        msgs = list(messages)
+        msgs = read_messages(messages, mixed_experts=True)
         Xs = pooled_support(msgs, None, rng)
         n = sum(m.n for m in msgs)
         for k in candidates:
