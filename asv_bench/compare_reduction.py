@@ -22,7 +22,7 @@ import numpy as np
 
 from fastmoe import MoEParams
 from fastmoe._linalg import resolve_threads, solve_psd
-from fastmoe.aggregation import _update, large_mixture, mm_pass, support_cache
+from fastmoe._reduction import _update, large_mixture, mm_pass, support_cache
 
 
 def local_weights(mix, Z):

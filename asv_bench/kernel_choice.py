@@ -239,7 +239,7 @@ def reduction_pass(repeat):
     sys.path.insert(0, "asv_bench")
     from compare_reduction import local_weights, problem
 
-    from fastmoe.aggregation import support_cache
+    from fastmoe._reduction import support_cache
 
     mix, Xs, beta, var = problem(20_000, 16, 5, 20)
     cache = support_cache(mix, Xs)

@@ -2,49 +2,50 @@
 
 Centralised EM fits and one-shot distributed learning by optimal-transport
 aggregation of local experts (Chamroukhi & Pham, arXiv 2312.09877).
+
+The public names below are imported on first use (PEP 562), so that
+``import fastmoe.engine`` loads neither scikit-learn nor Dask.
 """
 
+import importlib
+
 from . import _runtime  # noqa: F401  (first: the OpenMP wait policy, see there)
-from ._em import MoEFit, fit_moe
-from ._params import MoEParams
-from .aggregation import (
-    AggregationResult,
-    aggregate,
-    aligned_average,
-    medoid,
-    naive_average,
-    transport_divergence,
-)
-from .distributed import (
-    DistributedMoERegressor,
-    LocalMessage,
-    aggregate_messages,
-    fit_local,
-    select_n_experts,
-)
-from .exceptions import ConvergenceWarning, DegenerateExpertWarning, ShardError
-from .moe import GaussianMoERegressor
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AggregationResult",
-    "aggregate",
-    "aligned_average",
-    "medoid",
-    "naive_average",
-    "transport_divergence",
-    "ConvergenceWarning",
-    "DegenerateExpertWarning",
-    "DistributedMoERegressor",
-    "LocalMessage",
-    "ShardError",
-    "aggregate_messages",
-    "fit_local",
-    "select_n_experts",
-    "GaussianMoERegressor",
-    "MoEFit",
-    "MoEParams",
-    "__version__",
-    "fit_moe",
-]
+#: public name -> the module that defines it
+_PUBLIC = {
+    "MoEFit": "_em",
+    "fit_moe": "_em",
+    "MoEParams": "_params",
+    "AggregationResult": "health",
+    "aggregate": "aggregation",
+    "aligned_average": "baselines",
+    "medoid": "baselines",
+    "naive_average": "baselines",
+    "transport_divergence": "baselines",
+    "DistributedMoERegressor": "distributed",
+    "LocalMessage": "message",
+    "aggregate_messages": "protocol",
+    "fit_local": "protocol",
+    "select_n_experts": "model_selection",
+    "ConvergenceWarning": "exceptions",
+    "DegenerateExpertWarning": "exceptions",
+    "ShardError": "exceptions",
+    "GaussianMoERegressor": "moe",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastmoe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

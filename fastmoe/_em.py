@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import softmax
 
-from . import _kernels
+from . import _kernels, exceptions
 from ._gating import assemble_newton, fit_gates, gate_objective, halve_step, newton_direction
 from ._linalg import (
     chunk_size,
@@ -52,7 +52,6 @@ from ._validation import (
     check_random_state,
     check_X_y,
 )
-from .exceptions import ConvergenceWarning, DegenerateExpertWarning
 
 INITS = ("random", "kmeans")
 #: Newton steps on the gates of a k-means start (hard labels).
@@ -522,10 +521,10 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     if not converged:
         warnings.warn(f"EM did not converge in max_iter={max_iter} iterations (relative "
                       f"change still above tol={tol:g}); increase max_iter or tol.",
-                      ConvergenceWarning, stacklevel=2)
+                      exceptions.ConvergenceWarning, stacklevel=2)
     if notes:
         warnings.warn("; ".join(notes) + ". Consider fewer experts or a larger reg_var.",
-                      DegenerateExpertWarning, stacklevel=2)
+                      exceptions.DegenerateExpertWarning, stacklevel=2)
     params = MoEParams.from_aug(alpha, beta, var)
     if np.any(x_scale != 1.0) or y_scale != 1.0:  # back to the user's units
         try:

@@ -62,15 +62,30 @@ def assemble_newton(grad, info, K: int, p: int):
     return grad.sum(axis=0).ravel(), H.reshape((K - 1) * p, (K - 1) * p)
 
 
-def newton_system(X, w, R, alpha, chunk, nc, n_threads):
+def newton_system(X, w, R, alpha, chunk, nc, n_threads, l2: float = 0.0):
     """Q(alpha), its gradient (flattened (K-1)(d+1)) and the information matrix
-    (the negated Hessian), summed over the kernel's chunks in order."""
+    (the negated Hessian), summed over the kernel's chunks in order; with
+    ``l2`` > 0 those of the penalised objective (see ``penalty``)."""
     K, p = alpha.shape
     grad = np.empty((nc, K - 1, p))
     info = np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2))
     obj = np.empty(nc)
     _kernels.gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj, n_threads)
-    return (float(obj.sum()),) + assemble_newton(grad, info, K, p)
+    obj, grad, H = (float(obj.sum()),) + assemble_newton(grad, info, K, p)
+    if l2 > 0.0:
+        slopes = np.zeros((K - 1, p))
+        slopes[:, 1:] = 1.0
+        slopes = slopes.ravel()
+        obj -= penalty(alpha, l2)
+        grad = grad - l2 * slopes * alpha[:-1].ravel()
+        H[np.diag_indices_from(H)] += l2 * slopes
+    return obj, grad, H
+
+
+def penalty(alpha, l2: float) -> float:
+    """l2 / 2 times the squared gate slopes (not the intercepts): the ridge
+    term subtracted from Q by ``fit_gates(..., l2=...)``."""
+    return 0.5 * l2 * float(np.sum(alpha[:, 1:] ** 2)) if l2 > 0.0 else 0.0
 
 
 def newton_direction(grad, H, K: int, p: int) -> np.ndarray:
@@ -80,13 +95,15 @@ def newton_direction(grad, H, K: int, p: int) -> np.ndarray:
     return step
 
 
-def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0):
-    """Step halving from ``alpha + t step``: the first trial whose objective is
-    at least ``obj``, as (trial, objective), or None when none is found in
-    MAX_HALVINGS halvings (no ascent direction left at machine precision)."""
+def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0,
+               l2: float = 0.0):
+    """Step halving from ``alpha + t step``: the first trial whose objective
+    (penalised with ``l2``) is at least ``obj``, as (trial, objective), or None
+    when none is found in MAX_HALVINGS halvings (no ascent direction left at
+    machine precision)."""
     for _ in range(MAX_HALVINGS):
         trial = alpha + t * step
-        new = gate_objective(X, w, R, trial, chunk, nc, n_threads)
+        new = gate_objective(X, w, R, trial, chunk, nc, n_threads) - penalty(trial, l2)
         if np.isfinite(new) and new >= obj:
             return trial, new
         t *= 0.5
@@ -94,7 +111,7 @@ def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0):
 
 
 def fit_gates(X, R, w, alpha0, *, max_iter: int = 50, tol: float = 1e-8,
-              n_threads: int = 1) -> GateFit:
+              n_threads: int = 1, l2: float = 0.0) -> GateFit:
     """Newton-Raphson with step halving from ``alpha0``.
 
     Parameters
@@ -105,6 +122,7 @@ def fit_gates(X, R, w, alpha0, *, max_iter: int = 50, tol: float = 1e-8,
     alpha0 : (K, d+1) start; its last row is ignored (kept at zero).
     max_iter : Newton steps at most.
     tol : stop when a step increases Q by less than ``tol * |Q|``.
+    l2 : ridge penalty on the gate slopes: maximises Q - l2/2 sum_k |a_k|^2.
     """
     alpha = np.array(alpha0, dtype=np.float64, order="C")
     alpha[-1] = 0.0
@@ -118,9 +136,9 @@ def fit_gates(X, R, w, alpha0, *, max_iter: int = 50, tol: float = 1e-8,
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        obj, grad, H = newton_system(X, w, R, alpha, chunk, nc, n_threads)
+        obj, grad, H = newton_system(X, w, R, alpha, chunk, nc, n_threads, l2)
         found = halve_step(X, w, R, alpha, newton_direction(grad, H, K, p), obj, chunk, nc,
-                           n_threads)
+                           n_threads, l2=l2)
         if found is None:
             converged = True
             break

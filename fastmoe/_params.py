@@ -57,7 +57,10 @@ class MoEParams:
     expert_var : (K,) noise variances, > 0.
 
     The gates are re-referenced on construction so that the last gate is zero
-    (softmax is invariant to a common shift, so the model is unchanged).
+    (softmax is invariant to a common shift, so the model is unchanged): gates
+    given with another reference, such as the first gate zero of
+    ``nnet::multinom`` and flexmix, are accepted as they are, and
+    :meth:`rereference` returns them in any reference.
     """
 
     gate_coef: np.ndarray
@@ -127,6 +130,26 @@ class MoEParams:
         expert_aug = np.asarray(expert_aug)
         return cls(gate_aug[:, 1:], gate_aug[:, 0], expert_aug[:, 1:], expert_aug[:, 0],
                    expert_var)
+
+    def rereference(self, reference: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(gate_coef (K, d), gate_intercept (K,)) with gate ``reference`` zero.
+
+        fastmoe stores the last gate as the zero reference; ``reference=0``
+        gives the first-gate convention of ``nnet::multinom`` and flexmix.
+        The model does not change: pass the result back to the constructor
+        and the same MoEParams comes out. -inf intercepts (experts switched
+        off) stay -inf; the reference must be an active expert.
+        """
+        K = self.n_experts
+        if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)) \
+                or not -K <= reference < K:
+            raise ValueError(f"reference must be an expert index in [-{K}, {K - 1}]; got "
+                             f"{reference!r}.")
+        if not np.isfinite(self.gate_intercept[reference]):
+            raise ValueError(f"expert {reference} is switched off (gate intercept -inf); "
+                             "choose an active expert as the reference.")
+        return (self.gate_coef - self.gate_coef[reference],
+                self.gate_intercept - self.gate_intercept[reference])
 
     # -- ordering --------------------------------------------------------------
     def permute(self, order) -> MoEParams:

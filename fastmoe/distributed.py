@@ -15,7 +15,6 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -23,272 +22,30 @@ from sklearn.utils.validation import validate_data
 
 from . import _backends, _kernels
 from ._backends import BACKENDS
-from ._em import fit_moe
 from ._runtime import resolve_threads, split_cores
 from ._validation import (
-    check_bool,
     check_choice,
     check_float,
     check_int,
     check_random_state,
-    check_X_y,
 )
-from .aggregation import AggregationResult, aggregate
-from .diagnostics import FAILED_COST_FACTOR
 from .exceptions import ConvergenceWarning, ShardError
 from .io import read_npy, read_table, write_table
 from .message import MESSAGE_FORMAT, MESSAGE_VERSION, LocalMessage
+from .model_selection import select_n_experts
 from .moe import _MoEPredictMixin
-
-SUPPORTS = ("sample", "gaussian")
-#: a machine claiming more than this multiple of the median sample size is
-#: flagged as implausible (a warning and the health report; its weight is kept
-#: unless ``max_weight`` caps it)
-PLAUSIBLE_N_RATIO = 100.0
+from .protocol import (
+    SUPPORTS,
+    aggregate_messages,
+    fit_local,
+    pooled_support,
+    read_messages,
+)
 
 __all__ = ["BACKENDS", "MESSAGE_FORMAT", "MESSAGE_VERSION", "DistributedMoERegressor",
            "LocalMessage", "ShardError", "aggregate_messages", "fit_local", "fit_shard",
            "load_shard", "pooled_support", "read_messages", "read_table", "select_n_experts",
            "write_table"]
-
-
-def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sample",
-              heldout: float = 0.0, random_state=None, **fit_options) -> LocalMessage:
-    """Fit a local MoE on one shard and build its message.
-
-    Parameters
-    ----------
-    X : array-like of shape (n, d)
-        The shard's covariates.
-    y : array-like of shape (n,)
-        The shard's responses.
-    n_experts : int
-        K of the local model.
-    n_support : int, default=1000
-        Covariate rows sampled into the message (at most the shard size).
-    support : {"sample", "gaussian"}, default="sample"
-        "sample" sends the rows; "gaussian" sends only their mean and
-        covariance (no raw row leaves the machine).
-    heldout : float, default=0.0
-        Fraction of rows in (0, 1) kept out of the fit to report a held-out
-        log-likelihood (for model selection at the server); 0 for none.
-    random_state : None, int or Generator
-        Seeds the support sample and the fit.
-    **fit_options
-        Passed to :func:`fastmoe.fit_moe`; ``tol`` is relative to this shard's
-        log-likelihood (DistributedMoERegressor passes ``tol * M`` for M
-        machines, the centralised fit's absolute precision).
-
-    Returns
-    -------
-    LocalMessage
-    """
-    X, y, _ = check_X_y(X, y)
-    check_choice(support, "support", SUPPORTS)
-    n_support = check_int(n_support, "n_support")
-    heldout = check_float(heldout, "heldout", 0.0, inclusive=True)
-    if heldout >= 1.0:
-        raise ValueError(f"heldout must be 0 (none) or a fraction in (0, 1); got {heldout!r}.")
-    rng = check_random_state(random_state)
-    n = X.shape[0]
-    n_out = int(round(heldout * n)) if heldout else 0
-    if heldout and not 1 <= n_out < n:
-        raise ValueError(f"heldout={heldout:g} of {n} rows holds out {n_out} rows; it must "
-                         "leave at least one row on each side.")
-    t0 = time.perf_counter()
-    order = rng.permutation(n)
-    fit_rows, out_rows = np.sort(order[n_out:]), order[:n_out]
-    fit = fit_moe(X[fit_rows], y[fit_rows], n_experts, random_state=rng, **fit_options)
-    fit_time = time.perf_counter() - t0
-    ll_out = fit.params.log_likelihood(X[out_rows], y[out_rows]) if n_out else 0.0
-    take = np.sort(rng.choice(n, size=min(n_support, n), replace=False))
-    mean = X.mean(axis=0)
-    cov = np.atleast_2d(np.cov(X, rowvar=False)) if n > 1 else np.zeros((X.shape[1],) * 2)
-    msg = LocalMessage(fit.params, len(fit_rows), X[take].copy() if support == "sample"
-                       else None, mean, (cov + cov.T) / 2, float(ll_out), n_out, fit_time,
-                       {"converged": bool(fit.converged), "n_iter": int(fit.n_iter)})
-    msg.validate()
-    return msg
-
-
-def pooled_support(messages, n_support: int | None = None, random_state=None) -> np.ndarray:
-    """The server's support covariates: the machines' samples pooled, and for
-    a message without a sample, ``n_support`` (default: the largest sample
-    size among the messages, or 1000) points drawn from N(mean, cov)."""
-    rng = check_random_state(random_state)
-    sizes = [m.support.shape[0] for m in messages if m.support is not None]
-    draw = n_support or (max(sizes) if sizes else 1000)
-    parts = []
-    for m in messages:
-        if m.support is not None:
-            parts.append(m.support)
-        else:
-            parts.append(rng.multivariate_normal(m.support_mean, m.support_cov, size=draw,
-                                                 method="eigh"))
-    return np.ascontiguousarray(np.vstack(parts))
-
-
-def read_messages(messages, n_experts: int | None = None, *,
-                  mixed_experts: bool = False) -> list[LocalMessage]:
-    """Messages (LocalMessages, bytes or file paths) read and validated, with
-    the same number of covariates (and of experts, unless ``n_experts`` is
-    given or ``mixed_experts`` is set, to reduce models of different sizes);
-    errors name the message."""
-    if isinstance(messages, (str, os.PathLike, bytes, LocalMessage)) \
-            or not hasattr(messages, "__iter__"):
-        raise ValueError("messages must be a list of LocalMessages, message bytes or file "
-                         "paths.")
-    msgs = []
-    for i, m in enumerate(messages):
-        try:
-            if isinstance(m, (str, os.PathLike)):
-                m = LocalMessage.load(m)
-            elif isinstance(m, (bytes, bytearray, memoryview)):
-                m = LocalMessage.from_bytes(m)
-            elif isinstance(m, LocalMessage):
-                m.validate()
-                m = m._normalised()
-            else:
-                raise ValueError(f"is a {type(m).__name__}; expected a LocalMessage, its bytes "
-                                 "or a message file path")
-        except (ValueError, FileNotFoundError) as exc:
-            where = f" ({m})" if isinstance(m, (str, os.PathLike)) else ""
-            raise ValueError(f"messages[{i}]{where}: {exc}") from None
-        msgs.append(m)
-    if not msgs:
-        raise ValueError("messages is empty; give at least one message.")
-    d0, k0 = msgs[0].params.n_features, msgs[0].params.n_experts
-    for i, m in enumerate(msgs[1:], 1):
-        d, k = m.params.n_features, m.params.n_experts
-        if d != d0:
-            raise ValueError(f"messages[{i}] has {d} covariates but messages[0] has {d0}; all "
-                             "messages must describe the same covariates.")
-        if k != k0 and n_experts is None and not mixed_experts:
-            raise ValueError(f"messages[{i}] has {k} experts but messages[0] has {k0}; pass "
-                             "n_experts to reduce local models of different sizes.")
-    return msgs
-
-
-def implausible_sizes(messages) -> dict:
-    """{index: reason} for machines whose claimed n is out of line: more than
-    ``PLAUSIBLE_N_RATIO`` times the median claim, or a covariate sample
-    smaller than the others' while the claim says the shard had rows to spare
-    (a machine samples min(n_support, its rows))."""
-    claims = np.array([m.n + m.heldout_n for m in messages], dtype=float)
-    out = {}
-    if len(messages) >= 3:
-        med = float(np.median(claims))
-        for i, c in enumerate(claims):
-            if c > PLAUSIBLE_N_RATIO * med:
-                out[i] = f"claims {int(c)} rows, {c / med:.3g} times the median claim"
-    sizes = [m.support.shape[0] for m in messages if m.support is not None]
-    if len(sizes) >= 2:
-        top = max(sizes)
-        for i, m in enumerate(messages):
-            if m.support is not None and m.support.shape[0] < min(top, claims[i]):
-                out.setdefault(i, f"claims {int(claims[i])} rows but sampled only "
-                                  f"{m.support.shape[0]} where others sampled {top}")
-    return out
-
-
-def capped_weights(sizes, max_weight: float) -> np.ndarray:
-    """Machine weights n_m / n with none above ``max_weight``: capped weights
-    are set to the cap and the rest renormalised, until none exceeds it."""
-    lam = np.asarray(sizes, dtype=float)
-    lam = lam / lam.sum()
-    M = len(lam)
-    if max_weight * M < 1.0 - 1e-12:
-        raise ValueError(f"max_weight={max_weight:g} is below 1/M = {1 / M:.4g} for {M} "
-                         "machines; the weights could not sum to 1.")
-    capped = np.zeros(M, dtype=bool)
-    for _ in range(M):
-        over = ~capped & (lam > max_weight)
-        if not over.any():
-            break
-        capped |= over
-        free = ~capped
-        rest = 1.0 - max_weight * capped.sum()
-        lam[capped] = max_weight
-        if free.any():
-            lam[free] *= rest / lam[free].sum()
-    return lam
-
-
-def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int | None = None,
-                       exclude_failed: bool = False, max_weight: float | None = None,
-                       random_state=None, **aggregate_options) -> AggregationResult:
-    """Server side: check the messages, pool the supports and aggregate the
-    local models.
-
-    Parameters
-    ----------
-    messages : list of LocalMessage, bytes or str paths
-        One message per machine (see :mod:`fastmoe.message` for the checks
-        every message passes first).
-    n_experts : int, optional
-        K of the aggregate (default: the common K of the local models).
-    n_support : int, optional
-        Support points drawn for a message without a covariate sample.
-    exclude_failed : bool, default=False
-        Leave out the models that look like failed local fits and aggregate
-        the others again. A model is taken for a failed fit when the
-        aggregation health (:func:`fastmoe.diagnostics.aggregation_health`,
-        ``failed``) finds its experts collapsed onto fewer global experts than
-        it has and its transport cost per unit mass above
-        ``FAILED_COST_FACTOR`` times the median machine's. Measured in
-        ``fastmoe demo``: one such machine of 4 cost the aggregate 0.6% of
-        test log-likelihood. The result's ``excluded`` lists the indices left
-        out; with two models nothing can be excluded.
-    max_weight : float in (0, 1], optional
-        Cap on any one machine's weight n_m / n (the others renormalised):
-        bounds what a machine that overstates its n can do. A machine whose
-        claimed n is out of line (:func:`implausible_sizes`) is flagged in
-        ``implausible``, the health report and a warning either way.
-    random_state : None, int or Generator
-    **aggregate_options
-        Passed to :func:`fastmoe.aggregate`.
-
-    Returns
-    -------
-    AggregationResult
-    """
-    msgs = read_messages(messages, n_experts)
-    exclude_failed = check_bool(exclude_failed, "exclude_failed")
-    if max_weight is not None:
-        max_weight = check_float(max_weight, "max_weight")
-        if max_weight > 1.0:
-            raise ValueError(f"max_weight must be in (0, 1]; got {max_weight!r}.")
-    rng = check_random_state(random_state)
-    odd = implausible_sizes(msgs)
-    if odd:
-        warnings.warn("implausible sample size(s): " + "; ".join(
-            f"messages[{i}] {why}" for i, why in odd.items())
-            + ". Check those machines; max_weight caps any machine's weight.",
-            UserWarning, stacklevel=2)
-
-    def run(kept):
-        Xs = pooled_support([msgs[i] for i in kept], n_support, rng)
-        sizes = [msgs[i].n for i in kept]
-        if max_weight is not None:
-            sizes = capped_weights(sizes, max_weight)
-        res = aggregate([msgs[i].params for i in kept], n_experts, sample_sizes=sizes,
-                        X_support=Xs, random_state=rng, **aggregate_options)
-        notes = tuple(f"messages[{i}] {why}" for i, why in odd.items())
-        return replace(res, implausible=tuple(odd), notes=res.notes + notes)
-
-    every = list(range(len(msgs)))
-    result = run(every)
-    if not exclude_failed:
-        return result
-    failed = result.health()["failed"]
-    if not failed:
-        return result
-    result = run([i for i in every if i not in failed])
-    note = (f"model(s) {failed} were left out as failed local fits (experts collapsed "
-            f"onto fewer global experts, transport cost per unit mass over "
-            f"{FAILED_COST_FACTOR:g} times the median)")
-    return replace(result, excluded=tuple(failed), notes=result.notes + (note,))
-
 
 # ----------------------------------------------------------------------------
 # shards
@@ -612,84 +369,3 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             warnings.warn("aggregation health: " + "; ".join(health["warnings"])
                           + ". See aggregation_.report().", UserWarning, stacklevel=3)
         return self
-
-
-# ----------------------------------------------------------------------------
-# model selection at the server
-# ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelSelection:
-    """Result of :func:`select_n_experts`: the chosen K, the criterion per
-    candidate (lower is better for "bic", higher for "heldout") and the
-    aggregation of every candidate."""
-
-    n_experts: int
-    criterion: str
-    scores: dict
-    results: dict
-
-    @property
-    def best(self) -> AggregationResult:
-        return self.results[self.n_experts]
-
-
-def expected_loglik(result: AggregationResult, messages, X_support) -> float:
-    """Estimate of the total log-likelihood of the aggregated model on all n
-    rows: n / S * sum_s sum_l w_l(x_s) E_{y ~ N(m_l(x_s), var_l)} log f(y | x_s),
-    the expectation by Gauss-Hermite quadrature (the data never reach the
-    server; the large mixture of local models stands in for them)."""
-    from .aggregation import GH_NODES, _kl_targets, large_mixture
-
-    mix = large_mixture([m.params for m in messages], [m.n for m in messages])
-    nodes, weights = np.polynomial.hermite_e.hermegauss(GH_NODES)
-    weights = weights / weights.sum()
-    p = result.params
-    beta = p.expert_aug
-    beta[:, 0] -= mix.shift
-    _, total = _kl_targets(mix, np.asarray(X_support, float), p.gate_aug, beta, p.expert_var,
-                           nodes, weights)
-    n = sum(m.n for m in messages)
-    return total * n / len(X_support)
-
-
-def select_n_experts(messages, candidates, *, criterion: str = "bic", random_state=None,
-                     **aggregate_options) -> ModelSelection:
-    """Choose the number of global experts at the server.
-
-    criterion="bic": ``messages`` is one list; aggregate it to every K in
-        ``candidates`` and pick the smallest BIC = -2 L_K + k_K log n, with
-        L_K the :func:`expected_loglik` of the K-expert aggregate and k_K its
-        number of free parameters. Needs nothing beyond the usual messages.
-    criterion="heldout": ``messages`` is a dict {K: list of messages from
-        local fits with K experts, made with ``fit_local(..., heldout=f)``};
-        pick the K whose local models have the largest total held-out
-        log-likelihood (the one extra number each message carries), and
-        aggregate the messages of every K.
-    """
-    check_choice(criterion, "criterion", ("bic", "heldout"))
-    rng = check_random_state(random_state)
-    scores, results = {}, {}
-    if criterion == "heldout":
-        if not isinstance(messages, dict):
-            raise ValueError('criterion="heldout" needs messages as a dict {K: messages}.')
-        for k, msgs in messages.items():
-            msgs = read_messages(msgs, k)
-            if any(m.heldout_n == 0 for m in msgs):
-                raise ValueError(f"messages for K={k} carry no held-out log-likelihood; "
-                                 "make them with fit_local(..., heldout=0.1).")
-            scores[k] = float(sum(m.heldout_loglik for m in msgs))
-            results[k] = aggregate_messages(msgs, k, random_state=rng, **aggregate_options)
-        best = max(scores, key=scores.get)
-    else:
-        msgs = read_messages(messages, mixed_experts=True)
-        Xs = pooled_support(msgs, None, rng)
-        n = sum(m.n for m in msgs)
-        for k in candidates:
-            k = check_int(k, "candidate n_experts")
-            res = aggregate([m.params for m in msgs], k, sample_sizes=[m.n for m in msgs],
-                            X_support=Xs, random_state=rng, **aggregate_options)
-            results[k] = res
-            scores[k] = (-2.0 * expected_loglik(res, msgs, Xs)
-                         + res.params.n_parameters * np.log(n))
-        best = min(scores, key=scores.get)
-    return ModelSelection(int(best), criterion, scores, results)

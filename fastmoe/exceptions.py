@@ -3,17 +3,13 @@
 Every exception here survives pickling (the process pools and Dask workers
 send them back to the caller): each defines ``__reduce__`` from its own
 constructor arguments.
+
+The warning classes subclass scikit-learn's ``ConvergenceWarning`` (so a
+filter on that class also silences fastmoe's). They are created on first
+use (PEP 562), so that importing the engine does not import scikit-learn.
 """
 
-from sklearn.exceptions import ConvergenceWarning as _SkConvergenceWarning
-
-
-class ConvergenceWarning(_SkConvergenceWarning):
-    """An iterative fit stopped at max_iter before meeting tol."""
-
-
-class DegenerateExpertWarning(ConvergenceWarning):
-    """An expert collapsed (its variance hit the floor or it lost all its mass)."""
+import threading
 
 
 class ShardError(ValueError):
@@ -30,4 +26,32 @@ class ShardError(ValueError):
         return (type(self), (self.index, self.reason, self.n_rows))
 
 
-__all__ = ["ConvergenceWarning", "DegenerateExpertWarning", "ShardError"]
+_WARNINGS = ("ConvergenceWarning", "DegenerateExpertWarning")
+_lock = threading.Lock()
+
+
+def _define_warnings() -> None:
+    from sklearn.exceptions import ConvergenceWarning as _SkConvergenceWarning
+
+    class ConvergenceWarning(_SkConvergenceWarning):
+        """An iterative fit stopped at max_iter before meeting tol."""
+
+    class DegenerateExpertWarning(ConvergenceWarning):
+        """An expert collapsed (its variance hit the floor or it lost all its mass)."""
+
+    for cls in (ConvergenceWarning, DegenerateExpertWarning):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
+
+
+def __getattr__(name: str):
+    if name in _WARNINGS:
+        with _lock:
+            if name not in globals():
+                _define_warnings()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ConvergenceWarning", "DegenerateExpertWarning", "ShardError"]  # noqa: F822 (PEP 562)

@@ -110,3 +110,47 @@ def mm_pass(models, lam, Xs, beta, var, cost):
                      np.einsum("slk,l->k", P, vl), np.einsum("slk,l->k", P, np.sqrt(vl))],
                     axis=1)
     return objective, P, gram, lin, scal
+
+
+def weighted_least_squares(X, y, w):
+    """(coef (d,), intercept, ML variance) of the weighted regression of y on
+    (1, X), by the normal equations written out."""
+    Z = xt(X)
+    A = sum(w[i] * np.outer(Z[i], Z[i]) for i in range(len(y)))
+    b = sum(w[i] * Z[i] * y[i] for i in range(len(y)))
+    beta = np.linalg.solve(A, b)
+    resid = y - Z @ beta
+    return beta[1:], beta[0], float(np.sum(w * resid**2) / np.sum(w))
+
+
+def fit_gates_bfgs(X, w, R, l2=0.0):
+    """The gates maximising sum_i w_i sum_k R_ik log pi_k(x_i) - l2/2 |slopes|^2
+    (last gate zero), by scipy's BFGS from zero: (K, d+1) alpha."""
+    from scipy.optimize import minimize
+
+    K, p = R.shape[1], X.shape[1] + 1
+
+    def loss(theta):
+        alpha = np.vstack([theta.reshape(K - 1, p), np.zeros(p)])
+        return -gate_objective(X, w, R, alpha) + 0.5 * l2 * np.sum(alpha[:, 1:] ** 2)
+
+    theta = minimize(loss, np.zeros((K - 1) * p), method="BFGS", options={"gtol": 1e-10}).x
+    return np.vstack([theta.reshape(K - 1, p), np.zeros(p)])
+
+
+def expert_costs(source, target, X, cost):
+    """(n, L, K) costs, one entry at a time."""
+    n, L, K = X.shape[0], source.n_experts, target.n_experts
+    out = np.empty((n, L, K))
+    for i in range(n):
+        for l in range(L):
+            ml = source.expert_intercept[l] + X[i] @ source.expert_coef[l]
+            vl = source.expert_var[l]
+            for k in range(K):
+                mk = target.expert_intercept[k] + X[i] @ target.expert_coef[k]
+                vk = target.expert_var[k]
+                if cost == "kl":  # KL(N(ml, vl) || N(mk, vk))
+                    out[i, l, k] = 0.5 * (np.log(vk / vl) + vl / vk + (ml - mk) ** 2 / vk - 1)
+                else:
+                    out[i, l, k] = (ml - mk) ** 2 + (np.sqrt(vl) - np.sqrt(vk)) ** 2
+    return out

@@ -10,15 +10,17 @@ from scipy.stats import norm
 from fastmoe import (
     MoEParams,
     _kernels,
+    _reduction,
     aggregate,
-    aggregation,
     aligned_average,
+    fit_moe,
     medoid,
     naive_average,
     transport_divergence,
 )
 from fastmoe._linalg import n_chunks, unpack_sym
-from fastmoe.aggregation import _run_mm, large_mixture, mm_pass, support_cache
+from fastmoe._reduction import _run_mm, large_mixture, mm_pass, support_cache
+from fastmoe.datasets import make_moe_regression
 from fastmoe.diagnostics import align_to, parameter_rmse
 
 
@@ -93,7 +95,7 @@ def test_mm_pass_with_and_without_cache_agree(rng, monkeypatch):
     beta, var = rng.standard_normal((3, 3)), np.ones(3)
     ref = mm_pass(mix, Xs, beta, var, _kernels.KL, 2, want_assign=True,
                   cache=support_cache(mix, Xs))
-    monkeypatch.setattr(aggregation, "BLOCK_BYTES", 1)  # blocks of one chunk each
+    monkeypatch.setattr(_reduction, "BLOCK_BYTES", 1)  # blocks of one chunk each
     out = mm_pass(mix, Xs, beta, var, _kernels.KL, 2, want_assign=True)
     assert out.objective == ref.objective
     np.testing.assert_array_equal(out.gram, ref.gram)
@@ -130,8 +132,8 @@ def test_support_cache_without_room_keeps_the_total(rng, monkeypatch):
     Xs = rng.standard_normal((4000, 2))
     beta, var = rng.standard_normal((3, 3)), np.ones(3)
     full = support_cache(mix, Xs)
-    monkeypatch.setattr(aggregation, "CACHE_BYTES", 1)
-    monkeypatch.setattr(aggregation, "BLOCK_BYTES", 2 * 8 * 9 * 700)  # blocks of 700 points
+    monkeypatch.setattr(_reduction, "CACHE_BYTES", 1)
+    monkeypatch.setattr(_reduction, "BLOCK_BYTES", 2 * 8 * 9 * 700)  # blocks of 700 points
     small = support_cache(mix, Xs)
     assert small.W.shape == (0, 9) and small.ML.shape == (0, 9)
     np.testing.assert_allclose(small.gram_total, full.gram_total, rtol=1e-12)
@@ -342,3 +344,20 @@ def test_default_gates_beat_the_authors(M):
     assert parameter_rmse(res.params, truth)["gates"] < 0.1
     ll, ll_central = res.params.log_likelihood(X, y), central.log_likelihood(X, y)
     assert abs(ll - ll_central) < 1e-3 * abs(ll_central)
+
+
+@pytest.mark.parametrize("gate_target", ["assigned", "plan", "posterior", "kl"])
+def test_every_gate_target_refits_gates_close_to_the_truth(gate_target):
+    """Each gate target runs to a model whose gates are near the truth's, and
+    the experts (which the targets do not touch) are the same for all."""
+    X, y, truth, _ = make_moe_regression(12000, 2, 3, random_state=11)
+    fits = [fit_moe(X[i::4], y[i::4], 3, random_state=i).params for i in range(4)]
+    Xs, ys = X[::8], y[::8]
+    extra = dict(y_support=ys) if gate_target == "posterior" else {}
+    res = aggregate(fits, sample_sizes=[3000] * 4, X_support=Xs, gate_target=gate_target,
+                    random_state=0, **extra)
+    base = aggregate(fits, sample_sizes=[3000] * 4, X_support=Xs, random_state=0)
+    np.testing.assert_allclose(res.params.expert_coef, base.params.expert_coef, rtol=1e-12)
+    est = align_to(res.params, truth)
+    gap = np.abs(est.gate_proba(Xs) - truth.gate_proba(Xs)).mean()
+    assert gap < 0.05, gap

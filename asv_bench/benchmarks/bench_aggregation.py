@@ -8,7 +8,7 @@ import numpy as np
 
 from fastmoe import MoEParams, aggregate
 from fastmoe._linalg import resolve_threads
-from fastmoe.aggregation import _run_mm, _update, large_mixture, mm_pass, support_cache
+from fastmoe._reduction import _run_mm, _update, large_mixture, mm_pass, support_cache
 
 
 @functools.cache

@@ -24,7 +24,16 @@ from ._estep import (
     spd_solve,
 )
 from ._reduce import KL, W2, mm_pass, simd_available
-from ._support import local_support
+
+
+def __getattr__(name: str):
+    # the numba kernel is imported on first use (PEP 562): numba loads only
+    # where the reduction runs, not with the engine's E-step
+    if name == "local_support":
+        from ._support import local_support
+
+        return local_support
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def set_simd(flag: bool) -> bool:
@@ -40,12 +49,14 @@ def warm_up(n_threads: int = 1) -> None:
     ``n_threads`` (serial for 1) on the array types fastmoe passes it, so that
     a timed reduction pays no JIT cost. The other kernels are compiled ahead of
     time and need no warm-up."""
+    from ._support import local_support
+
     X, alpha = np.zeros((2, 1)), np.zeros((2, 2))
     local_support(X, alpha, alpha.copy(), np.array([0, 2], dtype=np.int64), np.ones(1),
                   np.empty((2, 2)), np.empty((2, 2)), n_threads=n_threads)
 
 
-__all__ = [
+__all__ = [  # noqa: F822 (local_support: PEP 562)
     "warm_up",
     "KL",
     "W2",

@@ -1,0 +1,935 @@
+"""The public, array-level engine of fastmoe: the pieces of EM and of the
+optimal-transport reduction as plain functions, for other MoE tools to call.
+
+Every function takes float64-convertible arrays in any layout (they are
+copied once, only where they are not already C-contiguous float64), checks
+them once here with one-line errors, and then calls the compiled kernels
+unchecked. Inputs are never modified. Results are small frozen objects or
+named tuples of new arrays.
+
+Conventions
+-----------
+The model is the softmax-gated Gaussian mixture of experts of
+:class:`fastmoe.MoEParams`:
+
+    f(y | x) = sum_k pi_k(x) N(y; b_k + x . c_k, v_k),
+    pi_k(x)  = softmax_k(g_k + x . a_k).
+
+Softmax is unchanged by adding one vector to every gate, so one gate is a
+zero reference. fastmoe stores the **last** gate as the reference;
+``nnet::multinom``, flexmix and many R tools use the **first**.
+:func:`fit_gates` takes ``reference=`` to return either, and
+:meth:`fastmoe.MoEParams.rereference` converts a model's gates; every
+function here accepts gates in any reference.
+
+The statistics (:func:`expert_statistics`, :func:`gate_statistics`) are
+sums over rows, so those of row blocks added with ``+`` equal those of all
+rows: the map step of map-reduce, streaming or federated EM.
+
+Examples
+--------
+One EM iteration written out with the pieces:
+
+>>> import numpy as np
+>>> from fastmoe import engine
+>>> from fastmoe.datasets import make_moe_regression
+>>> X, y, truth, _ = make_moe_regression(1000, 2, 3, random_state=0)
+>>> e = engine.e_step(X, y, truth)
+>>> experts = engine.update_experts(engine.expert_statistics(X, y, e.resp))
+>>> gates = engine.fit_gates(X, e.resp, init=(truth.gate_coef, truth.gate_intercept))
+>>> new = engine.params_from(gates, experts)
+>>> bool(engine.e_step(X, y, new).log_likelihood >= e.log_likelihood)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _kernels
+from ._em import experts_from_gram, weighted_gram
+from ._gating import fit_gates as _fit_gates
+from ._gating import newton_system
+from ._linalg import chunk_size, n_chunks, resolve_threads
+from ._params import MoEParams
+from ._reduction import COSTS as _COST_CODES
+from ._reduction import _check_support, _update, large_mixture, mm_pass, reduce_mixture
+from ._validation import (
+    _as_float_array,
+    check_choice,
+    check_float,
+    check_int,
+    check_random_state,
+    check_sample_weight,
+    check_X,
+    check_X_y,
+)
+
+__all__ = [
+    "EStep",
+    "EMStep",
+    "Experts",
+    "ExpertStatistics",
+    "GateFit",
+    "GateStatistics",
+    "LocalExperts",
+    "MMStep",
+    "Reduction",
+    "e_step",
+    "em_step",
+    "expert_costs",
+    "expert_statistics",
+    "fit_gates",
+    "gate_statistics",
+    "mm_step",
+    "params_from",
+    "reduce",
+    "update_experts",
+]
+
+#: largest (n, L, K) cost tensor expert_costs allocates
+MAX_COST_BYTES = 2**30
+COSTS = ("kl", "w2")
+VARIANCE_UPDATES = ("exact", "published")
+
+
+# ----------------------------------------------------------------------------
+# checks at the boundary
+# ----------------------------------------------------------------------------
+def _check_params(params) -> MoEParams:
+    if not isinstance(params, MoEParams):
+        raise TypeError(f"params must be a fastmoe.MoEParams; got {type(params).__name__}. "
+                        "Build one with MoEParams(gate_coef, gate_intercept, expert_coef, "
+                        "expert_intercept, expert_var).")
+    return params
+
+
+def _check_matrix(a, n: int, name: str, columns: int | None = None) -> np.ndarray:
+    """(n, columns) finite non-negative float64."""
+    a = _as_float_array(a, name)
+    if a.ndim != 2 or a.shape[0] != n or a.shape[1] < 1 \
+            or (columns is not None and a.shape[1] != columns):
+        want = f"({n}, {columns if columns is not None else 'n_experts'})"
+        raise ValueError(f"{name} must have shape {want}; got {a.shape}.")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinity.")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be >= 0; got a minimum of {a.min()}.")
+    return a
+
+
+def _gate_aug(gate_coef, gate_intercept, K: int | None, d: int) -> np.ndarray:
+    """(K, d+1) gates with the intercept in column 0, the last gate zero."""
+    coef = _as_float_array(gate_coef, "gate_coef")
+    icpt = _as_float_array(gate_intercept, "gate_intercept")
+    if coef.ndim != 2 or coef.shape[1] != d or (K is not None and coef.shape[0] != K):
+        raise ValueError(f"gate_coef must have shape ({K if K is not None else 'K'}, {d}); "
+                         f"got {coef.shape}.")
+    if icpt.shape != (coef.shape[0],):
+        raise ValueError(f"gate_intercept must have shape ({coef.shape[0]},); got {icpt.shape}.")
+    if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(icpt))):
+        raise ValueError("gate_coef and gate_intercept must be finite.")
+    alpha = np.column_stack([icpt, coef])
+    return np.ascontiguousarray(alpha - alpha[-1])
+
+
+# ----------------------------------------------------------------------------
+# E-step
+# ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EStep:
+    """Result of :func:`e_step`.
+
+    Attributes
+    ----------
+    log_likelihood : float
+        sum_i w_i log f(y_i | x_i).
+    resp : ndarray of shape (n, K)
+        Posterior responsibilities P(z_i = k | x_i, y_i); rows sum to 1.
+    row_log_likelihood : ndarray of shape (n,)
+        log f(y_i | x_i), unweighted.
+    """
+
+    log_likelihood: float
+    resp: np.ndarray = field(repr=False)
+    row_log_likelihood: np.ndarray = field(repr=False)
+
+
+def e_step(X, y, params: MoEParams, *, sample_weight=None,
+           n_threads: int | None = None) -> EStep:
+    """The E-step: log-likelihood and responsibilities at ``params``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+        Covariates.
+    y : array-like of shape (n,)
+        Responses.
+    params : MoEParams
+        The model, with d features.
+    sample_weight : array-like of shape (n,), optional
+        Non-negative row weights (default ones); they weight the
+        log-likelihood only.
+    n_threads : int, optional
+        Threads of the compiled kernel (default: all cores).
+
+    Returns
+    -------
+    EStep
+
+    Examples
+    --------
+    >>> from fastmoe import engine
+    >>> from fastmoe.datasets import make_moe_regression
+    >>> X, y, truth, _ = make_moe_regression(500, 2, 2, random_state=0)
+    >>> engine.e_step(X, y, truth).resp.shape
+    (500, 2)
+    """
+    params = _check_params(params)
+    X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
+    n, K = X.shape[0], params.n_experts
+    log_resp, row_ll = np.empty((n, K)), np.empty(n)
+    bad = _kernels.e_step(X, y, w, params.gate_aug, params.expert_aug, params.expert_var,
+                          log_resp, row_ll, np.empty((0, 0, 0)), chunk_size(n),
+                          resolve_threads(n_threads))
+    if bad:
+        raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite at these "
+                                 "parameters.")
+    return EStep(float(w @ row_ll), np.exp(log_resp), row_ll)
+
+
+# ----------------------------------------------------------------------------
+# experts
+# ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExpertStatistics:
+    """Weighted sufficient statistics of K Gaussian experts (additive).
+
+    Attributes
+    ----------
+    gram : ndarray of shape (K, d+2, d+2)
+        sum_i w_i r_ik z_i z_i^T with z_i = (1, x_i, y_i).
+
+    ``a + b`` adds the statistics of two row blocks.
+    """
+
+    gram: np.ndarray = field(repr=False)
+
+    @property
+    def n_experts(self) -> int:
+        return self.gram.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.gram.shape[1] - 2
+
+    @property
+    def weight(self) -> np.ndarray:
+        """(K,) sum_i w_i r_ik, the weight each expert holds."""
+        return self.gram[:, 0, 0].copy()
+
+    def __add__(self, other: ExpertStatistics) -> ExpertStatistics:
+        if not isinstance(other, ExpertStatistics):
+            return NotImplemented
+        if other.gram.shape != self.gram.shape:
+            raise ValueError(f"cannot add expert statistics of shapes {self.gram.shape} and "
+                             f"{other.gram.shape}.")
+        return ExpertStatistics(_frozen(self.gram + other.gram))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def expert_statistics(X, y, resp, *, sample_weight=None) -> ExpertStatistics:
+    """The experts' weighted sufficient statistics for responsibilities ``resp``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+    y : array-like of shape (n,)
+    resp : array-like of shape (n, K)
+        Non-negative responsibilities (or any weights per row and expert;
+        rows need not sum to 1).
+    sample_weight : array-like of shape (n,), optional
+        Row weights, multiplied into ``resp``.
+
+    Returns
+    -------
+    ExpertStatistics
+        Additive over row blocks: ``expert_statistics(X[:m], ...) +
+        expert_statistics(X[m:], ...)`` equals the statistics of all rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastmoe import engine
+    >>> X, y = np.arange(8.0).reshape(4, 2), np.arange(4.0)
+    >>> engine.expert_statistics(X, y, np.full((4, 2), 0.5)).weight
+    array([2., 2.])
+    """
+    X, y, w = check_X_y(X, y, sample_weight)
+    R = _check_matrix(resp, X.shape[0], "resp")
+    return ExpertStatistics(_frozen(weighted_gram(X, y, w, R)))
+
+
+class Experts(NamedTuple):
+    """K Gaussian experts N(y; intercept_k + x . coef_k, var_k)."""
+
+    coef: np.ndarray  #: (K, d)
+    intercept: np.ndarray  #: (K,)
+    var: np.ndarray  #: (K,)
+
+
+def _check_experts(experts, d: int, name: str = "experts") -> Experts:
+    try:
+        coef, intercept, var = experts
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (coef, intercept, var) triple.") from None
+    coef, intercept = _as_float_array(coef, f"{name}.coef"), _as_float_array(intercept,
+                                                                            f"{name}.intercept")
+    var = _as_float_array(var, f"{name}.var")
+    if coef.ndim != 2 or coef.shape[1] != d or coef.shape[0] < 1:
+        raise ValueError(f"{name}.coef must have shape (K, {d}); got {coef.shape}.")
+    K = coef.shape[0]
+    if intercept.shape != (K,) or var.shape != (K,):
+        raise ValueError(f"{name}.intercept and {name}.var must have shape ({K},); got "
+                         f"{intercept.shape} and {var.shape}.")
+    if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(intercept))):
+        raise ValueError(f"{name} coefficients must be finite.")
+    if not (np.all(np.isfinite(var)) and np.all(var > 0)):
+        raise ValueError(f"{name}.var must be finite and > 0.")
+    return Experts(coef, intercept, var)
+
+
+def update_experts(stats: ExpertStatistics, *, reg_var: float = 1e-6,
+                   previous=None) -> Experts:
+    """The experts' M-step: weighted least squares and maximum-likelihood variance.
+
+    For expert k, with the Gram matrix G_k of z = (1, x, y), the coefficients
+    solve (sum_i w_i r_ik xt_i xt_i^T) beta_k = sum_i w_i r_ik xt_i y_i and the
+    variance is the weighted mean squared residual (divided by the weight,
+    not by weight - rank), floored at ``reg_var`` times the weighted
+    variance of y over all experts' statistics.
+
+    Parameters
+    ----------
+    stats : ExpertStatistics
+    reg_var : float, default 1e-6
+        Variance floor, relative to the weighted variance of y.
+    previous : (coef, intercept, var), optional
+        Experts kept where an expert holds no weight; without it such an
+        expert is an error.
+
+    Returns
+    -------
+    Experts
+        ``(coef (K, d), intercept (K,), var (K,))``. Centre y first if its
+        mean is large against its spread: the variance is a difference of
+        sums of squares.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastmoe import engine
+    >>> X = np.arange(10.0)[:, None]
+    >>> stats = engine.expert_statistics(X, 1.0 + 2.0 * X[:, 0], np.ones((10, 1)))
+    >>> coef, intercept, var = engine.update_experts(stats)
+    >>> np.round([coef[0, 0], intercept[0]], 12).tolist()
+    [2.0, 1.0]
+    """
+    if not isinstance(stats, ExpertStatistics):
+        raise TypeError(f"stats must be ExpertStatistics; got {type(stats).__name__}.")
+    reg_var = check_float(reg_var, "reg_var", 0.0, inclusive=True)
+    G = stats.gram
+    K, d = stats.n_experts, stats.n_features
+    total = G.sum(axis=0)
+    W = total[0, 0]
+    if not W > 0:
+        raise ValueError("the statistics hold no weight; every expert is empty.")
+    var_y = total[-1, -1] / W - (total[0, -1] / W) ** 2
+    floor = reg_var * (var_y if var_y > 0 else 1.0)
+    empty = ~(G[:, 0, 0] > 0)
+    if previous is not None:
+        prev = _check_experts(previous, d, "previous")
+        if prev.coef.shape[0] != K:
+            raise ValueError(f"previous has {prev.coef.shape[0]} experts; the statistics {K}.")
+        beta_prev = np.column_stack([prev.intercept, prev.coef])
+        var_prev = prev.var
+    elif empty.any():
+        raise ValueError(f"expert {int(np.argmax(empty))} holds no weight; pass previous= to "
+                         "keep its parameters, or fewer experts.")
+    else:
+        beta_prev, var_prev = np.zeros((K, d + 1)), np.ones(K)
+    beta, var, _ = experts_from_gram(G, beta_prev, var_prev, floor, W)
+    return Experts(np.ascontiguousarray(beta[:, 1:]), beta[:, 0].copy(), var)
+
+
+# ----------------------------------------------------------------------------
+# gates
+# ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateStatistics:
+    """Objective, gradient and Hessian of the weighted multinomial-logistic
+    gate objective Q(alpha) = sum_i w_i sum_k R_ik log pi_k(x_i) (additive).
+
+    The free parameters are the first K-1 gates relative to the last, each as
+    (intercept, slopes): theta = (g_k - g_K, a_k - a_K) for k < K, flattened
+    gate by gate, length (K-1)(d+1).
+
+    Attributes
+    ----------
+    objective : float
+    gradient : ndarray of shape ((K-1)(d+1),)
+    hessian : ndarray of shape ((K-1)(d+1), (K-1)(d+1))
+        Negative semi-definite.
+
+    ``a + b`` adds the statistics of two row blocks.
+    """
+
+    objective: float
+    gradient: np.ndarray = field(repr=False)
+    hessian: np.ndarray = field(repr=False)
+
+    def __add__(self, other: GateStatistics) -> GateStatistics:
+        if not isinstance(other, GateStatistics):
+            return NotImplemented
+        if other.hessian.shape != self.hessian.shape:
+            raise ValueError(f"cannot add gate statistics of sizes {self.gradient.size} and "
+                             f"{other.gradient.size}.")
+        return GateStatistics(self.objective + other.objective,
+                              _frozen(self.gradient + other.gradient),
+                              _frozen(self.hessian + other.hessian))
+
+
+def gate_statistics(X, targets, gate_coef, gate_intercept, *, sample_weight=None,
+                    n_threads: int | None = None) -> GateStatistics:
+    """Objective, gradient and Hessian of the gate objective at the given gates.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+    targets : array-like of shape (n, K)
+        Non-negative soft targets (responsibilities); rows need not sum to 1.
+    gate_coef : array-like of shape (K, d)
+    gate_intercept : array-like of shape (K,)
+        The gates, in any reference.
+    sample_weight : array-like of shape (n,), optional
+    n_threads : int, optional
+
+    Returns
+    -------
+    GateStatistics
+        Additive over row blocks. A Newton step is
+        ``-solve(hessian, gradient)`` on the free parameters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastmoe import engine
+    >>> X = np.linspace(-1, 1, 6)[:, None]
+    >>> T = np.column_stack([X[:, 0] > 0, X[:, 0] <= 0]).astype(float)
+    >>> s = engine.gate_statistics(X, T, np.zeros((2, 1)), np.zeros(2))
+    >>> s.gradient.shape, s.hessian.shape
+    ((2,), (2, 2))
+    """
+    X = check_X(X)
+    n, d = X.shape
+    w = check_sample_weight(sample_weight, n)
+    R = _check_matrix(targets, n, "targets")
+    K = R.shape[1]
+    alpha = _gate_aug(gate_coef, gate_intercept, K, d)
+    if K == 1:
+        return GateStatistics(0.0, _frozen(np.zeros(0)), _frozen(np.zeros((0, 0))))
+    chunk = chunk_size(n)
+    obj, grad, info = newton_system(X, w, R, alpha, chunk, n_chunks(n, chunk),
+                                    resolve_threads(n_threads))
+    return GateStatistics(obj, _frozen(grad), _frozen(-info))
+
+
+@dataclass(frozen=True)
+class GateFit:
+    """Result of :func:`fit_gates`.
+
+    Attributes
+    ----------
+    gate_coef : ndarray of shape (K, d)
+    gate_intercept : ndarray of shape (K,)
+        The fitted gates, gate ``reference`` zero.
+    objective : float
+        The (penalised) objective at the fit.
+    n_iter : int
+        Newton steps taken.
+    converged : bool
+        Whether a step gained less than ``tol * |objective|`` before
+        ``max_iter``.
+    """
+
+    gate_coef: np.ndarray
+    gate_intercept: np.ndarray
+    objective: float
+    n_iter: int
+    converged: bool
+
+
+def fit_gates(X, targets, *, sample_weight=None, init=None, l2: float = 0.0,
+              max_iter: int = 100, tol: float = 1e-10, reference: int = -1,
+              n_threads: int | None = None) -> GateFit:
+    """Fit the softmax gates to soft targets: Newton/IRLS with step halving.
+
+    Maximises Q(alpha) - l2/2 sum_k |a_k|^2 over the free parameters, with
+    Q(alpha) = sum_i w_i sum_k R_ik log pi_k(x_i). Every accepted step
+    increases the objective. This is what ``nnet::multinom`` does for
+    flexmix's concomitant model, for any weights and with no limit on their
+    number.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+    targets : array-like of shape (n, K)
+        Non-negative soft targets; rows need not sum to 1.
+    sample_weight : array-like of shape (n,), optional
+    init : (gate_coef, gate_intercept), optional
+        Starting gates in any reference (default zero: equal gates).
+    l2 : float, default 0
+        Ridge penalty on the gate slopes relative to the last gate (the
+        intercepts are not penalised).
+    max_iter : int, default 100
+    tol : float, default 1e-10
+        Stop when a step gains less than ``tol * |objective|``.
+    reference : int, default -1
+        The gate set to zero in the result: -1 (or K-1) is fastmoe's
+        convention, 0 that of ``nnet::multinom`` and flexmix. The model,
+        and the objective without a penalty, do not depend on it.
+    n_threads : int, optional
+
+    Returns
+    -------
+    GateFit
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastmoe import engine
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((2000, 1))
+    >>> p = 1 / (1 + np.exp(-(0.5 + 2 * X[:, 0])))
+    >>> T = np.column_stack([p, 1 - p])
+    >>> fit = engine.fit_gates(X, T)
+    >>> np.round(fit.gate_coef[0], 6).tolist(), round(float(fit.gate_intercept[0]), 6)
+    ([2.0], 0.5)
+    """
+    X = check_X(X)
+    n, d = X.shape
+    w = check_sample_weight(sample_weight, n)
+    R = _check_matrix(targets, n, "targets")
+    K = R.shape[1]
+    l2 = check_float(l2, "l2", 0.0, inclusive=True)
+    max_iter = check_int(max_iter, "max_iter")
+    tol = check_float(tol, "tol", 0.0, inclusive=True)
+    reference = _check_reference(reference, K)
+    alpha0 = np.zeros((K, d + 1)) if init is None else _init_gates(init, K, d)
+    fit = _fit_gates(X, R, w, alpha0, max_iter=max_iter, tol=tol,
+                     n_threads=resolve_threads(n_threads), l2=l2)
+    alpha = fit.alpha - fit.alpha[reference]
+    return GateFit(np.ascontiguousarray(alpha[:, 1:]), alpha[:, 0].copy(), fit.objective,
+                   fit.n_iter, fit.converged)
+
+
+def _check_reference(reference, K: int) -> int:
+    if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)) \
+            or not -K <= reference < K:
+        raise ValueError(f"reference must be a gate index in [-{K}, {K - 1}]; got "
+                         f"{reference!r}.")
+    return int(reference) % K
+
+
+def _init_gates(init, K: int, d: int) -> np.ndarray:
+    try:
+        coef, intercept = init
+    except (TypeError, ValueError):
+        raise ValueError("init must be a (gate_coef, gate_intercept) pair.") from None
+    return _gate_aug(coef, intercept, K, d)
+
+
+# ----------------------------------------------------------------------------
+# one EM iteration
+# ----------------------------------------------------------------------------
+def params_from(gates: GateFit, experts) -> MoEParams:
+    """The MoEParams of fitted gates and experts (any gate reference).
+
+    Parameters
+    ----------
+    gates : GateFit
+    experts : Experts or (coef, intercept, var)
+
+    Returns
+    -------
+    MoEParams
+    """
+    coef, intercept, var = experts
+    return MoEParams(gates.gate_coef, gates.gate_intercept, coef, intercept, var)
+
+
+class EMStep(NamedTuple):
+    """Result of :func:`em_step`: the new parameters, and the log-likelihood
+    of the parameters it started from (that of its E-step)."""
+
+    params: MoEParams
+    log_likelihood: float
+
+
+def em_step(X, y, params: MoEParams, *, sample_weight=None, gate_steps: int = 1,
+            reg_var: float = 1e-6, n_threads: int | None = None) -> EMStep:
+    """One (generalised) EM iteration from ``params``.
+
+    The E-step, the experts' closed-form M-step (:func:`update_experts`;
+    an expert with no weight keeps its parameters) and ``gate_steps``
+    Newton steps with step halving on the gates (:func:`fit_gates`), so the
+    log-likelihood never decreases. ``fastmoe.fit_moe`` runs the same
+    iteration fused into one pass per iteration.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+    y : array-like of shape (n,)
+    params : MoEParams
+    sample_weight : array-like of shape (n,), optional
+    gate_steps : int, default 1
+    reg_var : float, default 1e-6
+    n_threads : int, optional
+
+    Returns
+    -------
+    EMStep
+        ``(params, log_likelihood)``, the log-likelihood at the input params.
+
+    Examples
+    --------
+    >>> from fastmoe import engine
+    >>> from fastmoe.datasets import make_moe_regression
+    >>> X, y, truth, _ = make_moe_regression(1000, 2, 2, random_state=0)
+    >>> new, ll = engine.em_step(X, y, truth)
+    >>> bool(engine.e_step(X, y, new).log_likelihood >= ll)
+    True
+    """
+    params = _check_params(params)
+    X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
+    gate_steps = check_int(gate_steps, "gate_steps")
+    e = e_step(X, y, params, sample_weight=w, n_threads=n_threads)
+    experts = update_experts(ExpertStatistics(weighted_gram(X, y, w, e.resp)), reg_var=reg_var,
+                             previous=(params.expert_coef, params.expert_intercept,
+                                       params.expert_var))
+    gates = fit_gates(X, e.resp, sample_weight=w, init=(params.gate_coef, params.gate_intercept),
+                      max_iter=gate_steps, tol=0.0, n_threads=n_threads)
+    return EMStep(params_from(gates, experts), e.log_likelihood)
+
+
+# ----------------------------------------------------------------------------
+# the reduction
+# ----------------------------------------------------------------------------
+def expert_costs(source: MoEParams, target: MoEParams, X, *, cost: str = "kl") -> np.ndarray:
+    """Closed-form costs between the experts of two models at each row of X.
+
+    For source expert l and target expert k at x, with means m(x) = b + x . c:
+    "kl" is KL(N(m_l, v_l) || N(m_k, v_k)) =
+    (log(v_k / v_l) + v_l / v_k + (m_l - m_k)^2 / v_k - 1) / 2, and "w2" the
+    squared Wasserstein-2 distance (m_l - m_k)^2 + (sqrt v_l - sqrt v_k)^2.
+    Meant for small n; the reduction never forms this tensor.
+
+    Parameters
+    ----------
+    source : MoEParams
+        L experts.
+    target : MoEParams
+        K experts, with the same number of features.
+    X : array-like of shape (n, d)
+    cost : {"kl", "w2"}
+
+    Returns
+    -------
+    ndarray of shape (n, L, K)
+
+    Examples
+    --------
+    >>> from fastmoe import engine
+    >>> from fastmoe.datasets import make_moe_regression
+    >>> X, _, truth, _ = make_moe_regression(10, 2, 3, random_state=0)
+    >>> float(abs(engine.expert_costs(truth, truth, X)[:, [0, 1, 2], [0, 1, 2]]).max())
+    0.0
+    """
+    source, target = _check_params(source), _check_params(target)
+    check_choice(cost, "cost", COSTS)
+    if source.n_features != target.n_features:
+        raise ValueError(f"source has {source.n_features} features, target "
+                         f"{target.n_features}.")
+    X = check_X(X, source.n_features)
+    n, L, K = X.shape[0], source.n_experts, target.n_experts
+    if n * L * K * 8 > MAX_COST_BYTES:
+        raise ValueError(f"the cost tensor ({n}, {L}, {K}) would take more than "
+                         f"{MAX_COST_BYTES >> 20} MiB; use fewer rows (the reduction, "
+                         "engine.reduce, never forms it).")
+    gap = (X @ target.expert_coef.T + target.expert_intercept)[:, None, :] \
+        - (X @ source.expert_coef.T + source.expert_intercept)[:, :, None]
+    vl, vk = source.expert_var[:, None], target.expert_var[None, :]
+    if cost == "kl":
+        return 0.5 * (np.log(vk / vl) + vl / vk + gap**2 / vk - 1.0)
+    return gap**2 + (np.sqrt(vl) - np.sqrt(vk)) ** 2
+
+
+@dataclass(frozen=True)
+class LocalExperts:
+    """The L local experts of M machines, stacked: what the reduction reads.
+
+    Machine m owns ``n_experts[m]`` consecutive rows and weight ``weights[m]``;
+    within a machine the gates are a softmax (in any reference).
+
+    Attributes
+    ----------
+    gate_coef : ndarray of shape (L, d)
+    gate_intercept : ndarray of shape (L,)
+    expert_coef : ndarray of shape (L, d)
+    expert_intercept : ndarray of shape (L,)
+    expert_var : ndarray of shape (L,)
+    n_experts : tuple of int
+        Experts per machine, summing to L.
+    weights : ndarray of shape (M,)
+        Machine weights lambda_m (normalised to sum to 1).
+    """
+
+    gate_coef: np.ndarray
+    gate_intercept: np.ndarray
+    expert_coef: np.ndarray
+    expert_intercept: np.ndarray
+    expert_var: np.ndarray
+    n_experts: tuple
+    weights: np.ndarray
+
+    def __post_init__(self):
+        counts = self.n_experts
+        if isinstance(counts, (int, np.integer)) or len(counts) == 0 or not all(
+                isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
+                for k in counts):
+            raise ValueError(f"n_experts must be a non-empty sequence of positive ints; got "
+                             f"{counts!r}.")
+        counts = tuple(int(k) for k in counts)
+        L = sum(counts)
+        coef = _as_float_array(self.expert_coef, "expert_coef")
+        if coef.ndim != 2 or coef.shape[0] != L:
+            raise ValueError(f"expert_coef must have shape ({L}, d) for n_experts summing to "
+                             f"{L}; got {coef.shape}.")
+        models = []
+        lo = 0
+        for k in counts:  # MoEParams checks each machine's block
+            models.append(MoEParams(np.asarray(self.gate_coef)[lo:lo + k],
+                                    np.asarray(self.gate_intercept)[lo:lo + k],
+                                    coef[lo:lo + k], np.asarray(self.expert_intercept)[lo:lo + k],
+                                    np.asarray(self.expert_var)[lo:lo + k]))
+            lo += k
+        w = _as_float_array(self.weights, "weights")
+        if w.shape != (len(counts),) or not (np.all(np.isfinite(w)) and np.all(w > 0)):
+            raise ValueError(f"weights must be {len(counts)} positive finite numbers; got "
+                             f"shape {w.shape}.")
+        for name, value in (("gate_coef", np.vstack([m.gate_coef for m in models])),
+                            ("gate_intercept", np.concatenate([m.gate_intercept
+                                                               for m in models])),
+                            ("expert_coef", coef.copy()),
+                            ("expert_intercept", np.concatenate([m.expert_intercept
+                                                                 for m in models])),
+                            ("expert_var", np.concatenate([m.expert_var for m in models])),
+                            ("weights", w / w.sum())):
+            object.__setattr__(self, name, _frozen(np.array(value, dtype=np.float64)))
+        object.__setattr__(self, "n_experts", counts)
+        object.__setattr__(self, "_models", tuple(models))
+
+    @classmethod
+    def from_models(cls, models: Sequence[MoEParams], sample_sizes=None) -> LocalExperts:
+        """Stack the local models (weights ``sample_sizes``, default equal)."""
+        if isinstance(models, MoEParams) or len(models) == 0:
+            raise ValueError("models must be a non-empty sequence of MoEParams.")
+        models = [_check_params(m) for m in models]
+        sizes = np.ones(len(models)) if sample_sizes is None else sample_sizes
+        return cls(np.vstack([m.gate_coef for m in models]),
+                   np.concatenate([m.gate_intercept for m in models]),
+                   np.vstack([m.expert_coef for m in models]),
+                   np.concatenate([m.expert_intercept for m in models]),
+                   np.concatenate([m.expert_var for m in models]),
+                   tuple(m.n_experts for m in models), sizes)
+
+    @property
+    def n_features(self) -> int:
+        return self.expert_coef.shape[1]
+
+    def _mixture(self):
+        return large_mixture(self._models, self.weights)
+
+
+def _check_local(local) -> None:
+    if not isinstance(local, LocalExperts):
+        raise TypeError(f"local must be LocalExperts (LocalExperts.from_models(models, "
+                        f"sample_sizes)); got {type(local).__name__}.")
+
+
+def _reduction_inputs(local: LocalExperts, X_support, K: int):
+    _check_local(local)
+    mix = local._mixture()
+    return mix, _check_support(X_support, mix, K)
+
+
+class MMStep(NamedTuple):
+    """Result of :func:`mm_step`.
+
+    experts : the updated targets; objective : the transport divergence R at
+    the input targets; local_mass : (L, K) the mass each local expert sends
+    to each input target; notes : targets that received no mass and were
+    re-seeded.
+    """
+
+    experts: Experts
+    objective: float
+    local_mass: np.ndarray
+    notes: tuple
+
+
+def _centred(experts: Experts, shift: float):
+    beta = np.column_stack([experts.intercept - shift, experts.coef])
+    return np.ascontiguousarray(beta), np.ascontiguousarray(experts.var)
+
+
+def _uncentred(beta, var, shift: float) -> Experts:
+    return Experts(np.ascontiguousarray(beta[:, 1:]), beta[:, 0] + shift, np.array(var))
+
+
+def mm_step(local: LocalExperts, X_support, experts, *, cost: str = "kl",
+            variance_update: str = "exact", n_threads: int | None = None) -> MMStep:
+    """One MM iteration of the reduction from the targets ``experts``.
+
+    The assignment step sends every local expert l at every support point s
+    to its cheapest target; the update is the closed-form minimiser of
+    R = sum_s sum_l w_l(x_s) c_{l k*}(x_s) for that plan (weighted least
+    squares for the coefficients; for "kl" the variance that minimises the
+    KL costs, for "w2" the square of the mean local standard deviation).
+
+    Parameters
+    ----------
+    local : LocalExperts
+    X_support : array-like of shape (S, d)
+    experts : Experts or (coef (K, d), intercept (K,), var (K,))
+    cost : {"kl", "w2"}
+    variance_update : {"exact", "published"}
+        "published" takes the plan-weighted mean of the local variances, as
+        the authors' code does.
+    n_threads : int, optional
+
+    Returns
+    -------
+    MMStep
+    """
+    check_choice(cost, "cost", COSTS)
+    check_choice(variance_update, "variance_update", VARIANCE_UPDATES)
+    _check_local(local)
+    experts = _check_experts(experts, local.n_features)
+    mix, Xs = _reduction_inputs(local, X_support, experts.coef.shape[0])
+    beta, var = _centred(experts, mix.shift)
+    st = mm_pass(mix, Xs, beta, var, _COST_CODES[cost], resolve_threads(n_threads))
+    notes: list[str] = []
+    beta, var = _update(mix, st, beta, var, _COST_CODES[cost], variance_update, notes)
+    return MMStep(_uncentred(beta, var, mix.shift), st.objective, st.mass, tuple(notes))
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Result of :func:`reduce`.
+
+    Attributes
+    ----------
+    experts : Experts
+        The K global experts, in canonical order (increasing intercept).
+    objective : float
+        R at ``experts``.
+    history : ndarray of shape (n_iter + 1,)
+        R after each MM iteration of the best start.
+    n_iter : int
+    converged : bool
+    notes : tuple of str
+        Targets re-seeded on the way.
+    """
+
+    experts: Experts
+    objective: float
+    history: np.ndarray = field(repr=False)
+    n_iter: int
+    converged: bool
+    notes: tuple = ()
+
+
+def reduce(local: LocalExperts, n_experts: int, X_support, *, cost: str = "kl", init=None,
+           n_init: int = 3, max_iter: int = 300, tol: float = 1e-10,
+           variance_update: str = "exact", random_state=None,
+           n_threads: int | None = None) -> Reduction:
+    """Reduce the L local experts to K global experts by MM (no gates).
+
+    Minimises the composite transportation divergence R over the support
+    from each start (:func:`mm_step` repeated until R changes by less than
+    ``tol * R``) and keeps the smallest. ``fastmoe.aggregate`` is this
+    reduction followed by the gate refit.
+
+    Parameters
+    ----------
+    local : LocalExperts
+    n_experts : int
+        K, at most L.
+    X_support : array-like of shape (S, d)
+        At least (d+1)(K-1) rows.
+    cost : {"kl", "w2"}
+    init : Experts or (coef, intercept, var), optional
+        The only start. Default: the aligned average of the local models when
+        every machine has K experts, then k-means starts on the local experts
+        up to ``n_init``.
+    n_init : int, default 3
+    max_iter : int, default 300
+    tol : float, default 1e-10
+    variance_update : {"exact", "published"}
+    random_state : None, int or numpy Generator
+    n_threads : int, optional
+
+    Returns
+    -------
+    Reduction
+
+    Examples
+    --------
+    >>> from fastmoe import engine, fit_moe
+    >>> from fastmoe.datasets import make_moe_regression
+    >>> X, y, _, _ = make_moe_regression(4000, 2, 2, random_state=0)
+    >>> fits = [fit_moe(X[i::2], y[i::2], 2, random_state=0).params for i in range(2)]
+    >>> red = engine.reduce(engine.LocalExperts.from_models(fits), 2, X[:500])
+    >>> red.experts.coef.shape
+    (2, 2)
+    """
+    check_choice(cost, "cost", COSTS)
+    check_choice(variance_update, "variance_update", VARIANCE_UPDATES)
+    K = check_int(n_experts, "n_experts")
+    n_init = check_int(n_init, "n_init")
+    max_iter = check_int(max_iter, "max_iter", 0)
+    tol = check_float(tol, "tol", 0.0, inclusive=True)
+    mix, Xs = _reduction_inputs(local, X_support, K)
+    if K > mix.gate.shape[0]:
+        raise ValueError(f"n_experts={K} is more than the {mix.gate.shape[0]} local experts.")
+    start = "aligned"
+    if init is not None:
+        start = _centred(_check_experts(init, mix.n_features, "init"), mix.shift)
+        if start[0].shape[0] != K:
+            raise ValueError(f"init has {start[0].shape[0]} experts; n_experts is {K}.")
+    beta, var, history, n_iter, converged, notes, _ = reduce_mixture(
+        mix, Xs, K, cost=_COST_CODES[cost], init=start, n_init=n_init, max_iter=max_iter, tol=tol,
+        variance_update=variance_update, rng=check_random_state(random_state),
+        n_threads=resolve_threads(n_threads))
+    history.setflags(write=False)
+    return Reduction(_uncentred(beta, var, mix.shift), float(history[-1]), history, n_iter,
+                     converged, tuple(notes))

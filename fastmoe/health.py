@@ -1,0 +1,170 @@
+"""The result of an aggregation and its health: which machines' experts
+went where, what it cost, and sentences naming the likely cause of anything
+out of line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._params import MoEParams
+
+OUTLIER_FACTOR = 5.0
+#: a collapsed machine whose transport cost per unit mass exceeds this multiple
+#: of the median is taken for a failed local fit. Measured: 5.6 times in
+#: ``fastmoe demo`` (one of 4 machines), 3.2 times in the constructed case of
+#: tests/test_distributed.py (a failed fit drags the aggregate, and so the
+#: median, towards itself).
+FAILED_COST_FACTOR = 2.0
+#: support points per free gate parameter below which the gate refit is flagged
+SUPPORT_PER_GATE_PARAMETER = 10
+
+
+def aggregation_health(result) -> dict:
+    """Structured health of an :class:`~fastmoe.AggregationResult`.
+
+    Each local expert l is owned by the global expert a_l that receives most
+    of its mass. Returns
+
+    - ``counts`` (K, M): local experts of machine m owned by global expert k
+      (a healthy reduction of equal-K models owns about one per machine);
+    - ``mass`` (K,) and ``objective_share`` (K,): mass received and share of
+      the objective R of each global expert;
+    - ``machine_cost`` (M,): each machine's transport cost per unit of mass;
+    - ``collapsed`` : machines whose experts land on fewer distinct global
+      experts than they have (min(K_m, K));
+    - ``heterogeneous`` : machines whose cost per unit mass exceeds
+      ``OUTLIER_FACTOR`` times the median machine's;
+    - ``failed`` : collapsed machines whose cost per unit mass exceeds
+      ``FAILED_COST_FACTOR`` times the median machine's, taken for failed
+      local fits (:func:`fastmoe.aggregate_messages` with ``exclude_failed``);
+    - ``implausible`` : input indices of machines whose claimed sample size
+      is out of line (``AggregationResult.implausible``);
+    - ``warnings`` : sentences naming the likely cause.
+    """
+    K = result.params.n_experts
+    machine = np.asarray(result.machine)
+    M = int(machine.max()) + 1
+    owner = np.argmax(result.local_mass, axis=1)
+    counts = np.zeros((K, M), dtype=int)
+    np.add.at(counts, (owner, machine), 1)
+    total = float(result.local_objective.sum())
+    share = np.array([result.local_objective[owner == k].sum() for k in range(K)])
+    share = share / total if total > 0 else np.zeros(K)
+    lam = np.array([result.local_mass[machine == m].sum() for m in range(M)])
+    cost = np.array([result.local_objective[machine == m].sum() for m in range(M)]) / lam
+    k_m = np.bincount(machine, minlength=M)
+    distinct = np.array([np.unique(owner[machine == m]).size for m in range(M)])
+    collapsed = [m for m in range(M) if distinct[m] < min(k_m[m], K)]
+    med = float(np.median(cost))
+    hetero = [m for m in range(M) if M > 2 and cost[m] > OUTLIER_FACTOR * max(med, 1e-300)]
+    failed = [m for m in collapsed if cost[m] > FAILED_COST_FACTOR * med]
+    notes = []
+    implausible = list(getattr(result, "implausible", ()))
+    if implausible:
+        notes.append(f"machine(s) {implausible} claim sample sizes out of line with the others' "
+                     "or with their own covariate samples: their weight in the aggregate may be "
+                     "forged (aggregate_messages(max_weight=...) caps any machine's weight)")
+    if hetero:
+        notes.append(f"machine(s) {hetero} fit the aggregate far worse than the others "
+                     f"(cost per unit mass {np.round(cost[hetero], 4).tolist()} vs median "
+                     f"{med:.4g}): their shards look heterogeneous (a different population "
+                     "or a failed local fit); inspect them or drop them")
+    if collapsed:
+        notes.append(f"machine(s) {collapsed} map their experts onto fewer global experts "
+                     "than they have: too many experts locally (or too few globally), or "
+                     "local fits that found duplicate experts")
+    empty = [k for k in range(K) if counts[k].sum() == 0]
+    if empty:
+        notes.append(f"global expert(s) {empty} own no local expert: too many global experts "
+                     "for what the machines found")
+    crowded = [k for k in range(K) if counts[k].max() > 1]
+    if crowded and not collapsed:
+        notes.append(f"global expert(s) {crowded} own several experts of one machine: too "
+                     "few global experts, or machines with extra experts")
+    S = result.assignment.shape[0]
+    need = SUPPORT_PER_GATE_PARAMETER * (result.params.n_features + 1) * (K - 1)
+    if S < need:
+        notes.append(f"the support has {S} points, fewer than {need} "
+                     f"({SUPPORT_PER_GATE_PARAMETER} per free gate parameter): the gate "
+                     "regression may be noisy; send larger covariate samples")
+    return {"counts": counts, "mass": result.expert_mass.copy(), "objective_share": share,
+            "machine_cost": cost, "collapsed": collapsed, "heterogeneous": hetero,
+            "failed": failed, "implausible": implausible, "warnings": notes}
+
+
+def health_report(result) -> str:
+    """Human-readable aggregation health report (see :func:`aggregation_health`)."""
+    h = aggregation_health(result)
+    K, M = h["counts"].shape
+    lines = [f"Aggregation ({result.method}): {M} machines, {len(result.machine)} local "
+             f"experts -> {K} global experts; objective R = {result.objective:.6g} after "
+             f"{result.n_iter} MM iterations (converged: {result.converged}).",
+             "", "| global expert | local experts per machine | mass | share of R |",
+             "|---|---|---|---|"]
+    for k in range(K):
+        per = " ".join(str(c) for c in h["counts"][k])
+        lines.append(f"| {k} | {per} | {h['mass'][k]:.4g} | {h['objective_share'][k]:.3f} |")
+    lines.append("")
+    if h["warnings"]:
+        lines += [f"WARNING: {w}." for w in h["warnings"]]
+    else:
+        lines.append("Healthy: every machine's experts map one-to-one onto the global experts.")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """Result of :func:`aggregate` and of the baselines.
+
+    Attributes
+    ----------
+    params : MoEParams, the aggregated K-expert model (canonical order).
+    objective : transport divergence R from the large mixture to ``params`` on
+        the support (a sum over support points).
+    history : (n_iter + 1,) R at the start and after each MM iteration.
+    n_iter, converged : of the best start's MM loop.
+    assignment : (S, L) int16, the global expert k*(s, l) that receives local
+        expert l at support point s (the transport plan in compact form:
+        P_lks = w_l(x_s) 1{k = assignment[s, l]}).
+    local_mass : (L, K) sum_s P_lks, the mass each local expert sends to each
+        global expert.
+    expert_mass : (K,) total mass received by each global expert.
+    local_objective : (L,) each local expert's share of R.
+    machine : (L,) machine index of each local expert.
+    method : "ot-kl", "ot-w2", "aligned_average", "naive_average" or "medoid".
+    timings : seconds per stage ("reduction", "gates", "total").
+    notes : what was repaired on the way (re-seeded experts, ...).
+    excluded : indices of input models left out as failed local fits
+        (:func:`fastmoe.aggregate_messages` with ``exclude_failed``); ``machine``
+        then numbers the models that were kept, in order.
+    implausible : indices of input models whose claimed sample size is out of
+        line with the others' or with their own covariate sample
+        (:func:`fastmoe.aggregate_messages`); the reasons are in ``notes``.
+    """
+
+    params: MoEParams
+    objective: float
+    history: np.ndarray = field(repr=False)
+    n_iter: int
+    converged: bool
+    assignment: np.ndarray = field(repr=False)
+    local_mass: np.ndarray = field(repr=False)
+    expert_mass: np.ndarray
+    local_objective: np.ndarray = field(repr=False)
+    machine: np.ndarray = field(repr=False)
+    method: str
+    timings: dict
+    notes: tuple = ()
+    excluded: tuple = ()
+    implausible: tuple = ()
+
+    def report(self) -> str:
+        """Aggregation health report (:func:`fastmoe.diagnostics.health_report`)."""
+        return health_report(self)
+
+    def health(self) -> dict:
+        """Structured health (:func:`fastmoe.diagnostics.aggregation_health`)."""
+        return aggregation_health(self)

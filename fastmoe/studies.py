@@ -1,0 +1,248 @@
+"""Studies: the consistency study (parameter error against N, M) and the
+authors' comparison of estimators, on simulated data.
+"""
+
+from __future__ import annotations
+
+import time as _time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._em import fit_moe
+from .aggregation import aggregate
+from .baselines import aligned_average, medoid, naive_average
+from .datasets import authors_truth, make_moe_regression
+from .metrics import model_metrics, stacked_mse
+from .protocol import fit_local
+
+ESTIMATORS = ("centralised", "ot-kl", "ot-w2", "aligned_average", "naive_average", "medoid")
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Rows of a study (one per N, M, repetition and estimator) and the fitted
+    log-log slopes of parameter error against N."""
+
+    rows: list
+    slopes: dict
+    settings: dict
+
+    def summary(self) -> list:
+        """Mean and standard deviation per (N, M, estimator) of every metric."""
+        keys = sorted({(r["n"], r["n_machines"], r["estimator"]) for r in self.rows},
+                      key=lambda k: (k[0], k[1], ESTIMATORS.index(k[2])))
+        out = []
+        for n, m, est in keys:
+            sel = [r for r in self.rows if (r["n"], r["n_machines"], r["estimator"]) ==
+                   (n, m, est)]
+            entry = {"n": n, "n_machines": m, "estimator": est, "repetitions": len(sel)}
+            for metric in STUDY_METRICS:
+                vals = np.array([r[metric] for r in sel], dtype=float)
+                entry[metric] = float(vals.mean())
+                entry[metric + "_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            out.append(entry)
+        return out
+
+    def to_markdown(self) -> str:
+        head = ["N", "M", "estimator", "reps", "param. RMSE", "MSE", "test loglik",
+                "rel. pred. error", "ARI", "learning time (s)"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        def ms(e, k, fmt):
+            return f"{e[k]:{fmt}} ± {e[k + '_sd']:{fmt}}"
+
+        for e in self.summary():
+            lines.append(f"| {e['n']} | {e['n_machines']} | {e['estimator']} | "
+                         f"{e['repetitions']} | {ms(e, 'rmse', '.4f')} | "
+                         f"{ms(e, 'mse', '.5f')} | {ms(e, 'loglik', '.1f')} | "
+                         f"{ms(e, 'rpe', '.4f')} | {ms(e, 'ari', '.3f')} | "
+                         f"{ms(e, 'learning_time', '.2f')} |")
+        if self.slopes:
+            lines += ["", "| estimator | M | slope of log RMSE on log N | 95% CI |",
+                      "|---|---|---|---|"]
+            for (est, m), (b, lo, hi) in sorted(self.slopes.items()):
+                lines.append(f"| {est} | {m} | {b:.3f} | [{lo:.3f}, {hi:.3f}] |")
+        return "\n".join(lines)
+
+    def to_csv(self, path) -> None:
+        """One row per fit."""
+        cols = ["n", "n_machines", "repetition", "estimator", *STUDY_METRICS]
+        with open(path, "w") as f:
+            f.write(",".join(cols) + "\n")
+            for r in self.rows:
+                f.write(",".join(str(r[c]) for c in cols) + "\n")
+
+    def plot(self, prefix) -> list:
+        """PNG plots (error vs N, learning time vs M) when matplotlib is
+        installed; returns the paths written (none without matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return []
+        paths = []
+        summ = self.summary()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for est in ESTIMATORS:
+            for m in sorted({e["n_machines"] for e in summ}):
+                pts = [(e["n"], e["rmse"]) for e in summ
+                       if e["estimator"] == est and e["n_machines"] == m]
+                if len(pts) > 1:
+                    ax.loglog(*zip(*pts), marker="o", label=f"{est}, M={m}")
+        ax.set_xlabel("N")
+        ax.set_ylabel("parameter RMSE")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(f"{prefix}_error_vs_n.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for est in ESTIMATORS:
+            pts = sorted({(e["n_machines"], e["learning_time"]) for e in summ
+                          if e["estimator"] == est})
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=est)
+        ax.set_xlabel("M (machines)")
+        ax.set_ylabel("learning time (s)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(f"{prefix}_time_vs_m.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+        return paths
+
+
+#: default size of the server's support in a study (points, all machines)
+SUPPORT_TOTAL = 20000
+
+STUDY_METRICS = ("rmse", "mse", "loglik", "rpe", "corr", "ari", "clustering_error",
+                 "learning_time")
+
+
+def _study_row(n, m, r, name, params, learning_time, Xte, yte, lte, truth) -> dict:
+    row = {"n": n, "n_machines": m, "repetition": r, "estimator": name,
+           "learning_time": learning_time}
+    met = model_metrics(params, Xte, yte, labels=lte)
+    row.update({k: met[k] for k in ("loglik", "rpe", "corr", "ari", "clustering_error")})
+    row["mse"] = stacked_mse(params, truth)
+    row["rmse"] = float(np.sqrt(row["mse"]))
+    return row
+
+
+def loglog_slope(n, err) -> tuple:
+    """OLS slope of log(err) on log(n) with its 95% confidence interval."""
+    from scipy import stats
+
+    x, y = np.log(np.asarray(n, float)), np.log(np.asarray(err, float))
+    fit = stats.linregress(x, y)
+    t = stats.t.ppf(0.975, max(len(x) - 2, 1))
+    return float(fit.slope), float(fit.slope - t * fit.stderr), float(fit.slope + t * fit.stderr)
+
+
+def consistency_study(n_grid, n_machines=(4,), *, n_features: int = 3, n_experts: int = 3,
+                      design: str = "separated", repetitions: int = 3,
+                      estimators=("centralised", "ot-kl", "aligned_average"),
+                      n_test: int = 10000, n_init: int = 2, n_support: int | None = None,
+                      random_state=0, progress=None) -> StudyResult:
+    """Parameter error of aggregated, centralised and baseline estimators over
+    a grid of N (and M) on simulated data, repeated with different seeds.
+
+    For each N, repetition r and M: draw N training and ``n_test`` test rows
+    from the design (seeded by ``random_state`` and r; the same true model
+    for every N within a repetition), split the training rows into M shards,
+    fit the local models once and build every requested estimator from them;
+    the centralised fit is made once per (N, r). Then fit the log-log slope
+    of the parameter RMSE (sqrt of the authors' stacked MSE) against N per
+    estimator and M, with a 95% confidence interval; about -1/2 is expected.
+
+    ``n_support`` covariate rows per machine (default: 20000 / M, so that
+    the server's support has about 20000 points whatever M).
+
+    Metrics per fit: rmse, mse, test loglik, rpe, corr, ari, clustering_error,
+    learning_time (centralised: its fit time; aggregated and baselines: the
+    slowest local fit plus the reduction).
+    """
+    unknown = set(estimators) - set(ESTIMATORS)
+    if unknown:
+        raise ValueError(f"unknown estimators {sorted(unknown)}; choose from {ESTIMATORS}.")
+    n_grid = [int(n) for n in n_grid]
+    rows = []
+    for r in range(repetitions):
+        seed = np.random.SeedSequence([int(random_state), r])
+        truth_rng, *_ = [np.random.default_rng(s) for s in seed.spawn(1)]
+        if design == "authors":
+            truth = authors_truth(n_features, n_experts, truth_rng)
+        else:
+            truth = make_moe_regression(2, n_features, n_experts, random_state=truth_rng)[2]
+        for n in n_grid:
+            data_rng = np.random.default_rng([int(random_state), r, n])
+            X, y, _, labels = make_moe_regression(n + n_test, n_features, n_experts,
+                                                  design=design, params=truth,
+                                                  random_state=data_rng)
+            Xtr, ytr, Xte, yte, lte = X[:n], y[:n], X[n:], y[n:], labels[n:]
+
+            test = (Xte, yte, lte, truth)
+
+            def record(name, m, params, learning_time, n=n, r=r, test=test):
+                rows.append(_study_row(n, m, r, name, params, learning_time, *test))
+                if progress is not None:
+                    progress(rows[-1])
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if "centralised" in estimators:
+                    t0 = _time.perf_counter()
+                    fit = fit_moe(Xtr, ytr, n_experts, n_init=n_init, random_state=data_rng)
+                    record("centralised", 1, fit.params, _time.perf_counter() - t0)
+                for m in n_machines:
+                    order = data_rng.permutation(n)
+                    per_machine = n_support or max(100, SUPPORT_TOTAL // m)
+                    msgs = [fit_local(Xtr[idx], ytr[idx], n_experts, n_support=per_machine,
+                                      n_init=n_init, random_state=data_rng)
+                            for idx in np.array_split(order, m)]
+                    local = [g.params for g in msgs]
+                    sizes = [g.n for g in msgs]
+                    Xs = np.vstack([g.support for g in msgs])
+                    slowest = max(g.fit_time for g in msgs)
+                    for est in estimators:
+                        if est == "centralised":
+                            continue
+                        t0 = _time.perf_counter()
+                        if est.startswith("ot-"):
+                            res = aggregate(local, sample_sizes=sizes, X_support=Xs,
+                                            cost=est[3:], random_state=data_rng)
+                        else:
+                            fn = {"aligned_average": aligned_average, "medoid": medoid,
+                                  "naive_average": naive_average}[est]
+                            res = fn(local, sample_sizes=sizes, X_support=Xs)
+                        record(est, m, res.params, slowest + _time.perf_counter() - t0)
+    slopes = {}
+    if len(n_grid) > 1:
+        for est in estimators:
+            for m in ([1] if est == "centralised" else n_machines):
+                sel = [row for row in rows if row["estimator"] == est
+                       and row["n_machines"] == m]
+                slopes[(est, m)] = loglog_slope([row["n"] for row in sel],
+                                                [row["rmse"] for row in sel])
+    settings = dict(n_grid=n_grid, n_machines=list(n_machines), n_features=n_features,
+                    n_experts=n_experts, design=design, repetitions=repetitions,
+                    estimators=list(estimators), n_test=n_test, n_init=n_init,
+                    n_support=n_support, random_state=random_state)
+    return StudyResult(rows, slopes, settings)
+
+
+def authors_comparison(repetitions: int = 2, *, n_machines=(4, 16, 64), n: int = 90000,
+                       n_test: int = 10000, random_state=0, progress=None) -> StudyResult:
+    """The authors' comparison (method.md section 5): K=5, d=20, covariates
+    from a 5-component Gaussian mixture, N = 100k (90k train, 10k test),
+    M in {4, 16, 64}; centralised, OT-KL, OT-W2, aligned average, naive
+    average and medoid; three EM starts for every fit (the library's default
+    for local fits: with two, a poor local optimum at M=16 spoiled the OT
+    aggregates in a trial run)."""
+    return consistency_study([n], n_machines, n_features=20, n_experts=5, design="authors",
+                             repetitions=repetitions, estimators=ESTIMATORS, n_test=n_test,
+                             n_init=3,
+                             random_state=random_state, progress=progress)
