@@ -31,7 +31,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import softmax
 
 from . import _kernels, exceptions
 from ._gating import assemble_newton, fit_gates, gate_objective, halve_step, newton_direction
@@ -313,7 +312,9 @@ def _random_regions(data: EMData, rng) -> np.ndarray:
     sd = np.sqrt(np.average(Xc**2, axis=0, weights=data.w))
     sd[~(sd > 0)] = 1.0
     A = rng.standard_normal((K, d)) * (START_GATE_SCALE / np.sqrt(d)) / sd
-    return softmax(Xc @ A.T, axis=1)
+    logits = Xc @ A.T
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _initial_params(data: EMData, init, rng, var_floor):

@@ -180,6 +180,7 @@ def e_step(X, y, params: MoEParams, *, sample_weight=None,
     Returns
     -------
     EStep
+        The log-likelihood, the responsibilities and the per-row log-likelihood.
 
     Examples
     --------
@@ -252,7 +253,9 @@ def expert_statistics(X, y, resp, *, sample_weight=None) -> ExpertStatistics:
     Parameters
     ----------
     X : array-like of shape (n, d)
+        Covariates.
     y : array-like of shape (n,)
+        Responses.
     resp : array-like of shape (n, K)
         Non-negative responsibilities (or any weights per row and expert;
         rows need not sum to 1).
@@ -320,6 +323,7 @@ def update_experts(stats: ExpertStatistics, *, reg_var: float = 1e-6,
     Parameters
     ----------
     stats : ExpertStatistics
+        The experts' statistics (:func:`expert_statistics`, summed over blocks).
     reg_var : float, default 1e-6
         Variance floor, relative to the weighted variance of y.
     previous : (coef, intercept, var), optional
@@ -375,8 +379,10 @@ def update_experts(stats: ExpertStatistics, *, reg_var: float = 1e-6,
 # ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GateStatistics:
-    """Objective, gradient and Hessian of the weighted multinomial-logistic
-    gate objective Q(alpha) = sum_i w_i sum_k R_ik log pi_k(x_i) (additive).
+    """Objective, gradient and Hessian of the gate objective (additive).
+
+    The objective is the weighted multinomial-logistic log-likelihood
+    Q(alpha) = sum_i w_i sum_k R_ik log pi_k(x_i).
 
     The free parameters are the first K-1 gates relative to the last, each as
     (intercept, slopes): theta = (g_k - g_K, a_k - a_K) for k < K, flattened
@@ -414,13 +420,17 @@ def gate_statistics(X, targets, gate_coef, gate_intercept, *, sample_weight=None
     Parameters
     ----------
     X : array-like of shape (n, d)
+        Covariates.
     targets : array-like of shape (n, K)
         Non-negative soft targets (responsibilities); rows need not sum to 1.
     gate_coef : array-like of shape (K, d)
+        Gate slopes, in any reference.
     gate_intercept : array-like of shape (K,)
-        The gates, in any reference.
+        Gate intercepts, in the same reference.
     sample_weight : array-like of shape (n,), optional
+        Non-negative row weights (default ones).
     n_threads : int, optional
+        Threads of the compiled kernels (default: all cores).
 
     Returns
     -------
@@ -491,15 +501,18 @@ def fit_gates(X, targets, *, sample_weight=None, init=None, l2: float = 0.0,
     Parameters
     ----------
     X : array-like of shape (n, d)
+        Covariates.
     targets : array-like of shape (n, K)
         Non-negative soft targets; rows need not sum to 1.
     sample_weight : array-like of shape (n,), optional
+        Non-negative row weights (default ones).
     init : (gate_coef, gate_intercept), optional
         Starting gates in any reference (default zero: equal gates).
     l2 : float, default 0
         Ridge penalty on the gate slopes relative to the last gate (the
         intercepts are not penalised).
     max_iter : int, default 100
+        Newton steps at most.
     tol : float, default 1e-10
         Stop when a step gains less than ``tol * |objective|``.
     reference : int, default -1
@@ -507,10 +520,12 @@ def fit_gates(X, targets, *, sample_weight=None, init=None, l2: float = 0.0,
         convention, 0 that of ``nnet::multinom`` and flexmix. The model,
         and the objective without a penalty, do not depend on it.
     n_threads : int, optional
+        Threads of the compiled kernels (default: all cores).
 
     Returns
     -------
     GateFit
+        The gates, the objective and the convergence of the Newton run.
 
     Examples
     --------
@@ -566,19 +581,25 @@ def params_from(gates: GateFit, experts) -> MoEParams:
     Parameters
     ----------
     gates : GateFit
+        Fitted gates (:func:`fit_gates`).
     experts : Experts or (coef, intercept, var)
+        Fitted experts (:func:`update_experts`).
 
     Returns
     -------
     MoEParams
+        The model, last gate the reference.
     """
     coef, intercept, var = experts
     return MoEParams(gates.gate_coef, gates.gate_intercept, coef, intercept, var)
 
 
 class EMStep(NamedTuple):
-    """Result of :func:`em_step`: the new parameters, and the log-likelihood
-    of the parameters it started from (that of its E-step)."""
+    """Result of :func:`em_step`.
+
+    ``params``: the new parameters; ``log_likelihood``: that of the
+    parameters it started from (its E-step).
+    """
 
     params: MoEParams
     log_likelihood: float
@@ -597,12 +618,19 @@ def em_step(X, y, params: MoEParams, *, sample_weight=None, gate_steps: int = 1,
     Parameters
     ----------
     X : array-like of shape (n, d)
+        Covariates.
     y : array-like of shape (n,)
+        Responses.
     params : MoEParams
+        The parameters the iteration starts from.
     sample_weight : array-like of shape (n,), optional
+        Non-negative row weights (default ones).
     gate_steps : int, default 1
+        Newton steps on the gates.
     reg_var : float, default 1e-6
+        Variance floor, relative to the weighted variance of y.
     n_threads : int, optional
+        Threads of the compiled kernels (default: all cores).
 
     Returns
     -------
@@ -649,11 +677,13 @@ def expert_costs(source: MoEParams, target: MoEParams, X, *, cost: str = "kl") -
     target : MoEParams
         K experts, with the same number of features.
     X : array-like of shape (n, d)
+        Covariates.
     cost : {"kl", "w2"}
 
     Returns
     -------
     ndarray of shape (n, L, K)
+        c_lk(x_i) for every row i, source expert l and target expert k.
 
     Examples
     --------
@@ -818,17 +848,22 @@ def mm_step(local: LocalExperts, X_support, experts, *, cost: str = "kl",
     Parameters
     ----------
     local : LocalExperts
+        The local experts and machine weights (:meth:`LocalExperts.from_models`).
     X_support : array-like of shape (S, d)
+        Support covariates.
     experts : Experts or (coef (K, d), intercept (K,), var (K,))
+        The current targets.
     cost : {"kl", "w2"}
     variance_update : {"exact", "published"}
         "published" takes the plan-weighted mean of the local variances, as
         the authors' code does.
     n_threads : int, optional
+        Threads of the compiled kernels (default: all cores).
 
     Returns
     -------
     MMStep
+        The updated targets, R at the input targets and the plan's masses.
     """
     check_choice(cost, "cost", COSTS)
     check_choice(variance_update, "variance_update", VARIANCE_UPDATES)
@@ -882,6 +917,7 @@ def reduce(local: LocalExperts, n_experts: int, X_support, *, cost: str = "kl", 
     Parameters
     ----------
     local : LocalExperts
+        The local experts and machine weights (:meth:`LocalExperts.from_models`).
     n_experts : int
         K, at most L.
     X_support : array-like of shape (S, d)
@@ -892,15 +928,21 @@ def reduce(local: LocalExperts, n_experts: int, X_support, *, cost: str = "kl", 
         every machine has K experts, then k-means starts on the local experts
         up to ``n_init``.
     n_init : int, default 3
+        Starts; the smallest R is kept.
     max_iter : int, default 300
+        MM iterations at most per start.
     tol : float, default 1e-10
+        Stop when R changes by less than ``tol * R``.
     variance_update : {"exact", "published"}
     random_state : None, int or numpy Generator
+        Seeds the k-means starts.
     n_threads : int, optional
+        Threads of the compiled kernels (default: all cores).
 
     Returns
     -------
     Reduction
+        The global experts and the MM run that found them.
 
     Examples
     --------

@@ -275,3 +275,20 @@ def test_the_examples_in_the_engine_docstrings_run():
     import doctest
 
     assert doctest.testmod(engine, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
+
+
+def test_engine_docstrings_pass_numpydoc_validation():
+    """Every parameter and return value of the engine's functions is
+    described; summaries fit one line (numpydoc's checks, less the optional
+    sections See Also, Examples on result classes and Extended Summary)."""
+    import inspect
+
+    validate = pytest.importorskip("numpydoc.validate").validate
+    found = []
+    for name in engine.__all__:
+        obj = getattr(engine, name)
+        codes = {"PR01", "PR02", "PR07", "RT01", "RT03", "GL02", "SS06"} \
+            if inspect.isfunction(obj) else {"GL02", "SS06"}
+        found += [(name, code, msg) for code, msg in validate(f"fastmoe.engine.{name}")["errors"]
+                  if code in codes]
+    assert found == []

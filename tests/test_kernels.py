@@ -328,3 +328,30 @@ def test_solve_psd_paths_and_stacks(rng):
     for k in range(2):
         np.testing.assert_allclose(out[k], solve_psd(stack[k], rhs[k]), rtol=1e-10)
     np.testing.assert_array_equal(out[2], 0.0)
+
+
+def test_kernels_check_the_shapes_they_are_given():
+    """The kernels write through raw pointers: a wrong shape is an error, not
+    an out-of-bounds read or write."""
+    X, w = np.zeros((10, 2)), np.ones(10)
+    a3, v = np.zeros((3, 3)), np.ones(3)
+    empty = np.empty((0, 0, 0))
+    cases = [
+        (lambda: _kernels.e_step(X, np.zeros(9), w, a3, a3, v, np.empty((10, 3)), np.empty(10),
+                                 empty, 10, 1), "y must have shape"),
+        (lambda: _kernels.e_step(X, np.zeros(10), w, a3, a3[:, :2].copy(), v, np.empty((10, 3)),
+                                 np.empty(10), empty, 10, 1), "beta must have shape"),
+        (lambda: _kernels.e_step(X, np.zeros(10), w, a3, a3, v, np.empty((10, 3)), np.empty(10),
+                                 np.empty((1, 3, 5)), 10, 1), "stats must have shape"),
+        (lambda: _kernels.gate_objective(X, w, np.ones((10, 2)), a3, 10, np.empty(1)),
+         "R must have shape"),
+        (lambda: _kernels.gate_newton_stats(X, w, np.ones((10, 3)), a3, 10, np.empty((1, 1, 3)),
+                                            np.empty((1, 3, 6)), np.empty(1)),
+         "grad must have shape"),
+        (lambda: _kernels.gate_log_proba(X, a3, np.empty((10, 2)), 1), "out must have shape"),
+        (lambda: _kernels.expert_log_density(X, np.zeros(10), a3, v[:2].copy(),
+                                             np.empty((10, 3)), 1), "var must have shape"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()

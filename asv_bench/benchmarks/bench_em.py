@@ -102,3 +102,11 @@ def timeraw_import_and_first_fit():
         warnings.simplefilter("ignore")
         fastmoe.fit_moe(X, y, 2, max_iter=3, random_state=0)
     """
+
+
+def timeraw_import_engine():
+    """`import fastmoe.engine` in a fresh process: no scikit-learn, SciPy,
+    Dask or numba (the engine issue asks for under 0.5 s)."""
+    return """
+    import fastmoe.engine
+    """

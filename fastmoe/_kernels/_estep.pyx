@@ -93,6 +93,31 @@ cdef bint _has_simd = FM_HAVE_AVX2_PATH and fm_cpu_has_avx2()
 cdef bint _use_simd = _has_simd
 
 
+def _check_shape(name, a, shape):
+    """ValueError unless memoryview ``a`` has ``shape`` (the kernels write
+    through raw pointers: a wrong shape would read or write out of bounds)."""
+    got = tuple(a.shape[:len(shape)])
+    if got != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}; got {got}")
+
+
+def _check_model(X, y, w, alpha, beta, var):
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = alpha.shape[0]
+    if y is not None:
+        _check_shape("y", y, (n,))
+    _check_shape("w", w, (n,))
+    _check_shape("alpha", alpha, (K, d + 1))
+    if beta is not None:
+        _check_shape("beta", beta, (K, d + 1))
+        _check_shape("var", var, (K,))
+
+
+def _check_gate_out(grad, info, Py_ssize_t nc, Py_ssize_t K, Py_ssize_t d):
+    if grad is not None:
+        _check_shape("grad", grad, (nc, K - 1, d + 1))
+        _check_shape("info", info, (nc, (K - 1) * K // 2, (d + 1) * (d + 2) // 2))
+
+
 def set_simd(flag: bool) -> bool:
     """Use the AVX2/FMA compilation of the kernels when the CPU has it (True,
     the default) or the plain one (False). Returns the previous setting."""
@@ -165,7 +190,7 @@ cdef Py_ssize_t _e_step(
     f8[:, :, ::1] grad, f8[:, :, ::1] info, f8[:, ::1] obj, Py_ssize_t chunk, int n_threads,
 ) except -1:
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = alpha.shape[0]
-    cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
+    cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk if chunk > 0 else 0
     cdef bint want_stats = stats.shape[0] > 0
     cdef bint want_gate = grad is not None
     cdef bint want_obj = obj is not None
@@ -174,13 +199,20 @@ cdef Py_ssize_t _e_step(
     cdef em_chunk_fn em_chunk = fm_em_chunk_avx2 if _use_simd else fm_em_chunk_plain
     cdef Py_ssize_t c, lo, m, bad = 0
     cdef f8[::1] lnorm, inv_var
-    cdef const f8[:, ::1] coefT = _stacked_transposed(alpha, beta)
+    cdef const f8[:, ::1] coefT
     cdef f8* st
     cdef f8* gr
     cdef f8* inf
     cdef f8* ob
     cdef f8* rs
     cdef f8* rl
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    _check_model(X, y, w, alpha, beta, var)
+    if want_stats:
+        _check_shape("stats", stats, (n_chunks, K, (d + 2) * (d + 3) // 2))
+    if want_gate:
+        _check_gate_out(grad, info, n_chunks, K, d)
     if want_resp and (resp.shape[0] != n or resp.shape[1] != K):
         raise ValueError(f"resp must be ({n}, {K}) or empty; "
                          f"got ({resp.shape[0]}, {resp.shape[1]})")
@@ -188,6 +220,7 @@ cdef Py_ssize_t _e_step(
         raise ValueError(f"row_ll must be ({n},) or empty; got ({row_ll.shape[0]},)")
     if want_obj and (obj.shape[0] != n_chunks or obj.shape[1] != 2):
         raise ValueError(f"obj must be ({n_chunks}, 2); got ({obj.shape[0]}, {obj.shape[1]})")
+    coefT = _stacked_transposed(alpha, beta)
     lnorm, inv_var = _gauss_constants(var)
     for c in prange(n_chunks, nogil=True, schedule="dynamic", num_threads=n_threads):
         lo = c * chunk
@@ -240,9 +273,16 @@ cdef Py_ssize_t _gate_pass(
     cdef gate_chunk_fn gate_chunk = (fm_gate_chunk_avx2 if _use_simd
                                      else fm_gate_chunk_plain)
     cdef Py_ssize_t c, lo, m, bad = 0
-    cdef const f8[:, ::1] alphaT = _stacked_transposed(alpha)
+    cdef const f8[:, ::1] alphaT
     cdef f8* gr
     cdef f8* inf
+    if chunk < 1 or n_chunks != (n + chunk - 1) // chunk:
+        raise ValueError(f"obj must have ceil(n / chunk) = {(n + chunk - 1) // max(chunk, 1)} "
+                         f"entries; got {n_chunks}")
+    _check_model(X, None, w, alpha, None, None)
+    _check_shape("R", R, (n, K))
+    _check_gate_out(grad, info, n_chunks, K, d)
+    alphaT = _stacked_transposed(alpha)
     for c in prange(n_chunks, nogil=True, schedule="dynamic", num_threads=n_threads):
         lo = c * chunk
         m = min(chunk, n - lo)
@@ -270,6 +310,8 @@ def gate_log_proba(const f8[:, ::1] X, const f8[:, ::1] alpha, f8[:, ::1] out, i
     cdef Py_ssize_t chunk = 1024
     cdef Py_ssize_t c, lo, m, bad = 0
     cdef log_proba_fn log_proba = fm_log_proba_avx2 if _use_simd else fm_log_proba_plain
+    _check_shape("alpha", alpha, (K, d + 1))
+    _check_shape("out", out, (n, K))
     cdef const f8[:, ::1] alphaT = _stacked_transposed(alpha)
     for c in prange((n + chunk - 1) // chunk, nogil=True, schedule="static",
                     num_threads=n_threads):
@@ -287,8 +329,13 @@ def expert_log_density(
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = beta.shape[0]
     cdef Py_ssize_t i, k
     cdef f8 r
-    cdef const f8[:, ::1] betaT = np.ascontiguousarray(np.asarray(beta).T)
+    cdef const f8[:, ::1] betaT
     cdef f8[::1] lnorm, inv_var
+    _check_shape("y", y, (n,))
+    _check_shape("beta", beta, (K, d + 1))
+    _check_shape("var", var, (K,))
+    _check_shape("out", out, (n, K))
+    betaT = np.ascontiguousarray(np.asarray(beta).T)
     lnorm, inv_var = _gauss_constants(var)
     for i in prange(n, nogil=True, schedule="static", num_threads=n_threads):
         _affine_all(&betaT[0, 0], K, &X[i, 0], d, &out[i, 0])  # the means

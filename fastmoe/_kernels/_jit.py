@@ -47,8 +47,3 @@ def _renamed(func, suffix: str):
 
 def jit_pair(body) -> JitPair:
     return JitPair(body)
-
-
-def njit_inline(func):
-    """A helper called from kernel bodies, inlined into them."""
-    return numba.njit(inline="always", **_FLAGS)(func)

@@ -80,10 +80,13 @@ def mm_pass(const double[:, ::1] Xs, const double[:, ::1] W, const double[:, ::1
     cdef Py_ssize_t nc = lobj.shape[0], T = gram.shape[2]
     if (W.shape[0] != S or ML.shape[0] != S or ML.shape[1] != L or v_loc.shape[0] != L
             or beta.shape[1] != d + 1 or var.shape[0] != K or T != (d + 1) * (d + 2) // 2
-            or mass.shape[1] != K or mass.shape[2] != L):
+            or mass.shape[1] != K or mass.shape[2] != L or gram.shape[0] != nc
+            or gram.shape[1] != K or lin.shape[0] != nc or lin.shape[1] != K
+            or lin.shape[2] != d + 1 or scal.shape[0] != nc or scal.shape[1] != K
+            or scal.shape[2] < 2 or mass.shape[0] != nc):
         raise ValueError("mm_pass: inconsistent shapes")
-    if assign.shape[0] not in (0, S):
-        raise ValueError("mm_pass: assign must have S rows or none")
+    if assign.shape[0] not in (0, S) or (assign.shape[0] and assign.shape[1] != L):
+        raise ValueError("mm_pass: assign must be (S, L) or have no rows")
     if not -1 <= skip < K:
         raise ValueError(f"mm_pass: skip must be -1 or a target index; got {skip}")
     if S == 0 or chunk < 1 or nc != (S + chunk - 1) // chunk:

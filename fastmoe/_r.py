@@ -1,0 +1,42 @@
+"""The Python side of the flexmix drivers in interop/flexmix/fastmoe.R.
+
+R hands arrays over as raw float64 bytes in R's column-major order, and gets
+plain lists of numbers back: reticulate converts NumPy 2 arrays only from
+version 1.36 on (Debian 12 ships 1.28), and bytes and lists need no
+conversion of arrays at all. Each function is one call of ``fastmoe.engine``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import engine
+
+
+def _array(data, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) array, or (rows,) for cols == 0, from R's column-major bytes."""
+    a = np.frombuffer(data, dtype=np.float64)
+    size = rows * max(cols, 1)
+    if a.size != size:
+        raise ValueError(f"expected {size} numbers from R; got {a.size}.")
+    return a.reshape(cols, rows).T if cols else a
+
+
+def experts(x, y, w, n: int, d: int) -> list:
+    """One Gaussian expert fitted by weighted least squares with the
+    maximum-likelihood variance: [intercept, coef_1..coef_d, variance]."""
+    X, y, w = _array(x, n, d), _array(y, n, 0), _array(w, n, 0)
+    coef, intercept, var = engine.update_experts(engine.expert_statistics(X, y, w[:, None]))
+    return [float(intercept[0])] + coef[0].tolist() + [float(var[0])]
+
+
+def gates(x, t, w, n: int, d: int, k: int, init=None) -> list:
+    """Softmax gates fitted to the (n, k) soft targets t, the first gate the
+    zero reference: for each gate its intercept then its d slopes. ``init``
+    is a previous result (warm start) or None."""
+    X, T, w = _array(x, n, d), _array(t, n, k), _array(w, n, 0)
+    if init is not None:
+        B = np.asarray(init, dtype=np.float64).reshape(k, d + 1)
+        init = (B[:, 1:], B[:, 0])
+    fit = engine.fit_gates(X, T, sample_weight=w, init=init, reference=0)
+    return np.column_stack([fit.gate_intercept, fit.gate_coef]).ravel().tolist()

@@ -1,0 +1,94 @@
+"""flexmix (R) driven by fastmoe's engine through reticulate
+(interop/flexmix/fastmoe.R), and the Python side of those drivers."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastmoe import _r, engine
+from fastmoe.datasets import make_moe_regression
+
+DRIVERS = Path(__file__).resolve().parents[1] / "interop" / "flexmix" / "fastmoe.R"
+
+
+def _column_major(a) -> bytes:
+    return np.asarray(a, dtype=np.float64).T.tobytes()
+
+
+def test_the_python_side_reads_r_column_major_bytes():
+    X, y, truth, _ = make_moe_regression(500, 2, 3, random_state=0)
+    w = truth.posterior(X, y)[:, 1]
+    out = _r.experts(_column_major(X), _column_major(y), _column_major(w), 500, 2)
+    coef, intercept, var = engine.update_experts(engine.expert_statistics(X, y, w[:, None]))
+    np.testing.assert_allclose(out, [intercept[0], *coef[0], var[0]], rtol=1e-13)
+    T = truth.posterior(X, y)
+    B = _r.gates(_column_major(X), _column_major(T), _column_major(np.ones(500)), 500, 2, 3)
+    fit = engine.fit_gates(X, T, reference=0)
+    np.testing.assert_allclose(np.reshape(B, (3, 3)),
+                               np.column_stack([fit.gate_intercept, fit.gate_coef]),
+                               rtol=1e-12, atol=1e-14)
+    again = _r.gates(_column_major(X), _column_major(T), _column_major(np.ones(500)), 500, 2, 3,
+                     init=B)
+    np.testing.assert_allclose(again, B, atol=1e-8)
+    with pytest.raises(ValueError, match="expected 1000 numbers from R; got 999"):
+        _r.experts(_column_major(X)[:-8], _column_major(y), _column_major(w), 500, 2)
+
+
+def _r_ready() -> str | None:
+    """Why the R test cannot run here, or None."""
+    if shutil.which("Rscript") is None:
+        return "Rscript not installed (Debian: r-base-core r-cran-flexmix r-cran-reticulate)"
+    probe = subprocess.run(["Rscript", "-e", "library(flexmix); library(reticulate)"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        return "R packages flexmix and reticulate not installed"
+    return None
+
+
+R_SCRIPT = r"""
+source(Sys.getenv("FASTMOE_DRIVERS"))
+sim <- reticulate::py_run_string(local = TRUE, code = "
+from fastmoe.datasets import make_moe_regression
+X, y, _, _ = make_moe_regression(3000, 2, 3, random_state=3)
+x1, x2, y = X[:, 0].tolist(), X[:, 1].tolist(), y.tolist()")
+d <- data.frame(x1 = unlist(sim$x1), x2 = unlist(sim$x2), y = unlist(sim$y))
+set.seed(1)
+start <- kmeans(scale(as.matrix(d)), centers = 3, nstart = 1)$cluster
+own <- flexmix(y ~ x1 + x2, data = d, k = 3, cluster = start, model = FLXMRglm(),
+               concomitant = FLXPmultinom(~ x1 + x2))
+fm <- flexmix(y ~ x1 + x2, data = d, k = 3, cluster = start, model = FLXMRfastmoe(),
+              concomitant = FLXPfastmoe(~ x1 + x2))
+cat("LOGLIK", as.numeric(logLik(own)), as.numeric(logLik(fm)), "\n")
+cat("K", own@k, fm@k, "\n")
+cat("EXPERTS", parameters(own), "\n")
+cat("EXPERTS", parameters(fm), "\n")
+cat("GATES", parameters(own, which = "concomitant"), "\n")
+cat("GATES", parameters(fm, which = "concomitant"), "\n")
+"""
+
+
+@pytest.mark.skipif(_r_ready() is not None, reason=str(_r_ready()))
+def test_flexmix_with_fastmoe_drivers_matches_its_own_fit():
+    env = dict(os.environ, RETICULATE_PYTHON=sys.executable, FASTMOE_DRIVERS=str(DRIVERS))
+    run = subprocess.run(["Rscript", "-e", R_SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {}
+    for line in run.stdout.splitlines():
+        key, *values = line.split()
+        rows.setdefault(key, []).append([float(v) for v in values])
+    (ll_own, ll_fm), = rows["LOGLIK"]
+    assert rows["K"] == [[3.0, 3.0]]
+    # the ML variance: at least flexmix's log-likelihood, and only just above it
+    assert ll_fm >= ll_own - 1e-6 * abs(ll_own)
+    assert ll_fm - ll_own < 5.0
+    own, fm = (np.array(p).reshape(3, -1) for p in rows["EXPERTS"])  # coef (3) + sigma, per k
+    np.testing.assert_allclose(fm[:, :3], own[:, :3], atol=2e-3)
+    np.testing.assert_allclose(fm[:, 3], own[:, 3], rtol=2e-3)
+    gates_own, gates_fm = (np.array(p) for p in rows["GATES"])
+    np.testing.assert_allclose(gates_fm, gates_own, atol=5e-3)
