@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -386,7 +387,24 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int, last: bool) ->
     return alpha, data.e_step(alpha, beta, var, stats=not last)
 
 
-def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_floor):
+class EMRun(NamedTuple):
+    """One EM run: its final parameters and how it got there."""
+
+    alpha: np.ndarray
+    beta: np.ndarray
+    var: np.ndarray
+    log_likelihood: float
+    n_iter: int
+    converged: bool
+    history: np.ndarray
+    notes: list
+
+    @property
+    def params(self) -> tuple:
+        return self.alpha, self.beta, self.var
+
+
+def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_floor) -> EMRun:
     """EM from (alpha, beta, var); returns the final state and its history."""
     ll = data.e_step(alpha, beta, var)
     history = [ll]
@@ -402,7 +420,7 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
         if abs(change) <= tol * abs(ll):
             converged = True
             break
-    return alpha, beta, var, ll, it, converged, np.array(history), notes
+    return EMRun(alpha, beta, var, ll, it, converged, np.array(history), notes)
 
 
 @single_threaded_blas
@@ -500,17 +518,17 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         alpha, beta, var = _initial_params(data, init, start_rng, var_floor)
         runs.append(run_em(data, alpha, beta, var, max_iter=init_iter if short else max_iter,
                            **em))
-    finals = [run[3] for run in runs]
+    finals = [run.log_likelihood for run in runs]
     best = runs[int(np.argmax(finals))]
     moments = covariate_moments(data) if split_merge else None
     moves: list[str] = []
-    if short and not best[5]:  # the best short run goes on to convergence
+    if short and not best.converged:  # the best short run goes on to convergence
         if split_merge:
             best = _try_move(data, best, moments, moves, max_iter=init_iter, **em)
-        if not best[5]:
-            more = run_em(data, *best[:3], max_iter=max_iter - best[4], **em)
-            best = more[:4] + (best[4] + more[4], more[5],
-                               np.concatenate([best[6], more[6][1:]]), more[7])
+        if not best.converged:
+            more = run_em(data, *best.params, max_iter=max_iter - best.n_iter, **em)
+            best = more._replace(n_iter=best.n_iter + more.n_iter,
+                                 history=np.concatenate([best.history, more.history[1:]]))
     for _ in range(K - 1 if split_merge else 0):
         done = len(moves)
         best = _try_move(data, best, moments, moves, max_iter=max_iter, **em)
@@ -564,18 +582,19 @@ def _rescaled(p: MoEParams, x_scale, y_scale: float) -> MoEParams:
                      p.expert_intercept * y_scale, p.expert_var * y_scale**2)
 
 
-def _try_move(data: EMData, run: tuple, moments, moves: list, *, max_iter, tol, gate_steps,
-              var_floor) -> tuple:
+def _try_move(data: EMData, run: EMRun, moments, moves: list, *, max_iter, tol, gate_steps,
+              var_floor) -> EMRun:
     """``run`` with a split-merge move (_split_move) if it has a duplicated pair
     of experts and EM from the move reaches a higher log-likelihood within
     ``max_iter`` iterations; else ``run`` unchanged."""
-    pair = duplicate_pair(run[1], run[2], moments)
+    pair = duplicate_pair(run.beta, run.var, moments)
     if pair is None:
         return run
-    alpha, beta, var, message = _split_move(data, *run[:3], var_floor, pair)
+    alpha, beta, var, message = _split_move(data, *run.params, var_floor, pair)
     alt = run_em(data, alpha, beta, var, max_iter=max_iter, tol=tol, gate_steps=gate_steps,
                  var_floor=var_floor)
-    if not alt[3] > run[3] + tol * abs(run[3]):
+    if not alt.log_likelihood > run.log_likelihood + tol * abs(run.log_likelihood):
         return run
-    moves.append(f"{message}: log-likelihood {run[3]:.8g} -> {alt[3]:.8g}")
+    moves.append(f"{message}: log-likelihood {run.log_likelihood:.8g} -> "
+                 f"{alt.log_likelihood:.8g}")
     return alt
