@@ -1,6 +1,7 @@
 """Distributed learning at scale, measured side by side in one run.
 
     python asv_bench/distributed_scale.py speed  [--n 1000000 --machines 16]
+    python asv_bench/distributed_scale.py machines [--n 1000000 --machine-grid 4 16 64 256]
     python asv_bench/distributed_scale.py scale  [--n 10000000 --machines 64 --dir /tmp/shards]
 
 speed: the authors' parameters (K=5, d=20) at N rows; the distributed fit (M
@@ -11,6 +12,11 @@ runs twice, with the same model: on the serial backend each local fit has all
 the cores, as the centralised fit has (so its learning time is that of M
 machines like this one); on the local backend the fits share the cores, one
 process per core (the shortest wall time here).
+
+machines: the same at N rows for every M in --machine-grid (default 4 16 64
+256), serial backend: learning time, reduction time and test log-likelihood per
+M beside the centralised fit's, so that one can see the learning time keep
+falling as the shards shrink.
 
 scale: N rows written to disk as M shard files (never all in memory), fitted
 through Dask (LocalCluster, one process per core) from the files; reports the
@@ -74,6 +80,34 @@ def speed(args):
           f" reduction {dist.reduction_time_:.2f} s; both backends gave the same model: {same}")
 
 
+def machines(args):
+    truth = authors_truth(20, 5, random_state=2036)
+    X, y = _data(args.n, truth, 0)
+    Xte, yte = _data(10000, truth, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        central = fit_moe(X, y, 5, n_init=args.n_init, random_state=0)
+        t_central = time.perf_counter() - t0
+    ll_c = central.params.log_likelihood(Xte, yte)
+    cores = len(os.sched_getaffinity(0))
+    print(f"N={args.n}, d=20, K=5, n_init={args.n_init}, serial backend, cores={cores}")
+    print("| M | rows per machine | learning time (s) | slowest local fit (s) | reduction (s) "
+          "| support | test loglik (10k rows) | minus centralised |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| centralised | {args.n} | {t_central:.2f} | - | - | - | {ll_c:.1f} | - |")
+    for M in args.machine_grid:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = DistributedMoERegressor(5, M, backend="serial", n_init=args.n_init,
+                                            random_state=0).fit(X, y)
+        ll = model.params_.log_likelihood(Xte, yte)
+        print(f"| {M} | {args.n // M} | {model.learning_time_:.2f} | "
+              f"{model.local_fit_times_.max():.2f} | {model.reduction_time_:.2f} | "
+              f"{model.aggregation_.assignment.shape[0]} | {ll:.1f} | {ll - ll_c:+.1f} |",
+              flush=True)
+
+
 def _rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -116,7 +150,8 @@ def scale(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["speed", "scale"])
+    ap.add_argument("what", choices=["speed", "machines", "scale"])
+    ap.add_argument("--machine-grid", type=int, nargs="+", default=[4, 16, 64, 256])
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--machines", type=int, default=None)
     ap.add_argument("--n-init", type=int, default=1)
@@ -126,6 +161,9 @@ def main(argv=None):
         args.n = args.n or 1_000_000
         args.machines = args.machines or 16
         speed(args)
+    elif args.what == "machines":
+        args.n = args.n or 1_000_000
+        machines(args)
     else:
         args.n = args.n or 10_000_000
         args.machines = args.machines or 64

@@ -62,30 +62,45 @@ def assemble_newton(grad, info, K: int, p: int):
     return grad.sum(axis=0).ravel(), H.reshape((K - 1) * p, (K - 1) * p)
 
 
-def newton_system(X, w, R, alpha, chunk, nc, n_threads, l2: float = 0.0):
+def newton_system(X, w, R, alpha, chunk, nc, n_threads, l2=0.0):
     """Q(alpha), its gradient (flattened (K-1)(d+1)) and the information matrix
-    (the negated Hessian), summed over the kernel's chunks in order; with
-    ``l2`` > 0 those of the penalised objective (see ``penalty``)."""
+    (the negated Hessian), summed over the kernel's chunks in order; with a
+    ridge ``l2`` those of the penalised objective (see ``penalty``)."""
     K, p = alpha.shape
     grad = np.empty((nc, K - 1, p))
     info = np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2))
     obj = np.empty(nc)
     _kernels.gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj, n_threads)
     obj, grad, H = (float(obj.sum()),) + assemble_newton(grad, info, K, p)
-    if l2 > 0.0:
-        slopes = np.zeros((K - 1, p))
-        slopes[:, 1:] = 1.0
-        slopes = slopes.ravel()
-        obj -= penalty(alpha, l2)
-        grad = grad - l2 * slopes * alpha[:-1].ravel()
-        H[np.diag_indices_from(H)] += l2 * slopes
-    return obj, grad, H
+    return penalised(obj, grad, H, alpha, l2)
 
 
-def penalty(alpha, l2: float) -> float:
-    """l2 / 2 times the squared gate slopes (not the intercepts): the ridge
-    term subtracted from Q by ``fit_gates(..., l2=...)``."""
-    return 0.5 * l2 * float(np.sum(alpha[:, 1:] ** 2)) if l2 > 0.0 else 0.0
+def slope_weights(l2, p: int) -> np.ndarray:
+    """(p,) ridge weight of each gate coefficient: 0 for the intercept, then
+    ``l2`` (a number, or one per covariate)."""
+    out = np.zeros(p)
+    out[1:] = l2
+    return out
+
+
+def penalty(alpha, l2) -> float:
+    """The ridge term subtracted from Q: 1/2 sum_k sum_j l2_j a_kj^2 over the
+    gate slopes (not the intercepts), the last gate the reference. ``l2`` is
+    a number or one weight per covariate."""
+    if np.all(np.asarray(l2) == 0.0):
+        return 0.0
+    return 0.5 * float(np.sum(slope_weights(l2, alpha.shape[1]) * alpha**2))
+
+
+def penalised(obj, grad, H, alpha, l2):
+    """(Q - penalty, its gradient, its information matrix) from those of Q."""
+    if np.all(np.asarray(l2) == 0.0):
+        return obj, grad, H
+    K, p = alpha.shape
+    weights = np.tile(slope_weights(l2, p), K - 1)
+    H = H.copy()
+    H[np.diag_indices_from(H)] += weights
+    return obj - penalty(alpha, l2), grad - weights * alpha[:-1].ravel(), H
 
 
 def newton_direction(grad, H, K: int, p: int) -> np.ndarray:
@@ -95,8 +110,7 @@ def newton_direction(grad, H, K: int, p: int) -> np.ndarray:
     return step
 
 
-def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0,
-               l2: float = 0.0):
+def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0, l2=0.0):
     """Step halving from ``alpha + t step``: the first trial whose objective
     (penalised with ``l2``) is at least ``obj``, as (trial, objective), or None
     when none is found in MAX_HALVINGS halvings (no ascent direction left at
@@ -111,7 +125,7 @@ def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0,
 
 
 def fit_gates(X, R, w, alpha0, *, max_iter: int = 50, tol: float = 1e-8,
-              n_threads: int = 1, l2: float = 0.0) -> GateFit:
+              n_threads: int = 1, l2=0.0) -> GateFit:
     """Newton-Raphson with step halving from ``alpha0``.
 
     Parameters
@@ -122,7 +136,8 @@ def fit_gates(X, R, w, alpha0, *, max_iter: int = 50, tol: float = 1e-8,
     alpha0 : (K, d+1) start; its last row is ignored (kept at zero).
     max_iter : Newton steps at most.
     tol : stop when a step increases Q by less than ``tol * |Q|``.
-    l2 : ridge penalty on the gate slopes: maximises Q - l2/2 sum_k |a_k|^2.
+    l2 : ridge penalty on the gate slopes (a number, or one per covariate):
+        maximises Q - penalty(alpha, l2).
     """
     alpha = np.array(alpha0, dtype=np.float64, order="C")
     alpha[-1] = 0.0

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 
 from ._gate_refit import (
     GATE_TARGETS,
+    TARGET_BLOCK,
     _fit_gates_kl,
     _target_assigned,
     _target_plan,
@@ -37,14 +39,22 @@ from ._reduction import (  # noqa: F401  (the reduction's internals, importable 
     large_mixture,
     mm_pass,
     reduce_mixture,
+    support_blocks,
     support_cache,
 )
 from ._runtime import blas_single_thread as single_threaded_blas
 from ._runtime import resolve_threads
-from ._validation import check_choice, check_float, check_int, check_random_state, check_y
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_random_state,
+    check_y,
+)
 from .baselines import aligned_average, medoid, naive_average, transport_divergence
 from .exceptions import ConvergenceWarning, DegenerateExpertWarning
-from .health import AggregationResult
+from .health import FAILED_COST_FACTOR, AggregationResult, local_fit_issues
 
 __all__ = ["AggregationResult", "aggregate", "aligned_average", "medoid", "naive_average",
            "transport_divergence"]
@@ -54,7 +64,8 @@ __all__ = ["AggregationResult", "aggregate", "aligned_average", "medoid", "naive
 def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, X_support,
               cost: str = "kl", init: str = "aligned", n_init: int = 3, max_iter: int = 300,
               tol: float = 1e-10, gate_target: str = "assigned", y_support=None,
-              variance_update: str = "exact", gate_max_iter: int = 100, random_state=None,
+              variance_update: str = "exact", gate_max_iter: int = 100,
+              exclude_failed: bool = False, random_state=None,
               n_threads: int | None = None) -> AggregationResult:
     """Reduce M local MoE models to one K-expert MoE by optimal transport.
 
@@ -77,6 +88,15 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     variance_update : "exact" (the minimiser of R) or "published" (the
         authors' code: plan-weighted mean of the local variances).
     gate_max_iter : Newton steps at most in the gate refit.
+    exclude_failed : leave out the models that look like failed local fits
+        and reduce the others again, on the same support. A model is taken for
+        a failed fit when the aggregation health
+        (:func:`fastmoe.diagnostics.aggregation_health`, ``failed``) finds its
+        experts collapsed onto fewer global experts than it has and its
+        transport cost per unit mass above ``FAILED_COST_FACTOR`` times the
+        median machine's. ``excluded`` lists the indices left out (with two
+        models nothing can be excluded); ``machine`` then numbers the models
+        kept.
     random_state : None, int or Generator.
     n_threads : threads of the compiled pass (None: all cores).
 
@@ -84,6 +104,30 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     -------
     AggregationResult
     """
+    exclude_failed = check_bool(exclude_failed, "exclude_failed")
+    options = dict(cost=cost, init=init, n_init=n_init, max_iter=max_iter, tol=tol,
+                   gate_target=gate_target, y_support=y_support,
+                   variance_update=variance_update, gate_max_iter=gate_max_iter,
+                   n_threads=n_threads)
+    rng = check_random_state(random_state)
+    result = _aggregate(local_models, n_experts, sample_sizes, X_support, rng, **options)
+    failed = result.health()["failed"] if exclude_failed else []
+    if not failed:
+        return result
+    mix = large_mixture(local_models, sample_sizes)
+    kept = [i for i in range(mix.n_machines) if i not in failed]
+    result = _aggregate([mix.models[i] for i in kept], n_experts,
+                        [mix.lam[i] for i in kept], X_support, rng, **options)
+    note = (f"model(s) {failed} were left out as failed local fits (experts collapsed onto "
+            f"fewer global experts, transport cost per unit mass over {FAILED_COST_FACTOR:g} "
+            "times the median)")
+    return replace(result, excluded=tuple(failed), notes=result.notes + (note,))
+
+
+def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, init, n_init,
+               max_iter, tol, gate_target, y_support, variance_update, gate_max_iter,
+               n_threads) -> AggregationResult:
+    """One reduction and gate refit (:func:`aggregate` without exclusion)."""
     t_start = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
     if n_experts is None:
@@ -113,7 +157,6 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     elif y_support is not None:
         raise ValueError('y_support is used only with gate_target="posterior".')
     n_threads = resolve_threads(n_threads)
-    rng = check_random_state(random_state)
     code = COSTS[cost]
 
     t0 = time.perf_counter()
@@ -142,6 +185,9 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     if gate_target == "kl":
         alpha, _ = _fit_gates_kl(mix, Xs, alpha, beta, var, max_iter=gate_max_iter, tol=1e-10,
                                  n_threads=n_threads, cache=cache)
+    weight = sum(W.sum(axis=0) for _, _, W, _ in support_blocks(mix, Xs, TARGET_BLOCK, cache))
+    issues = local_fit_issues(mix.gate, mix.var, mix.starts, mix.lam, weight / Xs.shape[0],
+                              Xs.std(axis=0))
     del cache
     t_gates = time.perf_counter() - t0
     timings = {"reduction": t_reduction, "gates": t_gates,
@@ -151,4 +197,4 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     return AggregationResult(MoEParams.from_aug(alpha, b, var), final.objective, history,
                              n_iter, converged, final.assign, final.mass,
                              final.mass.sum(axis=0), final.lobj, mix.machine, f"ot-{cost}",
-                             timings, tuple(notes))
+                             timings, tuple(notes), local_issues=issues)

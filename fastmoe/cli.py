@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._em import LOCAL_GATE_PENALTY
+
 #: exit status of a user mistake
 USAGE_ERROR = 2
 
@@ -49,6 +51,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value:g}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value:g}")
     return value
 
 
@@ -175,7 +187,8 @@ def cmd_simulate(args) -> int:
 
 
 def _fit_options(args) -> dict:
-    return dict(max_iter=args.max_iter, n_init=args.n_init, random_state=args.seed)
+    return dict(max_iter=args.max_iter, n_init=args.n_init, gate_penalty=args.gate_penalty,
+                random_state=args.seed)
 
 
 def cmd_fit(args) -> int:
@@ -298,9 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    def fit_opts(p):
+    def fit_opts(p, gate_penalty=0.0):
         p.add_argument("--n-experts", type=_positive_int, required=True, help="K")
         p.add_argument("--n-init", type=_positive_int, default=3, help="EM starts (default 3)")
+        p.add_argument("--gate-penalty", type=_non_negative, default=gate_penalty,
+                       help="ridge penalty on the gate slopes in standard-deviation units "
+                            f"(default {gate_penalty:g}; see fastmoe.fit_moe)")
         p.add_argument("--max-iter", type=_positive_int, default=300,
                        help="EM iterations per start")
         p.add_argument("--seed", type=int, default=0)
@@ -336,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("fit-local", cmd_fit_local, "fit one shard and write its message")
     p.add_argument("--data", required=True)
-    fit_opts(p)
+    fit_opts(p, gate_penalty=LOCAL_GATE_PENALTY)
     p.add_argument("--n-support", type=_positive_int, default=1000)
     p.add_argument("--support", choices=["sample", "gaussian"], default="sample")
     p.add_argument("--heldout", type=_fraction, default=0.0,

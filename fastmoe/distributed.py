@@ -35,6 +35,7 @@ from .message import MESSAGE_FORMAT, MESSAGE_VERSION, LocalMessage
 from .model_selection import select_n_experts
 from .moe import _MoEPredictMixin
 from .protocol import (
+    LOCAL_GATE_PENALTY,
     SUPPORTS,
     aggregate_messages,
     fit_local,
@@ -170,6 +171,9 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     n_support : int, default=1000
         Covariate rows each machine sends (or the server draws per machine
         with ``support="gaussian"``).
+    max_support : int, "auto" or None, default="auto"
+        Bound on the server's support, drawn evenly over the machines (see
+        :func:`fastmoe.aggregate_messages`).
     support : {"sample", "gaussian"}, default="sample"
     backend : {"local", "serial", "dask"}, default="local"
         "local": a process pool on this machine (joblib's loky: works from a
@@ -183,8 +187,12 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     on_shard_error : {"raise", "skip"}, default="raise"
         "skip" drops a failed shard with a warning, renormalises the weights
         over the others and records it in ``dropped_shards_``.
+    gate_penalty : float, default=LOCAL_GATE_PENALTY
+        Ridge penalty of the local fits' gate slopes (see
+        :func:`fastmoe.fit_local`).
     max_iter, tol, n_init, init, init_iter, reg_var, gate_steps, split_merge :
-        local EM options (see :func:`fastmoe.fit_moe`). Three starts per machine by default: one
+        local EM options (see :func:`fastmoe.fit_moe`; ``n_init="auto"``, the
+        default, see :func:`fastmoe.fit_local`). At least three starts per machine: one
         local fit stuck in a poor optimum spoils the aggregate (measured: 3 of
         16 single-start fits of the authors' design did, and the test
         log-likelihood of the aggregate fell by 8%). ``tol`` is relative to
@@ -222,15 +230,17 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
-                 support="sample", backend="local", n_jobs=None, client=None,
-                 on_shard_error="raise", max_iter=200, tol=1e-7, n_init=3, init="random",
-                 init_iter=20, reg_var=1e-6, gate_steps=1, split_merge=True, agg_init="aligned",
+                 max_support="auto", support="sample", backend="local", n_jobs=None, client=None,
+                 on_shard_error="raise", max_iter=200, tol=1e-7, n_init="auto", init="random",
+                 init_iter=20, reg_var=1e-6, gate_penalty=LOCAL_GATE_PENALTY, gate_steps=1,
+                 split_merge=True, agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
                  exclude_failed=True, random_state=None, n_threads=None, verbose=0):
         self.n_experts = n_experts
         self.n_machines = n_machines
         self.cost = cost
         self.n_support = n_support
+        self.max_support = max_support
         self.support = support
         self.backend = backend
         self.n_jobs = n_jobs
@@ -242,6 +252,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.init = init
         self.init_iter = init_iter
         self.reg_var = reg_var
+        self.gate_penalty = gate_penalty
         self.gate_steps = gate_steps
         self.split_merge = split_merge
         self.exclude_failed = exclude_failed
@@ -307,6 +318,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         options = dict(n_support=self.n_support, support=self.support, max_iter=self.max_iter,
                        tol=tol * M, n_init=self.n_init, init=self.init,
                        init_iter=self.init_iter, reg_var=self.reg_var,
+                       gate_penalty=self.gate_penalty,
                        gate_steps=self.gate_steps, split_merge=self.split_merge,
                        n_threads=threads)
         seeds = rng.integers(0, 2**63 - 1, size=M)
@@ -338,7 +350,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                           ConvergenceWarning, stacklevel=3)
         _kernels.warm_up(resolve_threads(self.n_threads))  # JIT, untimed
         t0 = time.perf_counter()
-        agg = aggregate_messages(messages, K, n_support=self.n_support, random_state=rng,
+        agg = aggregate_messages(messages, K, n_support=self.n_support,
+                                 max_support=self.max_support, random_state=rng,
                                  exclude_failed=self.exclude_failed, cost=self.cost,
                                  init=self.agg_init, n_init=self.agg_n_init,
                                  max_iter=self.agg_max_iter, gate_target=self.gate_target,

@@ -20,6 +20,44 @@ OUTLIER_FACTOR = 5.0
 FAILED_COST_FACTOR = 2.0
 #: support points per free gate parameter below which the gate refit is flagged
 SUPPORT_PER_GATE_PARAMETER = 10
+#: a local gate slope above this many log-odds per standard deviation of a
+#: covariate (on the support) is taken for a diverged gate: the authors'
+#: design has slopes of at most 5, and diverged local fits of 1406 rows
+#: reached hundreds
+DIVERGED_GATE_SLOPE = 30.0
+#: a local expert whose variance is below this multiple of the median local
+#: variance has collapsed onto a few rows
+COLLAPSED_VARIANCE_RATIO = 1e-3
+#: a local expert whose gate gives it less than this share of its machine's
+#: weight on the support is starved
+STARVED_SHARE = 1e-3
+
+
+def local_fit_issues(gate, var, starts, lam, weight, sd) -> dict:
+    """Machines whose local fits look degenerate, from the stacked local
+    models: ``diverged_gates`` (largest gate slope in log-odds per standard
+    deviation ``sd`` of the covariates above ``DIVERGED_GATE_SLOPE``),
+    ``collapsed_experts`` (an expert's variance below
+    ``COLLAPSED_VARIANCE_RATIO`` times the median local variance) and
+    ``starved_experts`` (an expert with less than ``STARVED_SHARE`` of its
+    machine's weight lam[m]; ``weight`` (L,) is each local expert's mean
+    weight w_l(x_s) over the support). Each maps machine index -> a short
+    description."""
+    out = {"diverged_gates": {}, "collapsed_experts": {}, "starved_experts": {}}
+    floor = COLLAPSED_VARIANCE_RATIO * float(np.median(var))
+    for m in range(len(starts) - 1):
+        lo, hi = starts[m], starts[m + 1]
+        slopes = np.abs(gate[lo:hi, 1:] - gate[hi - 1, 1:]) * sd
+        top = float(slopes.max()) if slopes.size else 0.0
+        if top > DIVERGED_GATE_SLOPE:
+            out["diverged_gates"][m] = f"gate slope {top:.3g} per standard deviation"
+        low = [k for k in range(hi - lo) if var[lo + k] < floor]
+        if low:
+            out["collapsed_experts"][m] = f"expert(s) {low}"
+        starved = [k for k in range(hi - lo) if weight[lo + k] < STARVED_SHARE * lam[m]]
+        if starved:
+            out["starved_experts"][m] = f"expert(s) {starved}"
+    return out
 
 
 def aggregation_health(result) -> dict:
@@ -42,6 +80,8 @@ def aggregation_health(result) -> dict:
       local fits (:func:`fastmoe.aggregate_messages` with ``exclude_failed``);
     - ``implausible`` : input indices of machines whose claimed sample size
       is out of line (``AggregationResult.implausible``);
+    - ``diverged_gates``, ``collapsed_experts``, ``starved_experts`` :
+      machines whose local fits look degenerate (:func:`local_fit_issues`);
     - ``warnings`` : sentences naming the likely cause.
     """
     K = result.params.n_experts
@@ -62,6 +102,15 @@ def aggregation_health(result) -> dict:
     hetero = [m for m in range(M) if M > 2 and cost[m] > OUTLIER_FACTOR * max(med, 1e-300)]
     failed = [m for m in collapsed if cost[m] > FAILED_COST_FACTOR * med]
     notes = []
+    issues = dict(getattr(result, "local_issues", {}) or {})
+    for kind, what in (("diverged_gates", "local gates that diverged (nearly separable "
+                        "shards: fit them with a larger gate_penalty)"),
+                       ("collapsed_experts", "local experts whose variance collapsed"),
+                       ("starved_experts", "local experts their own gates give almost no "
+                        "weight (too many experts for the shard)")):
+        if issues.get(kind):
+            named = "; ".join(f"machine {m}: {why}" for m, why in issues[kind].items())
+            notes.append(f"{what}: {named}")
     implausible = list(getattr(result, "implausible", ()))
     if implausible:
         notes.append(f"machine(s) {implausible} claim sample sizes out of line with the others' "
@@ -92,7 +141,10 @@ def aggregation_health(result) -> dict:
                      "regression may be noisy; send larger covariate samples")
     return {"counts": counts, "mass": result.expert_mass.copy(), "objective_share": share,
             "machine_cost": cost, "collapsed": collapsed, "heterogeneous": hetero,
-            "failed": failed, "implausible": implausible, "warnings": notes}
+            "failed": failed, "implausible": implausible,
+            "diverged_gates": sorted(issues.get("diverged_gates", {})),
+            "collapsed_experts": sorted(issues.get("collapsed_experts", {})),
+            "starved_experts": sorted(issues.get("starved_experts", {})), "warnings": notes}
 
 
 def health_report(result) -> str:
@@ -143,6 +195,8 @@ class AggregationResult:
     implausible : indices of input models whose claimed sample size is out of
         line with the others' or with their own covariate sample
         (:func:`fastmoe.aggregate_messages`); the reasons are in ``notes``.
+    local_issues : machines whose local fits look degenerate, by kind
+        (:func:`local_fit_issues`): {kind: {machine: description}}.
     """
 
     params: MoEParams
@@ -160,6 +214,7 @@ class AggregationResult:
     notes: tuple = ()
     excluded: tuple = ()
     implausible: tuple = ()
+    local_issues: dict = field(default_factory=dict, repr=False)
 
     def report(self) -> str:
         """Aggregation health report (:func:`fastmoe.diagnostics.health_report`)."""
