@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ._em import LOCAL_GATE_PENALTY
-
 #: exit status of a user mistake
 USAGE_ERROR = 2
 
@@ -62,6 +60,10 @@ def _non_negative(text: str) -> float:
     if not value >= 0.0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value:g}")
     return value
+
+
+def _auto_or_non_negative(text: str):
+    return "auto" if text == "auto" else _non_negative(text)
 
 
 def _suffix(path, allowed, what) -> Path:
@@ -311,12 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    def fit_opts(p, gate_penalty=0.0):
+    def fit_opts(p, local=False):
         p.add_argument("--n-experts", type=_positive_int, required=True, help="K")
         p.add_argument("--n-init", type=_positive_int, default=3, help="EM starts (default 3)")
-        p.add_argument("--gate-penalty", type=_non_negative, default=gate_penalty,
-                       help="ridge penalty on the gate slopes in standard-deviation units "
-                            f"(default {gate_penalty:g}; see fastmoe.fit_moe)")
+        if local:
+            p.add_argument("--gate-penalty", type=_auto_or_non_negative, default="auto",
+                           help="ridge penalty on the gate slopes in standard-deviation units, "
+                                "or 'auto': only where the gates diverge (default; see "
+                                "fastmoe.fit_local)")
+        else:
+            p.add_argument("--gate-penalty", type=_non_negative, default=0.0,
+                           help="ridge penalty on the gate slopes in standard-deviation units "
+                                "(default 0; see fastmoe.fit_moe)")
         p.add_argument("--max-iter", type=_positive_int, default=300,
                        help="EM iterations per start")
         p.add_argument("--seed", type=int, default=0)
@@ -352,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("fit-local", cmd_fit_local, "fit one shard and write its message")
     p.add_argument("--data", required=True)
-    fit_opts(p, gate_penalty=LOCAL_GATE_PENALTY)
+    fit_opts(p, local=True)
     p.add_argument("--n-support", type=_positive_int, default=1000)
     p.add_argument("--support", choices=["sample", "gaussian"], default="sample")
     p.add_argument("--heldout", type=_fraction, default=0.0,

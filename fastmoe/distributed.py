@@ -35,7 +35,6 @@ from .message import MESSAGE_FORMAT, MESSAGE_VERSION, LocalMessage
 from .model_selection import select_n_experts
 from .moe import _MoEPredictMixin
 from .protocol import (
-    LOCAL_GATE_PENALTY,
     SUPPORTS,
     aggregate_messages,
     fit_local,
@@ -187,9 +186,9 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     on_shard_error : {"raise", "skip"}, default="raise"
         "skip" drops a failed shard with a warning, renormalises the weights
         over the others and records it in ``dropped_shards_``.
-    gate_penalty : float, default=LOCAL_GATE_PENALTY
-        Ridge penalty of the local fits' gate slopes (see
-        :func:`fastmoe.fit_local`).
+    gate_penalty : float or "auto", default="auto"
+        Ridge penalty of the local fits' gate slopes ("auto": only on shards
+        whose gates diverge; see :func:`fastmoe.fit_local`).
     max_iter, tol, n_init, init, init_iter, reg_var, gate_steps, split_merge :
         local EM options (see :func:`fastmoe.fit_moe`; ``n_init="auto"``, the
         default, see :func:`fastmoe.fit_local`). At least three starts per machine: one
@@ -232,7 +231,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
                  max_support="auto", support="sample", backend="local", n_jobs=None, client=None,
                  on_shard_error="raise", max_iter=200, tol=1e-7, n_init="auto", init="random",
-                 init_iter=20, reg_var=1e-6, gate_penalty=LOCAL_GATE_PENALTY, gate_steps=1,
+                 init_iter=20, reg_var=1e-6, gate_penalty="auto", gate_steps=1,
                  split_merge=True, agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
                  exclude_failed=True, random_state=None, n_threads=None, verbose=0):

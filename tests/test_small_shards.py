@@ -61,11 +61,18 @@ def test_the_local_default_leaves_a_large_shard_unchanged():
     assert pen.log_likelihood == pytest.approx(plain.log_likelihood, rel=1e-5)
 
 
-def test_fit_local_uses_the_local_default_and_accepts_zero(separable):
+def test_fit_local_penalises_only_the_shards_whose_gates_diverge(separable):
     X, y = separable
-    assert _steepest(fit_local(X, y, 2, random_state=0).params, X) < DIVERGED_GATE_SLOPE
+    msg = fit_local(X, y, 2, random_state=0)
+    assert msg.meta["gate_penalty"] == LOCAL_GATE_PENALTY
+    assert _steepest(msg.params, X) < DIVERGED_GATE_SLOPE
     assert _steepest(fit_local(X, y, 2, random_state=0, gate_penalty=0.0,
                                max_iter=500).params, X) > DIVERGED_GATE_SLOPE
+    Xg, yg, _, _ = make_moe_regression(3000, 2, 3, random_state=5)  # gates well determined
+    healthy = fit_local(Xg, yg, 3, random_state=0)
+    assert healthy.meta["gate_penalty"] == 0.0
+    plain = fit_local(Xg, yg, 3, random_state=0, gate_penalty=0.0)
+    np.testing.assert_array_equal(healthy.params.gate_coef, plain.params.gate_coef)
 
 
 def _models(seed=0):
@@ -137,3 +144,23 @@ def test_the_support_is_bounded_and_drawn_evenly():
     res = aggregate_messages(msgs, random_state=0)
     assert res.assignment.shape[0] == 5000
     assert aggregate_messages(msgs, random_state=0, max_support=None).assignment.shape[0] == 8000
+
+
+def test_both_estimators_and_the_cli_take_the_gate_penalty(separable, tmp_path):
+    from fastmoe import DistributedMoERegressor, GaussianMoERegressor
+    from fastmoe.cli import main
+    from fastmoe.io import write_table
+
+    X, y = separable
+    est = GaussianMoERegressor(2, gate_penalty=1.0, random_state=0).fit(X, y)
+    assert est.fit_.penalty > 0 and _steepest(est.params_, X) < DIVERGED_GATE_SLOPE
+    assert DistributedMoERegressor(2).get_params()["gate_penalty"] == "auto"
+    data = tmp_path / "d.npz"
+    write_table(data, X, y)
+    for value in ("0", "auto"):
+        assert main(["fit-local", "--data", str(data), "--n-experts", "2", "--gate-penalty",
+                     value, "--output", str(tmp_path / "m.npz")]) == 0
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--data", str(data), "--n-experts", "2", "--gate-penalty", "-1",
+              "--output", str(tmp_path / "f.json")])
+    assert info.value.code == 2
