@@ -85,6 +85,16 @@ class StudyResult:
             return []
         paths = []
         summ = self.summary()
+
+        def finish(fig, ax, xlabel, ylabel, name):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            paths.append(f"{prefix}_{name}.png")
+            fig.savefig(paths[-1], dpi=120)
+            plt.close(fig)
+
         fig, ax = plt.subplots(figsize=(6, 4))
         for est in ESTIMATORS:
             for m in sorted({e["n_machines"] for e in summ}):
@@ -92,26 +102,14 @@ class StudyResult:
                        if e["estimator"] == est and e["n_machines"] == m]
                 if len(pts) > 1:
                     ax.loglog(*zip(*pts), marker="o", label=f"{est}, M={m}")
-        ax.set_xlabel("N")
-        ax.set_ylabel("parameter RMSE")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(f"{prefix}_error_vs_n.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        finish(fig, ax, "N", "parameter RMSE", "error_vs_n")
         fig, ax = plt.subplots(figsize=(6, 4))
         for est in ESTIMATORS:
             pts = sorted({(e["n_machines"], e["learning_time"]) for e in summ
                           if e["estimator"] == est})
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=est)
-        ax.set_xlabel("M (machines)")
-        ax.set_ylabel("learning time (s)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(f"{prefix}_time_vs_m.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        finish(fig, ax, "M (machines)", "learning time (s)", "time_vs_m")
         return paths
 
 
