@@ -38,7 +38,9 @@ from ._reduction import (  # noqa: F401  (the reduction's internals, importable 
     _update,
     large_mixture,
     mm_pass,
+    mm_rows,
     reduce_mixture,
+    subset_cache,
     support_blocks,
     support_cache,
 )
@@ -160,9 +162,14 @@ def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, i
     code = COSTS[cost]
 
     t0 = time.perf_counter()
-    beta, var, history, n_iter, converged, notes, cache = reduce_mixture(
-        mix, Xs, K, cost=code, init=init, n_init=n_init, max_iter=max_iter, tol=tol,
-        variance_update=variance_update, rng=rng, n_threads=n_threads)
+    cache = support_cache(mix, Xs, n_threads)
+    rows = mm_rows(Xs.shape[0], mix.gate.shape[0])
+    Xmm, cache_mm = (Xs, cache) if rows is None else (
+        Xs[rows], subset_cache(mix, Xs, rows, cache, n_threads))
+    beta, var, history, n_iter, converged, notes, _ = reduce_mixture(
+        mix, Xmm, K, cost=code, init=init, n_init=n_init, max_iter=max_iter, tol=tol,
+        variance_update=variance_update, rng=rng, n_threads=n_threads, cache=cache_mm)
+    del cache_mm
     t_reduction = time.perf_counter() - t0
     if not converged and max_iter > 0:
         warnings.warn(f"the MM reduction did not converge in max_iter={max_iter} iterations; "

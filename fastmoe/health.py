@@ -176,7 +176,10 @@ class AggregationResult:
     params : MoEParams, the aggregated K-expert model (canonical order).
     objective : transport divergence R from the large mixture to ``params`` on
         the support (a sum over support points).
-    history : (n_iter + 1,) R at the start and after each MM iteration.
+    history : (n_iter + 1,) R at the start and after each MM iteration, over
+        the support points the iterations visited (all of them unless support
+        x local experts exceeds ``_reduction.MM_PAIRS``; see
+        ``_reduction.mm_rows``).
     n_iter, converged : of the best start's MM loop.
     assignment : (S, L) int16, the global expert k*(s, l) that receives local
         expert l at support point s (the transport plan in compact form:

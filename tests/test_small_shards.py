@@ -164,3 +164,20 @@ def test_both_estimators_and_the_cli_take_the_gate_penalty(separable, tmp_path):
         main(["fit", "--data", str(data), "--n-experts", "2", "--gate-penalty", "-1",
               "--output", str(tmp_path / "f.json")])
     assert info.value.code == 2
+
+
+def test_the_mm_iterations_visit_a_bounded_number_of_pairs(monkeypatch):
+    from fastmoe import _reduction
+
+    assert _reduction.mm_rows(10000, 100) is None  # 1e6 pairs: all points
+    rows = _reduction.mm_rows(10000, 1000)
+    assert rows.shape == (4000,) and rows[0] == 0 and rows[-1] == 9999
+    assert np.all(np.diff(rows) > 0)
+    X, _, fits = _models(3)
+    full = aggregate(fits, X_support=X[::3], random_state=0)
+    monkeypatch.setattr(_reduction, "MM_PAIRS", 9 * 1500)
+    monkeypatch.setattr(_reduction, "MM_MIN_POINTS", 1500)
+    part = aggregate(fits, X_support=X[::3], random_state=0)
+    assert part.assignment.shape == full.assignment.shape  # the final pass sees every point
+    np.testing.assert_allclose(part.params.expert_coef, full.params.expert_coef, atol=0.05)
+    assert part.objective == pytest.approx(full.objective, rel=0.01)
