@@ -263,11 +263,12 @@ def test_rereference_round_trips(data):
         truth.rereference(3)
 
 
-def test_engine_import_loads_no_sklearn_dask_matplotlib_or_numba():
+def test_engine_import_loads_no_sklearn_dask_matplotlib_or_numba(tmp_path):
     code = ("import sys, fastmoe.engine; print(sorted(m for m in ('sklearn', 'dask', "
             "'matplotlib', 'numba', 'pandas') if m in sys.modules))")
+    # from another folder: the installed package, not the source tree in the checkout
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+                         check=True, cwd=tmp_path).stdout.strip()
     assert out == "[]"
 
 

@@ -73,10 +73,11 @@ cat("GATES", parameters(fm, which = "concomitant"), "\n")
 
 
 @pytest.mark.skipif(_r_ready() is not None, reason=str(_r_ready()))
-def test_flexmix_with_fastmoe_drivers_matches_its_own_fit():
+def test_flexmix_with_fastmoe_drivers_matches_its_own_fit(tmp_path):
     env = dict(os.environ, RETICULATE_PYTHON=sys.executable, FASTMOE_DRIVERS=str(DRIVERS))
+    # from another folder: Python imports the installed fastmoe, not the source tree
     run = subprocess.run(["Rscript", "-e", R_SCRIPT], capture_output=True, text=True, env=env,
-                         timeout=300)
+                         timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = {}
     for line in run.stdout.splitlines():
