@@ -40,6 +40,8 @@ from .protocol import (
     fit_local,
     pooled_support,
     read_messages,
+    refine_step,
+    round_statistics,
 )
 
 __all__ = ["BACKENDS", "MESSAGE_FORMAT", "MESSAGE_VERSION", "DistributedMoERegressor",
@@ -101,6 +103,20 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
     except Exception as exc:  # any failure of one shard is reported by its index
         reason = str(exc).splitlines()[0] if str(exc) else ""
         return index, ShardError(index, f"{type(exc).__name__}: {reason}", n)
+
+
+def shard_round(index: int, shard, params, n_threads: int):
+    """One shard's half of a refinement round: (index, RoundStatistics,
+    seconds), or (index, ShardError)."""
+    try:
+        X, y = load_shard(shard)
+        t0 = time.perf_counter()
+        stats = round_statistics(X, y, params, n_threads=n_threads)
+        return index, stats, time.perf_counter() - t0
+    except ShardError as exc:
+        return index, exc
+    except Exception as exc:  # noqa: BLE001 (reported by index)
+        return index, ShardError(index, f"{type(exc).__name__}: {exc}")
 
 
 def _progress(total: int, verbose: int):
@@ -209,6 +225,14 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Leave out local models that look like failed local fits and aggregate
         the others again (see :func:`fastmoe.aggregate_messages`); the shards
         left out are listed in ``excluded_shards_``, with a warning.
+    refine_rounds : int, default=0
+        Rounds of exact distributed EM after the one-shot aggregate: in each,
+        every shard that was fitted returns the additive statistics of the
+        M-step at the current global model (:func:`fastmoe.protocol.
+        round_statistics`: a few kilobytes) and the server takes the M-step
+        (:func:`fastmoe.protocol.refine_step`, one EM iteration on all the
+        rows; a round whose log-likelihood fell is taken again with half the
+        gate step). 0 keeps the one-shot method.
     random_state : None, int or Generator
     n_threads : threads per local fit and of the reduction (None: cores / jobs)
 
@@ -223,7 +247,11 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         each shard contributed; ``shard_sizes_.sum() + dropped_rows_`` is the
         number of rows given.
     local_fit_times_, reduction_time_, learning_time_, wall_time_,
-    message_bytes_ : the costs.
+    message_bytes_ : the costs (``learning_time_`` includes the refinement
+        rounds).
+    refine_history_ : one dict per refinement round: the log-likelihood of
+        all rows at the model the round started from, the bytes each machine
+        sent, the slowest machine's and the server's seconds.
     verbose : int, default=0
         1 shows a progress bar over the shard fits (on a terminal, with tqdm).
     """
@@ -234,7 +262,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                  init_iter=20, reg_var=1e-6, gate_penalty="auto", gate_steps=1,
                  split_merge=True, agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
-                 exclude_failed=True, random_state=None, n_threads=None, verbose=0):
+                 exclude_failed=True, refine_rounds=0, random_state=None, n_threads=None,
+                 verbose=0):
         self.n_experts = n_experts
         self.n_machines = n_machines
         self.cost = cost
@@ -255,6 +284,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.gate_steps = gate_steps
         self.split_merge = split_merge
         self.exclude_failed = exclude_failed
+        self.refine_rounds = refine_rounds
         self.agg_init = agg_init
         self.agg_n_init = agg_n_init
         self.agg_max_iter = agg_max_iter
@@ -296,6 +326,39 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         if len(shards) == 0:
             raise ValueError("shards is empty; give at least one shard.")
         return self._fit(list(shards), check_random_state(self.random_state))
+
+    def _refine(self, params, shards, rounds: int, n_jobs: int, threads: int):
+        """``rounds`` refinement rounds from ``params``: (model, history).
+
+        Each round sends the current model to every shard, sums their
+        statistics and takes one EM iteration. When a round finds the
+        log-likelihood lower than the round before (the gate's Newton step
+        overshot), the server takes that step again from the previous model,
+        halved."""
+        history, good, step = [], None, 1.0  # good: (log-lik, params, stats) not followed by a fall
+        for r in range(rounds):
+            out = _backends.run(self.backend, shard_round,
+                                [(i, s, params, threads) for i, s in enumerate(shards)],
+                                n_jobs=n_jobs, client=self.client)
+            errors = [o[1] for o in out if isinstance(o[1], ShardError)]
+            if errors:
+                raise errors[0]
+            out = sorted(out, key=lambda o: o[0])
+            total = out[0][1]
+            for o in out[1:]:
+                total = total + o[1]
+            t0 = time.perf_counter()
+            if good is not None and total.log_likelihood < good[0]:
+                step *= 0.5
+                params = refine_step(good[1], good[2], reg_var=self.reg_var, gate_step=step)
+            else:
+                good, step = (total.log_likelihood, params, total), 1.0
+                params = refine_step(params, total, reg_var=self.reg_var)
+            history.append({"round": r + 1, "log_likelihood": float(total.log_likelihood),
+                            "bytes_per_machine": int(out[0][1].n_bytes),
+                            "machine_seconds": float(max(o[2] for o in out)),
+                            "server_seconds": time.perf_counter() - t0})
+        return params, history
 
     def _fit(self, shards, rng):
         t_wall = time.perf_counter()
@@ -357,7 +420,12 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                                  variance_update=self.variance_update,
                                  n_threads=self.n_threads)
         reduction_time = time.perf_counter() - t0
-        self._set_params_attributes(agg.params)
+        rounds = check_int(self.refine_rounds, "refine_rounds", 0)
+        params, self.refine_history_ = agg.params, []
+        if rounds:
+            params, self.refine_history_ = self._refine(
+                agg.params, [shards[i] for i in fitted], rounds, n_jobs, threads)
+        self._set_params_attributes(params)
         self.aggregation_ = agg
         self.n_iter_ = int(agg.n_iter)
         self.messages_ = messages
@@ -372,7 +440,9 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                           "keep them.", UserWarning, stacklevel=3)
         self.local_fit_times_ = np.array([m.fit_time for m in messages])
         self.reduction_time_ = reduction_time
-        self.learning_time_ = float(self.local_fit_times_.max()) + reduction_time
+        self.learning_time_ = (float(self.local_fit_times_.max()) + reduction_time
+                               + sum(r["machine_seconds"] + r["server_seconds"]
+                                     for r in self.refine_history_))
         self.message_bytes_ = np.array([len(m.to_bytes()) for m in messages])
         self.dropped_rows_ = int(sum(e.n_rows for _, e in failed))
         self.wall_time_ = time.perf_counter() - t_wall

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import engine
 from ._em import LOCAL_GATE_PENALTY, fit_moe
+from ._linalg import solve_psd
+from ._params import MoEParams
 from ._validation import (
     check_bool,
     check_choice,
@@ -345,3 +348,58 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
                        exclude_failed=exclude_failed, random_state=rng, **aggregate_options)
     notes = tuple(f"messages[{i}] {why}" for i, why in odd.items())
     return replace(result, implausible=tuple(odd), notes=result.notes + notes)
+
+
+# ----------------------------------------------------------------------------
+# refinement rounds: exact distributed EM from the aggregate
+# ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RoundStatistics:
+    """What one machine returns in a refinement round, at the current global
+    model: the experts' and the gates' additive statistics
+    (:mod:`fastmoe.engine`), its log-likelihood and its number of rows.
+    ``a + b`` adds two machines'."""
+
+    experts: engine.ExpertStatistics
+    gates: engine.GateStatistics
+    log_likelihood: float
+    n: int
+
+    def __add__(self, other: RoundStatistics) -> RoundStatistics:
+        if not isinstance(other, RoundStatistics):
+            return NotImplemented
+        return RoundStatistics(self.experts + other.experts, self.gates + other.gates,
+                               self.log_likelihood + other.log_likelihood, self.n + other.n)
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes of the numbers sent (float64)."""
+        return 8 * (self.experts.gram.size + self.gates.gradient.size
+                    + self.gates.hessian.size + 3)
+
+
+def round_statistics(X, y, params, *, n_threads: int | None = None) -> RoundStatistics:
+    """A machine's half of a refinement round: the E-step at the global
+    ``params`` and the additive statistics of the M-step."""
+    e = engine.e_step(X, y, params, n_threads=n_threads)
+    return RoundStatistics(engine.expert_statistics(X, y, e.resp),
+                           engine.gate_statistics(X, e.resp, params.gate_coef,
+                                                  params.gate_intercept, n_threads=n_threads),
+                           e.log_likelihood, len(y))
+
+
+def refine_step(params, stats: RoundStatistics, *, reg_var: float = 1e-6,
+                gate_step: float = 1.0):
+    """The server's half: the experts' closed-form M-step and one Newton step
+    (times ``gate_step``) on the gates, from the machines' summed statistics.
+    With all machines' statistics this is one EM iteration of
+    :func:`fastmoe.engine.em_step` on all the rows."""
+    coef, intercept, var = engine.update_experts(
+        stats.experts, reg_var=reg_var,
+        previous=(params.expert_coef, params.expert_intercept, params.expert_var))
+    alpha = params.gate_aug
+    K, p = alpha.shape
+    if K > 1:
+        step = solve_psd(-stats.gates.hessian, stats.gates.gradient).reshape(K - 1, p)
+        alpha[:-1] += gate_step * step
+    return MoEParams(alpha[:, 1:], alpha[:, 0], coef, intercept, var)

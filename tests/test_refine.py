@@ -1,0 +1,68 @@
+"""Refinement rounds: exact distributed EM from the one-shot aggregate."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from fastmoe import DistributedMoERegressor, engine, fit_moe
+from fastmoe.datasets import make_moe_regression
+from fastmoe.protocol import refine_step, round_statistics
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y, truth, _ = make_moe_regression(8000, 2, 3, random_state=0)
+    return X, y, truth
+
+
+def test_a_round_on_shards_is_one_em_iteration_on_all_rows(data):
+    X, y, _ = data
+    start = fit_moe(X[::4], y[::4], 3, random_state=0).params
+    parts = [round_statistics(X[i::4], y[i::4], start) for i in range(4)]
+    total = parts[0] + parts[1] + parts[2] + parts[3]
+    assert total.n == len(y)
+    new = refine_step(start, total)
+    want, ll = engine.em_step(X, y, start)
+    assert total.log_likelihood == pytest.approx(ll, rel=1e-12)
+    np.testing.assert_allclose(new.expert_coef, want.expert_coef, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(new.expert_var, want.expert_var, rtol=1e-9)
+    np.testing.assert_allclose(new.gate_coef, want.gate_coef, rtol=1e-9, atol=1e-12)
+    assert total.n_bytes == 8 * (3 * 4 * 4 + 2 * 3 + 36 + 3)
+
+
+@pytest.mark.parametrize("backend", ["serial", "local"])
+def test_rounds_climb_to_the_centralised_fit(data, backend):
+    X, y, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        once = DistributedMoERegressor(3, 8, backend=backend, random_state=0).fit(X, y)
+        refined = DistributedMoERegressor(3, 8, backend=backend, random_state=0,
+                                          refine_rounds=6).fit(X, y)
+    central = fit_moe(X, y, 3, n_init=3, random_state=0)
+    lls = [h["log_likelihood"] for h in refined.refine_history_]
+    assert len(lls) == 6 and np.all(np.diff(lls) >= -1e-9 * abs(lls[0]))
+    assert lls[0] == pytest.approx(once.params_.log_likelihood(X, y), rel=1e-12)
+    final = refined.params_.log_likelihood(X, y)
+    assert final >= lls[-1] - 1e-9 * abs(final)
+    assert final >= central.log_likelihood - 1e-6 * abs(central.log_likelihood)
+    assert refined.learning_time_ > once.learning_time_ - 1.0  # the rounds are counted
+    assert all(h["bytes_per_machine"] < 2000 for h in refined.refine_history_)
+    assert once.refine_history_ == []
+
+
+def test_rounds_on_every_backend_give_the_same_model(data):
+    X, y, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = DistributedMoERegressor(3, 4, backend="serial", random_state=1,
+                                    refine_rounds=2).fit(X, y)
+        b = DistributedMoERegressor(3, 4, backend="local", random_state=1,
+                                    refine_rounds=2).fit(X, y)
+    np.testing.assert_array_equal(a.params_.expert_aug, b.params_.expert_aug)
+
+
+def test_refine_rounds_must_be_a_count(data):
+    X, y, _ = data
+    with pytest.raises(ValueError, match="refine_rounds"):
+        DistributedMoERegressor(3, 4, backend="serial", refine_rounds=-1).fit(X, y)
