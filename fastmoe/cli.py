@@ -62,6 +62,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a level in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a level in (0, 1), got {value:g}")
+    return value
+
+
 def _auto_or_non_negative(text: str):
     return "auto" if text == "auto" else _non_negative(text)
 
@@ -248,11 +258,16 @@ def cmd_predict(args) -> int:
         raise ValueError(f"the model's predictions overflow at {int(bad.sum())} of {len(pred)} "
                          f"rows (first: row {int(np.argmax(bad))}); its coefficients are too "
                          "large for these covariates. Nothing was written.")
+    columns = {"y_pred": pred, "y_var": var}
+    if args.interval is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            bounds = params.predict_interval(X, 1.0 - args.interval)
+        columns.update(y_lower=bounds[:, 0], y_upper=bounds[:, 1])
     if out.suffix == ".npz":
-        np.savez(out, y_pred=pred, y_var=var)
+        np.savez(out, **columns)
     else:
-        np.savetxt(out, np.column_stack([pred, var]), delimiter=",",
-                   header="y_pred,y_var", comments="", fmt="%.17g")
+        np.savetxt(out, np.column_stack(list(columns.values())), delimiter=",",
+                   header=",".join(columns), comments="", fmt="%.17g")
     print(f"{len(pred)} predictions written to {out}")
     return 0
 
@@ -380,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", cmd_predict, "predict E[y|x] and Var[y|x] for a data file")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
+    p.add_argument("--interval", type=_level, default=None,
+                   help="also write the equal-tailed predictive interval of this level "
+                        "(e.g. 0.9) as y_lower, y_upper")
     p.add_argument("--output", required=True, help=".csv or .npz")
 
     p = add("evaluate", cmd_evaluate, "metrics of a model on a data file")

@@ -30,6 +30,15 @@ class _MoEPredictMixin:
                              "use predict_gate_proba(X) for the gates alone.")
         return X, check_y(y, X.shape[0])
 
+    def predict_quantile(self, X, q):
+        """(n,) or (n, m) quantiles of f(y | x) (:meth:`MoEParams.predict_quantile`)."""
+        return self._params().predict_quantile(self._X(X), q, n_threads=self.n_threads)
+
+    def predict_interval(self, X, alpha=0.1):
+        """(n, 2) equal-tailed (1 - alpha) predictive intervals
+        (:meth:`MoEParams.predict_interval`)."""
+        return self._params().predict_interval(self._X(X), alpha, n_threads=self.n_threads)
+
     def _set_params_attributes(self, params: MoEParams):
         self.params_ = params
         self.gate_coef_ = params.gate_coef

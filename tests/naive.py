@@ -154,3 +154,12 @@ def expert_costs(source, target, X, cost):
                 else:
                     out[i, l, k] = (ml - mk) ** 2 + (np.sqrt(vl) - np.sqrt(vk)) ** 2
     return out
+
+
+def mixture_quantile(pi, mean, sd, q):
+    """The q-quantile of sum_k pi_k N(mean_k, sd_k^2), by scipy's brentq."""
+    from scipy.optimize import brentq
+
+    lo, hi = np.min(mean - 40 * sd), np.max(mean + 40 * sd)
+    return brentq(lambda y: np.sum(pi * norm.cdf((y - mean) / sd)) - q, lo, hi, xtol=1e-14,
+                  rtol=1e-15)
