@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _kernels
-from ._linalg import resolve_threads
+from ._linalg import chunk_size, resolve_threads
 from ._validation import check_random_state, check_X, check_X_y
 from .io import read_json, read_npz
 
@@ -153,7 +153,18 @@ class MoEParams:
 
     # -- ordering --------------------------------------------------------------
     def permute(self, order) -> MoEParams:
-        """Experts reordered as ``order`` (a permutation of range(K))."""
+        """Experts reordered.
+
+        Parameters
+        ----------
+        order : array-like of shape (K,)
+            A permutation of range(K): expert ``order[j]`` becomes expert j.
+
+        Returns
+        -------
+        MoEParams
+            The same model with its experts reordered.
+        """
         order = np.asarray(order)
         if sorted(order.tolist()) != list(range(self.n_experts)):
             raise ValueError(f"order must be a permutation of range({self.n_experts}); "
@@ -177,27 +188,90 @@ class MoEParams:
         return X
 
     def gate_log_proba(self, X, *, n_threads: int | None = None) -> np.ndarray:
-        """(n, K) log pi_k(x)."""
+        """Log gate probabilities log pi_k(x).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        n_threads : int, optional
+            Threads of the compiled kernel (default: all cores).
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            log pi_k(x_i).
+        """
         X = self._prep(X)
         out = np.empty((X.shape[0], self.n_experts))
         _kernels.gate_log_proba(X, self.gate_aug, out, resolve_threads(n_threads))
         return out
 
     def gate_proba(self, X, *, n_threads: int | None = None) -> np.ndarray:
-        """(n, K) gate probabilities pi_k(x)."""
+        """Gate probabilities pi_k(x).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        n_threads : int, optional
+            Threads of the compiled kernel (default: all cores).
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            pi_k(x_i); rows sum to 1.
+        """
         return np.exp(self.gate_log_proba(X, n_threads=n_threads))
 
     def expert_mean(self, X) -> np.ndarray:
-        """(n, K) expert means xt . beta_k."""
+        """Expert means b_k + x . c_k.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            The mean of each expert at each row.
+        """
         X = self._prep(X)
         return X @ self.expert_coef.T + self.expert_intercept
 
     def predict_mean(self, X, *, n_threads: int | None = None) -> np.ndarray:
-        """(n,) E[y | x] = sum_k pi_k(x) xt . beta_k."""
+        """Predictive mean E[y | x] = sum_k pi_k(x) (b_k + x . c_k).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        n_threads : int, optional
+            Threads of the compiled kernel (default: all cores).
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            E[y | x_i].
+        """
         return np.sum(self.gate_proba(X, n_threads=n_threads) * self.expert_mean(X), axis=1)
 
     def predict_var(self, X, *, n_threads: int | None = None) -> np.ndarray:
-        """(n,) Var[y | x] = sum_k pi_k (v_k + m_k^2) - E[y | x]^2."""
+        """Predictive variance Var[y | x] = sum_k pi_k (v_k + m_k^2) - E[y | x]^2.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        n_threads : int, optional
+            Threads of the compiled kernel (default: all cores).
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            Var[y | x_i].
+        """
         pi = self.gate_proba(X, n_threads=n_threads)
         m = self.expert_mean(X)
         mean = np.sum(pi * m, axis=1)
@@ -270,29 +344,107 @@ class MoEParams:
         return self.predict_quantile(X, [alpha / 2, 1 - alpha / 2], n_threads=n_threads)
 
     def e_step(self, X, y, *, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row log-likelihood (n,) and log responsibilities (n, K)."""
+        """Per-row log-likelihood and log responsibilities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        y : array-like of shape (n,)
+            Responses.
+        n_threads : int, optional
+            Threads of the compiled kernel (default: all cores).
+
+        Returns
+        -------
+        row_log_likelihood : ndarray of shape (n,)
+            log f(y_i | x_i).
+        log_resp : ndarray of shape (n, K)
+            log P(z_i = k | x_i, y_i).
+        """
         X, y, _ = check_X_y(X, y, n_features=self.n_features)
         n = X.shape[0]
         log_resp = np.empty((n, self.n_experts))
         row_ll = np.empty(n)
         _kernels.e_step(X, y, np.ones(n), self.gate_aug, self.expert_aug, self.expert_var,
-                        log_resp, row_ll, np.empty((0, 0, 0)), n, resolve_threads(n_threads))
+                        log_resp, row_ll, np.empty((0, 0, 0)), chunk_size(n),
+                        resolve_threads(n_threads))
         return row_ll, log_resp
 
     def score_samples(self, X, y, *, n_threads: int | None = None) -> np.ndarray:
-        """(n,) log f(y_i | x_i)."""
+        """Per-row log-likelihood log f(y_i | x_i).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        y : array-like of shape (n,)
+            Responses.
+        n_threads : int, optional
+            Threads of the compiled kernel (default: all cores).
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            log f(y_i | x_i).
+        """
         return self.e_step(X, y, n_threads=n_threads)[0]
 
     def log_likelihood(self, X, y, *, n_threads: int | None = None) -> float:
-        """sum_i log f(y_i | x_i)."""
+        """Log-likelihood sum_i log f(y_i | x_i).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        y : array-like of shape (n,)
+            Responses.
+        n_threads : int, optional
+            Threads of the compiled kernel (default: all cores).
+
+        Returns
+        -------
+        float
+            The log-likelihood of the rows.
+        """
         return float(np.sum(self.score_samples(X, y, n_threads=n_threads)))
 
     def posterior(self, X, y, *, n_threads: int | None = None) -> np.ndarray:
-        """(n, K) posterior responsibilities P(z = k | x, y)."""
+        """Posterior responsibilities P(z = k | x, y).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        y : array-like of shape (n,)
+            Responses.
+        n_threads : int, optional
+            Threads of the compiled kernel (default: all cores).
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            Rows sum to 1.
+        """
         return np.exp(self.e_step(X, y, n_threads=n_threads)[1])
 
     def sample(self, X, random_state=None) -> tuple[np.ndarray, np.ndarray]:
-        """Draw y ~ f(. | x) for each row of X; returns (y, labels)."""
+        """Draw y ~ f(. | x) for each row of X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        random_state : None, int or numpy Generator
+            Seeds the draw.
+
+        Returns
+        -------
+        y : ndarray of shape (n,)
+            The responses drawn.
+        labels : ndarray of shape (n,)
+            The expert that drew each.
+        """
         X = self._prep(X)
         rng = check_random_state(random_state)
         pi = self.gate_proba(X)
