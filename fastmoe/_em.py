@@ -27,6 +27,7 @@ accurate when y has a large offset; the log-likelihood is unchanged by it.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -128,10 +129,12 @@ class MoEFit:
 class EMData:
     """Validated data and the buffers one EM run reuses across iterations."""
 
-    def __init__(self, X, y, w, n_experts: int, n_threads: int, gate_l2=0.0):
+    def __init__(self, X, y, w, n_experts: int, n_threads: int, gate_penalty: float = 0.0):
         self.X, self.w = X, w
-        self.gate_l2 = gate_l2  # ridge weight per covariate of the gate slopes (_gating)
-        self.penalised = bool(np.any(np.asarray(gate_l2) > 0))
+        # ridge weight per covariate of the gate slopes (_gating): gate_penalty
+        # times the covariate's variance (see fit_moe), or 0.0 for none
+        self.penalised = gate_penalty > 0.0
+        self.gate_l2 = gate_penalty * self.x_var if self.penalised else 0.0
         self.y_shift = float(np.average(y, weights=w))
         self.y = y - self.y_shift
         n, d = X.shape
@@ -154,6 +157,18 @@ class EMData:
         self.G = None  # the experts' Gram matrices of the last pass
         self.log_partition = None  # sum_i w_i log sum_k exp(alpha_k . xt_i), from it
         self.params = None  # its (alpha, beta, var)
+
+    @functools.cached_property
+    def x_mean(self) -> np.ndarray:
+        """(d,) weighted means of the covariates."""
+        return np.average(self.X, axis=0, weights=self.w)
+
+    @functools.cached_property
+    def x_var(self) -> np.ndarray:
+        """(d,) weighted variances of the covariates, 1 for a constant one."""
+        var = np.average((self.X - self.x_mean) ** 2, axis=0, weights=self.w)
+        var[~(var > 0)] = 1.0
+        return var
 
     def e_step(self, alpha, beta, var, keep_resp: bool = False, stats: bool = True) -> float:
         """One fused pass (``_kernels.em_pass``) at (alpha, beta, var): returns
@@ -336,11 +351,8 @@ def _random_regions(data: EMData, rng) -> np.ndarray:
     did as well there but trapped 2 of 6 shards of 1000 rows at d=2, whose
     gates then split the rows along the wrong direction."""
     K, d = data.K, data.d
-    Xc = data.X - np.average(data.X, axis=0, weights=data.w)
-    sd = np.sqrt(np.average(Xc**2, axis=0, weights=data.w))
-    sd[~(sd > 0)] = 1.0
-    A = rng.standard_normal((K, d)) * (START_GATE_SCALE / np.sqrt(d)) / sd
-    logits = Xc @ A.T
+    A = rng.standard_normal((K, d)) * (START_GATE_SCALE / np.sqrt(d)) / np.sqrt(data.x_var)
+    logits = (data.X - data.x_mean) @ A.T
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -559,7 +571,7 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         X, y = X * x_scale, y * y_scale
         if isinstance(init, MoEParams):
             init = _rescaled(init, x_scale, y_scale)
-    data = EMData(X, y, w, K, n_threads, _gate_ridge(X, w, gate_penalty))
+    data = EMData(X, y, w, K, n_threads, gate_penalty)
     var_floor = reg_var * (data.var_y if data.var_y > 0 else 1.0)
     short = n_init > 1 and init_iter is not None and init_iter < max_iter
     em = dict(tol=tol, gate_steps=gate_steps, var_floor=var_floor)
@@ -610,17 +622,6 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     history.setflags(write=False)
     return MoEFit(params.canonical(), ll, it, converged, history, tuple(finals), tuple(notes),
                   tuple(moves), pen)
-
-
-def _gate_ridge(X, w, gate_penalty: float):
-    """Ridge weight per covariate of the gate slopes: gate_penalty * s_j^2
-    (see fit_moe), or 0.0 for none."""
-    if gate_penalty == 0.0:
-        return 0.0
-    mean = np.average(X, axis=0, weights=w)
-    var = np.average((X - mean) ** 2, axis=0, weights=w)
-    var[~(var > 0)] = 1.0
-    return gate_penalty * var
 
 
 #: columns whose largest magnitude lies outside [2**-BINARY_RANGE, 2**BINARY_RANGE]

@@ -184,8 +184,7 @@ def support_cache(mix: LargeMixture, Xs, n_threads: int = 1) -> SupportCache:
     rows = S if keep else max(1, BLOCK_BYTES // (2 * 8 * L))
     gram_total = np.zeros((Xs.shape[1] + 1,) * 2)
     for lo, hi, W, ML in support_blocks(mix, Xs, rows, n_threads=n_threads):
-        Z = np.column_stack([np.ones(W.shape[0]), Xs[lo:hi]])
-        gram_total += Z.T @ (W.sum(axis=1)[:, None] * Z)
+        gram_total += _total_gram(Xs[lo:hi], W)
     if not keep:
         W = ML = np.empty((0, L))
     return SupportCache(W, ML, gram_total)
@@ -288,7 +287,8 @@ def _run_mm(mix, Xs, beta, var, *, cost, variance_update, max_iter, tol, n_threa
             break
         beta, var = _update(mix, st, beta, var, cost, variance_update, notes)
         it += 1
-    return beta, var, np.array(history), it, converged, notes
+    # the last pass is at the returned targets: its (L, K) mass comes with them
+    return beta, var, np.array(history), it, converged, notes, st.mass
 
 
 # ----------------------------------------------------------------------------
@@ -329,8 +329,14 @@ def subset_cache(mix: LargeMixture, Xs, rows, cache: SupportCache,
     if cache.W.shape[0] != Xs.shape[0]:
         return support_cache(mix, sub, n_threads)
     W, ML = cache.W[rows], cache.ML[rows]
-    Z = np.column_stack([np.ones(len(rows)), sub])
-    return SupportCache(W, ML, Z.T @ (W.sum(axis=1)[:, None] * Z))
+    return SupportCache(W, ML, _total_gram(sub, W))
+
+
+def _total_gram(Xs, W) -> np.ndarray:
+    """(p, p) sum_s Lambda(s) xt_s xt_s^T over the rows of Xs, Lambda(s) =
+    sum_l W[s, l] (SupportCache.gram_total)."""
+    Z = np.column_stack([np.ones(Xs.shape[0]), Xs])
+    return Z.T @ (W.sum(axis=1)[:, None] * Z)
 
 
 def _one_to_one(mix: LargeMixture, mass: np.ndarray) -> bool:
@@ -392,14 +398,13 @@ def reduce_mixture(mix: LargeMixture, Xs, K: int, *, cost: int, init="aligned", 
             b0 = avg.expert_aug
             b0[:, 0] -= mix.shift
             best, starts = run(b0, avg.expert_var.copy()), n_init - 1
-            if _one_to_one(mix, mm_pass(mix, Xs, best[0], best[1], cost, n_threads,
-                                        cache=cache).mass):
+            if _one_to_one(mix, best[6]):
                 starts = 0  # every machine's experts map one-to-one: no restarts
     for _ in range(starts):
         out = run(*_kmeans_start(mix, K, rng))
         if best is None or out[2][-1] < best[2][-1]:
             best = out
-    beta, var, history, n_iter, converged, notes = best
+    beta, var, history, n_iter, converged, notes, _ = best
     beta, var = _canonical_targets(beta, var)
     return beta, var, history, n_iter, converged, notes, cache
 

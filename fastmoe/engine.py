@@ -44,6 +44,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -52,9 +53,9 @@ import numpy as np
 
 from . import _kernels
 from ._em import experts_from_gram, weighted_gram
+from ._gating import assemble_newton, newton_system
 from ._gating import fit_gates as _fit_gates
-from ._gating import newton_system
-from ._linalg import chunk_size, n_chunks, resolve_threads
+from ._linalg import chunk_size, n_chunks, resolve_threads, unpack_sym
 from ._params import MoEParams
 from ._reduction import COSTS as _COST_CODES
 from ._reduction import _check_support, _update, large_mixture, mm_pass, reduce_mixture
@@ -78,6 +79,7 @@ __all__ = [
     "GateStatistics",
     "LocalExperts",
     "MMStep",
+    "StepStatistics",
     "Reduction",
     "e_step",
     "em_step",
@@ -88,6 +90,7 @@ __all__ = [
     "mm_step",
     "params_from",
     "reduce",
+    "step_statistics",
     "update_experts",
 ]
 
@@ -594,6 +597,119 @@ def params_from(gates: GateFit, experts) -> MoEParams:
     return MoEParams(gates.gate_coef, gates.gate_intercept, coef, intercept, var)
 
 
+@dataclass(frozen=True)
+class StepStatistics:
+    """Result of :func:`step_statistics`: everything an M-step needs (additive).
+
+    Attributes
+    ----------
+    log_likelihood : float
+        sum_i w_i log f(y_i | x_i) at the parameters of the pass.
+    experts : ExpertStatistics
+        The experts' statistics for the pass's responsibilities.
+    gates : GateStatistics
+        The gate objective, gradient and Hessian at the pass's gates, for its
+        responsibilities as targets.
+    n : int
+        Rows summed.
+
+    ``a + b`` adds the statistics of two row blocks (two machines).
+    """
+
+    log_likelihood: float
+    experts: ExpertStatistics
+    gates: GateStatistics
+    n: int
+
+    def __add__(self, other: StepStatistics) -> StepStatistics:
+        if not isinstance(other, StepStatistics):
+            return NotImplemented
+        return StepStatistics(self.log_likelihood + other.log_likelihood,
+                              self.experts + other.experts, self.gates + other.gates,
+                              self.n + other.n)
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes of the numbers a machine sends for them (float64)."""
+        return 8 * (self.experts.gram.size + self.gates.gradient.size
+                    + self.gates.hessian.size + 3)  # + objective, log-likelihood, n
+
+
+def _fused_pass(X, y, w, params: MoEParams, n_threads, keep_resp: bool):
+    """One compiled pass (``_kernels.em_pass``) at ``params`` over validated
+    arrays: (StepStatistics, the responsibilities or None)."""
+    n, d = X.shape
+    K, p, q = params.n_experts, d + 1, d + 2
+    chunk = chunk_size(n)
+    nc = n_chunks(n, chunk)
+    alpha = params.gate_aug
+    resp = np.empty((n, K) if keep_resp else (0, K))
+    stats, obj = np.empty((nc, K, q * (q + 1) // 2)), np.empty((nc, 2))
+    grad = np.empty((nc, K - 1, p))
+    info = np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2))
+    bad = _kernels.em_pass(X, y, w, alpha, params.expert_aug, params.expert_var, resp,
+                           np.empty(0), stats, grad, info, obj, chunk,
+                           resolve_threads(n_threads))
+    if bad:
+        raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite at these "
+                                 "parameters.")
+    G = unpack_sym(stats.sum(axis=0), q)
+    if K == 1:
+        gates = GateStatistics(0.0, _frozen(np.zeros(0)), _frozen(np.zeros((0, 0))))
+    else:
+        # for targets whose rows sum to 1, Q = sum_k alpha_k . m_k - sum_i w_i lse_i,
+        # m_k = sum_i w_i r_ik (1, x_i) the first row of expert k's Gram matrix
+        g, H = assemble_newton(grad, info, K, p)
+        Q = float(np.sum(alpha * G[:, 0, :p])) - float(obj[:, 1].sum())
+        gates = GateStatistics(Q, _frozen(g), _frozen(-H))
+    step = StepStatistics(float(obj[:, 0].sum()), ExpertStatistics(_frozen(G)), gates, n)
+    return step, (resp if keep_resp else None)
+
+
+def step_statistics(X, y, params: MoEParams, *, sample_weight=None,
+                    n_threads: int | None = None) -> StepStatistics:
+    """The E-step and the statistics of the M-step in one compiled pass.
+
+    Equal to :func:`e_step`, :func:`expert_statistics` and
+    :func:`gate_statistics` (at the gates of ``params``, the responsibilities
+    as targets) called in turn, in one pass over the data instead of three:
+    what a machine of map-reduce or federated EM sends.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+        Covariates.
+    y : array-like of shape (n,)
+        Responses.
+    params : MoEParams
+        The model, with d features and finite gates.
+    sample_weight : array-like of shape (n,), optional
+        Non-negative row weights (default ones).
+    n_threads : int, optional
+        Threads of the compiled kernel (default: all cores).
+
+    Returns
+    -------
+    StepStatistics
+        Additive over row blocks; :func:`update_experts` and a Newton step on
+        ``gates`` take the M-step from their sum.
+
+    Examples
+    --------
+    >>> from fastmoe import engine
+    >>> from fastmoe.datasets import make_moe_regression
+    >>> X, y, truth, _ = make_moe_regression(600, 2, 2, random_state=0)
+    >>> s = engine.step_statistics(X[:300], y[:300], truth) + engine.step_statistics(
+    ...     X[300:], y[300:], truth)
+    >>> s.n, round(s.log_likelihood, 6) == round(engine.e_step(X, y, truth).log_likelihood, 6)
+    (600, True)
+    """
+    params = _check_params(params)
+    X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
+    _gate_aug(params.gate_coef, params.gate_intercept, params.n_experts, params.n_features)
+    return _fused_pass(X, y, w, params, n_threads, keep_resp=False)[0]
+
+
 class EMStep(NamedTuple):
     """Result of :func:`em_step`.
 
@@ -649,13 +765,14 @@ def em_step(X, y, params: MoEParams, *, sample_weight=None, gate_steps: int = 1,
     params = _check_params(params)
     X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
     gate_steps = check_int(gate_steps, "gate_steps")
-    e = e_step(X, y, params, sample_weight=w, n_threads=n_threads)
-    experts = update_experts(ExpertStatistics(weighted_gram(X, y, w, e.resp)), reg_var=reg_var,
+    _gate_aug(params.gate_coef, params.gate_intercept, params.n_experts, params.n_features)
+    step, resp = _fused_pass(X, y, w, params, n_threads, keep_resp=True)  # E-step + experts
+    experts = update_experts(step.experts, reg_var=reg_var,
                              previous=(params.expert_coef, params.expert_intercept,
                                        params.expert_var))
-    gates = fit_gates(X, e.resp, sample_weight=w, init=(params.gate_coef, params.gate_intercept),
+    gates = fit_gates(X, resp, sample_weight=w, init=(params.gate_coef, params.gate_intercept),
                       max_iter=gate_steps, tol=0.0, n_threads=n_threads)
-    return EMStep(params_from(gates, experts), e.log_likelihood)
+    return EMStep(params_from(gates, experts), step.log_likelihood)
 
 
 # ----------------------------------------------------------------------------
@@ -795,7 +912,9 @@ class LocalExperts:
     def n_features(self) -> int:
         return self.expert_coef.shape[1]
 
+    @functools.cached_property
     def _mixture(self):
+        """The stacked mixture the reduction's kernels read, built once."""
         return large_mixture(self._models, self.weights)
 
 
@@ -807,7 +926,7 @@ def _check_local(local) -> None:
 
 def _reduction_inputs(local: LocalExperts, X_support, K: int):
     _check_local(local)
-    mix = local._mixture()
+    mix = local._mixture
     return mix, _check_support(X_support, mix, K)
 
 

@@ -33,6 +33,13 @@ COLLAPSED_VARIANCE_RATIO = 1e-3
 STARVED_SHARE = 1e-3
 
 
+def steepest_gate_slope(gate_coef, sd) -> float:
+    """The largest slope of the gates ``gate_coef`` (K, d) relative to the
+    last gate, in log-odds per standard deviation ``sd`` (d,) of a covariate."""
+    slopes = np.abs(gate_coef - gate_coef[-1]) * sd
+    return float(slopes.max()) if slopes.size else 0.0
+
+
 def local_fit_issues(gate, var, starts, lam, weight, sd) -> dict:
     """Machines whose local fits look degenerate, from the stacked local
     models: ``diverged_gates`` (largest gate slope in log-odds per standard
@@ -47,8 +54,7 @@ def local_fit_issues(gate, var, starts, lam, weight, sd) -> dict:
     floor = COLLAPSED_VARIANCE_RATIO * float(np.median(var))
     for m in range(len(starts) - 1):
         lo, hi = starts[m], starts[m + 1]
-        slopes = np.abs(gate[lo:hi, 1:] - gate[hi - 1, 1:]) * sd
-        top = float(slopes.max()) if slopes.size else 0.0
+        top = steepest_gate_slope(gate[lo:hi, 1:], sd)
         if top > DIVERGED_GATE_SLOPE:
             out["diverged_gates"][m] = f"gate slope {top:.3g} per standard deviation"
         low = [k for k in range(hi - lo) if var[lo + k] < floor]

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from . import engine
 from ._em import LOCAL_GATE_PENALTY, fit_moe
-from ._linalg import solve_psd
+from ._gating import newton_direction
 from ._params import MoEParams
 from ._validation import (
     check_bool,
@@ -27,7 +27,7 @@ from ._validation import (
     check_X_y,
 )
 from .aggregation import AggregationResult, aggregate
-from .health import DIVERGED_GATE_SLOPE
+from .health import DIVERGED_GATE_SLOPE, steepest_gate_slope
 from .message import LocalMessage
 
 SUPPORTS = ("sample", "gaussian")
@@ -114,7 +114,7 @@ def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sa
         state = rng.bit_generator.state  # the same starts for the refit
         fit = fit_moe(Xf, yf, n_experts, random_state=rng, n_init=n_init, **fit_options)
         gate_penalty = 0.0
-        if steepest_gate(fit.params, Xf) > DIVERGED_GATE_SLOPE:
+        if steepest_gate_slope(fit.params.gate_coef, Xf.std(axis=0)) > DIVERGED_GATE_SLOPE:
             rng.bit_generator.state = state
             gate_penalty = LOCAL_GATE_PENALTY
             fit = fit_moe(Xf, yf, n_experts, random_state=rng, n_init=n_init,
@@ -133,13 +133,6 @@ def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sa
                         "gate_penalty": float(gate_penalty)})
     msg.validate()
     return msg
-
-
-def steepest_gate(params, X) -> float:
-    """The largest gate slope of ``params`` relative to its last gate, in
-    log-odds per standard deviation of a column of X."""
-    slopes = np.abs(params.gate_coef - params.gate_coef[-1]) * X.std(axis=0)
-    return float(slopes.max()) if slopes.size else 0.0
 
 
 def local_starts(n_rows: int) -> int:
@@ -353,39 +346,16 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
 # ----------------------------------------------------------------------------
 # refinement rounds: exact distributed EM from the aggregate
 # ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RoundStatistics:
-    """What one machine returns in a refinement round, at the current global
-    model: the experts' and the gates' additive statistics
-    (:mod:`fastmoe.engine`), its log-likelihood and its number of rows.
-    ``a + b`` adds two machines'."""
-
-    experts: engine.ExpertStatistics
-    gates: engine.GateStatistics
-    log_likelihood: float
-    n: int
-
-    def __add__(self, other: RoundStatistics) -> RoundStatistics:
-        if not isinstance(other, RoundStatistics):
-            return NotImplemented
-        return RoundStatistics(self.experts + other.experts, self.gates + other.gates,
-                               self.log_likelihood + other.log_likelihood, self.n + other.n)
-
-    @property
-    def n_bytes(self) -> int:
-        """Bytes of the numbers sent (float64)."""
-        return 8 * (self.experts.gram.size + self.gates.gradient.size
-                    + self.gates.hessian.size + 3)
+#: what one machine returns in a refinement round, at the current global
+#: model (additive: ``a + b`` adds two machines')
+RoundStatistics = engine.StepStatistics
 
 
 def round_statistics(X, y, params, *, n_threads: int | None = None) -> RoundStatistics:
     """A machine's half of a refinement round: the E-step at the global
-    ``params`` and the additive statistics of the M-step."""
-    e = engine.e_step(X, y, params, n_threads=n_threads)
-    return RoundStatistics(engine.expert_statistics(X, y, e.resp),
-                           engine.gate_statistics(X, e.resp, params.gate_coef,
-                                                  params.gate_intercept, n_threads=n_threads),
-                           e.log_likelihood, len(y))
+    ``params`` and the additive statistics of the M-step, in one pass
+    (:func:`fastmoe.engine.step_statistics`)."""
+    return engine.step_statistics(X, y, params, n_threads=n_threads)
 
 
 def refine_step(params, stats: RoundStatistics, *, reg_var: float = 1e-6,
@@ -400,6 +370,5 @@ def refine_step(params, stats: RoundStatistics, *, reg_var: float = 1e-6,
     alpha = params.gate_aug
     K, p = alpha.shape
     if K > 1:
-        step = solve_psd(-stats.gates.hessian, stats.gates.gradient).reshape(K - 1, p)
-        alpha[:-1] += gate_step * step
+        alpha += gate_step * newton_direction(stats.gates.gradient, -stats.gates.hessian, K, p)
     return MoEParams(alpha[:, 1:], alpha[:, 0], coef, intercept, var)

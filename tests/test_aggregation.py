@@ -251,7 +251,7 @@ def test_empty_global_expert_is_reseeded(rng):
     Xs = rng.standard_normal((500, 1))
     beta = np.array([[0.0, 0.0], [1e6, 0.0]])  # the second target is unreachable
     with np.errstate(all="raise"):
-        beta_out, var_out, hist, _, _, notes = _run_mm(
+        beta_out, var_out, hist, _, _, notes, _ = _run_mm(
             mix, Xs, beta, np.ones(2), cost=_kernels.KL, variance_update="exact",
             max_iter=50, tol=0.0, n_threads=1)
     assert notes and "received no mass and was re-seeded" in notes[0]

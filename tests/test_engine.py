@@ -298,3 +298,20 @@ def test_engine_docstrings_pass_numpydoc_validation():
         codes = full if inspect.isfunction(obj) else {"GL02", "SS06"}
         found += [(name, code, msg) for code, msg in validate(name)["errors"] if code in codes]
     assert found == []
+
+
+def test_step_statistics_are_the_three_passes_in_one(data):
+    X, y, truth, w = data
+    s = engine.step_statistics(X, y, truth, sample_weight=w)
+    log_resp, row_ll, gram = naive.e_step(X, y, w, truth.gate_aug, truth.expert_aug,
+                                          truth.expert_var)
+    obj, grad, info = naive.gate_newton(X, w, np.exp(log_resp), truth.gate_aug)
+    assert s.log_likelihood == pytest.approx(float(w @ row_ll), rel=1e-12)
+    np.testing.assert_allclose(s.experts.gram, gram, rtol=1e-11, atol=1e-9)
+    assert s.gates.objective == pytest.approx(obj, rel=1e-11)
+    np.testing.assert_allclose(s.gates.gradient, grad.ravel(), rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(s.gates.hessian, -info, rtol=1e-10, atol=1e-9)
+    halves = (engine.step_statistics(X[:100], y[:100], truth, sample_weight=w[:100])
+              + engine.step_statistics(X[100:], y[100:], truth, sample_weight=w[100:]))
+    assert halves.n == len(y)
+    np.testing.assert_allclose(halves.experts.gram, s.experts.gram, rtol=1e-12, atol=1e-10)
