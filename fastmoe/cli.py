@@ -94,7 +94,45 @@ def _load_model(path):
 # ----------------------------------------------------------------------------
 # demo: the main job
 # ----------------------------------------------------------------------------
+#: the demo table's columns: header, width, and the line that defines it
+_DEMO_COLUMNS = (
+    ("learn s", "learning time in seconds: EM on all training rows; for a distributed fit "
+     "the slowest local fit plus the server's reduction (the paper's figure). Lower is "
+     "better."),
+    ("gates", "root mean squared error of the gate coefficients against the true model, "
+     "after matching estimated to true experts. Lower is better."),
+    ("experts", "the same for the experts' intercepts and slopes. Lower is better."),
+    ("variances", "the same for the experts' noise variances. Lower is better."),
+    ("pred. err", "relative prediction error on the test rows, sum (y - E[y|x])^2 / sum y^2. "
+     "Lower is better; the truth's is the noise floor."),
+    ("ARI", "adjusted Rand index of each test row's most probable expert against the "
+     "expert that drew it (1 is perfect). Higher is better."),
+    ("loglik/row", "mean log-likelihood of the test rows, in nats. Higher is better."),
+    ("sent kB", "kilobytes all machines sent to the server."),
+)
+
+
+def _demo_table(rows) -> str:
+    """Right-aligned columns (the estimator's name left-aligned), two spaces apart."""
+    header = ["estimator", *(name for name, _ in _DEMO_COLUMNS)]
+    cells = [header, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join([r[0].ljust(widths[0])] +
+                               [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip()
+                     for r in cells)
+
+
+def _progress(total: int):
+    """A tqdm bar over the demo's steps, shown on a terminal only."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
+                bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}]")
+
+
 def cmd_demo(args) -> int:
+    import textwrap
+
     from . import DistributedMoERegressor, fit_moe
     from ._linalg import resolve_threads
     from .datasets import make_moe_regression
@@ -105,48 +143,81 @@ def cmd_demo(args) -> int:
     n_train = int(0.9 * len(y))
     Xtr, ytr, Xte, yte, lte = X[:n_train], y[:n_train], X[n_train:], y[n_train:], \
         labels[n_train:]
-    print(f"fastmoe demo: {args.design} design, n={args.n_samples} (train {n_train}, test "
-          f"{len(yte)}), d={args.n_features}, K={args.n_experts}, M={args.n_machines} "
-          f"machines, backend={args.backend}", flush=True)
-    rows = []
+    print(textwrap.fill(
+        f"fastmoe demo: the {args.design} design, d={args.n_features} covariates, "
+        f"K={args.n_experts} experts; {n_train} training rows, fitted on one machine "
+        f"(centralised EM) and split over M={args.n_machines} machines (one message each, "
+        f"optimal-transport aggregation, backend={args.backend}); {len(yte)} test rows.", 96),
+        flush=True)
+    rows, metrics, notes = [], {}, []
 
-    def add(name, params, learn, wall, stages, sent):
-        m = model_metrics(params, Xte, yte, truth=truth, labels=lte)
-        rows.append([name, f"{learn:.2f}", f"{wall:.2f}", stages, f"{m['rmse_gates']:.3f}",
+    def add(name, params, learn, sent):
+        m = metrics[name] = model_metrics(params, Xte, yte, truth=truth, labels=lte)
+        rows.append([name, "-" if learn is None else f"{learn:.2f}", f"{m['rmse_gates']:.3f}",
                      f"{m['rmse_experts']:.3f}", f"{m['rmse_variances']:.3f}",
-                     f"{m['rpe']:.4f}", f"{m['ari']:.3f}", f"{m['loglik']:.1f}", sent])
+                     f"{m['rpe']:.4f}", f"{m['ari']:.3f}", f"{m['loglik'] / len(yte):.4f}",
+                     "-" if sent is None else f"{sent / 1e3:.0f}"])
 
     from . import _kernels
 
     _kernels.warm_up(resolve_threads(None))  # the reduction kernel: JIT, untimed
-    with warnings.catch_warnings():
+    times = {}
+    with warnings.catch_warnings(), _progress(1 + len(args.costs)) as bar:
         warnings.simplefilter("ignore")  # convergence is reported in the table's numbers
+        bar.set_description("centralised EM")
         t0 = time.perf_counter()
         central = fit_moe(Xtr, ytr, args.n_experts, n_init=args.n_init, random_state=args.seed)
-        t_central = time.perf_counter() - t0
-        add("centralised EM", central.params, t_central, t_central,
-            f"{central.n_iter} EM iterations", "-")
+        times["centralised EM"] = time.perf_counter() - t0
+        bar.update()
+        add("centralised EM", central.params, times["centralised EM"], None)
+        notes.append(f"centralised EM: {args.n_init} starts, {central.n_iter} iterations of "
+                     f"the best, {times['centralised EM']:.2f} s.")
         excluded = set()
         for cost in args.costs:
+            name = f"distributed OT-{cost.upper()}"
+            bar.set_description(name)
             t0 = time.perf_counter()
             dist = DistributedMoERegressor(args.n_experts, args.n_machines, cost=cost,
                                            backend=args.backend, n_init=args.n_init,
                                            random_state=args.seed).fit(Xtr, ytr)
             wall = time.perf_counter() - t0
+            bar.update()
+            times[name] = dist.learning_time_
             excluded |= set(dist.excluded_shards_)
-            add(f"distributed OT-{cost.upper()}", dist.params_, dist.learning_time_, wall,
-                f"local max {dist.local_fit_times_.max():.2f} + reduction "
-                f"{dist.reduction_time_:.2f}", f"{int(dist.message_bytes_.sum())} B")
-    add("truth", truth, 0.0, 0.0, "-", "-")
-    print(_table(rows, ["estimator", "learning time (s)", "wall time (s)", "stages (s)",
-                        "RMSE gates", "RMSE experts", "RMSE variances", "rel. pred. error",
-                        "ARI", "test loglik", "bytes sent"]))
-    print("learning time = slowest local fit + reduction (the paper's figure); wall time "
-          "includes starting worker processes on this machine.")
+            add(name, dist.params_, dist.learning_time_, dist.message_bytes_.sum())
+            notes.append(f"{name}: slowest local fit {dist.local_fit_times_.max():.2f} s + "
+                         f"reduction {dist.reduction_time_:.2f} s; wall time {wall:.2f} s "
+                         "(with starting any worker processes).")
+    add("truth", truth, None, None)
+    print()
+    print(_demo_table(rows))
+    print()
+    print("Columns (on the test rows; parameter errors against the true model):")
+    for name, text in _DEMO_COLUMNS:
+        print(textwrap.fill(text, 96, initial_indent=f"  {name:<10}  ",
+                            subsequent_indent=" " * 14))
+    print()
+    for note in notes:
+        print(textwrap.fill(note, 96, subsequent_indent="  "))
     if excluded:
-        print(f"shard(s) {sorted(excluded)} ended in a poor local optimum and were left out of "
-              "the aggregate (DistributedMoERegressor(exclude_failed=True)).")
+        print(textwrap.fill(
+            f"Shard(s) {sorted(excluded)} ended in a poor local optimum and were left out of "
+            "the aggregate (DistributedMoERegressor(exclude_failed=True)).", 96))
+    print()
+    print(textwrap.fill(_demo_verdict(args, metrics, times, len(yte)), 96))
     return 0
+
+
+def _demo_verdict(args, metrics, times, n_test) -> str:
+    """One sentence: how close the distributed fit came, at what fraction of the time."""
+    name = f"distributed OT-{args.costs[0].upper()}"
+    central, dist = metrics["centralised EM"], metrics[name]
+    gap = (dist["loglik"] - central["loglik"]) / n_test
+    return (f"Verdict: split over {args.n_machines} machines, the {name[12:]} aggregate came "
+            f"within {abs(gap):.4f} nats per test row of the centralised fit "
+            f"({'above' if gap > 0 else 'below'} it), with {dist['rpe'] / central['rpe']:.3f} "
+            f"times its prediction error, in {times[name] / times['centralised EM']:.2f} of its "
+            "learning time.")
 
 
 # ----------------------------------------------------------------------------
@@ -162,8 +233,10 @@ def cmd_simulate(args) -> int:
     if args.shards > args.n_samples:
         raise ValueError(f"--shards {args.shards} is more than --n-samples {args.n_samples}; "
                          "every shard needs at least one row.")
-    X, y, truth, labels = make_moe_regression(args.n_samples, args.n_features, args.n_experts,
-                                              design=args.design, random_state=args.seed)
+    truth = _load_model(args.from_truth) if args.from_truth else None
+    d, K = (truth.n_features, truth.n_experts) if truth else (args.n_features, args.n_experts)
+    X, y, truth, labels = make_moe_regression(args.n_samples, d, K, design=args.design,
+                                              params=truth, random_state=args.seed)
     if args.shards > 1:
         parts = np.array_split(np.arange(len(y)), args.shards)
         for m, idx in enumerate(parts):
@@ -297,6 +370,20 @@ def cmd_study(args) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default (none for a required option or a flag)."""
+
+    def _get_help_string(self, action):
+        if action.required or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return action.help
+        return super()._get_help_string(action)
+
+
+_DESIGN_HELP = ("'authors': the authors' simulation design (covariates from a K-component "
+                "Gaussian mixture, integer coefficients, variances 4-5); 'separated': N(0, I) "
+                "covariates and well-separated experts")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fastmoe", description="Fast Gaussian mixture-of-experts regression, "
@@ -304,85 +391,124 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name, func, help_, description=None):
-        p = sub.add_parser(name, help=help_, description=description or help_)
+        p = sub.add_parser(name, help=help_, description=description or help_,
+                           formatter_class=_HelpFormatter)
         p.set_defaults(func=func)
         return p
 
+    def seed(p):
+        p.add_argument("--seed", type=int, default=0,
+                       help="random seed; the same seed gives the same result")
+
     def fit_opts(p, local=False):
-        p.add_argument("--n-experts", type=_positive_int, required=True, help="K")
-        p.add_argument("--n-init", type=_positive_int, default=3, help="EM starts (default 3)")
+        p.add_argument("--n-experts", type=_positive_int, required=True,
+                       help="number of experts K")
+        p.add_argument("--n-init", type=_positive_int, default=3,
+                       help="EM starts; the fit of highest log-likelihood is kept")
         if local:
             p.add_argument("--gate-penalty", type=_auto_or_non_negative, default="auto",
                            help="ridge penalty on the gate slopes in standard-deviation units, "
-                                "or 'auto': only where the gates diverge (default; see "
+                                "or 'auto': only where the gates diverge (see "
                                 "fastmoe.fit_local)")
         else:
             p.add_argument("--gate-penalty", type=_non_negative, default=0.0,
                            help="ridge penalty on the gate slopes in standard-deviation units "
-                                "(default 0; see fastmoe.fit_moe)")
+                                "(see fastmoe.fit_moe)")
         p.add_argument("--max-iter", type=_positive_int, default=300,
                        help="EM iterations per start")
-        p.add_argument("--seed", type=int, default=0)
+        seed(p)
 
     p = add("demo", cmd_demo, "the main job: simulate, fit distributed and centralised, "
             "compare", "Simulate the authors' design, fit it centrally and distributed "
-            "(one message per machine, OT aggregation), and print a comparison table.")
-    p.add_argument("--n-samples", type=_positive_int, default=50000)
-    p.add_argument("--n-features", type=_positive_int, default=20)
-    p.add_argument("--n-experts", type=_positive_int, default=5)
-    p.add_argument("--n-machines", type=_positive_int, default=4)
-    p.add_argument("--design", choices=["authors", "separated"], default="authors")
-    p.add_argument("--backend", choices=["local", "serial", "dask"], default="local")
-    p.add_argument("--costs", nargs="+", choices=["kl", "w2"], default=["kl"])
+            "(one message per machine, OT aggregation), and print a comparison table on "
+            "held-out rows, each column defined below it.")
+    p.add_argument("--n-samples", type=_positive_int, default=50000,
+                   help="rows simulated (90%% to train, 10%% to test)")
+    p.add_argument("--n-features", type=_positive_int, default=20, help="covariates d")
+    p.add_argument("--n-experts", type=_positive_int, default=5, help="experts K")
+    p.add_argument("--n-machines", type=_positive_int, default=4,
+                   help="machines M the training rows are split over")
+    p.add_argument("--design", choices=["authors", "separated"], default="authors",
+                   help=_DESIGN_HELP)
+    p.add_argument("--backend", choices=["local", "serial", "dask"], default="local",
+                   help="where the local fits run: a local process pool, one after another "
+                        "in this process, or a Dask cluster")
+    p.add_argument("--costs", nargs="+", choices=["kl", "w2"], default=["kl"],
+                   help="transport costs between experts to aggregate with (each its own row)")
     p.add_argument("--n-init", type=_positive_int, default=3, help="EM starts per fit")
-    p.add_argument("--seed", type=int, default=0)
+    seed(p)
 
-    p = add("simulate", cmd_simulate, "write a simulated data set")
-    p.add_argument("--n-samples", type=_positive_int, default=10000)
-    p.add_argument("--n-features", type=_positive_int, default=5)
-    p.add_argument("--n-experts", type=_positive_int, default=3)
-    p.add_argument("--design", choices=["authors", "separated"], default="separated")
+    p = add("simulate", cmd_simulate, "write a simulated data set",
+            "Draw a data set from a mixture of experts: a new true model of the design, or "
+            "the saved true model given by --from-truth (for a held-out set from the same "
+            "truth). Covariates follow the design; with --from-truth the model's sizes are "
+            "used and --n-features, --n-experts are ignored.")
+    p.add_argument("--n-samples", type=_positive_int, default=10000, help="rows")
+    p.add_argument("--n-features", type=_positive_int, default=5, help="covariates d")
+    p.add_argument("--n-experts", type=_positive_int, default=3, help="experts K")
+    p.add_argument("--design", choices=["authors", "separated"], default="separated",
+                   help=_DESIGN_HELP)
+    p.add_argument("--from-truth", metavar="MODEL",
+                   help="draw the responses from this saved true model (.json or .npz), "
+                        "e.g. one written by --truth")
     p.add_argument("--shards", type=_positive_int, default=1,
                    help="write this many files OUTPUT_0, OUTPUT_1, ... (one per machine)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", required=True, help=".npz, .csv or .parquet")
+    seed(p)
+    p.add_argument("--output", required=True, help="data file to write: .npz, .csv or .parquet")
     p.add_argument("--truth", help="also write the true model (.json or .npz)")
 
     p = add("fit", cmd_fit, "centralised EM fit of a data file")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="data file (.npz, .csv or .parquet, with y)")
     fit_opts(p)
-    p.add_argument("--output", required=True, help="model file (.json or .npz)")
+    p.add_argument("--output", required=True, help="model file to write (.json or .npz)")
 
-    p = add("fit-local", cmd_fit_local, "fit one shard and write its message")
-    p.add_argument("--data", required=True)
+    p = add("fit-local", cmd_fit_local, "fit one shard and write its message",
+            "Fit one machine's shard and write the one message it sends to the server: its "
+            "local model, its sample size and a sample of its covariates.")
+    p.add_argument("--data", required=True, help="the shard's data file")
     fit_opts(p, local=True)
-    p.add_argument("--n-support", type=_positive_int, default=1000)
-    p.add_argument("--support", choices=["sample", "gaussian"], default="sample")
+    p.add_argument("--n-support", type=_positive_int, default=1000,
+                   help="covariate rows sent as the support of the gate refit")
+    p.add_argument("--support", choices=["sample", "gaussian"], default="sample",
+                   help="send sampled rows, or only their mean and covariance")
     p.add_argument("--heldout", type=_fraction, default=0.0,
                    help="fraction of rows held out to report a held-out log-likelihood")
-    p.add_argument("--output", required=True, help="message file (.npz or .json)")
+    p.add_argument("--output", required=True, help="message file to write (.npz or .json)")
 
-    p = add("aggregate", cmd_aggregate, "aggregate message files into one model")
+    p = add("aggregate", cmd_aggregate, "aggregate message files into one model",
+            "The server: reduce the machines' local experts to K global experts by "
+            "optimal transport, refit the gates, and print the health report.")
     p.add_argument("messages", nargs="+", help="message files")
-    p.add_argument("--n-experts", type=_positive_int, default=None)
-    p.add_argument("--cost", choices=["kl", "w2"], default="kl")
-    p.add_argument("--gate-target", choices=["assigned", "kl", "plan"], default="assigned")
+    p.add_argument("--n-experts", type=_positive_int, default=None,
+                   help="global experts K (default: the machines' K, which must then agree)")
+    p.add_argument("--cost", choices=["kl", "w2"], default="kl",
+                   help="transport cost between Gaussian experts: Kullback-Leibler or "
+                        "Wasserstein-2")
+    p.add_argument("--gate-target", choices=["assigned", "kl", "plan"], default="assigned",
+                   help="what the gate refit fits on the support (see fastmoe.aggregate)")
     p.add_argument("--keep-failed", action="store_true",
                    help="aggregate every message, also those that look like failed local fits")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", required=True, help="model file (.json or .npz)")
+    seed(p)
+    p.add_argument("--output", required=True, help="model file to write (.json or .npz)")
 
     p = add("predict", cmd_predict, "predict E[y|x] and Var[y|x] for a data file")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True, help="model file (.json or .npz)")
+    p.add_argument("--data", required=True, help="data file (a column y is not needed)")
     p.add_argument("--interval", type=_level, default=None,
                    help="also write the equal-tailed predictive interval of this level "
                         "(e.g. 0.9) as y_lower, y_upper")
-    p.add_argument("--output", required=True, help=".csv or .npz")
+    p.add_argument("--output", required=True, help="predictions to write: .csv or .npz")
 
-    p = add("evaluate", cmd_evaluate, "metrics of a model on a data file")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
+    p = add("evaluate", cmd_evaluate, "metrics of a model on a data file",
+            "Metrics of a model on a data file: loglik (the sum of the rows' log-likelihoods; "
+            "higher is better), rpe (relative prediction error, sum (y - E[y|x])^2 / sum "
+            "y^2; lower is better), corr (correlation of y and E[y|x]); with --truth the "
+            "root mean squared error against the true model of the gate coefficients "
+            "(rmse_gates), expert coefficients (rmse_experts) and variances "
+            "(rmse_variances) after matching experts, and mse, the authors' mean squared "
+            "error of all parameters stacked.")
+    p.add_argument("--model", required=True, help="model file (.json or .npz)")
+    p.add_argument("--data", required=True, help="data file (.npz, .csv or .parquet, with y)")
     p.add_argument("--truth", help="true model file, for parameter errors")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -391,13 +517,17 @@ def build_parser() -> argparse.ArgumentParser:
             "log-likelihood and learning time of the centralised, aggregated and baseline "
             "estimators, and the log-log slope of error against N. --design authors runs "
             "the authors' comparison (K=5, d=20, N=100k, M in 4, 16, 64).")
-    p.add_argument("--design", choices=["authors", "separated"], default="separated")
-    p.add_argument("--n-grid", type=_positive_int, nargs="+", default=[2000, 8000, 32000])
-    p.add_argument("--machines", type=_positive_int, nargs="+", default=None)
-    p.add_argument("--n-features", type=_positive_int, default=3)
-    p.add_argument("--n-experts", type=_positive_int, default=3)
-    p.add_argument("--repetitions", type=_positive_int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--design", choices=["authors", "separated"], default="separated",
+                   help=_DESIGN_HELP)
+    p.add_argument("--n-grid", type=_positive_int, nargs="+", default=[2000, 8000, 32000],
+                   help="training sizes N (the separated design)")
+    p.add_argument("--machines", type=_positive_int, nargs="+", default=None,
+                   help="machine counts M (default: 4; 4 16 64 for the authors' design)")
+    p.add_argument("--n-features", type=_positive_int, default=3, help="covariates d")
+    p.add_argument("--n-experts", type=_positive_int, default=3, help="experts K")
+    p.add_argument("--repetitions", type=_positive_int, default=3,
+                   help="simulated data sets per (N, M)")
+    seed(p)
     p.add_argument("--output", help="prefix of the .md, .csv (and .png) files to write")
 
     return parser
