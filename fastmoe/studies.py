@@ -74,42 +74,23 @@ class StudyResult:
                 f.write(",".join(str(r[c]) for c in cols) + "\n")
 
     def plot(self, prefix) -> list:
-        """PNG plots (error vs N, learning time vs M) when matplotlib is
-        installed; returns the paths written (none without matplotlib)."""
+        """Write ``{prefix}_error_vs_n.png`` and ``{prefix}_time_vs_m.png``
+        (:func:`fastmoe.plotting.plot_study`) when matplotlib is installed;
+        returns the paths written (none without matplotlib). Draws on
+        figures of its own, without pyplot: the backend is left alone."""
         try:
-            import matplotlib
+            from matplotlib.figure import Figure
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from .plotting import plot_study
         except ImportError:
             return []
         paths = []
-        summ = self.summary()
-
-        def finish(fig, ax, xlabel, ylabel, name):
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=7)
+        for kind, name in (("error", "error_vs_n"), ("time", "time_vs_m")):
+            fig = Figure(figsize=(6, 4))
+            plot_study(self, kind, ax=fig.add_subplot())
             fig.tight_layout()
             paths.append(f"{prefix}_{name}.png")
             fig.savefig(paths[-1], dpi=120)
-            plt.close(fig)
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for est in ESTIMATORS:
-            for m in sorted({e["n_machines"] for e in summ}):
-                pts = [(e["n"], e["rmse"]) for e in summ
-                       if e["estimator"] == est and e["n_machines"] == m]
-                if len(pts) > 1:
-                    ax.loglog(*zip(*pts), marker="o", label=f"{est}, M={m}")
-        finish(fig, ax, "N", "parameter RMSE", "error_vs_n")
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for est in ESTIMATORS:
-            pts = sorted({(e["n_machines"], e["learning_time"]) for e in summ
-                          if e["estimator"] == est})
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=est)
-        finish(fig, ax, "M (machines)", "learning time (s)", "time_vs_m")
         return paths
 
 
