@@ -220,12 +220,10 @@ def plot_study(study_result, kind="error", *, ax=None):
     matplotlib.axes.Axes
         The Axes drawn on.
     """
-    from .studies import ESTIMATORS
-
     check_choice(kind, "kind", ("error", "time"))
     summary = study_result.summary()
     ax = _axes(ax)
-    present = [e for e in ESTIMATORS if any(s["estimator"] == e for s in summary)]
+    present = list(dict.fromkeys(s["estimator"] for s in summary))  # the summary's order
     if kind == "error":
         for est in present:
             for m in sorted({s["n_machines"] for s in summary}):
