@@ -1,6 +1,6 @@
 """EM for a softmax-gated Gaussian mixture of experts, as plain functions.
 
-One EM iteration (method.md section 2):
+One EM iteration (docs/method.rst, section 2):
 
 1. E-step (one compiled pass, ``_kernels.em_pass``): log-likelihood,
    responsibilities, per expert the weighted Gram matrix of z = (1, x, y),

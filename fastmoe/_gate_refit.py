@@ -1,4 +1,4 @@
-"""The gate refit of the aggregate (method.md section 4, step 4): soft
+"""The gate refit of the aggregate (docs/method.rst, section 5): soft
 targets for the global gates on the support, from the transport plan
 ("assigned", "plan"), from the responses ("posterior") or by minimising the
 KL divergence of the large mixture to the aggregate ("kl", by Gauss-Hermite

@@ -2,7 +2,7 @@
 
 Maximises  Q(alpha) = sum_i w_i sum_k R_ik log pi_k(x_i; alpha)  over the
 (K-1)(d+1) free coefficients (the last gate is the zero reference), with step
-halving whenever a full Newton step does not increase Q (method.md section 2).
+halving whenever a full Newton step does not increase Q (docs/method.rst, section 2).
 Used by the local EM fits and by the gate refit of the reduction.
 """
 

@@ -175,7 +175,7 @@ class MoEParams:
 
     def canonical(self) -> MoEParams:
         """Experts sorted by increasing intercept (ties by variance), gates
-        re-referenced to the new last expert (method.md section 1)."""
+        re-referenced to the new last expert (docs/method.rst, section 1)."""
         order = np.lexsort((self.expert_var, self.expert_intercept))
         if not np.isfinite(self.gate_intercept[order[-1]]):
             active = order[np.isfinite(self.gate_intercept[order])]

@@ -1,4 +1,4 @@
-"""The reduction of the large mixture of local experts (method.md 3-4).
+"""The reduction of the large mixture of local experts (docs/method.rst, sections 3-4).
 
 M local models theta_m fitted on n_m rows each define the large mixture
 

@@ -1,4 +1,4 @@
-"""One-shot aggregation of local MoE models by optimal transport (method.md 3-4).
+"""One-shot aggregation of local MoE models by optimal transport (docs/method.rst, sections 3-4).
 
 :func:`aggregate` reduces the M*K local experts to K global experts by
 minimising the composite transportation divergence with an MM algorithm
@@ -85,7 +85,7 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     n_init : number of starts; the smallest objective is kept.
     max_iter, tol : MM stops when R changes by less than ``tol * R``.
     gate_target : "assigned" (default), "kl", "plan" or "posterior"
-        (method.md section 4, step 4); "posterior" needs ``y_support``.
+        (docs/method.rst, section 5); "posterior" needs ``y_support``.
     y_support : (S,) responses at the support points, for "posterior" only.
     variance_update : "exact" (the minimiser of R) or "published" (the
         authors' code: plan-weighted mean of the local variances).

@@ -11,7 +11,7 @@ DESIGNS = ("separated", "authors")
 
 
 def authors_truth(n_features: int = 20, n_experts: int = 5, random_state=None) -> MoEParams:
-    """True parameters drawn as in the authors' simulations (method.md section 5).
+    """True parameters drawn as in the authors' simulations (docs/method.rst, section 7).
 
     Intercepts of the experts linspace(-5, 5, K); expert slopes and gate
     coefficients integers in [-5, 5]; variances drawn from {4, 5}.
@@ -39,8 +39,8 @@ def make_moe_regression(n_samples: int, n_features: int, n_experts: int, *,
         every expert owns a region of covariate space (an easy, identifiable
         problem for recovery tests).
         "authors": the authors' synthetic design (K-component Gaussian mixture
-        covariates with correlation 4^-|i-j|, integer coefficients, variances
-        4-5, X z-scored), method.md section 5.
+        covariates with correlation ``4**-abs(i - j)``, integer coefficients, variances
+        4-5, X z-scored), docs/method.rst, section 7.
     params : use these true parameters instead of drawing them.
     random_state : None, int or Generator.
 

@@ -1,4 +1,4 @@
-"""Distributed learning in one communication step (method.md section 3).
+"""Distributed learning in one communication step (docs/method.rst, section 3).
 
 Each machine fits a local MoE on its shard and sends ONE :class:`LocalMessage`
 (its parameters, its sample size and a covariate sample, or only the mean and

@@ -495,7 +495,7 @@ def fit_gates(X, targets, *, sample_weight=None, init=None, l2: float = 0.0,
               n_threads: int | None = None) -> GateFit:
     """Fit the softmax gates to soft targets: Newton/IRLS with step halving.
 
-    Maximises Q(alpha) - l2/2 sum_k |a_k|^2 over the free parameters, with
+    Maximises Q(alpha) - l2/2 sum_k ||a_k||^2 over the free parameters, with
     Q(alpha) = sum_i w_i sum_k R_ik log pi_k(x_i). Every accepted step
     increases the objective. This is what ``nnet::multinom`` does for
     flexmix's concomitant model, for any weights and with no limit on their

@@ -131,7 +131,7 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     log_likelihood_ : float, training log-likelihood
     n_iter_ : int
     converged_ : bool
-    history_ : (n_iter_ + 1,) log-likelihood per iteration (less the gate
+    history_ : ``(n_iter_ + 1,)`` log-likelihood per iteration (less the gate
         penalty, when there is one)
     n_features_in_ : int
 

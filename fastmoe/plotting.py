@@ -240,6 +240,9 @@ def plot_study(study_result, kind="error", *, ax=None):
                     a = np.mean(np.log(err)) - b * np.mean(np.log(n))
                     ax.loglog(n, np.exp(a + b * np.log(n)), ls=":", color=line.get_color())
                     line.set_label(f"{label} (slope {b:.2f})")
+        ns = sorted({s["n"] for s in summary})
+        ax.set_xticks(ns, [f"{n:,}" for n in ns])  # the study's N, not log-axis minor labels
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("N (training rows)")
         ax.set_ylabel("parameter RMSE")
     else:

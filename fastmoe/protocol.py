@@ -1,4 +1,4 @@
-"""The protocol of one-shot distributed learning (method.md section 3): the
+"""The protocol of one-shot distributed learning (docs/method.rst, section 3): the
 machine's half, :func:`fit_local` (fit a local MoE, return ONE
 :class:`~fastmoe.LocalMessage`), and the server's half,
 :func:`aggregate_messages` (check every message, pool the covariate samples,

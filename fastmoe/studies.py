@@ -215,7 +215,7 @@ def consistency_study(n_grid, n_machines=(4,), *, n_features: int = 3, n_experts
 
 def authors_comparison(repetitions: int = 2, *, n_machines=(4, 16, 64), n: int = 90000,
                        n_test: int = 10000, random_state=0, progress=None) -> StudyResult:
-    """The authors' comparison (method.md section 5): K=5, d=20, covariates
+    """The authors' comparison (docs/method.rst, section 7): K=5, d=20, covariates
     from a 5-component Gaussian mixture, N = 100k (90k train, 10k test),
     M in {4, 16, 64}; centralised, OT-KL, OT-W2, aligned average, naive
     average and medoid; three EM starts for every fit (the library's default

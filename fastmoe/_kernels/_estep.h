@@ -1,4 +1,4 @@
-/* The passes of a local EM fit over one chunk of rows (method.md section 2):
+/* The passes of a local EM fit over one chunk of rows (docs/method.rst, section 2):
  *   fm_em_chunk: the E-step (log-likelihood, responsibilities), the weighted
  *     Gram matrices of the expert update and the gate Newton statistics at the
  *     current gates for the new responsibilities, fused;

@@ -1,4 +1,4 @@
-/* The assignment step of the optimal-transport reduction (method.md section 4)
+/* The assignment step of the optimal-transport reduction (docs/method.rst, section 4)
  * for one chunk of support points: the costs between every local expert l and
  * every target k, the argmin plan, the objective and every weighted sufficient
  * statistic of the closed-form update, without the S x L x K tensors.

@@ -1,5 +1,5 @@
 """numba kernel of the reduction's local support: the weights and means of
-the L local experts at the support points (method.md section 4),
+the L local experts at the support points (docs/method.rst, section 4),
 
     w_l(x) = lam_m pi_k^(m)(x),    m_l(x) = b_l . (1, x),
 
