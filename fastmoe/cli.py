@@ -287,12 +287,16 @@ def cmd_aggregate(args) -> int:
     _suffix(args.output, (".json", ".npz"), "model file")
     result = aggregate_messages(args.messages, args.n_experts, cost=args.cost,
                                 gate_target=args.gate_target,
-                                exclude_failed=not args.keep_failed, random_state=args.seed)
+                                exclude_failed=not args.keep_failed, robust=args.robust,
+                                random_state=args.seed)
     result.params.save(args.output)
     print(result.report())
-    if result.excluded:
-        excluded = [args.messages[i] for i in result.excluded]
-        print(f"left out as failed local fits: {', '.join(excluded)} (--keep-failed keeps them)")
+    failed = [args.messages[i] for i in result.excluded if i not in result.inconsistent]
+    if failed:
+        print(f"left out as failed local fits: {', '.join(failed)} (--keep-failed keeps them)")
+    if result.inconsistent:
+        named = ", ".join(args.messages[i] for i in result.inconsistent)
+        print(f"left out as inconsistent with the others (--robust): {named}")
     print(f"model written to {args.output}")
     return 0
 
@@ -488,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the gate refit fits on the support (see fastmoe.aggregate)")
     p.add_argument("--keep-failed", action="store_true",
                    help="aggregate every message, also those that look like failed local fits")
+    p.add_argument("--robust", action="store_true",
+                   help="leave out messages whose models are inconsistent with the others beyond "
+                        "what their sample sizes explain (a corrupted or lying machine)")
     seed(p)
     p.add_argument("--output", required=True, help="model file to write (.json or .npz)")
 

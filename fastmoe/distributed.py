@@ -225,6 +225,12 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Leave out local models that look like failed local fits and aggregate
         the others again (see :func:`fastmoe.aggregate_messages`); the shards
         left out are listed in ``excluded_shards_``, with a warning.
+    robust : bool, default=False
+        Leave out the shards whose local models are inconsistent with the
+        consensus beyond what their sample size explains (a corrupted or
+        lying machine; see :func:`fastmoe.aggregate_messages`); they are
+        listed in ``excluded_shards_`` and ``inconsistent_shards_``, with a
+        warning.
     refine_rounds : int, default=0
         Rounds of exact distributed EM after the one-shot aggregate: in each,
         every shard that was fitted returns the additive statistics of the
@@ -243,7 +249,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     n_iter_ : MM iterations of the reduction.
     aggregation_ : the AggregationResult (``aggregation_.report()``).
     messages_, local_models_ : the messages of the shards that were fitted.
-    shard_sizes_, dropped_shards_, dropped_rows_, excluded_shards_ : what
+    shard_sizes_, dropped_shards_, dropped_rows_, excluded_shards_,
+    inconsistent_shards_ : what
         each shard contributed; ``shard_sizes_.sum() + dropped_rows_`` is the
         number of rows given.
     local_fit_times_, reduction_time_, learning_time_, wall_time_,
@@ -262,8 +269,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                  init_iter=20, reg_var=1e-6, gate_penalty="auto", gate_steps=1,
                  split_merge=True, agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
-                 exclude_failed=True, refine_rounds=0, random_state=None, n_threads=None,
-                 verbose=0):
+                 exclude_failed=True, robust=False, refine_rounds=0, random_state=None,
+                 n_threads=None, verbose=0):
         self.n_experts = n_experts
         self.n_machines = n_machines
         self.cost = cost
@@ -284,6 +291,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.gate_steps = gate_steps
         self.split_merge = split_merge
         self.exclude_failed = exclude_failed
+        self.robust = robust
         self.refine_rounds = refine_rounds
         self.agg_init = agg_init
         self.agg_n_init = agg_n_init
@@ -414,7 +422,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         t0 = time.perf_counter()
         agg = aggregate_messages(messages, K, n_support=self.n_support,
                                  max_support=self.max_support, random_state=rng,
-                                 exclude_failed=self.exclude_failed, cost=self.cost,
+                                 exclude_failed=self.exclude_failed, robust=self.robust,
+                                 cost=self.cost,
                                  init=self.agg_init, n_init=self.agg_n_init,
                                  max_iter=self.agg_max_iter, gate_target=self.gate_target,
                                  variance_update=self.variance_update,
@@ -433,8 +442,15 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.shard_sizes_ = np.array([m.n + m.heldout_n for m in messages])
         self.dropped_shards_ = [i for i, _ in failed]
         self.excluded_shards_ = [fitted[j] for j in agg.excluded]
-        if self.excluded_shards_:
-            warnings.warn(f"the local models of shard(s) {self.excluded_shards_} look like failed "
+        self.inconsistent_shards_ = [fitted[j] for j in agg.inconsistent]
+        if self.inconsistent_shards_:
+            warnings.warn(f"the local models of shard(s) {self.inconsistent_shards_} are "
+                          "inconsistent with the others beyond what their sample sizes explain "
+                          "and were left out of the aggregate (robust=True); see "
+                          "aggregation_.notes.", UserWarning, stacklevel=3)
+        failed_fits = [fitted[j] for j in agg.excluded if j not in agg.inconsistent]
+        if failed_fits:
+            warnings.warn(f"the local models of shard(s) {failed_fits} look like failed "
                           "local fits (a poor EM optimum) and were left out of the aggregate; "
                           "see aggregation_.report() for the others, exclude_failed=False to "
                           "keep them.", UserWarning, stacklevel=3)

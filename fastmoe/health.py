@@ -170,6 +170,8 @@ def health_report(result) -> str:
         lines += [f"WARNING: {w}." for w in h["warnings"]]
     else:
         lines.append("Healthy: every machine's experts map one-to-one onto the global experts.")
+    # what the server left out or repaired on the way (robust=True, exclude_failed, ...)
+    lines += [f"NOTE: {n}." for n in result.notes]
     return "\n".join(lines)
 
 
@@ -198,9 +200,12 @@ class AggregationResult:
     method : "ot-kl", "ot-w2", "aligned_average", "naive_average" or "medoid".
     timings : seconds per stage ("reduction", "gates", "total").
     notes : what was repaired on the way (re-seeded experts, ...).
-    excluded : indices of input models left out as failed local fits
-        (:func:`fastmoe.aggregate_messages` with ``exclude_failed``); ``machine``
+    excluded : indices of input models left out, as failed local fits
+        (``exclude_failed``) or as inconsistent with the consensus
+        (:func:`fastmoe.aggregate_messages` with ``robust=True``); ``machine``
         then numbers the models that were kept, in order.
+    inconsistent : indices of input models left out by ``robust=True``; the
+        reasons are in ``notes``.
     implausible : indices of input models whose claimed sample size is out of
         line with the others' or with their own covariate sample
         (:func:`fastmoe.aggregate_messages`); the reasons are in ``notes``.
@@ -223,6 +228,7 @@ class AggregationResult:
     notes: tuple = ()
     excluded: tuple = ()
     implausible: tuple = ()
+    inconsistent: tuple = ()
     local_issues: dict = field(default_factory=dict, repr=False)
 
     def report(self) -> str:

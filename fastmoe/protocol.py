@@ -27,6 +27,7 @@ from ._validation import (
     check_X_y,
 )
 from .aggregation import AggregationResult, aggregate
+from .baselines import transport_divergence
 from .health import DIVERGED_GATE_SLOPE, steepest_gate_slope
 from .message import LocalMessage
 
@@ -39,6 +40,12 @@ MIN_SUPPORT = 5000
 #: flagged as implausible (a warning and the health report; its weight is kept
 #: unless ``max_weight`` caps it)
 PLAUSIBLE_N_RATIO = 100.0
+#: with ``robust=True``, a machine whose model's divergence from the medoid
+#: model, times its claimed n, exceeds this multiple of the median machine's
+#: is left out as inconsistent with the consensus. Honest machines' scores
+#: spread like a chi-square on the model's parameters (measured: at most 1.9
+#: times the median over 16 honest machines of 2000 rows, 5 seeds, d=3, K=3).
+ROBUST_FACTOR = 10.0
 
 
 def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sample",
@@ -243,6 +250,42 @@ def implausible_sizes(messages) -> dict:
     return out
 
 
+def inconsistent_machines(messages, X_support, *, cost: str = "kl",
+                          n_threads: int | None = None) -> dict:
+    """{index: reason} for the machines whose models are inconsistent with the
+    consensus beyond what their sample size explains (``robust=True``).
+
+    As in the Byzantine-tolerant split-and-conquer estimator (DFMR, arXiv
+    2407.13980), the consensus is the medoid: the model with the smallest
+    total symmetrised transport divergence (per support point) to the
+    others, every machine counted once whatever its claimed n. An honest
+    machine's divergence from it shrinks like 1/n_m, so the score is the
+    divergence times the claimed n_m: a machine that forges its model, or
+    inflates its n, scores high on both counts. Machines scoring above
+    ``ROBUST_FACTOR`` times the median of the others are named. Needs at
+    least three machines; returns {} with fewer.
+    """
+    models = [m.params for m in messages]
+    M = len(models)
+    if M < 3:
+        return {}
+    D = np.zeros((M, M))
+    for i in range(M):
+        for j in range(M):
+            if i != j:
+                D[i, j] = transport_divergence(models[i], models[j], X_support, cost=cost,
+                                               n_threads=n_threads)
+    D = (D + D.T) / (2 * X_support.shape[0])
+    center = int(np.argmin(D.sum(axis=1)))
+    n = np.array([m.n + m.heldout_n for m in messages], dtype=float)
+    score = D[:, center] * n
+    typical = float(np.median(np.delete(score, center)))
+    return {i: f"divergence {D[i, center]:.3g} per point from the medoid model (machine "
+               f"{center}) times its claimed n={int(n[i])} is {score[i] / typical:.3g} times "
+               f"the median machine's" for i in range(M)
+            if i != center and score[i] > ROBUST_FACTOR * typical}
+
+
 def capped_weights(sizes, max_weight: float) -> np.ndarray:
     """Machine weights n_m / n with none above ``max_weight``: capped weights
     are set to the cap and the rest renormalised, until none exceeds it."""
@@ -268,8 +311,8 @@ def capped_weights(sizes, max_weight: float) -> np.ndarray:
 
 def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int | None = None,
                        max_support="auto", exclude_failed: bool = False,
-                       max_weight: float | None = None, random_state=None,
-                       **aggregate_options) -> AggregationResult:
+                       max_weight: float | None = None, robust: bool = False,
+                       random_state=None, **aggregate_options) -> AggregationResult:
     """Server side: check the messages, pool the supports and aggregate the
     local models.
 
@@ -305,6 +348,15 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
         bounds what a machine that overstates its n can do. A machine whose
         claimed n is out of line (:func:`implausible_sizes`) is flagged in
         ``implausible``, the health report and a warning either way.
+    robust : bool, default=False
+        Leave out the machines whose models are inconsistent with the
+        consensus beyond what their sample size explains
+        (:func:`inconsistent_machines`: a forged model, an inflated n), and
+        aggregate the others on a support drawn from their samples alone.
+        ``inconsistent`` names them (with the reason in ``notes``); they are
+        also in ``excluded``. A machine from a genuinely different population
+        is inconsistent too: use it where machines may be corrupted or lie,
+        not to summarise heterogeneous data.
     random_state : None, int or Generator
     **aggregate_options
         Passed to :func:`fastmoe.aggregate`.
@@ -333,14 +385,27 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
         max_support = support_size(msgs[0].params.n_features, check_int(K, "n_experts"))
     elif max_support is not None:
         max_support = check_int(max_support, "max_support")
+    robust = check_bool(robust, "robust")
     Xs = pooled_support(msgs, n_support, rng, max_support)
-    sizes = [m.n for m in msgs]
+    kept, bad = list(range(len(msgs))), {}
+    if robust:
+        bad = inconsistent_machines(msgs, Xs, cost=aggregate_options.get("cost", "kl"),
+                                    n_threads=aggregate_options.get("n_threads"))
+        if bad:
+            kept = [i for i in kept if i not in bad]
+            Xs = pooled_support([msgs[i] for i in kept], n_support, rng, max_support)
+    sizes = [msgs[i].n for i in kept]
     if max_weight is not None:
         sizes = capped_weights(sizes, max_weight)
-    result = aggregate([m.params for m in msgs], n_experts, sample_sizes=sizes, X_support=Xs,
-                       exclude_failed=exclude_failed, random_state=rng, **aggregate_options)
+    result = aggregate([msgs[i].params for i in kept], n_experts, sample_sizes=sizes,
+                       X_support=Xs, exclude_failed=exclude_failed, random_state=rng,
+                       **aggregate_options)
     notes = tuple(f"messages[{i}] {why}" for i, why in odd.items())
-    return replace(result, implausible=tuple(odd), notes=result.notes + notes)
+    notes += tuple(f"messages[{i}] left out as inconsistent (robust=True): {why}"
+                   for i, why in bad.items())
+    excluded = tuple(sorted(set(bad) | {kept[j] for j in result.excluded}))
+    return replace(result, implausible=tuple(odd), inconsistent=tuple(bad), excluded=excluded,
+                   notes=result.notes + notes)
 
 
 # ----------------------------------------------------------------------------

@@ -12,12 +12,15 @@ import numpy as np
 
 from ._em import fit_moe
 from .aggregation import aggregate
-from .baselines import aligned_average, medoid, naive_average
+from .baselines import aligned_average, fedavg, greedy_merge, medoid, naive_average
 from .datasets import authors_truth, make_moe_regression
 from .metrics import model_metrics, stacked_mse
 from .protocol import fit_local
 
-ESTIMATORS = ("centralised", "ot-kl", "ot-w2", "aligned_average", "naive_average", "medoid")
+ESTIMATORS = ("centralised", "ot-kl", "ot-w2", "aligned_average", "naive_average", "medoid",
+              "greedy_merge", "fedavg")
+#: FedAvg's rounds and local EM iterations per round in the studies
+FEDAVG_ROUNDS, FEDAVG_LOCAL_ITER = 10, 5
 
 
 @dataclass(frozen=True)
@@ -179,9 +182,10 @@ def consistency_study(n_grid, n_machines=(4,), *, n_features: int = 3, n_experts
                 for m in n_machines:
                     order = data_rng.permutation(n)
                     per_machine = n_support or max(100, SUPPORT_TOTAL // m)
-                    msgs = [fit_local(Xtr[idx], ytr[idx], n_experts, n_support=per_machine,
+                    shards = [(Xtr[idx], ytr[idx]) for idx in np.array_split(order, m)]
+                    msgs = [fit_local(Xs_, ys_, n_experts, n_support=per_machine,
                                       n_init=n_init, random_state=data_rng)
-                            for idx in np.array_split(order, m)]
+                            for Xs_, ys_ in shards]
                     local = [g.params for g in msgs]
                     sizes = [g.n for g in msgs]
                     Xs = np.vstack([g.support for g in msgs])
@@ -190,12 +194,22 @@ def consistency_study(n_grid, n_machines=(4,), *, n_features: int = 3, n_experts
                         if est == "centralised":
                             continue
                         t0 = _time.perf_counter()
+                        if est == "fedavg":  # rounds over the shards: its own time
+                            res = fedavg(shards, n_experts, rounds=FEDAVG_ROUNDS,
+                                         local_iter=FEDAVG_LOCAL_ITER, n_init=n_init,
+                                         # its own stream: the others' draws do
+                                         # not depend on whether it runs
+                                         random_state=np.random.default_rng(
+                                             [int(random_state), r, n, m]))
+                            record(est, m, res.params, res.learning_time)
+                            continue
                         if est.startswith("ot-"):
                             res = aggregate(local, sample_sizes=sizes, X_support=Xs,
                                             cost=est[3:], random_state=data_rng)
                         else:
                             fn = {"aligned_average": aligned_average, "medoid": medoid,
-                                  "naive_average": naive_average}[est]
+                                  "naive_average": naive_average,
+                                  "greedy_merge": greedy_merge}[est]
                             res = fn(local, sample_sizes=sizes, X_support=Xs)
                         record(est, m, res.params, slowest + _time.perf_counter() - t0)
     slopes = {}
@@ -218,7 +232,8 @@ def authors_comparison(repetitions: int = 2, *, n_machines=(4, 16, 64), n: int =
     """The authors' comparison (docs/method.rst, section 7): K=5, d=20, covariates
     from a 5-component Gaussian mixture, N = 100k (90k train, 10k test),
     M in {4, 16, 64}; centralised, OT-KL, OT-W2, aligned average, naive
-    average and medoid; three EM starts for every fit (the library's default
+    average, medoid, greedy merging and FedAvg (10 rounds of 5 local EM
+    iterations); three EM starts for every fit (the library's default
     for local fits: with two, a poor local optimum at M=16 spoiled the OT
     aggregates in a trial run)."""
     return consistency_study([n], n_machines, n_features=20, n_experts=5, design="authors",

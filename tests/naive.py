@@ -163,3 +163,50 @@ def mixture_quantile(pi, mean, sd, q):
     lo, hi = np.min(mean - 40 * sd), np.max(mean + 40 * sd)
     return brentq(lambda y: np.sum(pi * norm.cdf((y - mean) / sd)) - q, lo, hi, xtol=1e-14,
                   rtol=1e-15)
+
+
+def stacked_rows(W, ml, group):
+    """The support rows of local experts ``group`` stacked: (weights W[s, l],
+    means m_l(x_s), support index s, local expert l) per row."""
+    S = W.shape[0]
+    rows = np.concatenate([np.full(S, l) for l in group])
+    pts = np.concatenate([np.arange(S) for _ in group])
+    w, y = W[pts, rows], ml[pts, rows]
+    return w, y, pts, rows
+
+
+def greedy_merge(models, lam, Xs, K):
+    """Greedy pairwise merging by Runnalls' bound, every pair's merged expert
+    refitted from the stacked support rows at every step: the experts
+    (beta (K, d+1), var (K,)) and each local expert's group (L,)."""
+    Z = xt(Xs)
+    W = local_weights(models, lam, Xs)
+    ml = np.hstack([Z @ m.expert_aug.T for m in models])
+    vl = np.concatenate([m.expert_var for m in models])
+
+    def fit(group):  # weighted least squares; the variance adds the spread of the means
+        w, y, pts, rows = stacked_rows(W, ml, group)
+        coef, intercept, _ = weighted_least_squares(Xs[pts], y, w)
+        beta = np.concatenate([[intercept], coef])
+        var = np.sum(w * (vl[rows] + (y - Z[pts] @ beta) ** 2)) / np.sum(w)
+        return beta, var, np.sum(w)
+
+    groups = [[l] for l in range(W.shape[1])]
+    while len(groups) > K:
+        best = None
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                _, v, m = fit(groups[a] + groups[b])
+                _, va, ma = fit(groups[a])
+                _, vb, mb = fit(groups[b])
+                c = 0.5 * (m * np.log(v) - ma * np.log(va) - mb * np.log(vb))
+                if best is None or c < best[0]:
+                    best = (c, a, b)
+        _, a, b = best
+        groups[a] = groups[a] + groups[b]
+        del groups[b]
+    fits = [fit(g) for g in groups]
+    label = np.empty(W.shape[1], dtype=int)
+    for k, g in enumerate(groups):
+        label[g] = k
+    return np.array([f[0] for f in fits]), np.array([f[1] for f in fits]), label
