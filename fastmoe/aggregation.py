@@ -62,13 +62,19 @@ __all__ = ["AggregationResult", "aggregate", "aligned_average", "medoid", "naive
            "transport_divergence"]
 
 
+#: by default the models left out as failed local fits may hold at most this
+#: share of the rows (the sample-size weights); beyond it ``aggregate`` raises
+#: instead of losing data unasked
+MAX_EXCLUDED_FRACTION = 0.05
+
+
 @single_threaded_blas
 def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, X_support,
               cost: str = "kl", init: str = "aligned", n_init: int = 3, max_iter: int = 300,
               tol: float = 1e-10, gate_target: str = "assigned", y_support=None,
               variance_update: str = "exact", gate_max_iter: int = 100,
-              exclude_failed: bool = False, random_state=None,
-              n_threads: int | None = None) -> AggregationResult:
+              exclude_failed: bool = False, max_excluded: float = MAX_EXCLUDED_FRACTION,
+              random_state=None, n_threads: int | None = None) -> AggregationResult:
     """Reduce M local MoE models to one K-expert MoE by optimal transport.
 
     Parameters
@@ -98,7 +104,15 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
         transport cost per unit mass above ``FAILED_COST_FACTOR`` times the
         median machine's. ``excluded`` lists the indices left out (with two
         models nothing can be excluded); ``machine`` then numbers the models
-        kept.
+        kept. Only a model with evidence of failure in itself is left out
+        (see ``failed`` there); a model that is merely different is kept and
+        reported as heterogeneous.
+    max_excluded : share of the weight (the rows, by ``sample_sizes``) that
+        ``exclude_failed`` may leave out, default ``MAX_EXCLUDED_FRACTION``
+        (0.05). If the failed models hold more, a ValueError says which and
+        how much: pass a larger ``max_excluded`` to leave them out anyway, or
+        ``exclude_failed=False`` to keep them. ``excluded_fraction`` reports
+        the share left out.
     random_state : None, int or Generator.
     n_threads : threads of the compiled pass (None: all cores).
 
@@ -113,17 +127,25 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
                    n_threads=n_threads)
     rng = check_random_state(random_state)
     result = _aggregate(local_models, n_experts, sample_sizes, X_support, rng, **options)
+    max_excluded = check_float(max_excluded, "max_excluded", 0.0, inclusive=True)
     failed = result.health()["failed"] if exclude_failed else []
     if not failed:
         return result
     mix = large_mixture(local_models, sample_sizes)
+    share = float(np.sum(mix.lam[failed]))
+    if share > max_excluded:
+        raise ValueError(f"exclude_failed would leave out the local model(s) {failed}, which "
+                         f"look like failed fits but hold {share:.1%} of the rows, more than "
+                         f"max_excluded={max_excluded:g}: pass max_excluded={share:.3g} (or "
+                         "more) to leave them out, or exclude_failed=False to keep them.")
     kept = [i for i in range(mix.n_machines) if i not in failed]
     result = _aggregate([mix.models[i] for i in kept], n_experts,
                         [mix.lam[i] for i in kept], X_support, rng, **options)
     note = (f"model(s) {failed} were left out as failed local fits (experts collapsed onto "
             f"fewer global experts, transport cost per unit mass over {FAILED_COST_FACTOR:g} "
             "times the median)")
-    return replace(result, excluded=tuple(failed), notes=result.notes + (note,))
+    return replace(result, excluded=tuple(failed), excluded_fraction=share,
+                   notes=result.notes + (note,))
 
 
 def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, init, n_init,
@@ -193,8 +215,9 @@ def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, i
         alpha, _ = _fit_gates_kl(mix, Xs, alpha, beta, var, max_iter=gate_max_iter, tol=1e-10,
                                  n_threads=n_threads, cache=cache)
     weight = sum(W.sum(axis=0) for _, _, W, _ in support_blocks(mix, Xs, TARGET_BLOCK, cache))
+    Z = np.column_stack([np.ones(Xs.shape[0]), Xs])
     issues = local_fit_issues(mix.gate, mix.var, mix.starts, mix.lam, weight / Xs.shape[0],
-                              Xs.std(axis=0))
+                              Xs.std(axis=0), mix.expert, Z.T @ Z / Xs.shape[0])
     del cache
     t_gates = time.perf_counter() - t0
     timings = {"reduction": t_reduction, "gates": t_gates,

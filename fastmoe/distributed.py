@@ -224,7 +224,15 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     exclude_failed : bool, default=True
         Leave out local models that look like failed local fits and aggregate
         the others again (see :func:`fastmoe.aggregate_messages`); the shards
-        left out are listed in ``excluded_shards_``, with a warning.
+        left out are listed in ``excluded_shards_`` (their rows in
+        ``excluded_rows_``), with a warning. Only models with evidence of
+        failure in themselves are left out, and every machine first checks
+        its own fit (an unconverged fit or duplicated experts are fitted
+        again from fresh starts: ``messages_[i].meta["self_check"]``).
+    max_excluded : float, default=0.05
+        Share of the rows ``exclude_failed`` may leave out; beyond it the fit
+        raises a ValueError that names the shards (see
+        :func:`fastmoe.aggregate`).
     robust : bool, default=False
         Leave out the shards whose local models are inconsistent with the
         consensus beyond what their sample size explains (a corrupted or
@@ -250,9 +258,9 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     aggregation_ : the AggregationResult (``aggregation_.report()``).
     messages_, local_models_ : the messages of the shards that were fitted.
     shard_sizes_, dropped_shards_, dropped_rows_, excluded_shards_,
-    inconsistent_shards_ : what
-        each shard contributed; ``shard_sizes_.sum() + dropped_rows_`` is the
-        number of rows given.
+    inconsistent_shards_, excluded_rows_ : what each shard contributed;
+        ``shard_sizes_.sum() + dropped_rows_`` is the number of rows given,
+        ``excluded_rows_`` of the fitted rows were left out of the aggregate.
     local_fit_times_, reduction_time_, learning_time_, wall_time_,
     message_bytes_ : the costs (``learning_time_`` includes the refinement
         rounds).
@@ -269,8 +277,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                  init_iter=20, reg_var=1e-6, gate_penalty="auto", gate_steps=1,
                  split_merge=True, agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
-                 exclude_failed=True, robust=False, refine_rounds=0, random_state=None,
-                 n_threads=None, verbose=0):
+                 exclude_failed=True, max_excluded=0.05, robust=False, refine_rounds=0,
+                 random_state=None, n_threads=None, verbose=0):
         self.n_experts = n_experts
         self.n_machines = n_machines
         self.cost = cost
@@ -291,6 +299,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.gate_steps = gate_steps
         self.split_merge = split_merge
         self.exclude_failed = exclude_failed
+        self.max_excluded = max_excluded
         self.robust = robust
         self.refine_rounds = refine_rounds
         self.agg_init = agg_init
@@ -422,7 +431,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         t0 = time.perf_counter()
         agg = aggregate_messages(messages, K, n_support=self.n_support,
                                  max_support=self.max_support, random_state=rng,
-                                 exclude_failed=self.exclude_failed, robust=self.robust,
+                                 exclude_failed=self.exclude_failed,
+                                 max_excluded=self.max_excluded, robust=self.robust,
                                  cost=self.cost,
                                  init=self.agg_init, n_init=self.agg_n_init,
                                  max_iter=self.agg_max_iter, gate_target=self.gate_target,
@@ -443,6 +453,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.dropped_shards_ = [i for i, _ in failed]
         self.excluded_shards_ = [fitted[j] for j in agg.excluded]
         self.inconsistent_shards_ = [fitted[j] for j in agg.inconsistent]
+        self.excluded_rows_ = int(sum(messages[j].n + messages[j].heldout_n
+                                      for j in agg.excluded))
         if self.inconsistent_shards_:
             warnings.warn(f"the local models of shard(s) {self.inconsistent_shards_} are "
                           "inconsistent with the others beyond what their sample sizes explain "

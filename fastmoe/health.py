@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._em import duplicate_pair
 from ._params import MoEParams
 
 OUTLIER_FACTOR = 5.0
@@ -40,7 +41,7 @@ def steepest_gate_slope(gate_coef, sd) -> float:
     return float(slopes.max()) if slopes.size else 0.0
 
 
-def local_fit_issues(gate, var, starts, lam, weight, sd) -> dict:
+def local_fit_issues(gate, var, starts, lam, weight, sd, expert=None, moments=None) -> dict:
     """Machines whose local fits look degenerate, from the stacked local
     models: ``diverged_gates`` (largest gate slope in log-odds per standard
     deviation ``sd`` of the covariates above ``DIVERGED_GATE_SLOPE``),
@@ -48,9 +49,13 @@ def local_fit_issues(gate, var, starts, lam, weight, sd) -> dict:
     ``COLLAPSED_VARIANCE_RATIO`` times the median local variance) and
     ``starved_experts`` (an expert with less than ``STARVED_SHARE`` of its
     machine's weight lam[m]; ``weight`` (L,) is each local expert's mean
-    weight w_l(x_s) over the support). Each maps machine index -> a short
+    weight w_l(x_s) over the support) and, given the stacked ``expert``
+    coefficients (L, d+1) and the support's ``moments`` E[xt xt^T],
+    ``duplicate_experts`` (two experts of one machine that describe the same
+    data: ``fastmoe._em.duplicate_pair``). Each maps machine index -> a short
     description."""
-    out = {"diverged_gates": {}, "collapsed_experts": {}, "starved_experts": {}}
+    out = {"diverged_gates": {}, "collapsed_experts": {}, "starved_experts": {},
+           "duplicate_experts": {}}
     floor = COLLAPSED_VARIANCE_RATIO * float(np.median(var))
     for m in range(len(starts) - 1):
         lo, hi = starts[m], starts[m + 1]
@@ -63,7 +68,15 @@ def local_fit_issues(gate, var, starts, lam, weight, sd) -> dict:
         starved = [k for k in range(hi - lo) if weight[lo + k] < STARVED_SHARE * lam[m]]
         if starved:
             out["starved_experts"][m] = f"expert(s) {starved}"
+        pair = None if expert is None else duplicate_pair(expert[lo:hi], var[lo:hi], moments)
+        if pair is not None:
+            out["duplicate_experts"][m] = f"experts {pair[1]} and {pair[0]} (KL {pair[2]:.3g})"
     return out
+
+
+#: the local fit issues that count as evidence of a failed fit
+FAILURE_EVIDENCE = ("diverged_gates", "collapsed_experts", "starved_experts",
+                    "duplicate_experts")
 
 
 def aggregation_health(result) -> dict:
@@ -80,13 +93,20 @@ def aggregation_health(result) -> dict:
     - ``collapsed`` : machines whose experts land on fewer distinct global
       experts than they have (min(K_m, K));
     - ``heterogeneous`` : machines whose cost per unit mass exceeds
-      ``OUTLIER_FACTOR`` times the median machine's;
+      ``OUTLIER_FACTOR`` times the median machine's, or collapsed machines
+      above ``FAILED_COST_FACTOR`` times it whose models show no evidence of
+      failure (a different population);
     - ``failed`` : collapsed machines whose cost per unit mass exceeds
-      ``FAILED_COST_FACTOR`` times the median machine's, taken for failed
-      local fits (:func:`fastmoe.aggregate_messages` with ``exclude_failed``);
+      ``FAILED_COST_FACTOR`` times the median machine's and whose own model
+      shows evidence of failure (``FAILURE_EVIDENCE``: diverged gates,
+      collapsed, starved or duplicated experts), taken for failed local fits
+      (``exclude_failed``); a machine that is merely different (a confident
+      fit of another population) is reported as ``heterogeneous``, never
+      failed;
     - ``implausible`` : input indices of machines whose claimed sample size
       is out of line (``AggregationResult.implausible``);
-    - ``diverged_gates``, ``collapsed_experts``, ``starved_experts`` :
+    - ``diverged_gates``, ``collapsed_experts``, ``starved_experts``,
+      ``duplicate_experts`` :
       machines whose local fits look degenerate (:func:`local_fit_issues`);
     - ``warnings`` : sentences naming the likely cause.
     """
@@ -105,15 +125,21 @@ def aggregation_health(result) -> dict:
     distinct = np.array([np.unique(owner[machine == m]).size for m in range(M)])
     collapsed = [m for m in range(M) if distinct[m] < min(k_m[m], K)]
     med = float(np.median(cost))
-    hetero = [m for m in range(M) if M > 2 and cost[m] > OUTLIER_FACTOR * max(med, 1e-300)]
-    failed = [m for m in collapsed if cost[m] > FAILED_COST_FACTOR * med]
     notes = []
     issues = dict(getattr(result, "local_issues", {}) or {})
+    # a model is left out only on evidence of failure, never for being different
+    evidence = {m for kind in FAILURE_EVIDENCE for m in issues.get(kind, {})}
+    costly = [m for m in collapsed if cost[m] > FAILED_COST_FACTOR * med]
+    failed = [m for m in costly if m in evidence]
+    hetero = [m for m in range(M) if M > 2 and (cost[m] > OUTLIER_FACTOR * max(med, 1e-300)
+                                                or (m in costly and m not in evidence))]
     for kind, what in (("diverged_gates", "local gates that diverged (nearly separable "
                         "shards: fit them with a larger gate_penalty)"),
                        ("collapsed_experts", "local experts whose variance collapsed"),
                        ("starved_experts", "local experts their own gates give almost no "
-                        "weight (too many experts for the shard)")):
+                        "weight (too many experts for the shard)"),
+                       ("duplicate_experts", "pairs of local experts that describe the same "
+                        "data (a poor EM optimum)")):
         if issues.get(kind):
             named = "; ".join(f"machine {m}: {why}" for m, why in issues[kind].items())
             notes.append(f"{what}: {named}")
@@ -123,10 +149,15 @@ def aggregation_health(result) -> dict:
                      "or with their own covariate samples: their weight in the aggregate may be "
                      "forged (aggregate_messages(max_weight=...) caps any machine's weight)")
     if hetero:
+        sound = [m for m in hetero if m not in evidence]
         notes.append(f"machine(s) {hetero} fit the aggregate far worse than the others "
                      f"(cost per unit mass {np.round(cost[hetero], 4).tolist()} vs median "
-                     f"{med:.4g}): their shards look heterogeneous (a different population "
-                     "or a failed local fit); inspect them or drop them")
+                     f"{med:.4g}): their shards look heterogeneous"
+                     + (f"; the models of {sound} show no sign of a failed fit, so they look "
+                        "like a different population and are kept (leave them out yourself "
+                        "if they should not count)" if sound else "")
+                     + (f"; {[m for m in hetero if m in evidence]} also show signs of a failed "
+                        "local fit (above)" if len(sound) < len(hetero) else ""))
     if collapsed:
         notes.append(f"machine(s) {collapsed} map their experts onto fewer global experts "
                      "than they have: too many experts locally (or too few globally), or "
@@ -150,7 +181,8 @@ def aggregation_health(result) -> dict:
             "failed": failed, "implausible": implausible,
             "diverged_gates": sorted(issues.get("diverged_gates", {})),
             "collapsed_experts": sorted(issues.get("collapsed_experts", {})),
-            "starved_experts": sorted(issues.get("starved_experts", {})), "warnings": notes}
+            "starved_experts": sorted(issues.get("starved_experts", {})),
+            "duplicate_experts": sorted(issues.get("duplicate_experts", {})), "warnings": notes}
 
 
 def health_report(result) -> str:
@@ -206,6 +238,8 @@ class AggregationResult:
         then numbers the models that were kept, in order.
     inconsistent : indices of input models left out by ``robust=True``; the
         reasons are in ``notes``.
+    excluded_fraction : share of the rows (by the sample sizes) that the
+        ``excluded`` models hold.
     implausible : indices of input models whose claimed sample size is out of
         line with the others' or with their own covariate sample
         (:func:`fastmoe.aggregate_messages`); the reasons are in ``notes``.
@@ -229,6 +263,7 @@ class AggregationResult:
     excluded: tuple = ()
     implausible: tuple = ()
     inconsistent: tuple = ()
+    excluded_fraction: float = 0.0
     local_issues: dict = field(default_factory=dict, repr=False)
 
     def report(self) -> str:

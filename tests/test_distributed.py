@@ -241,13 +241,20 @@ def test_failed_local_fit_is_excluded(three_experts):
     health = kept.health()
     cost = health["machine_cost"]
     assert health["collapsed"] == [2] and cost[2] > 2 * np.median(cost) and kept.excluded == ()
-    out = aggregate_messages(msgs, exclude_failed=True, random_state=0)
+    with pytest.raises(ValueError, match=r"model\(s\) \[2\], which look like failed fits "
+                       r"but hold 25.0% of the rows, more than max_excluded=0.05: pass "
+                       r"max_excluded=0.25 \(or more\)"):
+        aggregate_messages(msgs, exclude_failed=True, random_state=0)
+    out = aggregate_messages(msgs, exclude_failed=True, max_excluded=0.25, random_state=0)
     assert out.excluded == (2,) and "failed local fits" in out.notes[-1]
+    assert out.excluded_fraction == pytest.approx(0.25)
+    assert "duplicate_experts" in kept.local_issues and 2 in kept.health()["duplicate_experts"]
     assert out.local_mass.shape[0] == 9  # three models of three experts were aggregated
     ll_out, ll_kept = out.params.log_likelihood(X, y), kept.params.log_likelihood(X, y)
     assert ll_out > ll_kept + 100
     assert ll_out > truth.log_likelihood(X, y) - 0.01 * abs(truth.log_likelihood(X, y))
-    good = aggregate_messages(msgs, exclude_failed=True, random_state=0)  # reproducible
+    good = aggregate_messages(msgs, exclude_failed=True, max_excluded=0.25,
+                              random_state=0)  # reproducible
     np.testing.assert_array_equal(good.params.expert_aug, out.params.expert_aug)
 
 

@@ -114,7 +114,8 @@ def test_aggregate_excludes_failed_fits_by_the_rule_of_aggregate_messages():
     Xs = X[::10]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        kept = aggregate(models, X_support=Xs, random_state=0, exclude_failed=True)
+        kept = aggregate(models, X_support=Xs, random_state=0, exclude_failed=True,
+                         max_excluded=0.2)
         every = aggregate(models, X_support=Xs, random_state=0)
     assert every.health()["failed"] == [4]
     assert kept.excluded == (4,)

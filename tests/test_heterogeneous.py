@@ -1,0 +1,79 @@
+"""Heterogeneous shards: a genuine second population is kept and reported,
+never left out as a failed fit; a machine checks its own fit before it sends;
+local models of different sizes reduce to one K."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from fastmoe import DistributedMoERegressor, MoEParams, aggregate_messages, fit_local
+from fastmoe.datasets import make_moe_regression
+
+
+def _second_population(truth: MoEParams) -> MoEParams:
+    """Another regime: the experts' slopes reversed and their intercepts moved."""
+    return MoEParams(truth.gate_coef, truth.gate_intercept, -truth.expert_coef,
+                     truth.expert_intercept + 4.0, truth.expert_var)
+
+
+def test_second_population_is_kept_and_reported():
+    X, y, truth, _ = make_moe_regression(16000, 2, 3, random_state=2)
+    other = _second_population(truth)
+    Xo, yo, _, _ = make_moe_regression(5000, 2, 3, params=other, random_state=3)
+    shards = [(X[i::4], y[i::4]) for i in range(4)] + [(Xo, yo)]  # a site of its own
+    est = DistributedMoERegressor(3, backend="serial", random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit_shards(shards)
+    health = est.aggregation_.health()
+    assert est.excluded_shards_ == [] and est.excluded_rows_ == 0
+    assert health["failed"] == [] and 4 in health["heterogeneous"]
+    assert any("machine(s) [4] fit the aggregate far worse" in str(w.message) for w in caught)
+    # its confident fit says so in its message
+    assert est.messages_[4].meta["confident"] and est.messages_[4].meta["self_check"] == "passed"
+    assert est.shard_sizes_.sum() == 21000
+
+
+def test_machine_refits_a_fit_stuck_in_a_poor_optimum():
+    X, y, truth, _ = make_moe_regression(6000, 2, 3, random_state=1)
+    b, v = truth.expert_aug, truth.expert_var
+    # EM from here keeps two copies of one expert and a broad one over the others
+    trap = np.array([b[1], b[1] + 1e-3, (b[0] + b[2]) / 2])
+    start = MoEParams(np.zeros((3, 2)), np.zeros(3), trap[:, 1:], trap[:, 0],
+                      np.array([v[1], v[1], 30.0]))
+    stuck = fit_local(X, y, 3, init=start, n_init=1, split_merge=False, gate_penalty=0.0,
+                      random_state=0)
+    check = stuck.meta["self_check"]
+    assert "refitted from 1 fresh starts" in check, check
+    assert stuck.params.log_likelihood(X, y) > truth.log_likelihood(X, y) - 50
+
+
+@pytest.mark.parametrize("local_k", [[3, 4, 5, 4], [5, 4, 3, 3, 4]])
+def test_local_models_of_different_sizes_reduce_to_three(local_k):
+    M = len(local_k)
+    X, y, truth, _ = make_moe_regression(4000 * M, 2, 3, random_state=5)
+    with warnings.catch_warnings():
+        # 4 and 5 experts on 3-expert data converge slowly and duplicate: reported
+        warnings.simplefilter("ignore")
+        msgs = [fit_local(X[i::M], y[i::M], k, random_state=i) for i, k in enumerate(local_k)]
+        result = aggregate_messages(msgs, n_experts=3, random_state=0)
+    assert result.params.n_experts == 3 and len(result.machine) == sum(local_k)
+    ll, best = result.params.log_likelihood(X, y), truth.log_likelihood(X, y)
+    assert ll > best - 0.002 * abs(best)
+    with pytest.raises(ValueError, match="pass n_experts"):
+        aggregate_messages(msgs)
+
+
+def test_a_machine_with_too_few_experts_widens_the_aggregate():
+    """Documented limitation: a local model with fewer experts than the truth
+    covers two experts with one broad one, and the KL reduction (which covers
+    every source's mass) widens a global variance to match."""
+    X, y, truth, _ = make_moe_regression(16000, 2, 3, random_state=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        msgs = [fit_local(X[i::4], y[i::4], k, random_state=i)
+                for i, k in enumerate([3, 3, 3, 2])]
+        result = aggregate_messages(msgs, n_experts=3, random_state=0)
+    assert result.params.n_experts == 3 and np.all(np.isfinite(result.params.expert_var))
+    assert result.params.expert_var.max() > 2 * truth.expert_var.max()
