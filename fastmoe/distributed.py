@@ -40,6 +40,7 @@ from .protocol import (
     fit_local,
     pooled_support,
     read_messages,
+    recheck_local,
     refine_step,
     round_statistics,
 )
@@ -103,6 +104,21 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
     except Exception as exc:  # any failure of one shard is reported by its index
         reason = str(exc).splitlines()[0] if str(exc) else ""
         return index, ShardError(index, f"{type(exc).__name__}: {reason}", n)
+
+
+def recheck_shard(index: int, shard, message, params, options: dict):
+    """One suspect shard's second look at its fit from the aggregate
+    (:func:`fastmoe.protocol.recheck_local`): (index, LocalMessage, seconds),
+    or (index, ShardError)."""
+    try:
+        X, y = load_shard(shard)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # kept in the new message's meta
+            out = recheck_local(X, y, message, params, **options)
+        return index, out, time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 (reported by index)
+        return index, ShardError(index, f"{type(exc).__name__}: {exc}")
 
 
 def shard_round(index: int, shard, params, n_threads: int):
@@ -233,6 +249,16 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Share of the rows ``exclude_failed`` may leave out; beyond it the fit
         raises a ValueError that names the shards (see
         :func:`fastmoe.aggregate`).
+    recheck_suspects : bool, default=True
+        After the aggregation, the shards whose models look failed or out of
+        line (collapsed onto fewer global experts at over twice the median
+        cost) run EM from the aggregate on their rows
+        (:func:`fastmoe.protocol.recheck_local`); a shard whose refit fits
+        its own rows better sends it instead (its first fit was a poor
+        optimum), and the server aggregates once more. Listed in
+        ``rechecked_shards_``; ``recheck_time_`` (the slowest recheck) is in
+        ``learning_time_``. A shard whose refit does no better is a different
+        population, and is kept.
     robust : bool, default=False
         Leave out the shards whose local models are inconsistent with the
         consensus beyond what their sample size explains (a corrupted or
@@ -258,7 +284,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     aggregation_ : the AggregationResult (``aggregation_.report()``).
     messages_, local_models_ : the messages of the shards that were fitted.
     shard_sizes_, dropped_shards_, dropped_rows_, excluded_shards_,
-    inconsistent_shards_, excluded_rows_ : what each shard contributed;
+    inconsistent_shards_, excluded_rows_, rechecked_shards_ : what each shard
+        contributed;
         ``shard_sizes_.sum() + dropped_rows_`` is the number of rows given,
         ``excluded_rows_`` of the fitted rows were left out of the aggregate.
     local_fit_times_, reduction_time_, learning_time_, wall_time_,
@@ -277,7 +304,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                  init_iter=20, reg_var=1e-6, gate_penalty="auto", gate_steps=1,
                  split_merge=True, agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
-                 exclude_failed=True, max_excluded=0.05, robust=False, refine_rounds=0,
+                 exclude_failed=True, max_excluded=0.05, recheck_suspects=True, robust=False,
+                 refine_rounds=0,
                  random_state=None, n_threads=None, verbose=0):
         self.n_experts = n_experts
         self.n_machines = n_machines
@@ -300,6 +328,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.split_merge = split_merge
         self.exclude_failed = exclude_failed
         self.max_excluded = max_excluded
+        self.recheck_suspects = recheck_suspects
         self.robust = robust
         self.refine_rounds = refine_rounds
         self.agg_init = agg_init
@@ -377,6 +406,16 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                             "server_seconds": time.perf_counter() - t0})
         return params, history
 
+    @staticmethod
+    def _suspects(agg) -> list:
+        """Message indices the server asks to recheck their fits: the models
+        left out as failed, and the kept ones the health report suspects
+        (collapsed and costly without evidence of failure)."""
+        n_models = int(np.asarray(agg.machine).max()) + 1 + len(agg.excluded)
+        kept = [j for j in range(n_models) if j not in agg.excluded]
+        failed = [j for j in agg.excluded if j not in agg.inconsistent]
+        return sorted(set(failed) | {kept[m] for m in agg.health()["suspect"]})
+
     def _fit(self, shards, rng):
         t_wall = time.perf_counter()
         K = check_int(self.n_experts, "n_experts")
@@ -428,17 +467,64 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                           f"{first.meta['warnings'][0]}); see messages_[i].meta['warnings'].",
                           ConvergenceWarning, stacklevel=3)
         _kernels.warm_up(resolve_threads(self.n_threads))  # JIT, untimed
+        first_fit_times = np.array([m.fit_time for m in messages])
+        state = rng.bit_generator.state  # the same support for a second aggregation
+
+        def server():
+            rng.bit_generator.state = state
+            return aggregate_messages(messages, K, n_support=self.n_support,
+                                      max_support=self.max_support, random_state=rng,
+                                      exclude_failed=self.exclude_failed,
+                                      max_excluded=self.max_excluded, robust=self.robust,
+                                      cost=self.cost, init=self.agg_init,
+                                      n_init=self.agg_n_init, max_iter=self.agg_max_iter,
+                                      gate_target=self.gate_target,
+                                      variance_update=self.variance_update,
+                                      n_threads=self.n_threads)
+
         t0 = time.perf_counter()
-        agg = aggregate_messages(messages, K, n_support=self.n_support,
-                                 max_support=self.max_support, random_state=rng,
-                                 exclude_failed=self.exclude_failed,
-                                 max_excluded=self.max_excluded, robust=self.robust,
-                                 cost=self.cost,
-                                 init=self.agg_init, n_init=self.agg_n_init,
-                                 max_iter=self.agg_max_iter, gate_target=self.gate_target,
-                                 variance_update=self.variance_update,
-                                 n_threads=self.n_threads)
+        try:
+            agg = server()
+        except ValueError:  # too many rows would be left out: let the suspects look first
+            if not self.recheck_suspects:
+                raise
+            agg = None
         reduction_time = time.perf_counter() - t0
+        self.rechecked_shards_, self.recheck_time_ = [], 0.0
+        if self.recheck_suspects:
+            if agg is None:  # the models exclude_failed would leave out, from a plain aggregate
+                rng.bit_generator.state = state
+                plain = aggregate_messages(messages, K, n_support=self.n_support,
+                                           max_support=self.max_support, random_state=rng,
+                                           robust=self.robust, cost=self.cost,
+                                           init=self.agg_init, n_init=self.agg_n_init,
+                                           max_iter=self.agg_max_iter,
+                                           gate_target=self.gate_target,
+                                           variance_update=self.variance_update,
+                                           n_threads=self.n_threads)
+                ask, reference = self._suspects(plain), plain.params
+            else:
+                ask, reference = self._suspects(agg), agg.params
+            recheck_options = dict(max_iter=self.max_iter, tol=tol * M, reg_var=self.reg_var,
+                                   gate_steps=self.gate_steps, split_merge=self.split_merge,
+                                   n_threads=threads)
+            if ask:
+                out = _backends.run(self.backend, recheck_shard,
+                                    [(j, shards[fitted[j]], messages[j], reference,
+                                      recheck_options) for j in ask],
+                                    n_jobs=n_jobs, client=self.client)
+                errors = [o[1] for o in out if isinstance(o[1], ShardError)]
+                if errors:
+                    raise errors[0]
+                self.recheck_time_ = float(max(o[2] for o in out))
+                for j, new, _ in out:
+                    if new is not messages[j]:
+                        messages[j] = new
+                        self.rechecked_shards_.append(fitted[j])
+            if self.rechecked_shards_ or agg is None:
+                t0 = time.perf_counter()
+                agg = server()
+                reduction_time += time.perf_counter() - t0
         rounds = check_int(self.refine_rounds, "refine_rounds", 0)
         params, self.refine_history_ = agg.params, []
         if rounds:
@@ -466,9 +552,10 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                           "local fits (a poor EM optimum) and were left out of the aggregate; "
                           "see aggregation_.report() for the others, exclude_failed=False to "
                           "keep them.", UserWarning, stacklevel=3)
-        self.local_fit_times_ = np.array([m.fit_time for m in messages])
+        self.local_fit_times_ = first_fit_times
         self.reduction_time_ = reduction_time
         self.learning_time_ = (float(self.local_fit_times_.max()) + reduction_time
+                               + self.recheck_time_
                                + sum(r["machine_seconds"] + r["server_seconds"]
                                      for r in self.refine_history_))
         self.message_bytes_ = np.array([len(m.to_bytes()) for m in messages])

@@ -103,6 +103,9 @@ def aggregation_health(result) -> dict:
       (``exclude_failed``); a machine that is merely different (a confident
       fit of another population) is reported as ``heterogeneous``, never
       failed;
+    - ``suspect`` : collapsed machines above ``FAILED_COST_FACTOR`` times
+      the median cost, failed or not: the machines
+      :func:`fastmoe.protocol.recheck_local` asks to look at their fits again;
     - ``implausible`` : input indices of machines whose claimed sample size
       is out of line (``AggregationResult.implausible``);
     - ``diverged_gates``, ``collapsed_experts``, ``starved_experts``,
@@ -131,6 +134,7 @@ def aggregation_health(result) -> dict:
     evidence = {m for kind in FAILURE_EVIDENCE for m in issues.get(kind, {})}
     costly = [m for m in collapsed if cost[m] > FAILED_COST_FACTOR * med]
     failed = [m for m in costly if m in evidence]
+    suspect = costly  # failed, or a different population: the machine can tell
     hetero = [m for m in range(M) if M > 2 and (cost[m] > OUTLIER_FACTOR * max(med, 1e-300)
                                                 or (m in costly and m not in evidence))]
     for kind, what in (("diverged_gates", "local gates that diverged (nearly separable "
@@ -178,7 +182,7 @@ def aggregation_health(result) -> dict:
                      "regression may be noisy; send larger covariate samples")
     return {"counts": counts, "mass": result.expert_mass.copy(), "objective_share": share,
             "machine_cost": cost, "collapsed": collapsed, "heterogeneous": hetero,
-            "failed": failed, "implausible": implausible,
+            "failed": failed, "suspect": suspect, "implausible": implausible,
             "diverged_gates": sorted(issues.get("diverged_gates", {})),
             "collapsed_experts": sorted(issues.get("collapsed_experts", {})),
             "starved_experts": sorted(issues.get("starved_experts", {})),

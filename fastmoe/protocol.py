@@ -458,6 +458,63 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
                    excluded_fraction=share, notes=result.notes + notes)
 
 
+def recheck_local(X, y, message: LocalMessage, params: MoEParams,
+                  **fit_options) -> LocalMessage:
+    """A machine's second look at its own fit, given the server's aggregate.
+
+    EM from the aggregate ``params`` on the machine's rows. A local fit is the
+    machine's maximum-likelihood estimate on those rows, so another model
+    cannot fit them better unless the local fit is a poor optimum: if EM from
+    the aggregate ends higher, the message is returned with that fit instead
+    (``meta["self_check"]`` says so, ``fit_time`` adds the refit); otherwise
+    ``message`` is returned unchanged, and a machine that differs from the
+    aggregate is then shown to differ, not to have failed. Costs one local
+    EM run, on the machines the server asks (the suspects of the health
+    report: :func:`fastmoe.diagnostics.aggregation_health`, ``suspect``).
+
+    Parameters
+    ----------
+    X, y : array-like
+        The rows the message's model was fitted on (a message made with
+        ``heldout`` cannot be rechecked: its fit rows are not all the rows).
+    message : LocalMessage
+        The machine's message.
+    params : MoEParams
+        The server's aggregate, with the message's number of experts.
+    **fit_options
+        Passed to :func:`fastmoe.fit_moe` (not ``init`` or ``n_init``).
+
+    Returns
+    -------
+    LocalMessage
+    """
+    X, y, _ = check_X_y(X, y)
+    if message.heldout_n:
+        raise ValueError("a message fitted with heldout rows cannot be rechecked: its fit rows "
+                         "are not all the shard's rows.")
+    if X.shape[0] != message.n:
+        raise ValueError(f"the message was fitted on {message.n} rows; got {X.shape[0]}.")
+    if params.n_experts != message.params.n_experts or params.n_features != X.shape[1]:
+        return message  # models of other sizes are not compared
+    t0 = time.perf_counter()
+    own = message.params.log_likelihood(X, y)
+    again, said = _fit_recorded(X, y, params.n_experts, init=params, n_init=1,
+                                gate_penalty=float(message.meta.get("gate_penalty", 0.0)),
+                                **fit_options)
+    new = again.params.log_likelihood(X, y)
+    if new <= own:
+        return message
+    meta = {**message.meta, "converged": bool(again.converged), "n_iter": int(again.n_iter),
+            "self_check": f"refitted from the server's aggregate: log-likelihood {own:.6g} -> "
+                          f"{new:.6g} (the first fit was a poor optimum)",
+            "confident": _doubt(again, X) is None,
+            "warnings": sorted({str(w.message) for w in said})}
+    out = replace(message, params=again.params, meta=meta,
+                  fit_time=message.fit_time + time.perf_counter() - t0)
+    out.validate()
+    return out
+
+
 # ----------------------------------------------------------------------------
 # refinement rounds: exact distributed EM from the aggregate
 # ----------------------------------------------------------------------------

@@ -3,12 +3,15 @@ never left out as a failed fit; a machine checks its own fit before it sends;
 local models of different sizes reduce to one K."""
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import reference
 
 from fastmoe import DistributedMoERegressor, MoEParams, aggregate_messages, fit_local
 from fastmoe.datasets import make_moe_regression
+from fastmoe.protocol import recheck_local
 
 
 def _second_population(truth: MoEParams) -> MoEParams:
@@ -32,6 +35,8 @@ def test_second_population_is_kept_and_reported():
     assert any("machine(s) [4] fit the aggregate far worse" in str(w.message) for w in caught)
     # its confident fit says so in its message
     assert est.messages_[4].meta["confident"] and est.messages_[4].meta["self_check"] == "passed"
+    # asked to look again from the aggregate, it does no better: different, not failed
+    assert est.rechecked_shards_ == []
     assert est.shard_sizes_.sum() == 21000
 
 
@@ -77,3 +82,36 @@ def test_a_machine_with_too_few_experts_widens_the_aggregate():
         result = aggregate_messages(msgs, n_experts=3, random_state=0)
     assert result.params.n_experts == 3 and np.all(np.isfinite(result.params.expert_var))
     assert result.params.expert_var.max() > 2 * truth.expert_var.max()
+
+
+def test_recheck_replaces_a_poor_optimum_and_keeps_a_sound_fit():
+    X, y, truth, _ = make_moe_regression(6000, 2, 3, random_state=1)
+    sound = fit_local(X, y, 3, random_state=0)
+    assert recheck_local(X, y, sound, truth) is sound  # its own MLE: nothing better
+    b, v = truth.expert_aug, truth.expert_var
+    trap = np.array([b[1], b[1] + 1e-3, (b[0] + b[2]) / 2])
+    poor = MoEParams(np.zeros((3, 2)), np.zeros(3), trap[:, 1:], trap[:, 0],
+                     np.array([v[1], v[1], 30.0]))
+    stuck = replace(sound, params=poor)
+    fixed = recheck_local(X, y, stuck, truth)
+    assert fixed.params.log_likelihood(X, y) > poor.log_likelihood(X, y) + 100
+    assert "refitted from the server's aggregate" in fixed.meta["self_check"]
+    assert fixed.fit_time > stuck.fit_time
+    with pytest.raises(ValueError, match="fitted on 6000 rows; got 100"):
+        recheck_local(X[:100], y[:100], stuck, truth)
+
+
+def test_a_poor_local_optimum_on_the_reference_splits_is_repaired_not_dropped():
+    """Reference data B at 16 machines, seed 1: machine 2's first fit is a
+    poor optimum with no sign of it in the model; asked again from the
+    aggregate it finds a far better fit, and no row is left out."""
+    Xall, Yall = reference("B_X"), reference("B_Y").ravel()
+    idx = reference("B_M16_machine_indices")
+    X, y = Xall[:90000], Yall[:90000]
+    est = DistributedMoERegressor(5, backend="serial", random_state=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit_shards([(X[i], y[i]) for i in idx])
+    assert est.rechecked_shards_ == [2] and est.excluded_rows_ == 0
+    assert est.aggregation_.health()["suspect"] == []
+    assert "poor optimum" in est.messages_[2].meta["self_check"]
