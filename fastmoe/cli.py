@@ -204,7 +204,7 @@ def cmd_demo(args) -> int:
             f"Shard(s) {sorted(excluded)} ended in a poor local optimum and were left out of "
             "the aggregate (DistributedMoERegressor(exclude_failed=True)).", 96))
     print()
-    print(textwrap.fill(_demo_verdict(args, metrics, times, len(yte)), 96))
+    print(textwrap.fill(_demo_verdict(args, metrics, times, len(yte)), 96, break_on_hyphens=False))
     return 0
 
 
@@ -213,11 +213,17 @@ def _demo_verdict(args, metrics, times, n_test) -> str:
     name = f"distributed OT-{args.costs[0].upper()}"
     central, dist = metrics["centralised EM"], metrics[name]
     gap = (dist["loglik"] - central["loglik"]) / n_test
-    return (f"Verdict: split over {args.n_machines} machines, the {name[12:]} aggregate came "
-            f"within {abs(gap):.4f} nats per test row of the centralised fit "
-            f"({'above' if gap > 0 else 'below'} it), with {dist['rpe'] / central['rpe']:.3f} "
-            f"times its prediction error, in {times[name] / times['centralised EM']:.2f} of its "
-            "learning time.")
+    closeness = (f"matched the centralised fit's test log-likelihood to {abs(gap):.1e} nats "
+                 "per row" if abs(gap) < 5e-5 else
+                 f"came within {abs(gap):.4f} nats per test row of the centralised fit "
+                 f"({'above' if gap > 0 else 'below'} it)")
+    ratio = times[name] / times["centralised EM"]
+    return (f"Verdict: split over {args.n_machines} machines, the {name[12:]} aggregate "
+            f"{closeness}, with {dist['rpe'] / central['rpe']:.3f} times its prediction error, "
+            f"in {ratio:.2f} times its learning time" + (
+                " (with more machines than cores the local fits share the cores; the gain "
+                "comes when they run on machines of their own)."
+                if ratio > 1 and args.n_machines > (os.cpu_count() or 1) else "."))
 
 
 # ----------------------------------------------------------------------------
