@@ -8,9 +8,15 @@ import sys
 import zlib
 from pathlib import Path
 
-import fastmoe
-
 HERE = Path(__file__).parent
+# document the installed fastmoe (with its compiled kernels), not the source
+# tree that ``python -m sphinx`` run from the repository's root would import
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE.parent.resolve()]
+try:
+    import fastmoe
+except ImportError as exc:
+    raise ImportError(f"the documentation needs fastmoe installed: pip install '.[docs]' "
+                      f"({exc})") from exc
 sys.path.insert(0, str(HERE / "_ext"))
 
 project = "fastmoe"
