@@ -106,6 +106,15 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
         return index, ShardError(index, f"{type(exc).__name__}: {reason}", n)
 
 
+#: gate step of the refinement rounds a later round checks, times the Newton
+#: step (a round whose log-likelihood fell is taken again, halved). Measured on
+#: the reference data B at 64 machines, seed 0, test log-likelihood per row
+#: against the centralised fit after 2 rounds: 1 (plain EM) -0.0034, 1.5
+#: -0.0022, 2 -0.0014, 3 -0.0006; after 3 rounds: -0.0011, -0.0003, 0.0000,
+#: 0.0000. 2 is the usual over-relaxation of EM, kept for its margin.
+GATE_OVERRELAX = 2.0
+
+
 def recheck_shard(index: int, shard, message, params, options: dict):
     """One suspect shard's second look at its fit from the aggregate
     (:func:`fastmoe.protocol.recheck_local`): (index, LocalMessage, seconds),
@@ -271,8 +280,10 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         M-step at the current global model (:func:`fastmoe.protocol.
         round_statistics`: a few kilobytes) and the server takes the M-step
         (:func:`fastmoe.protocol.refine_step`, one EM iteration on all the
-        rows; a round whose log-likelihood fell is taken again with half the
-        gate step). 0 keeps the one-shot method.
+        rows; the gates' Newton step is doubled, ``GATE_OVERRELAX``, in every
+        round but the last, since the next round checks it: a round whose
+        log-likelihood fell is taken again with half the gate step). 0 keeps
+        the one-shot method.
     random_state : None, int or Generator
     n_threads : threads per local fit and of the reduction (None: cores / jobs)
 
@@ -398,8 +409,11 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                 step *= 0.5
                 params = refine_step(good[1], good[2], reg_var=self.reg_var, gate_step=step)
             else:
-                good, step = (total.log_likelihood, params, total), 1.0
-                params = refine_step(params, total, reg_var=self.reg_var)
+                # over-relaxed where the next round checks it (Salakhutdinov and
+                # Roweis 2003); the last round's step is the plain one
+                step = 1.0 if r == rounds - 1 else GATE_OVERRELAX
+                good = (total.log_likelihood, params, total)
+                params = refine_step(params, total, reg_var=self.reg_var, gate_step=step)
             history.append({"round": r + 1, "log_likelihood": float(total.log_likelihood),
                             "bytes_per_machine": int(out[0][1].n_bytes),
                             "machine_seconds": float(max(o[2] for o in out)),
