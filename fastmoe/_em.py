@@ -109,8 +109,9 @@ class MoEFit:
     moves : messages about the split-merge moves that were accepted (see
         :func:`fit_moe`, ``split_merge``); after one, ``history`` and ``n_iter``
         are those of the EM run from the move.
-    penalty : the gate penalty at ``params`` (``gate_penalty``; 0 without
-        one). ``history`` and ``init_log_likelihoods`` then hold the
+    penalty : the penalty at ``params``: the gate penalty (``gate_penalty``)
+        or, with ``penalty="l1"``, the L1 term; 0 without one. ``history``
+        (and, for the gate penalty, ``init_log_likelihoods``) then hold the
         penalised log-likelihood EM maximised, and ``log_likelihood -
         penalty`` is the last entry of ``history``.
     """
@@ -475,7 +476,7 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
 @single_threaded_blas
 def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
             tol: float = 1e-7, n_init: int = 1, init="random", reg_var: float = 1e-6,
-            gate_penalty: float = 0.0,
+            gate_penalty: float = 0.0, penalty: str | None = None, l1_strength="auto",
             init_iter: int | None = 20, gate_steps: int = 1, split_merge: bool = True,
             random_state=None, n_threads: int | None = None) -> MoEFit:
     """Fit a Gaussian mixture of experts by EM (centralised).
@@ -518,6 +519,21 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         off to infinity. 0 (the default) is the plain MLE; the local fits of
         the distributed estimator use a positive default
         (:func:`fastmoe.fit_local`).
+    penalty : None (the default) or "l1": the LASSO option. After the fit
+        above, EM continues on the log-likelihood minus
+        ``l1_strength * sum_k sum_j s_j (|b_kj| / sigma_k + |a_kj|)``, an L1
+        penalty on every expert slope b_kj (in noise standard deviations
+        sigma_k of its expert per standard deviation s_j of covariate j,
+        scale-invariant) and every gate slope a_kj
+        relative to the last gate (log-odds per standard deviation);
+        intercepts and variances are free. Slopes the data do not support are
+        set to exactly zero. ``penalty`` of the result is the L1 term and
+        ``history`` the penalised objective (see :mod:`fastmoe._lasso`).
+    l1_strength : float >= 0 or "auto", default "auto"
+        The L1 strength lambda, in log-likelihood units. "auto" is the
+        universal threshold sqrt(2 n log p) over the p = (2K - 1) d penalised
+        slopes (n the total weight): its effect on an estimate shrinks like
+        sqrt(log p / n), so large samples are barely changed.
     gate_steps : Newton steps on the gates per EM iteration.
     split_merge : when two experts of the best start describe the same data
         (their densities closer than ``DUPLICATE_KL``), merge them and split the
@@ -558,6 +574,12 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     tol = check_float(tol, "tol", 0.0, inclusive=True)
     reg_var = check_float(reg_var, "reg_var")
     gate_penalty = check_float(gate_penalty, "gate_penalty", 0.0, inclusive=True)
+    if penalty not in (None, "l1"):
+        raise ValueError(f'penalty must be None or "l1"; got {penalty!r}.')
+    if isinstance(l1_strength, str):
+        check_choice(l1_strength, "l1_strength", ("auto",))
+    else:
+        l1_strength = check_float(l1_strength, "l1_strength", 0.0, inclusive=True)
     split_merge = check_bool(split_merge, "split_merge")
     if not isinstance(init, MoEParams):
         check_choice(init, "init", INITS)
@@ -620,6 +642,20 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         shift = data.total_weight * np.log(y_scale)  # log f(y) = log f(t y) + log t
         ll, history, finals = ll + shift, history + shift, [f + shift for f in finals]
     history.setflags(write=False)
+    if penalty == "l1":
+        from ._lasso import l1_strength as auto_strength
+        from ._lasso import lasso_em
+
+        lam = auto_strength(float(w.sum()), X.shape[1], K) if isinstance(l1_strength, str) \
+            else l1_strength
+        params, ll, pen, it, converged, history = lasso_em(
+            X, y, w, params, lam, max_iter=max_iter, tol=tol, reg_var=reg_var,
+            n_threads=n_threads)
+        if not converged:
+            warnings.warn(f"the L1-penalised EM did not converge in max_iter={max_iter} "
+                          "iterations; increase max_iter or tol.",
+                          exceptions.ConvergenceWarning, stacklevel=2)
+        history.setflags(write=False)
     return MoEFit(params.canonical(), ll, it, converged, history, tuple(finals), tuple(notes),
                   tuple(moves), pen)
 

@@ -259,7 +259,7 @@ def cmd_simulate(args) -> int:
 
 def _fit_options(args) -> dict:
     return dict(max_iter=args.max_iter, n_init=args.n_init, gate_penalty=args.gate_penalty,
-                random_state=args.seed)
+                penalty=args.penalty, l1_strength=args.l1_strength, random_state=args.seed)
 
 
 def cmd_fit(args) -> int:
@@ -424,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--gate-penalty", type=_non_negative, default=0.0,
                            help="ridge penalty on the gate slopes in standard-deviation units "
                                 "(see fastmoe.fit_moe)")
+        p.add_argument("--penalty", choices=["l1"], default=None,
+                       help="the LASSO option: an L1 penalty on the expert and gate slopes "
+                            "in standard-deviation units (see fastmoe.fit_moe)")
+        p.add_argument("--l1-strength", type=_auto_or_non_negative, default="auto",
+                       help="strength of --penalty l1 in log-likelihood units, or 'auto': "
+                            "sqrt(2 n log p) over the p penalised slopes")
         p.add_argument("--max-iter", type=_positive_int, default=300,
                        help="EM iterations per start")
         seed(p)

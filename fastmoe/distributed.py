@@ -230,6 +230,9 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     gate_penalty : float or "auto", default="auto"
         Ridge penalty of the local fits' gate slopes ("auto": only on shards
         whose gates diverge; see :func:`fastmoe.fit_local`).
+    penalty, l1_strength : None or "l1", float or "auto"
+        The LASSO option of the local fits (see :func:`fastmoe.fit_moe`;
+        "auto" scales with each shard's size).
     max_iter, tol, n_init, init, init_iter, reg_var, gate_steps, split_merge :
         local EM options (see :func:`fastmoe.fit_moe`; ``n_init="auto"``, the
         default, see :func:`fastmoe.fit_local`). At least three starts per machine: one
@@ -312,7 +315,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
                  max_support="auto", support="sample", backend="local", n_jobs=None, client=None,
                  on_shard_error="raise", max_iter=200, tol=1e-7, n_init="auto", init="random",
-                 init_iter=20, reg_var=1e-6, gate_penalty="auto", gate_steps=1,
+                 init_iter=20, reg_var=1e-6, gate_penalty="auto", penalty=None,
+                 l1_strength="auto", gate_steps=1,
                  split_merge=True, agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
                  exclude_failed=True, max_excluded=0.05, recheck_suspects=True, robust=False,
@@ -335,6 +339,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.init_iter = init_iter
         self.reg_var = reg_var
         self.gate_penalty = gate_penalty
+        self.penalty = penalty
+        self.l1_strength = l1_strength
         self.gate_steps = gate_steps
         self.split_merge = split_merge
         self.exclude_failed = exclude_failed
@@ -450,7 +456,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         options = dict(n_support=self.n_support, support=self.support, max_iter=self.max_iter,
                        tol=tol * M, n_init=self.n_init, init=self.init,
                        init_iter=self.init_iter, reg_var=self.reg_var,
-                       gate_penalty=self.gate_penalty,
+                       gate_penalty=self.gate_penalty, penalty=self.penalty,
+                       l1_strength=self.l1_strength,
                        gate_steps=self.gate_steps, split_merge=self.split_merge,
                        n_threads=threads)
         seeds = rng.integers(0, 2**63 - 1, size=M)

@@ -114,6 +114,10 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     gate_penalty : float, default=0.0
         Ridge penalty on the gate slopes in standard-deviation units (see
         :func:`fastmoe.fit_moe`); 0 is the plain MLE.
+    penalty : None or "l1", default=None
+        "l1": the LASSO option on the expert and gate slopes, of strength
+        ``l1_strength`` (see :func:`fastmoe.fit_moe`).
+    l1_strength : float or "auto", default="auto"
     gate_steps : int, default=1
         Newton steps on the gates per EM iteration.
     split_merge : bool, default=True
@@ -146,8 +150,9 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, n_experts=2, *, max_iter=200, tol=1e-7, n_init=1, init="random",
-                 init_iter=20, reg_var=1e-6, gate_penalty=0.0, gate_steps=1, split_merge=True,
-                 random_state=None, n_threads=None):
+                 init_iter=20, reg_var=1e-6, gate_penalty=0.0, penalty=None,
+                 l1_strength="auto", gate_steps=1, split_merge=True, random_state=None,
+                 n_threads=None):
         self.n_experts = n_experts
         self.max_iter = max_iter
         self.tol = tol
@@ -156,6 +161,8 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.init_iter = init_iter
         self.reg_var = reg_var
         self.gate_penalty = gate_penalty
+        self.penalty = penalty
+        self.l1_strength = l1_strength
         self.gate_steps = gate_steps
         self.split_merge = split_merge
         self.random_state = random_state
@@ -167,7 +174,8 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         fit = fit_moe(X, y, self.n_experts, sample_weight=sample_weight,
                       max_iter=self.max_iter, tol=self.tol, n_init=self.n_init,
                       init=self.init, init_iter=self.init_iter, reg_var=self.reg_var,
-                      gate_penalty=self.gate_penalty, gate_steps=self.gate_steps,
+                      gate_penalty=self.gate_penalty, penalty=self.penalty,
+                      l1_strength=self.l1_strength, gate_steps=self.gate_steps,
                       split_merge=self.split_merge,
                       random_state=self.random_state, n_threads=self.n_threads)
         self._set_params_attributes(fit.params)

@@ -85,9 +85,10 @@ def test_demo_prints_its_table(capsys):
                 "Verdict: split over 2 machines, the OT-KL aggregate"):
         assert row in out
     verdict = " ".join(out.split("Verdict:")[1].split())
-    assert re.search(r"(came within [0-9.]+ nats per test row of the centralised fit \((above|below) it\)|matched the centralised fit's "
-                     r"test log-likelihood to [0-9.e+-]+ nats per row), with [0-9.]+ times its "
-                     r"prediction error, in [0-9.]+ times its learning time", verdict), verdict
+    assert re.search(r"(came within [0-9.]+ nats per test row of the centralised fit "
+                     r"\((above|below) it\)|matched the centralised fit's test log-likelihood "
+                     r"to [0-9.e+-]+ nats per row), with [0-9.]+ times its prediction error, "
+                     r"in [0-9.]+ times its learning time", verdict), verdict
     assert max(len(line) for line in out.splitlines()) <= 100
     # every column of the table is defined below it
     header = next(line for line in out.splitlines() if line.startswith("estimator"))
