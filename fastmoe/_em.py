@@ -521,19 +521,20 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         (:func:`fastmoe.fit_local`).
     penalty : None (the default) or "l1": the LASSO option. After the fit
         above, EM continues on the log-likelihood minus
-        ``l1_strength * sum_k sum_j s_j (|b_kj| / sigma_k + |a_kj|)``, an L1
+        ``l1_strength * sum_k sum_j s_j (|b_kj| / sigma + |a_kj|)``, an L1
         penalty on every expert slope b_kj (in noise standard deviations
-        sigma_k of its expert per standard deviation s_j of covariate j,
-        scale-invariant) and every gate slope a_kj
+        sigma of the starting fit per standard deviation s_j of covariate j)
+        and every gate slope a_kj
         relative to the last gate (log-odds per standard deviation);
         intercepts and variances are free. Slopes the data do not support are
         set to exactly zero. ``penalty`` of the result is the L1 term and
         ``history`` the penalised objective (see :mod:`fastmoe._lasso`).
     l1_strength : float >= 0 or "auto", default "auto"
         The L1 strength lambda, in log-likelihood units. "auto" is the
-        universal threshold sqrt(2 n log p) over the p = (2K - 1) d penalised
-        slopes (n the total weight): its effect on an estimate shrinks like
-        sqrt(log p / n), so large samples are barely changed.
+        universal threshold sqrt(2 (n / K) log p) over the p = (2K - 1) d
+        penalised slopes (n the total weight, n / K an expert's typical
+        share): its effect on an estimate shrinks like sqrt(log p / n), so
+        large samples are barely changed.
     gate_steps : Newton steps on the gates per EM iteration.
     split_merge : when two experts of the best start describe the same data
         (their densities closer than ``DUPLICATE_KL``), merge them and split the

@@ -58,12 +58,12 @@ def test_the_penalty_fades_as_the_sample_grows():
 
 
 def test_strength_rule_and_units():
-    assert l1_strength(10000, 5, 3) == pytest.approx(np.sqrt(2 * 10000 * np.log(25)))
+    assert l1_strength(10000, 5, 3) == pytest.approx(np.sqrt(2 * 10000 / 3 * np.log(25)))
     p = MoEParams(np.array([[1.0, -2.0], [0, 0]]), np.zeros(2), np.array([[3.0, 0], [0, 1]]),
                   np.zeros(2), np.array([4.0, 1.0]))
     # lam * (sum |b| s / sigma + sum |a| s)
-    assert l1_penalty(p, 2.0, np.array([1.0, 0.5])) == pytest.approx(
-        2.0 * (3 * 1 / 2 + 1 * 0.5 / 1 + (1 * 1 + 2 * 0.5)))
+    assert l1_penalty(p, 2.0, np.array([1.0, 0.5]), 2.0) == pytest.approx(
+        2.0 * ((3 * 1 + 1 * 0.5) / 2 + (1 * 1 + 2 * 0.5)))
 
 
 def test_zero_strength_is_the_plain_fit():
