@@ -44,6 +44,8 @@ from ._gating import (
     penalised,
     penalty,
 )
+from ._lasso import l1_strength as auto_l1_strength
+from ._lasso import lasso_em
 from ._linalg import (
     chunk_size,
     n_chunks,
@@ -644,10 +646,7 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         ll, history, finals = ll + shift, history + shift, [f + shift for f in finals]
     history.setflags(write=False)
     if penalty == "l1":
-        from ._lasso import l1_strength as auto_strength
-        from ._lasso import lasso_em
-
-        lam = auto_strength(float(w.sum()), X.shape[1], K) if isinstance(l1_strength, str) \
+        lam = auto_l1_strength(float(w.sum()), X.shape[1], K) if isinstance(l1_strength, str) \
             else l1_strength
         params, ll, pen, it, converged, history = lasso_em(
             X, y, w, params, lam, max_iter=max_iter, tol=tol, reg_var=reg_var,

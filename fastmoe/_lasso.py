@@ -32,15 +32,16 @@ generalised EM):
   quadratic model, as glmnet does) with step halving on the penalised gate
   objective.
 
-This path runs through :mod:`fastmoe.engine` and numpy, not the fused
-kernels: it costs a few times a plain EM iteration.
+This path runs through the model's own E-step, the gates' Newton statistics
+and numpy, not the fused EM pass: it costs a few times a plain EM iteration.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import engine
+from ._gating import newton_system
+from ._linalg import chunk_size, n_chunks, resolve_threads
 from ._params import MoEParams
 
 #: coordinate-descent sweeps at most per M-step block, and their tolerance
@@ -106,15 +107,16 @@ def _gates(X, w, R, alpha, lam, x_sd, n_threads):
     free = (alpha[:-1] - alpha[-1]).ravel()
     pen = np.tile(np.concatenate([[0.0], lam * x_sd]), K - 1)
 
+    chunk = chunk_size(X.shape[0])
+    nc, threads = n_chunks(X.shape[0], chunk), resolve_threads(n_threads)
+
     def value(theta):
         a = np.vstack([theta.reshape(K - 1, p), np.zeros(p)])
-        s = engine.gate_statistics(X, R, a[:, 1:], a[:, 0], sample_weight=w,
-                                   n_threads=n_threads)
-        return s, s.objective - float(pen @ np.abs(theta))
+        stats = newton_system(X, w, R, a, chunk, nc, threads)  # Q, gradient, information
+        return stats, stats[0] - float(pen @ np.abs(theta))
 
-    stats, current = value(free)
-    A = -np.asarray(stats.hessian)
-    target = soft_threshold_quadratic(A, A @ free + np.asarray(stats.gradient), free, pen)
+    (_, grad, info), current = value(free)
+    target = soft_threshold_quadratic(info, info @ free + grad, free, pen)
     step = 1.0
     for _ in range(30):
         trial = free + step * (target - free)
@@ -136,24 +138,24 @@ def lasso_em(X, y, w, params: MoEParams, lam: float, *, max_iter: int, tol: floa
     y_var = float(np.average((y - np.average(y, weights=w)) ** 2, weights=w))
     var_floor = reg_var * (y_var if y_var > 0 else 1.0)
     Z = np.column_stack([np.ones(X.shape[0]), X])
-    mix = np.asarray(engine.e_step(X, y, params, sample_weight=w, n_threads=n_threads).resp)
+    mix = params.posterior(X, y, n_threads=n_threads)
     share = (w[:, None] * mix).sum(axis=0)
     noise_sd = float(np.sqrt(share @ params.expert_var / share.sum()))
     history, converged, it = [], False, 0
     for it in range(1, max_iter + 1):
-        est = engine.e_step(X, y, params, sample_weight=w, n_threads=n_threads)
-        objective = est.log_likelihood - l1_penalty(params, lam, x_sd, noise_sd)
+        ll = float(w @ params.score_samples(X, y, n_threads=n_threads))
+        objective = ll - l1_penalty(params, lam, x_sd, noise_sd)
         if history and objective - history[-1] <= tol * abs(objective):
             history.append(objective)
             converged = True
             break
         history.append(objective)
-        R = np.asarray(est.resp)
+        R = params.posterior(X, y, n_threads=n_threads)
         beta, var = _experts(Z, y, w, R, params.expert_aug, params.expert_var, lam, x_sd,
                              noise_sd, var_floor)
         alpha = _gates(X, w, R, params.gate_aug, lam, x_sd, n_threads)
         params = MoEParams.from_aug(alpha, beta, var)
-    ll = engine.e_step(X, y, params, sample_weight=w, n_threads=n_threads).log_likelihood
+    ll = float(w @ params.score_samples(X, y, n_threads=n_threads))
     if not converged:
         history.append(ll - l1_penalty(params, lam, x_sd, noise_sd))
     return (params, float(ll), l1_penalty(params, lam, x_sd, noise_sd), it, converged,
