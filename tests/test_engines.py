@@ -55,7 +55,19 @@ def test_joblib_pattern(shards, serial):
 
 
 @pytest.fixture(scope="module")
-def spark():
+def elsewhere(tmp_path_factory):
+    """Start the engines away from the repository's root: their workers put
+    their working directory on sys.path, and there ``import fastmoe`` would
+    find the source tree, without its compiled kernels, instead of the
+    installed package."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("engines"))
+    yield
+    os.chdir(before)
+
+
+@pytest.fixture(scope="module")
+def spark(elsewhere):
     pytest.importorskip("pyspark", reason="pyspark is not installed (pip install '.[spark]')")
     if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
         pytest.skip("Spark needs a Java runtime (Debian: openjdk-17-jre-headless)")
@@ -90,7 +102,7 @@ def test_spark_pattern(spark, shards, serial):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(elsewhere):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install '.[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
