@@ -110,14 +110,16 @@ def newton_direction(grad, H, K: int, p: int) -> np.ndarray:
     return step
 
 
-def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0, l2=0.0):
+def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0, l2=0.0,
+               penalty_of=None):
     """Step halving from ``alpha + t step``: the first trial whose objective
-    (penalised with ``l2``) is at least ``obj``, as (trial, objective), or None
-    when none is found in MAX_HALVINGS halvings (no ascent direction left at
-    machine precision)."""
+    (penalised with ``l2``, or by ``penalty_of(trial)`` when given) is at
+    least ``obj``, as (trial, objective), or None when none is found in
+    MAX_HALVINGS halvings (no ascent direction left at machine precision)."""
     for _ in range(MAX_HALVINGS):
         trial = alpha + t * step
-        new = gate_objective(X, w, R, trial, chunk, nc, n_threads) - penalty(trial, l2)
+        pen = penalty(trial, l2) if penalty_of is None else penalty_of(trial)
+        new = gate_objective(X, w, R, trial, chunk, nc, n_threads) - pen
         if np.isfinite(new) and new >= obj:
             return trial, new
         t *= 0.5

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._gating import newton_system
+from ._gating import halve_step, newton_system
 from ._linalg import chunk_size, n_chunks, resolve_threads
 from ._params import MoEParams
 
@@ -103,29 +103,24 @@ def _experts(Z, y, w, R, beta, var, lam, x_sd, noise_sd, var_floor):
 
 
 def _gates(X, w, R, alpha, lam, x_sd, n_threads):
+    """One proximal Newton step on the gates, with step halving on the
+    L1-penalised gate objective (``_gating.halve_step``)."""
     K, p = alpha.shape
-    free = (alpha[:-1] - alpha[-1]).ravel()
-    pen = np.tile(np.concatenate([[0.0], lam * x_sd]), K - 1)
+    alpha = alpha - alpha[-1]  # the last gate the reference
+    weights = np.concatenate([[0.0], lam * x_sd])  # per coefficient of one gate
+
+    def penalty_of(a):
+        return float(np.sum(weights * np.abs(a[:-1])))
 
     chunk = chunk_size(X.shape[0])
     nc, threads = n_chunks(X.shape[0], chunk), resolve_threads(n_threads)
-
-    def value(theta):
-        a = np.vstack([theta.reshape(K - 1, p), np.zeros(p)])
-        stats = newton_system(X, w, R, a, chunk, nc, threads)  # Q, gradient, information
-        return stats, stats[0] - float(pen @ np.abs(theta))
-
-    (_, grad, info), current = value(free)
-    target = soft_threshold_quadratic(info, info @ free + grad, free, pen)
-    step = 1.0
-    for _ in range(30):
-        trial = free + step * (target - free)
-        _, v = value(trial)
-        if v >= current:
-            free = trial
-            break
-        step *= 0.5
-    return np.vstack([free.reshape(K - 1, p), np.zeros(p)])
+    q, grad, info = newton_system(X, w, R, alpha, chunk, nc, threads)
+    free = alpha[:-1].ravel()
+    target = soft_threshold_quadratic(info, info @ free + grad, free, np.tile(weights, K - 1))
+    step = np.vstack([target.reshape(K - 1, p), np.zeros(p)]) - alpha
+    found = halve_step(X, w, R, alpha, step, q - penalty_of(alpha), chunk, nc, threads,
+                       penalty_of=penalty_of)
+    return alpha if found is None else found[0]
 
 
 def lasso_em(X, y, w, params: MoEParams, lam: float, *, max_iter: int, tol: float,
@@ -138,25 +133,26 @@ def lasso_em(X, y, w, params: MoEParams, lam: float, *, max_iter: int, tol: floa
     y_var = float(np.average((y - np.average(y, weights=w)) ** 2, weights=w))
     var_floor = reg_var * (y_var if y_var > 0 else 1.0)
     Z = np.column_stack([np.ones(X.shape[0]), X])
-    mix = params.posterior(X, y, n_threads=n_threads)
-    share = (w[:, None] * mix).sum(axis=0)
+    row_ll, log_resp = params.e_step(X, y, n_threads=n_threads)
+    R = np.exp(log_resp)
+    share = w @ R
     noise_sd = float(np.sqrt(share @ params.expert_var / share.sum()))
     history, converged, it = [], False, 0
     for it in range(1, max_iter + 1):
-        ll = float(w @ params.score_samples(X, y, n_threads=n_threads))
-        objective = ll - l1_penalty(params, lam, x_sd, noise_sd)
+        objective = float(w @ row_ll) - l1_penalty(params, lam, x_sd, noise_sd)
         if history and objective - history[-1] <= tol * abs(objective):
             history.append(objective)
             converged = True
             break
         history.append(objective)
-        R = params.posterior(X, y, n_threads=n_threads)
         beta, var = _experts(Z, y, w, R, params.expert_aug, params.expert_var, lam, x_sd,
                              noise_sd, var_floor)
         alpha = _gates(X, w, R, params.gate_aug, lam, x_sd, n_threads)
         params = MoEParams.from_aug(alpha, beta, var)
-    ll = float(w @ params.score_samples(X, y, n_threads=n_threads))
+        row_ll, log_resp = params.e_step(X, y, n_threads=n_threads)  # one pass: both
+        R = np.exp(log_resp)
+    ll = float(w @ row_ll)
     if not converged:
         history.append(ll - l1_penalty(params, lam, x_sd, noise_sd))
-    return (params, float(ll), l1_penalty(params, lam, x_sd, noise_sd), it, converged,
+    return (params, ll, l1_penalty(params, lam, x_sd, noise_sd), it, converged,
             np.array(history))

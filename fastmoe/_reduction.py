@@ -23,7 +23,7 @@ import numpy as np
 from . import _kernels
 from ._linalg import chunk_size, n_chunks, solve_psd, unpack_sym
 from ._params import MoEParams
-from ._validation import check_X
+from ._validation import check_int, check_X
 from .metrics import alignment
 
 COSTS = {"kl": _kernels.KL, "w2": _kernels.W2}
@@ -412,6 +412,23 @@ def reduce_mixture(mix: LargeMixture, Xs, K: int, *, cost: int, init="aligned", 
 def _canonical_targets(beta, var):
     order = np.lexsort((var, beta[:, 0]))
     return beta[order].copy(), var[order].copy()
+
+
+def reduced_size(mix: LargeMixture, n_experts, cost: str) -> int:
+    """The checked K of a reduction of ``mix`` (default: the local models'
+    common K) and a check of the ``cost`` name."""
+    if n_experts is None:
+        if len(set(mix.n_experts)) != 1:
+            raise ValueError(f"the local models have different numbers of experts "
+                             f"{sorted(set(mix.n_experts))}; pass n_experts.")
+        n_experts = mix.n_experts[0]
+    K = check_int(n_experts, "n_experts")
+    if K > mix.gate.shape[0]:
+        raise ValueError(f"n_experts={K} is more than the {mix.gate.shape[0]} local experts "
+                         "in all; cannot reduce to more experts than there are.")
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {sorted(COSTS)}; got {cost!r}.")
+    return K
 
 
 def _check_support(Xs, mix, K):

@@ -40,6 +40,7 @@ from ._reduction import (  # noqa: F401  (the reduction's internals, importable 
     mm_pass,
     mm_rows,
     reduce_mixture,
+    reduced_size,
     subset_cache,
     support_blocks,
     support_cache,
@@ -55,7 +56,7 @@ from ._validation import (
     check_y,
 )
 from .baselines import aligned_average, medoid, naive_average, transport_divergence
-from .exceptions import ConvergenceWarning, DegenerateExpertWarning
+from .exceptions import ConvergenceWarning, DegenerateExpertWarning, ExclusionLimitError
 from .health import FAILED_COST_FACTOR, AggregationResult, local_fit_issues
 
 __all__ = ["AggregationResult", "aggregate", "aligned_average", "medoid", "naive_average",
@@ -109,7 +110,8 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
         reported as heterogeneous.
     max_excluded : share of the weight (the rows, by ``sample_sizes``) that
         ``exclude_failed`` may leave out, default ``MAX_EXCLUDED_FRACTION``
-        (0.05). If the failed models hold more, a ValueError says which and
+        (0.05). If the failed models hold more, an ExclusionLimitError (a
+        ValueError) says which and
         how much: pass a larger ``max_excluded`` to leave them out anyway, or
         ``exclude_failed=False`` to keep them. ``excluded_fraction`` reports
         the share left out.
@@ -134,10 +136,7 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     mix = large_mixture(local_models, sample_sizes)
     share = float(np.sum(mix.lam[failed]))
     if share > max_excluded:
-        raise ValueError(f"exclude_failed would leave out the local model(s) {failed}, which "
-                         f"look like failed fits but hold {share:.1%} of the rows, more than "
-                         f"max_excluded={max_excluded:g}: pass max_excluded={share:.3g} (or "
-                         "more) to leave them out, or exclude_failed=False to keep them.")
+        raise ExclusionLimitError(failed, share, max_excluded)
     kept = [i for i in range(mix.n_machines) if i not in failed]
     result = _aggregate([mix.models[i] for i in kept], n_experts,
                         [mix.lam[i] for i in kept], X_support, rng, **options)
@@ -154,17 +153,7 @@ def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, i
     """One reduction and gate refit (:func:`aggregate` without exclusion)."""
     t_start = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
-    if n_experts is None:
-        if len(set(mix.n_experts)) != 1:
-            raise ValueError(f"the local models have different numbers of experts "
-                             f"{sorted(set(mix.n_experts))}; pass n_experts.")
-        n_experts = mix.n_experts[0]
-    K = check_int(n_experts, "n_experts")
-    if K > mix.gate.shape[0]:
-        raise ValueError(f"n_experts={K} is more than the {mix.gate.shape[0]} local experts "
-                         "in all; cannot reduce to more experts than there are.")
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {sorted(COSTS)}; got {cost!r}.")
+    K = reduced_size(mix, n_experts, cost)
     check_choice(init, "init", INITS)
     check_choice(gate_target, "gate_target", GATE_TARGETS)
     check_choice(variance_update, "variance_update", VARIANCE_UPDATES)
@@ -215,9 +204,10 @@ def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, i
         alpha, _ = _fit_gates_kl(mix, Xs, alpha, beta, var, max_iter=gate_max_iter, tol=1e-10,
                                  n_threads=n_threads, cache=cache)
     weight = sum(W.sum(axis=0) for _, _, W, _ in support_blocks(mix, Xs, TARGET_BLOCK, cache))
-    Z = np.column_stack([np.ones(Xs.shape[0]), Xs])
+    # the cache's total Gram matrix weighs each point by sum_l w_l(x_s) = 1: the
+    # support's moments E[xt xt^T]
     issues = local_fit_issues(mix.gate, mix.var, mix.starts, mix.lam, weight / Xs.shape[0],
-                              Xs.std(axis=0), mix.expert, Z.T @ Z / Xs.shape[0])
+                              Xs.std(axis=0), mix.expert, cache.gram_total / Xs.shape[0])
     del cache
     t_gates = time.perf_counter() - t0
     timings = {"reduction": t_reduction, "gates": t_gates,

@@ -23,7 +23,9 @@ from ._reduction import (
     _check_support,
     large_mixture,
     mm_pass,
+    reduced_size,
     support_blocks,
+    support_cache,
 )
 from ._runtime import blas_single_thread as single_threaded_blas
 from ._runtime import resolve_threads
@@ -54,13 +56,27 @@ def transport_divergence(source, target: MoEParams, X, *, cost: str = "kl",
                    resolve_threads(n_threads)).objective
 
 
+def divergence_matrix(models, X, *, cost: str = "kl", n_threads: int | None = None):
+    """(M, M) D[i, j] = R(models[i] -> models[j]) over the rows of X (zero on
+    the diagonal): the pairwise transport divergences of the medoid and of
+    the robust filter (``fastmoe.protocol.inconsistent_machines``)."""
+    M = len(models)
+    D = np.zeros((M, M))
+    for i in range(M):
+        for j in range(M):
+            if i != j:
+                D[i, j] = transport_divergence(models[i], models[j], X, cost=cost,
+                                               n_threads=n_threads)
+    return D
+
+
 def _baseline(mix: LargeMixture, X_support, params: MoEParams, method, cost, n_threads,
-              t_start):
+              t_start, cache=None):
     Xs = _check_support(X_support, mix, params.n_experts)
     beta = params.expert_aug
     beta[:, 0] -= mix.shift
     final = mm_pass(mix, Xs, beta, params.expert_var, COSTS[cost], resolve_threads(n_threads),
-                    want_assign=True)
+                    want_assign=True, cache=cache)
     total = time.perf_counter() - t_start
     return AggregationResult(params, final.objective, np.array([final.objective]), 0, True,
                              final.assign, final.mass, final.mass.sum(axis=0), final.lobj,
@@ -96,11 +112,8 @@ def naive_average(local_models, *, sample_sizes=None, X_support, cost: str = "kl
     mix = large_mixture(local_models, sample_sizes)
     models = mix.models
     _equal_k(models)
-    avg = {name: sum(w * getattr(m, name) for w, m in zip(mix.lam, models))
-           for name in ("gate_coef", "gate_intercept", "expert_coef", "expert_intercept",
-                        "expert_var")}
-    return _baseline(mix, X_support, MoEParams(**avg).canonical(), "naive_average", cost,
-                     n_threads, t0)
+    return _baseline(mix, X_support, _average(models, mix.lam).canonical(), "naive_average",
+                     cost, n_threads, t0)
 
 
 def medoid(local_models, *, sample_sizes=None, X_support, cost: str = "kl",
@@ -111,9 +124,7 @@ def medoid(local_models, *, sample_sizes=None, X_support, cost: str = "kl",
     mix = large_mixture(local_models, sample_sizes)
     models = mix.models
     Xs = check_X(X_support, mix.n_features, name="X_support")
-    scores = [sum(lam_j * transport_divergence(mj, mi, Xs, cost=cost, n_threads=n_threads)
-                  for j, (lam_j, mj) in enumerate(zip(mix.lam, models)) if j != i)
-              for i, mi in enumerate(models)]
+    scores = mix.lam @ divergence_matrix(models, Xs, cost=cost, n_threads=n_threads)
     return _baseline(mix, X_support, models[int(np.argmin(scores))].canonical(), "medoid",
                      cost, n_threads, t0)
 
@@ -206,22 +217,14 @@ def greedy_merge(local_models, n_experts: int | None = None, *, sample_sizes=Non
     t0 = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
     L = mix.gate.shape[0]
-    if n_experts is None:
-        if len(set(mix.n_experts)) != 1:
-            raise ValueError(f"the local models have different numbers of experts "
-                             f"{sorted(set(mix.n_experts))}; pass n_experts.")
-        n_experts = mix.n_experts[0]
-    K = check_int(n_experts, "n_experts")
-    if K > L:
-        raise ValueError(f"n_experts={K} is more than the {L} local experts in all.")
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {sorted(COSTS)}; got {cost!r}.")
+    K = reduced_size(mix, n_experts, cost)
     gate_max_iter = check_int(gate_max_iter, "gate_max_iter")
     Xs = _check_support(X_support, mix, K)
     n_threads = resolve_threads(n_threads)
+    cache = support_cache(mix, Xs, n_threads)  # the local weights, once for every pass
     Xt = np.column_stack([np.ones(Xs.shape[0]), Xs])
     A = np.zeros((L, Xt.shape[1], Xt.shape[1]))
-    for lo, hi, W, _ in support_blocks(mix, Xs, TARGET_BLOCK, n_threads=n_threads):
+    for lo, hi, W, _ in support_blocks(mix, Xs, TARGET_BLOCK, cache, n_threads):
         A += np.einsum("sl,si,sj->lij", W, Xt[lo:hi], Xt[lo:hi], optimize=True)
     mass = A[:, 0, 0].copy()
     groups = _Groups(A, mix.expert, mix.var, mass)
@@ -248,13 +251,13 @@ def greedy_merge(local_models, n_experts: int | None = None, *, sample_sizes=Non
     label = np.searchsorted(keep, owner)  # group of each local expert, 0..K-1
     onehot = np.zeros((L, K))
     onehot[np.arange(L), label] = 1.0
-    T = _target_assigned(mix, Xs, onehot, K)
+    T = _target_assigned(mix, Xs, onehot, K, cache)
     alpha = fit_gates(Xs, T, np.ones(Xs.shape[0]), np.zeros((K, Xs.shape[1] + 1)),
                       max_iter=gate_max_iter, tol=1e-12, n_threads=n_threads).alpha
     beta = groups.beta[keep].copy()
     beta[:, 0] += mix.shift
     params = MoEParams.from_aug(alpha, beta, groups.var[keep]).canonical()
-    return _baseline(mix, Xs, params, "greedy_merge", cost, n_threads, t0)
+    return _baseline(mix, Xs, params, "greedy_merge", cost, n_threads, t0, cache)
 
 
 # ----------------------------------------------------------------------------
@@ -377,7 +380,6 @@ def fedavg(shards, n_experts: int, *, rounds: int = 10, local_iter: int = 5, ini
         history.append(float(np.sum(lls)))
         model = _average(local, lam)
         learning_time += max(times) + time.perf_counter() - t
-    history.append(float(sum(engine.e_step(X, y, model, n_threads=n_threads).log_likelihood
-                             for X, y in pairs)))
+    history.append(float(sum(model.log_likelihood(X, y, n_threads=n_threads) for X, y in pairs)))
     nbytes = 8 * (2 * K * (pairs[0][0].shape[1] + 1) + K + 1)
     return FedAvgResult(model.canonical(), np.array(history), learning_time, nbytes, rounds)

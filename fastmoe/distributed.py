@@ -29,7 +29,7 @@ from ._validation import (
     check_int,
     check_random_state,
 )
-from .exceptions import ConvergenceWarning, ShardError
+from .exceptions import ConvergenceWarning, ExclusionLimitError, ShardError
 from .io import read_npy, read_table, write_table
 from .message import MESSAGE_FORMAT, MESSAGE_VERSION, LocalMessage
 from .model_selection import select_n_experts
@@ -427,11 +427,10 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         return params, history
 
     @staticmethod
-    def _suspects(agg) -> list:
+    def _suspects(agg, n_models: int) -> list:
         """Message indices the server asks to recheck their fits: the models
         left out as failed, and the kept ones the health report suspects
         (collapsed and costly without evidence of failure)."""
-        n_models = int(np.asarray(agg.machine).max()) + 1 + len(agg.excluded)
         kept = [j for j in range(n_models) if j not in agg.excluded]
         failed = [j for j in agg.excluded if j not in agg.inconsistent]
         return sorted(set(failed) | {kept[m] for m in agg.health()["suspect"]})
@@ -491,11 +490,11 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         first_fit_times = np.array([m.fit_time for m in messages])
         state = rng.bit_generator.state  # the same support for a second aggregation
 
-        def server():
+        def server(exclude_failed):
             rng.bit_generator.state = state
             return aggregate_messages(messages, K, n_support=self.n_support,
                                       max_support=self.max_support, random_state=rng,
-                                      exclude_failed=self.exclude_failed,
+                                      exclude_failed=exclude_failed,
                                       max_excluded=self.max_excluded, robust=self.robust,
                                       cost=self.cost, init=self.agg_init,
                                       n_init=self.agg_n_init, max_iter=self.agg_max_iter,
@@ -505,33 +504,22 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
 
         t0 = time.perf_counter()
         try:
-            agg = server()
-        except ValueError:  # too many rows would be left out: let the suspects look first
+            agg = server(self.exclude_failed)
+        except ExclusionLimitError:  # too many rows would be left out: the suspects look first
             if not self.recheck_suspects:
                 raise
             agg = None
+        reference = agg if agg is not None else server(False)  # what the suspects refit from
         reduction_time = time.perf_counter() - t0
         self.rechecked_shards_, self.recheck_time_ = [], 0.0
         if self.recheck_suspects:
-            if agg is None:  # the models exclude_failed would leave out, from a plain aggregate
-                rng.bit_generator.state = state
-                plain = aggregate_messages(messages, K, n_support=self.n_support,
-                                           max_support=self.max_support, random_state=rng,
-                                           robust=self.robust, cost=self.cost,
-                                           init=self.agg_init, n_init=self.agg_n_init,
-                                           max_iter=self.agg_max_iter,
-                                           gate_target=self.gate_target,
-                                           variance_update=self.variance_update,
-                                           n_threads=self.n_threads)
-                ask, reference = self._suspects(plain), plain.params
-            else:
-                ask, reference = self._suspects(agg), agg.params
+            ask = self._suspects(reference, len(messages))
             recheck_options = dict(max_iter=self.max_iter, tol=tol * M, reg_var=self.reg_var,
                                    gate_steps=self.gate_steps, split_merge=self.split_merge,
                                    n_threads=threads)
             if ask:
                 out = _backends.run(self.backend, recheck_shard,
-                                    [(j, shards[fitted[j]], messages[j], reference,
+                                    [(j, shards[fitted[j]], messages[j], reference.params,
                                       recheck_options) for j in ask],
                                     n_jobs=n_jobs, client=self.client)
                 errors = [o[1] for o in out if isinstance(o[1], ShardError)]
@@ -544,7 +532,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                         self.rechecked_shards_.append(fitted[j])
             if self.rechecked_shards_ or agg is None:
                 t0 = time.perf_counter()
-                agg = server()
+                agg = server(self.exclude_failed)
                 reduction_time += time.perf_counter() - t0
         rounds = check_int(self.refine_rounds, "refine_rounds", 0)
         params, self.refine_history_ = agg.params, []

@@ -26,6 +26,24 @@ class ShardError(ValueError):
         return (type(self), (self.index, self.reason, self.n_rows))
 
 
+class ExclusionLimitError(ValueError):
+    """``exclude_failed`` would leave out the local models ``failed``, which
+    hold ``share`` of the rows, more than ``max_excluded`` allows."""
+
+    def __init__(self, failed, share: float, max_excluded: float):
+        self.failed = [int(m) for m in failed]
+        self.share = float(share)
+        self.max_excluded = float(max_excluded)
+        super().__init__(
+            f"exclude_failed would leave out the local model(s) {self.failed}, which look like "
+            f"failed fits but hold {self.share:.1%} of the rows, more than "
+            f"max_excluded={self.max_excluded:g}: pass max_excluded={self.share:.3g} (or more) "
+            "to leave them out, or exclude_failed=False to keep them.")
+
+    def __reduce__(self):
+        return (type(self), (self.failed, self.share, self.max_excluded))
+
+
 _WARNINGS = ("ConvergenceWarning", "DegenerateExpertWarning")
 _lock = threading.Lock()
 
@@ -54,4 +72,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ConvergenceWarning", "DegenerateExpertWarning", "ShardError"]  # noqa: F822 (PEP 562)
+__all__ = ["ConvergenceWarning", "DegenerateExpertWarning", "ExclusionLimitError",  # noqa: F822
+           "ShardError"]  # (PEP 562)

@@ -132,11 +132,11 @@ def aggregation_health(result) -> dict:
     issues = dict(getattr(result, "local_issues", {}) or {})
     # a model is left out only on evidence of failure, never for being different
     evidence = {m for kind in FAILURE_EVIDENCE for m in issues.get(kind, {})}
-    costly = [m for m in collapsed if cost[m] > FAILED_COST_FACTOR * med]
-    failed = [m for m in costly if m in evidence]
-    suspect = costly  # failed, or a different population: the machine can tell
+    # collapsed and costly: failed, or a different population (the machine can tell)
+    suspect = [m for m in collapsed if cost[m] > FAILED_COST_FACTOR * med]
+    failed = [m for m in suspect if m in evidence]
     hetero = [m for m in range(M) if M > 2 and (cost[m] > OUTLIER_FACTOR * max(med, 1e-300)
-                                                or (m in costly and m not in evidence))]
+                                                or (m in suspect and m not in evidence))]
     for kind, what in (("diverged_gates", "local gates that diverged (nearly separable "
                         "shards: fit them with a larger gate_penalty)"),
                        ("collapsed_experts", "local experts whose variance collapsed"),

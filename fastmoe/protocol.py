@@ -27,7 +27,7 @@ from ._validation import (
     check_X_y,
 )
 from .aggregation import AggregationResult, aggregate
-from .baselines import transport_divergence
+from .baselines import divergence_matrix
 from .health import DIVERGED_GATE_SLOPE, steepest_gate_slope
 from .message import LocalMessage
 
@@ -130,8 +130,9 @@ def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sa
     else:
         fit, said = _fit_recorded(Xf, yf, n_experts, random_state=rng, n_init=n_init,
                                   gate_penalty=gate_penalty, **fit_options)
-    fit, said, check = _self_check(fit, said, Xf, yf, n_experts, rng, n_init, gate_penalty,
-                                   fit_options)
+    moments = _moments(Xf)
+    fit, said, check = _self_check(fit, said, Xf, yf, moments, n_experts, rng, n_init,
+                                   gate_penalty, fit_options)
     for w in said:  # the warnings of the fit that was kept
         warnings.warn(w.message, w.category, stacklevel=2)
     fit_time = time.perf_counter() - t0
@@ -143,19 +144,25 @@ def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sa
                        else None, mean, (cov + cov.T) / 2, float(ll_out), n_out, fit_time,
                        {"converged": bool(fit.converged), "n_iter": int(fit.n_iter),
                         "gate_penalty": float(gate_penalty), "self_check": check,
-                        "confident": _doubt(fit, Xf) is None})
+                        "confident": _doubt(fit, moments) is None})
     msg.validate()
     return msg
 
 
-def _doubt(fit, X) -> str | None:
+def _moments(X) -> np.ndarray:
+    """E[xt xt^T] of the rows of X, xt = (1, x)."""
+    Z = np.column_stack([np.ones(X.shape[0]), X])
+    return Z.T @ Z / X.shape[0]
+
+
+def _doubt(fit, moments) -> str | None:
     """Why a local fit looks unfinished or stuck, or None: EM stopped before
     converging, or two of its experts describe the same data (the poor
-    optimum that EM cannot leave; ``fastmoe._em.duplicate_pair``)."""
+    optimum that EM cannot leave; ``fastmoe._em.duplicate_pair``, over the
+    covariates' ``moments``)."""
     if not fit.converged:
         return "EM did not converge"
-    Z = np.column_stack([np.ones(X.shape[0]), X])
-    pair = duplicate_pair(fit.params.expert_aug, fit.params.expert_var, Z.T @ Z / X.shape[0])
+    pair = duplicate_pair(fit.params.expert_aug, fit.params.expert_var, moments)
     if pair is not None:
         return f"experts {pair[1]} and {pair[0]} are near-duplicates (KL {pair[2]:.3g})"
     return None
@@ -169,14 +176,14 @@ def _fit_recorded(*args, **kwargs):
     return fit, said
 
 
-def _self_check(fit, said, X, y, n_experts, rng, n_init, gate_penalty, fit_options):
+def _self_check(fit, said, X, y, moments, n_experts, rng, n_init, gate_penalty, fit_options):
     """The machine's check of its own fit before it sends: a fit in doubt
     (:func:`_doubt`) is fitted again from ``n_init`` fresh random starts, and
     the higher log-likelihood is kept. Returns (fit, its warnings, what was
     done). Measured in ``fastmoe demo``: one of the 4 machines stopped after
     200 iterations in a poor optimum; fresh starts reached the others'
     optimum (-25259.4 against the truth's -25355.6 on its rows)."""
-    why = _doubt(fit, X)
+    why = _doubt(fit, moments)
     if why is None:
         return fit, said, "passed"
     options = {**fit_options, "init": "random"}
@@ -312,16 +319,11 @@ def inconsistent_machines(messages, X_support, *, cost: str = "kl",
     ``ROBUST_FACTOR`` times the median of the others are named. Needs at
     least three machines; returns {} with fewer.
     """
-    models = [m.params for m in messages]
-    M = len(models)
+    M = len(messages)
     if M < 3:
         return {}
-    D = np.zeros((M, M))
-    for i in range(M):
-        for j in range(M):
-            if i != j:
-                D[i, j] = transport_divergence(models[i], models[j], X_support, cost=cost,
-                                               n_threads=n_threads)
+    D = divergence_matrix([m.params for m in messages], X_support, cost=cost,
+                          n_threads=n_threads)
     D = (D + D.T) / (2 * X_support.shape[0])
     center = int(np.argmin(D.sum(axis=1)))
     n = np.array([m.n + m.heldout_n for m in messages], dtype=float)
@@ -507,7 +509,7 @@ def recheck_local(X, y, message: LocalMessage, params: MoEParams,
     meta = {**message.meta, "converged": bool(again.converged), "n_iter": int(again.n_iter),
             "self_check": f"refitted from the server's aggregate: log-likelihood {own:.6g} -> "
                           f"{new:.6g} (the first fit was a poor optimum)",
-            "confident": _doubt(again, X) is None,
+            "confident": _doubt(again, _moments(X)) is None,
             "warnings": sorted({str(w.message) for w in said})}
     out = replace(message, params=again.params, meta=meta,
                   fit_time=message.fit_time + time.perf_counter() - t0)
