@@ -263,8 +263,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         :func:`fastmoe.aggregate`).
     recheck_suspects : bool, default=True
         After the aggregation, the shards whose models look failed or out of
-        line (collapsed onto fewer global experts at over twice the median
-        cost) run EM from the aggregate on their rows
+        line (a transport cost per unit mass over twice the median machine's)
+        run EM from the aggregate on their rows
         (:func:`fastmoe.protocol.recheck_local`); a shard whose refit fits
         its own rows better sends it instead (its first fit was a poor
         optimum), and the server aggregates once more. Listed in

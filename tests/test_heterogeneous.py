@@ -115,3 +115,24 @@ def test_a_poor_local_optimum_on_the_reference_splits_is_repaired_not_dropped():
     assert est.rechecked_shards_ == [2] and est.excluded_rows_ == 0
     assert est.aggregation_.health()["suspect"] == []
     assert "poor optimum" in est.messages_[2].meta["self_check"]
+
+
+def test_a_costly_machine_is_suspect_even_when_its_experts_map_one_to_one():
+    """A poor optimum need not collapse: experts that each match a different
+    global expert but sit far from it cost more transport than the others',
+    and the server asks that machine to look again (recheck_local)."""
+    X, y, truth, _ = make_moe_regression(16000, 2, 3, random_state=1)
+    msgs = [fit_local(X[i::8], y[i::8], 3, random_state=i) for i in range(8)]
+    b = truth.expert_aug.copy()
+    b[:, 1:] *= 0.6  # each expert's slopes shrunk: still nearest to its own target
+    poor = MoEParams(truth.gate_coef, truth.gate_intercept, b[:, 1:], b[:, 0],
+                     2.0 * truth.expert_var)
+    msgs[3] = replace(msgs[3], params=poor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        health = aggregate_messages(msgs, random_state=0).health()
+    assert health["collapsed"] == [] and health["failed"] == []
+    assert health["suspect"] == [3]
+    fixed = recheck_local(X[3::8], y[3::8], msgs[3], truth)
+    assert fixed.params.log_likelihood(X[3::8], y[3::8]) > poor.log_likelihood(X[3::8],
+                                                                               y[3::8])
