@@ -361,3 +361,30 @@ def test_every_gate_target_refits_gates_close_to_the_truth(gate_target):
     est = align_to(res.params, truth)
     gap = np.abs(est.gate_proba(Xs) - truth.gate_proba(Xs)).mean()
     assert gap < 0.05, gap
+
+
+@pytest.mark.parametrize("M,restarts", [(40, 0), (4, 2)])
+def test_kmeans_restarts_skip_only_when_nearly_all_the_weight_maps_one_to_one(
+        rng, monkeypatch, M, restarts):
+    """One machine of M has two copies of one expert (it collapses onto fewer
+    targets): with 1/40 of the weight the aligned start is kept alone; with
+    1/4 (over 1 - ONE_TO_ONE_SHARE) the k-means restarts still run."""
+    truth = random_model(rng, 3, 2, spread=8.0)
+    b, v = truth.expert_aug, truth.expert_var
+    dup = MoEParams(truth.gate_coef, truth.gate_intercept,
+                    np.array([b[0, 1:], b[0, 1:], b[2, 1:]]),
+                    np.array([b[0, 0], b[0, 0] + 1e-3, b[2, 0]]), v)
+    mix = large_mixture([truth] * (M - 1) + [dup])
+    assert (1 / M < 1 - _reduction.ONE_TO_ONE_SHARE) == (restarts == 0)
+    calls = []
+    start = _reduction._kmeans_start
+
+    def counted(*args):
+        calls.append(1)
+        return start(*args)
+
+    monkeypatch.setattr(_reduction, "_kmeans_start", counted)
+    Xs = rng.standard_normal((400, 2))
+    _reduction.reduce_mixture(mix, Xs, 3, cost=_reduction.COSTS["kl"], n_init=3, max_iter=50,
+                              tol=1e-10, rng=np.random.default_rng(0), n_threads=1)
+    assert len(calls) == restarts
