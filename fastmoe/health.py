@@ -138,11 +138,11 @@ def aggregation_health(result) -> dict:
     evidence = {m for kind in FAILURE_EVIDENCE for m in issues.get(kind, {})}
     # costly: a poor optimum or a different population (the machine can tell);
     # collapsed and costly with evidence of failure: failed
-    suspect = [m for m in range(M) if cost[m] > FAILED_COST_FACTOR * med]
-    costly_collapsed = [m for m in collapsed if m in suspect]
-    failed = [m for m in costly_collapsed if m in evidence]
+    costly = cost > FAILED_COST_FACTOR * med
+    suspect = [m for m in range(M) if costly[m]]
+    failed = [m for m in collapsed if costly[m] and m in evidence]
     hetero = [m for m in range(M) if M > 2 and (cost[m] > OUTLIER_FACTOR * max(med, 1e-300)
-                                                or (m in costly_collapsed
+                                                or (m in collapsed and costly[m]
                                                     and m not in evidence))]
     for kind, what in (("diverged_gates", "local gates that diverged (nearly separable "
                         "shards: fit them with a larger gate_penalty)"),
