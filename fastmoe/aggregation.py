@@ -87,9 +87,13 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     X_support : (S, d) support covariates.
     cost : "kl" or "w2", the cost between Gaussian experts.
     init : "aligned" (the Hungarian-aligned average of the local models as the
-        first start, k-means for the others; needs equal K_m) or "kmeans"
-        (k-means on the local expert coefficients for every start).
-    n_init : number of starts; the smallest objective is kept.
+        first start, k-means for the others; needs equal K_m), "kmeans"
+        (k-means on the local expert coefficients for every start), or an
+        MoEParams with ``n_experts`` experts on the same features, whose
+        experts are the only start (a warm start: an earlier aggregate's
+        ``params`` when a few messages changed).
+    n_init : number of starts; the smallest objective is kept (unused when
+        ``init`` is an MoEParams).
     max_iter, tol : MM stops when R changes by less than ``tol * R``.
     gate_target : "assigned" (default), "kl", "plan" or "posterior"
         (docs/method.rst, section 5); "posterior" needs ``y_support``.
@@ -147,6 +151,20 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
                    notes=result.notes + (note,))
 
 
+def _check_init(init, mix, K):
+    """The reduction's start: a name in INITS, or an MoEParams with K experts
+    on the mixture's features as one (beta, var) start in its centred units."""
+    if not isinstance(init, MoEParams):
+        check_choice(init, "init", INITS)
+        return init
+    if init.n_experts != K or init.n_features != mix.n_features:
+        raise ValueError(f"init has {init.n_experts} experts on {init.n_features} features; "
+                         f"the aggregate needs {K} on {mix.n_features}.")
+    beta = init.expert_aug.copy()
+    beta[:, 0] -= mix.shift
+    return beta, np.array(init.expert_var, dtype=np.float64)
+
+
 def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, init, n_init,
                max_iter, tol, gate_target, y_support, variance_update, gate_max_iter,
                n_threads) -> AggregationResult:
@@ -154,7 +172,7 @@ def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, i
     t_start = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
     K = reduced_size(mix, n_experts, cost)
-    check_choice(init, "init", INITS)
+    init = _check_init(init, mix, K)
     check_choice(gate_target, "gate_target", GATE_TARGETS)
     check_choice(variance_update, "variance_update", VARIANCE_UPDATES)
     n_init = check_int(n_init, "n_init")

@@ -221,6 +221,26 @@ def test_permutations_change_nothing(rng):
 
 
 @pytest.mark.parametrize("cost", ["kl", "w2"])
+def test_a_warm_start_from_the_aggregate_stays_there(rng, monkeypatch, cost):
+    """init=an aggregate's params starts the MM at its optimum: no k-means
+    start, one or two passes, the same experts and objective; a start from
+    elsewhere moves."""
+    model = random_model(rng, 3, 2, spread=4.0)
+    locals_ = _noisy_copies(rng, model, 4)
+    Xs = rng.standard_normal((1500, 2))
+    cold = aggregate(locals_, X_support=Xs, cost=cost, init="kmeans", n_init=2, random_state=0)
+    monkeypatch.setattr(_reduction, "_kmeans_start", None)  # a warm start never calls it
+    warm = aggregate(locals_, X_support=Xs, cost=cost, init=cold.params, n_init=2)
+    assert warm.n_iter <= 1
+    assert warm.objective <= cold.objective * (1 + 1e-9)
+    np.testing.assert_allclose(warm.params.expert_aug, cold.params.expert_aug, atol=1e-6)
+    np.testing.assert_allclose(warm.params.expert_var, cold.params.expert_var, rtol=1e-6)
+    far = aggregate(locals_, X_support=Xs, cost=cost, init=random_model(rng, 3, 2))
+    assert far.n_iter > 1
+    assert far.history[0] > cold.objective
+
+
+@pytest.mark.parametrize("cost", ["kl", "w2"])
 def test_objective_never_increases(rng, cost):
     locals_ = [random_model(rng, 3, 2, spread=3.0) for _ in range(5)]
     Xs = rng.standard_normal((1500, 2))
@@ -283,6 +303,10 @@ def test_baselines(rng):
     (dict(gate_target="posterior"), "needs y_support"),
     (dict(gate_target="x"), "gate_target must be one of"),
     (dict(n_experts=7), "more than the 6 local experts"),
+    (dict(init=MoEParams(np.zeros((2, 2)), np.zeros(2), np.zeros((2, 2)), np.zeros(2),
+                         np.ones(2))), "init has 2 experts on 2 features; the aggregate "
+                                       "needs 3 on 2"),
+    (dict(init="warm"), "init must be one of"),
     (dict(local_models=["nope", None]), r"local_models\[0\] is a str"),
     (dict(local_models=[{"format": "fastmoe.MoEParams", "version": 1, "n_experts": 1,
                          "n_features": 1, "gate_coef": [[0]], "gate_intercept": [0],
