@@ -267,11 +267,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         run EM from the aggregate on their rows
         (:func:`fastmoe.protocol.recheck_local`); a shard whose refit fits
         its own rows better sends it instead (its first fit was a poor
-        optimum), and the server aggregates once more, on the same support,
-        from the first aggregate's experts (``init=``; measured on the
-        reference data B at 64 shards: 14 and 38 MM iterations against 81 and
-        45 from the aligned start, objectives 414.530 and 413.188 against
-        414.543 and 413.187). Listed in
+        optimum), and the server aggregates once more. Listed in
         ``rechecked_shards_``; ``recheck_time_`` (the slowest recheck) is in
         ``learning_time_``. A shard whose refit does no better is a different
         population, and is kept. On small shards noise alone puts a few
@@ -497,13 +493,13 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         first_fit_times = np.array([m.fit_time for m in messages])
         state = rng.bit_generator.state  # the same support for a second aggregation
 
-        def server(exclude_failed, init=self.agg_init):
+        def server(exclude_failed):
             rng.bit_generator.state = state
             return aggregate_messages(messages, K, n_support=self.n_support,
                                       max_support=self.max_support, random_state=rng,
                                       exclude_failed=exclude_failed,
                                       max_excluded=self.max_excluded, robust=self.robust,
-                                      cost=self.cost, init=init,
+                                      cost=self.cost, init=self.agg_init,
                                       n_init=self.agg_n_init, max_iter=self.agg_max_iter,
                                       gate_target=self.gate_target,
                                       variance_update=self.variance_update,
@@ -539,7 +535,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                         self.rechecked_shards_.append(fitted[j])
             if self.rechecked_shards_ or agg is None:
                 t0 = time.perf_counter()
-                agg = server(self.exclude_failed, reference.params)
+                agg = server(self.exclude_failed)
                 reduction_time += time.perf_counter() - t0
         rounds = check_int(self.refine_rounds, "refine_rounds", 0)
         params, self.refine_history_ = agg.params, []
