@@ -300,6 +300,14 @@ def _run_mm(mix, Xs, beta, var, *, cost, variance_update, max_iter, tol, n_threa
 # ----------------------------------------------------------------------------
 # starts
 # ----------------------------------------------------------------------------
+def centred_start(mix: LargeMixture, params: MoEParams) -> tuple[np.ndarray, np.ndarray]:
+    """A (beta, var) start from the experts of ``params``, in the centred
+    units of ``mix`` (intercepts minus its shift)."""
+    beta = params.expert_aug.copy()
+    beta[:, 0] -= mix.shift
+    return beta, np.array(params.expert_var, dtype=np.float64)
+
+
 def _aligned_average_params(models, lam) -> MoEParams:
     # reference: the largest sample; ties broken by the canonical expert
     # intercepts, so that the result does not depend on the order of the models
@@ -404,10 +412,8 @@ def reduce_mixture(mix: LargeMixture, Xs, K: int, *, cost: int, init="aligned", 
     else:
         best, starts = None, n_init
         if init == "aligned" and len(set(mix.n_experts)) == 1 and mix.n_experts[0] == K:
-            avg = _aligned_average_params(mix.models, mix.lam)
-            b0 = avg.expert_aug
-            b0[:, 0] -= mix.shift
-            best, starts = run(b0, avg.expert_var.copy()), n_init - 1
+            best = run(*centred_start(mix, _aligned_average_params(mix.models, mix.lam)))
+            starts = n_init - 1
             if _one_to_one(mix, best[6]):
                 starts = 0  # every machine's experts map one-to-one: no restarts
     for _ in range(starts):

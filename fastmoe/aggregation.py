@@ -36,6 +36,7 @@ from ._reduction import (  # noqa: F401  (the reduction's internals, importable 
     _check_support,
     _run_mm,
     _update,
+    centred_start,
     large_mixture,
     mm_pass,
     mm_rows,
@@ -160,9 +161,7 @@ def _check_init(init, mix, K):
     if init.n_experts != K or init.n_features != mix.n_features:
         raise ValueError(f"init has {init.n_experts} experts on {init.n_features} features; "
                          f"the aggregate needs {K} on {mix.n_features}.")
-    beta = init.expert_aug.copy()
-    beta[:, 0] -= mix.shift
-    return beta, np.array(init.expert_var, dtype=np.float64)
+    return centred_start(mix, init)
 
 
 def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, init, n_init,

@@ -136,4 +136,3 @@ def test_a_costly_machine_is_suspect_even_when_its_experts_map_one_to_one():
     fixed = recheck_local(X[3::8], y[3::8], msgs[3], truth)
     assert fixed.params.log_likelihood(X[3::8], y[3::8]) > poor.log_likelihood(X[3::8],
                                                                                y[3::8])
-
