@@ -136,3 +136,36 @@ def test_a_costly_machine_is_suspect_even_when_its_experts_map_one_to_one():
     fixed = recheck_local(X[3::8], y[3::8], msgs[3], truth)
     assert fixed.params.log_likelihood(X[3::8], y[3::8]) > poor.log_likelihood(X[3::8],
                                                                                y[3::8])
+
+
+def test_the_second_aggregation_starts_from_the_first(monkeypatch):
+    """When the check round replaces a message, the server aggregates again
+    from the first aggregate's experts (a warm start)."""
+    import fastmoe.distributed as distributed
+
+    X, y, truth, _ = make_moe_regression(16000, 2, 3, random_state=1)
+    b = truth.expert_aug.copy()
+    b[:, 1:] *= 0.6
+    poor = MoEParams(truth.gate_coef, truth.gate_intercept, b[:, 1:], b[:, 0],
+                     2.0 * truth.expert_var)
+    fit_shard, aggregate = distributed.fit_shard, distributed.aggregate_messages
+    calls = []
+
+    def poor_fit(index, *args):
+        i, msg = fit_shard(index, *args)
+        return i, (replace(msg, params=poor) if index == 3 else msg)
+
+    def recorded(messages, *args, **kwargs):
+        out = aggregate(messages, *args, **kwargs)
+        calls.append((kwargs["init"], out))
+        return out
+
+    monkeypatch.setattr(distributed, "fit_shard", poor_fit)
+    monkeypatch.setattr(distributed, "aggregate_messages", recorded)
+    est = DistributedMoERegressor(3, backend="serial", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit_shards([(X[i::8], y[i::8]) for i in range(8)])
+    assert est.rechecked_shards_ == [3] and len(calls) == 2
+    assert calls[0][0] == "aligned" and calls[1][0] is calls[0][1].params
+    assert est.aggregation_ is calls[1][1]

@@ -60,6 +60,8 @@ def test_rounds_on_every_backend_give_the_same_model(data):
         b = DistributedMoERegressor(3, 4, backend="local", random_state=1,
                                     refine_rounds=2).fit(X, y)
     np.testing.assert_array_equal(a.params_.expert_aug, b.params_.expert_aug)
+    # a kept message comes back from a worker process as a copy: it is not a replacement
+    assert a.rechecked_shards_ == b.rechecked_shards_
 
 
 def test_refine_rounds_must_be_a_count(data):
