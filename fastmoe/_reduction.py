@@ -353,15 +353,21 @@ def _total_gram(Xs, W) -> np.ndarray:
     return Z.T @ (W.sum(axis=1)[:, None] * Z)
 
 
-def _one_to_one(mix: LargeMixture, mass: np.ndarray) -> bool:
-    """Whether the machines whose local experts send most of their mass
-    (L, K) to distinct targets (as many as min(K_m, K)) hold at least
-    ``ONE_TO_ONE_SHARE`` of the weight."""
+def mapped_one_to_one(mass: np.ndarray, machine: np.ndarray) -> np.ndarray:
+    """(M,) whether each machine's local experts send most of their mass
+    (``mass``, (L, K)) to distinct targets, as many as min(K_m, K);
+    ``machine``, (L,), the machine of each local expert."""
     owner = np.argmax(mass, axis=1)
     K = mass.shape[1]
-    mapped = [np.unique(owner[lo:hi]).size == min(hi - lo, K)
-              for lo, hi in zip(mix.starts[:-1], mix.starts[1:])]
-    return float(np.sum(mix.lam[mapped])) >= ONE_TO_ONE_SHARE
+    M = int(machine.max()) + 1
+    return np.array([np.unique(owner[machine == m]).size == min(np.sum(machine == m), K)
+                     for m in range(M)])
+
+
+def _one_to_one(mix: LargeMixture, mass: np.ndarray) -> bool:
+    """Whether the machines mapped one-to-one hold at least
+    ``ONE_TO_ONE_SHARE`` of the weight."""
+    return float(np.sum(mix.lam[mapped_one_to_one(mass, mix.machine)])) >= ONE_TO_ONE_SHARE
 
 
 def _kmeans_start(mix, K, rng):

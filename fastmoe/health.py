@@ -11,6 +11,7 @@ import numpy as np
 
 from ._em import duplicate_pair
 from ._params import MoEParams
+from ._reduction import mapped_one_to_one
 
 OUTLIER_FACTOR = 5.0
 #: a collapsed machine whose transport cost per unit mass exceeds this multiple
@@ -128,9 +129,7 @@ def aggregation_health(result) -> dict:
     share = share / total if total > 0 else np.zeros(K)
     lam = np.array([result.local_mass[machine == m].sum() for m in range(M)])
     cost = np.array([result.local_objective[machine == m].sum() for m in range(M)]) / lam
-    k_m = np.bincount(machine, minlength=M)
-    distinct = np.array([np.unique(owner[machine == m]).size for m in range(M)])
-    collapsed = [m for m in range(M) if distinct[m] < min(k_m[m], K)]
+    collapsed = [int(m) for m in np.flatnonzero(~mapped_one_to_one(result.local_mass, machine))]
     med = float(np.median(cost))
     notes = []
     issues = dict(getattr(result, "local_issues", {}) or {})
