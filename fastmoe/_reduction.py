@@ -353,21 +353,20 @@ def _total_gram(Xs, W) -> np.ndarray:
     return Z.T @ (W.sum(axis=1)[:, None] * Z)
 
 
-def mapped_one_to_one(mass: np.ndarray, machine: np.ndarray) -> np.ndarray:
-    """(M,) whether each machine's local experts send most of their mass
-    (``mass``, (L, K)) to distinct targets, as many as min(K_m, K);
-    ``machine``, (L,), the machine of each local expert."""
-    owner = np.argmax(mass, axis=1)
-    K = mass.shape[1]
+def mapped_one_to_one(owner: np.ndarray, machine: np.ndarray, K: int) -> np.ndarray:
+    """(M,) whether each machine's local experts have distinct owners (the
+    target receiving most of their mass), as many as min(K_m, K);
+    ``owner`` and ``machine``, (L,), per local expert."""
     M = int(machine.max()) + 1
-    return np.array([np.unique(owner[machine == m]).size == min(np.sum(machine == m), K)
-                     for m in range(M)])
+    distinct = np.bincount(np.unique(machine * K + owner) // K, minlength=M)
+    return distinct == np.minimum(np.bincount(machine, minlength=M), K)
 
 
 def _one_to_one(mix: LargeMixture, mass: np.ndarray) -> bool:
     """Whether the machines mapped one-to-one hold at least
     ``ONE_TO_ONE_SHARE`` of the weight."""
-    return float(np.sum(mix.lam[mapped_one_to_one(mass, mix.machine)])) >= ONE_TO_ONE_SHARE
+    mapped = mapped_one_to_one(np.argmax(mass, axis=1), mix.machine, mass.shape[1])
+    return float(np.sum(mix.lam[mapped])) >= ONE_TO_ONE_SHARE
 
 
 def _kmeans_start(mix, K, rng):
