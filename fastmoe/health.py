@@ -129,7 +129,7 @@ def aggregation_health(result) -> dict:
     share = share / total if total > 0 else np.zeros(K)
     lam = np.array([result.local_mass[machine == m].sum() for m in range(M)])
     cost = np.array([result.local_objective[machine == m].sum() for m in range(M)]) / lam
-    collapsed = [int(m) for m in np.flatnonzero(~mapped_one_to_one(owner, machine, K))]
+    collapsed = np.flatnonzero(~mapped_one_to_one(owner, machine, K)).tolist()
     med = float(np.median(cost))
     notes = []
     issues = dict(getattr(result, "local_issues", {}) or {})

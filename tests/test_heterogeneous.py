@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import reference
 
+import fastmoe.distributed as distributed
 from fastmoe import DistributedMoERegressor, MoEParams, aggregate_messages, fit_local
 from fastmoe.datasets import make_moe_regression
 from fastmoe.protocol import recheck_local
@@ -18,6 +19,15 @@ def _second_population(truth: MoEParams) -> MoEParams:
     """Another regime: the experts' slopes reversed and their intercepts moved."""
     return MoEParams(truth.gate_coef, truth.gate_intercept, -truth.expert_coef,
                      truth.expert_intercept + 4.0, truth.expert_var)
+
+
+def _shrunk_optimum(truth: MoEParams) -> MoEParams:
+    """A poor local optimum that still maps one-to-one: each expert's slopes
+    shrunk (still nearest to its own target), its variance doubled."""
+    b = truth.expert_aug.copy()
+    b[:, 1:] *= 0.6
+    return MoEParams(truth.gate_coef, truth.gate_intercept, b[:, 1:], b[:, 0],
+                     2.0 * truth.expert_var)
 
 
 def test_second_population_is_kept_and_reported():
@@ -123,10 +133,7 @@ def test_a_costly_machine_is_suspect_even_when_its_experts_map_one_to_one():
     and the server asks that machine to look again (recheck_local)."""
     X, y, truth, _ = make_moe_regression(16000, 2, 3, random_state=1)
     msgs = [fit_local(X[i::8], y[i::8], 3, random_state=i) for i in range(8)]
-    b = truth.expert_aug.copy()
-    b[:, 1:] *= 0.6  # each expert's slopes shrunk: still nearest to its own target
-    poor = MoEParams(truth.gate_coef, truth.gate_intercept, b[:, 1:], b[:, 0],
-                     2.0 * truth.expert_var)
+    poor = _shrunk_optimum(truth)
     msgs[3] = replace(msgs[3], params=poor)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -141,13 +148,8 @@ def test_a_costly_machine_is_suspect_even_when_its_experts_map_one_to_one():
 def test_the_second_aggregation_starts_from_the_first(monkeypatch):
     """When the check round replaces a message, the server aggregates again
     from the first aggregate's experts (a warm start)."""
-    import fastmoe.distributed as distributed
-
     X, y, truth, _ = make_moe_regression(16000, 2, 3, random_state=1)
-    b = truth.expert_aug.copy()
-    b[:, 1:] *= 0.6
-    poor = MoEParams(truth.gate_coef, truth.gate_intercept, b[:, 1:], b[:, 0],
-                     2.0 * truth.expert_var)
+    poor = _shrunk_optimum(truth)
     fit_shard, aggregate = distributed.fit_shard, distributed.aggregate_messages
     calls = []
 
