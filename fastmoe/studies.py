@@ -14,11 +14,12 @@ from ._em import fit_moe
 from .aggregation import aggregate
 from .baselines import aligned_average, fedavg, greedy_merge, medoid, naive_average
 from .datasets import authors_truth, make_moe_regression
+from .distributed import DistributedMoERegressor
 from .metrics import model_metrics, stacked_mse
 from .protocol import fit_local
 
 ESTIMATORS = ("centralised", "ot-kl", "ot-w2", "aligned_average", "naive_average", "medoid",
-              "greedy_merge", "fedavg")
+              "greedy_merge", "fedavg", "distributed")
 #: FedAvg's rounds and local EM iterations per round in the studies
 FEDAVG_ROUNDS, FEDAVG_LOCAL_ITER = 10, 5
 
@@ -143,9 +144,15 @@ def consistency_study(n_grid, n_machines=(4,), *, n_features: int = 3, n_experts
     ``n_support`` covariate rows per machine (default: 20000 / M, so that
     the server's support has about 20000 points whatever M).
 
+    "distributed" is :class:`fastmoe.DistributedMoERegressor` with its
+    defaults on the same shards (serial backend; it makes its own local fits,
+    with its own starts, and refines on small shards: ``refine_rounds``);
+    the others share the study's local fits.
+
     Metrics per fit: rmse, mse, test loglik, rpe, corr, ari, clustering_error,
     learning_time (centralised: its fit time; aggregated and baselines: the
-    slowest local fit plus the reduction).
+    slowest local fit plus the reduction; "distributed": its
+    ``learning_time_``).
     """
     unknown = set(estimators) - set(ESTIMATORS)
     if unknown:
@@ -194,6 +201,14 @@ def consistency_study(n_grid, n_machines=(4,), *, n_features: int = 3, n_experts
                         if est == "centralised":
                             continue
                         t0 = _time.perf_counter()
+                        if est == "distributed":  # the estimator with its defaults
+                            dist = DistributedMoERegressor(
+                                n_experts, backend="serial", n_support=per_machine,
+                                random_state=np.random.default_rng([int(random_state), r, n, m,
+                                                                    1]))
+                            dist.fit_shards(shards)
+                            record(est, m, dist.params_, dist.learning_time_)
+                            continue
                         if est == "fedavg":  # rounds over the shards: its own time
                             res = fedavg(shards, n_experts, rounds=FEDAVG_ROUNDS,
                                          local_iter=FEDAVG_LOCAL_ITER, n_init=n_init,

@@ -7,6 +7,11 @@ import pytest
 
 from fastmoe import DistributedMoERegressor, engine, fit_moe
 from fastmoe.datasets import make_moe_regression
+from fastmoe.distributed import (
+    AUTO_REFINE_MAX_ROUNDS,
+    AUTO_REFINE_ROWS_PER_PARAMETER,
+    AUTO_REFINE_TOL,
+)
 from fastmoe.protocol import refine_step, round_statistics
 
 
@@ -36,7 +41,8 @@ def test_rounds_climb_to_the_centralised_fit(data, backend):
     X, y, _ = data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        once = DistributedMoERegressor(3, 8, backend=backend, random_state=0).fit(X, y)
+        once = DistributedMoERegressor(3, 8, backend=backend, random_state=0,
+                                       refine_rounds=0).fit(X, y)
         refined = DistributedMoERegressor(3, 8, backend=backend, random_state=0,
                                           refine_rounds=6).fit(X, y)
     central = fit_moe(X, y, 3, n_init=3, random_state=0)
@@ -64,7 +70,27 @@ def test_rounds_on_every_backend_give_the_same_model(data):
     assert a.rechecked_shards_ == b.rechecked_shards_
 
 
-def test_refine_rounds_must_be_a_count(data):
+def test_auto_refines_small_shards_until_a_round_gains_little(data):
+    X, y, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        large = DistributedMoERegressor(3, 8, backend="serial", random_state=0).fit(X, y)
+        small = DistributedMoERegressor(3, 40, backend="serial", random_state=0).fit(X, y)
+        once = DistributedMoERegressor(3, 40, backend="serial", random_state=0,
+                                       refine_rounds=0).fit(X, y)
+    rows_needed = AUTO_REFINE_ROWS_PER_PARAMETER * large.params_.n_parameters
+    assert len(y) / 8 >= rows_needed > len(y) / 40
+    assert large.refine_history_ == []
+    lls = np.array([h["log_likelihood"] for h in small.refine_history_])
+    assert 2 <= len(lls) < AUTO_REFINE_MAX_ROUNDS
+    gains = np.diff(lls) / len(y)
+    assert 0 <= gains[-1] < AUTO_REFINE_TOL and np.all(gains[:-1] >= AUTO_REFINE_TOL)
+    assert lls[0] == pytest.approx(once.params_.log_likelihood(X, y), rel=1e-12)
+    assert small.params_.log_likelihood(X, y) >= lls[-1]
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "always", None])
+def test_refine_rounds_must_be_a_count_or_auto(data, value):
     X, y, _ = data
     with pytest.raises(ValueError, match="refine_rounds"):
-        DistributedMoERegressor(3, 4, backend="serial", refine_rounds=-1).fit(X, y)
+        DistributedMoERegressor(3, 4, backend="serial", refine_rounds=value).fit(X, y)

@@ -72,7 +72,10 @@ def test_estimator_names_the_inconsistent_shard():
     shards = [(X[i::6], y[i::6]) for i in range(6)]
     # a shard whose responses were corrupted: flipped in sign
     shards[4] = (shards[4][0], -shards[4][1] + 10.0)
-    est = DistributedMoERegressor(2, backend="serial", robust=True, random_state=0)
+    est = DistributedMoERegressor(2, backend="serial", robust=True, random_state=0,
+                                  refine_rounds=1)
     with pytest.warns(UserWarning, match=r"shard\(s\) \[4\] are inconsistent"):
         est.fit_shards(shards)
     assert est.inconsistent_shards_ == [4] and 4 in est.excluded_shards_
+    # the refinement rounds do not ask the shard that was left out
+    assert est.refine_history_[0]["rows"] == 12000 - 2000

@@ -50,23 +50,23 @@ def test_error_shrinks_like_root_n():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the one-shot aggregate loses precision on a rare expert at N=20000 "
-                   "over 8 machines (25 rows each for 21 coefficients): 14x the centralised "
-                   "error; 1.0x and 1.16x at N=80000 and 320000")
 def test_eight_machines_stay_within_1_5x_of_the_centralised_fit():
-    """The small-shards target on the authors' design: the distributed error
-    within 1.5x of the centralised one at every N, and a log-log slope near
-    -1/2."""
+    """The small-shards target on the authors' design: the estimator's error
+    (with its defaults: refinement rounds on these shards, 12.9 rows per
+    parameter at N=20000) within 1.5x of the centralised one at every N and
+    0.01 nats per test row, and a log-log slope near -1/2."""
     grid = [20000, 80000, 320000]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = consistency_study(grid, (8,), n_features=20, n_experts=5, design="authors",
-                                repetitions=3, estimators=("centralised", "ot-kl"))
-    rmse = {(row["estimator"], row["n"]): row["rmse"] for row in res.summary()}
+                                repetitions=3, n_test=10000,
+                                estimators=("centralised", "distributed"))
+    summary = {(row["estimator"], row["n"]): row for row in res.summary()}
     for n in grid:
-        assert rmse[("ot-kl", n)] <= 1.5 * rmse[("centralised", n)], n
-    assert -0.7 <= res.slopes[("ot-kl", 8)][0] <= -0.3
+        dist, central = summary[("distributed", n)], summary[("centralised", n)]
+        assert dist["rmse"] <= 1.5 * central["rmse"], n
+        assert (dist["loglik"] - central["loglik"]) / 10000 >= -0.01, n
+    assert -0.7 <= res.slopes[("distributed", 8)][0] <= -0.3
 
 
 @pytest.fixture(scope="module")
