@@ -30,6 +30,13 @@ MAX_RECORD_EXPERTS_OR_FEATURES = 100_000
 _FIELDS = ("gate_coef", "gate_intercept", "expert_coef", "expert_intercept", "expert_var")
 
 
+def free_parameters(n_features: int, n_experts: int) -> int:
+    """Free parameters of a K-expert model on d covariates: (K-1)(d+1) gates
+    + K(d+1) experts + K variances."""
+    K, p = n_experts, n_features + 1
+    return (K - 1) * p + K * p + K
+
+
 def _record_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
             or not 1 <= value <= MAX_RECORD_EXPERTS_OR_FEATURES:
@@ -111,9 +118,8 @@ class MoEParams:
 
     @property
     def n_parameters(self) -> int:
-        """Free parameters: (K-1)(d+1) gates + K(d+1) experts + K variances."""
-        K, p = self.n_experts, self.n_features + 1
-        return (K - 1) * p + K * p + K
+        """Free parameters (:func:`free_parameters`)."""
+        return free_parameters(self.n_features, self.n_experts)
 
     # -- augmented (intercept in column 0) form used by the kernels ------------
     @property
