@@ -310,7 +310,13 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         population, and is kept. On small shards noise alone puts a few
         machines over the threshold (measured: 2 of 7 shards of 714 rows of
         one population, neither replaced, 8 ms): the recheck then costs
-        their EM runs and changes nothing.
+        their EM runs and changes nothing. Not run when automatic
+        refinement rounds follow (``refine_rounds="auto"`` on small shards):
+        the rounds, EM on every row from the aggregate, repair what a poor
+        local optimum did to it (measured on the reference data A and B at 64
+        shards, seeds 0 and 1: errors within 0.01x of the centralised fit's
+        with and without the check round, which cost B a second
+        aggregation).
     robust : bool, default=False
         Leave out the shards whose local models are inconsistent with the
         consensus beyond what their sample size explains (a corrupted or
@@ -583,7 +589,9 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         reference = agg if agg is not None else server(False)  # what the suspects refit from
         reduction_time = time.perf_counter() - t0
         self.rechecked_shards_, self.recheck_time_ = [], 0.0
-        if self.recheck_suspects:
+        if refine_tol is not None:  # the automatic rounds do what the check round would
+            agg = reference
+        elif self.recheck_suspects:
             ask = self._suspects(reference, len(messages))
             recheck_options = dict(max_iter=self.max_iter, tol=tol * M, reg_var=self.reg_var,
                                    gate_steps=self.gate_steps, split_merge=self.split_merge,

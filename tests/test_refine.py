@@ -1,11 +1,12 @@
 """Refinement rounds: exact distributed EM from the one-shot aggregate."""
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from fastmoe import DistributedMoERegressor, engine, fit_moe
+from fastmoe import DistributedMoERegressor, MoEParams, distributed, engine, fit_moe
 from fastmoe.datasets import make_moe_regression
 from fastmoe.distributed import (
     AUTO_REFINE_MAX_ROUNDS,
@@ -97,3 +98,39 @@ def test_refine_rounds_must_be_a_count_or_auto(data, value):
     X, y, _ = data
     with pytest.raises(ValueError, match="refine_rounds"):
         DistributedMoERegressor(3, 4, backend="serial", refine_rounds=value).fit(X, y)
+
+
+def test_auto_rounds_replace_the_check_round(data, monkeypatch):
+    """On small shards the automatic rounds follow the first aggregate and the
+    check round is not run: rounds on every row repair a poor local fit."""
+    X, y, truth = data
+    poor = MoEParams(truth.gate_coef, truth.gate_intercept, 0.3 * truth.expert_coef[::-1],
+                     truth.expert_intercept[::-1], 4 * truth.expert_var)
+    fit_shard, aggregate = distributed.fit_shard, distributed.aggregate_messages
+    calls = {"recheck": 0, "aggregate": 0}
+
+    def poor_fit(index, *args):
+        i, msg = fit_shard(index, *args)
+        return i, (replace(msg, params=poor) if index == 3 else msg)
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(distributed, "fit_shard", poor_fit)
+    monkeypatch.setattr(distributed, "recheck_shard",
+                        counted("recheck", distributed.recheck_shard))
+    monkeypatch.setattr(distributed, "aggregate_messages", counted("aggregate", aggregate))
+    shards = [(X[i::40], y[i::40]) for i in range(40)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        once = DistributedMoERegressor(3, backend="serial", random_state=0,
+                                       refine_rounds=0).fit_shards(shards)
+        assert calls["recheck"] >= 1  # without rounds the poor fit is asked again
+        calls.update(recheck=0, aggregate=0)
+        auto = DistributedMoERegressor(3, backend="serial", random_state=0).fit_shards(shards)
+    assert calls == {"recheck": 0, "aggregate": 1}
+    assert auto.rechecked_shards_ == [] and len(auto.refine_history_) >= 2
+    assert auto.params_.log_likelihood(X, y) > once.params_.log_likelihood(X, y)
