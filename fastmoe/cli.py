@@ -311,6 +311,47 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
+def cmd_round(args) -> int:
+    from .message import round_to_bytes
+    from .protocol import round_statistics
+
+    out = _suffix(args.output, (".npz",), "round statistics file")
+    params = _load_model(args.model)
+    X, y = _read(args.data)
+    stats = round_statistics(X, y, params)
+    data = round_to_bytes(stats, params)
+    out.write_bytes(data)
+    print(f"n={stats.n}, log-likelihood {stats.log_likelihood:.6f} at {args.model} "
+          f"({stats.log_likelihood / stats.n:.6f} nats per row), {len(data)} bytes; "
+          f"round statistics written to {out}")
+    return 0
+
+
+def cmd_refine(args) -> int:
+    import hashlib
+
+    from .message import load_round
+    from .protocol import refine_step
+
+    _suffix(args.output, (".json", ".npz"), "model file")
+    params = _load_model(args.model)
+    total, seen = None, {}
+    for path in args.statistics:
+        stats = load_round(path, params)  # checked, the file's size first
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if digest in seen:
+            raise ValueError(f"{path!r} holds the same statistics as {seen[digest]!r}: "
+                             "each machine's round counts once.")
+        seen[digest] = path
+        total = stats if total is None else total + stats
+    new = refine_step(params, total)
+    new.save(args.output)
+    print(f"{len(args.statistics)} machines, {total.n} rows: log-likelihood "
+          f"{total.log_likelihood:.6f} at {args.model} ({total.log_likelihood / total.n:.6f} "
+          f"nats per row); one EM iteration taken, model written to {args.output}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     out = _suffix(args.output, (".csv", ".npz"), "output")
     params = _load_model(args.model)
@@ -513,6 +554,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "what their sample sizes explain (a corrupted or lying machine)")
     seed(p)
     p.add_argument("--output", required=True, help="model file to write (.json or .npz)")
+
+    p = add("round", cmd_round, "one machine's half of a refinement round",
+            "One machine's half of a refinement round (exact distributed EM from the "
+            "aggregate): the E-step on the shard at the global model and the additive "
+            "statistics of the M-step, written for the server's `fastmoe refine`. The file "
+            "names the model it was computed at; nothing else about the rows leaves them.")
+    p.add_argument("--data", required=True, help="the shard's data file (with y)")
+    p.add_argument("--model", required=True,
+                   help="the current global model (.json or .npz), the same file on every "
+                        "machine")
+    p.add_argument("--output", required=True, help="round statistics file to write (.npz)")
+
+    p = add("refine", cmd_refine, "the server's half of a refinement round",
+            "The server's half of a refinement round: sum the machines' round statistics "
+            "(each checked, and computed at --model) and take one EM iteration on all their "
+            "rows; print the log-likelihood at --model. Repeat (round on every machine, then "
+            "refine) until the log-likelihood per row rises by less than about 1e-4 nats from "
+            "one refine to the next, as DistributedMoERegressor does on small shards.")
+    p.add_argument("statistics", nargs="+", help="round statistics files, one per machine")
+    p.add_argument("--model", required=True,
+                   help="the model the rounds were run at (.json or .npz)")
+    p.add_argument("--output", required=True, help="the next model to write (.json or .npz)")
 
     p = add("predict", cmd_predict, "predict E[y|x] and Var[y|x] for a data file")
     p.add_argument("--model", required=True, help="model file (.json or .npz)")

@@ -22,10 +22,15 @@ declared size; then :meth:`LocalMessage.validate` checks every field:
 - a sample of at most ``n + heldout_n`` rows (it is drawn from the shard).
 
 Each failure is a ValueError of one line naming the field and the value.
+
+In a refinement round a machine sends back the M-step statistics of its rows
+at the global model (:func:`round_to_bytes`); :func:`round_from_bytes` checks
+them against that model before the server uses them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import numbers
@@ -35,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ._params import MoEParams
-from .io import MAX_JSON_BYTES, parse_json, read_json, read_npz
+from .io import MAX_JSON_BYTES, check_file, parse_json, read_json, read_npz
 
 MESSAGE_FORMAT = "fastmoe.LocalMessage"
 MESSAGE_VERSION = 1
@@ -54,38 +59,38 @@ MAX_VAR = 1e100
 _SYM_TOL = 1e-8
 
 
-def _count(value, name: str, minimum: int) -> int:
+def _count(value, name: str, minimum: int, what: str = "message field") -> int:
     """An integer count in [minimum, MAX_N] (an integral float is accepted)."""
     ok = isinstance(value, (numbers.Integral, float, np.floating)) and not isinstance(
         value, (bool, np.bool_))
     if ok and not isinstance(value, numbers.Integral):
         ok = bool(np.isfinite(value)) and float(value).is_integer()
     if not ok or not minimum <= value <= MAX_N:
-        raise ValueError(f"message field {name} must be an integer in [{minimum}, {MAX_N:.0e}]; "
+        raise ValueError(f"{what} {name} must be an integer in [{minimum}, {MAX_N:.0e}]; "
                          f"got {value!r}.")
     return int(value)
 
 
-def _real(value, name: str, minimum: float | None = None) -> float:
+def _real(value, name: str, minimum: float | None = None, what: str = "message field") -> float:
     ok = isinstance(value, (numbers.Real, np.floating)) and not isinstance(value, (bool, np.bool_))
     if not ok or not np.isfinite(value) or (minimum is not None and value < minimum):
         rel = "" if minimum is None else f" >= {minimum:g}"
-        raise ValueError(f"message field {name} must be a finite number{rel}; got {value!r}.")
+        raise ValueError(f"{what} {name} must be a finite number{rel}; got {value!r}.")
     return float(value)
 
 
-def _array(value, name: str, ndim: int) -> np.ndarray:
+def _array(value, name: str, ndim: int, what: str = "message field") -> np.ndarray:
     """A finite float64 array of ``ndim`` dimensions from a list or an array."""
     try:
         a = np.asarray(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"message field {name} is not an array ({exc}).") from None
+        raise ValueError(f"{what} {name} is not an array ({exc}).") from None
     if a.dtype.kind not in "biuf" or a.ndim != ndim:
-        raise ValueError(f"message field {name} must be a {ndim}-D array of numbers; got "
+        raise ValueError(f"{what} {name} must be a {ndim}-D array of numbers; got "
                          f"{a.ndim}-D dtype {a.dtype}.")
     a = a.astype(np.float64)
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"message field {name} contains NaN or infinity.")
+        raise ValueError(f"{what} {name} contains NaN or infinity.")
     return a
 
 
@@ -308,3 +313,140 @@ def _check_model_range(p: MoEParams, support, mean, cov) -> None:
         if not top <= MAX_ABS:
             raise ValueError(f"message model's {what} reach {top:.3g} on its covariates, "
                              f"beyond {MAX_ABS:g}: its coefficients are out of range.")
+
+
+# ----------------------------------------------------------------------------
+# refinement rounds: what a machine sends back at the global model
+# ----------------------------------------------------------------------------
+ROUND_FORMAT = "fastmoe.RoundStatistics"
+ROUND_VERSION = 1
+_ROUND_ARRAYS = ("header", "expert_gram", "gate_gradient", "gate_hessian")
+#: room for the header and the archive beyond the arrays a model's statistics need
+_ROUND_SLACK = 2**16
+
+
+def model_digest(params: MoEParams) -> str:
+    """SHA-256 of a model's parameters (shapes and float64 values): what a
+    round's statistics name as the model they were computed at."""
+    h = hashlib.sha256()
+    for a in (params.gate_aug, params.expert_aug, params.expert_var):
+        a = np.ascontiguousarray(a, dtype="<f8")
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _round_bytes_needed(params: MoEParams) -> int:
+    K, d = params.n_experts, params.n_features
+    q = (K - 1) * (d + 1)
+    raw = 8 * (K * (d + 2) ** 2 + q + q * q)
+    return raw + raw // 100 + _ROUND_SLACK  # deflate can add a little to random bits
+
+
+def round_to_bytes(stats, params: MoEParams) -> bytes:
+    """A machine's refinement-round statistics
+    (:func:`fastmoe.protocol.round_statistics` at ``params``) as a compressed
+    .npz archive: a JSON header (the model's :func:`model_digest`, the row
+    count, the log-likelihood and the gate objective) and three float64
+    arrays; nothing pickled."""
+    header = {"format": ROUND_FORMAT, "version": ROUND_VERSION, "model": model_digest(params),
+              "n": int(stats.n), "log_likelihood": float(stats.log_likelihood),
+              "gate_objective": float(stats.gates.objective)}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+                        expert_gram=np.asarray(stats.experts.gram, np.float64),
+                        gate_gradient=np.asarray(stats.gates.gradient, np.float64),
+                        gate_hessian=np.asarray(stats.gates.hessian, np.float64))
+    return buf.getvalue()
+
+
+def round_from_bytes(data: bytes, params: MoEParams):
+    """Read :func:`round_to_bytes` output as the statistics of a round at
+    ``params``, checked: the archive within the size the model's statistics
+    need, computed at this model (its digest), the row count in [1, MAX_N],
+    every value finite, each expert's Gram matrix symmetric with weights that
+    sum to the row count (responsibilities sum to one per row), the gate
+    Hessian symmetric negative semi-definite and the objectives at most 0.
+    Each failure is a ValueError of one line."""
+    from .engine import ExpertStatistics, GateStatistics, StepStatistics
+
+    what = f"a {ROUND_FORMAT}"
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"round statistics must be bytes; got {type(data).__name__}.")
+    try:
+        arrays = read_npz(bytes(data), what, _round_bytes_needed(params))
+    except ValueError as exc:
+        raise ValueError(f"not {what} for this model ({exc})") from None
+    if sorted(arrays) != sorted(_ROUND_ARRAYS):
+        raise ValueError(f"not {what} (arrays {sorted(arrays)}; expected "
+                         f"{', '.join(_ROUND_ARRAYS)}).")
+    header = arrays["header"]
+    try:
+        if header.dtype != np.uint8 or header.ndim != 1:
+            raise ValueError("not JSON text")
+        fields = parse_json(header.tobytes())
+    except ValueError as exc:
+        raise ValueError(f"not {what} (its header: {exc}).") from None
+    if not isinstance(fields, dict) or fields.get("format") != ROUND_FORMAT:
+        raise ValueError(f"not {what} (missing or wrong 'format' field).")
+    if fields.get("version") != ROUND_VERSION:
+        raise ValueError(f"{ROUND_FORMAT} version {fields.get('version')!r} is not supported "
+                         f"(this fastmoe reads version {ROUND_VERSION}).")
+    if fields.get("model") != model_digest(params):
+        raise ValueError(f"these round statistics were computed at another model (digest "
+                         f"{str(fields.get('model'))[:12]!r}, not {model_digest(params)[:12]!r}); "
+                         "every machine must run the round at the model being refined.")
+    field_ = "round statistics field"
+    n = _count(fields.get("n"), "n", 1, field_)
+    ll = _real(fields.get("log_likelihood"), "log_likelihood", what=field_)
+    objective = _real(fields.get("gate_objective"), "gate_objective", what=field_)
+    K, d = params.n_experts, params.n_features
+    q = (K - 1) * (d + 1)
+    gram = _array(arrays["expert_gram"], "expert_gram", 3, field_)
+    grad = _array(arrays["gate_gradient"], "gate_gradient", 1, field_)
+    hess = _array(arrays["gate_hessian"], "gate_hessian", 2, field_)
+    for name, a, shape in (("expert_gram", gram, (K, d + 2, d + 2)),
+                           ("gate_gradient", grad, (q,)), ("gate_hessian", hess, (q, q))):
+        if a.shape != shape:
+            raise ValueError(f"round statistics field {name} must have shape {shape} for a "
+                             f"model of {K} experts on {d} covariates; got {a.shape}.")
+    scale = max(float(np.max(np.abs(gram))), 1.0)
+    if np.max(np.abs(gram - gram.transpose(0, 2, 1))) > _SYM_TOL * scale:
+        raise ValueError("round statistics field expert_gram is not symmetric.")
+    weight = gram[:, 0, 0]
+    if np.min(weight) < 0 or abs(weight.sum() - n) > 1e-6 * n:
+        raise ValueError(f"round statistics: the experts' weights sum to {weight.sum():.6g}, "
+                         f"not to the {n} rows they claim (or one is negative).")
+    if objective > 1e-9 * n:
+        raise ValueError(f"round statistics: gate objective {objective:.6g} is positive (a sum "
+                         "of log-probabilities is at most 0).")
+    if q:
+        top = max(float(np.max(np.abs(hess))), 1.0)
+        if np.max(np.abs(hess - hess.T)) > _SYM_TOL * top:
+            raise ValueError("round statistics field gate_hessian is not symmetric.")
+        high = float(np.linalg.eigvalsh((hess + hess.T) / 2)[-1])
+        if high > _SYM_TOL * top * q:
+            raise ValueError(f"round statistics field gate_hessian is not negative "
+                             f"semi-definite (an eigenvalue of {high:.3g}).")
+    return StepStatistics(ll, ExpertStatistics(gram), GateStatistics(objective, grad, hess), n)
+
+
+def save_round(path, stats, params: MoEParams) -> None:
+    """Write :func:`round_to_bytes` to a ``.npz`` file."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"unknown round statistics file type {path.suffix!r}; use .npz.")
+    path.write_bytes(round_to_bytes(stats, params))
+
+
+def load_round(path, params: MoEParams):
+    """Read a file written by :func:`save_round`, checked as by
+    :func:`round_from_bytes` (the file's size first)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"unknown round statistics file type {path.suffix!r}; use .npz.")
+    check_file(path, "round statistics file", _round_bytes_needed(params))
+    try:
+        return round_from_bytes(path.read_bytes(), params)
+    except ValueError as exc:
+        raise ValueError(f"{str(path)!r}: {exc}") from None

@@ -135,3 +135,49 @@ def test_simulate_from_truth_draws_from_that_truth(tmp_path, capsys):
     code, _, err = run(capsys, "simulate", "--from-truth", str(tmp_path / "none.json"),
                        "--output", str(data))
     assert code == 2 and "none.json" in err and err.count("\n") == 1
+
+
+def test_refinement_rounds_by_files(tmp_path, capsys):
+    """`fastmoe round` on every shard and `fastmoe refine` at the server take
+    the EM iteration that refine_step takes on the summed statistics."""
+    from fastmoe.protocol import refine_step, round_statistics
+
+    d = tmp_path
+    code, _, _ = run(capsys, "simulate", "--n-samples", "4000", "--n-features", "2",
+                     "--n-experts", "2", "--shards", "4", "--output", str(d / "data.npz"))
+    assert code == 0
+    shards = [str(d / f"data_{m}.npz") for m in range(4)]
+    for m, shard in enumerate(shards):
+        assert run(capsys, "fit-local", "--data", shard, "--n-experts", "2", "--seed", str(m),
+                   "--output", str(d / f"msg_{m}.npz"))[0] == 0
+    assert run(capsys, "aggregate", *[str(d / f"msg_{m}.npz") for m in range(4)],
+               "--output", str(d / "m0.json"))[0] == 0
+    stats = [str(d / f"s_{m}.npz") for m in range(4)]
+    for shard, out in zip(shards, stats):
+        code, out_text, _ = run(capsys, "round", "--data", shard, "--model", str(d / "m0.json"),
+                                "--output", out)
+        assert code == 0 and "n=1000" in out_text
+    code, out, _ = run(capsys, "refine", *stats, "--model", str(d / "m0.json"),
+                       "--output", str(d / "m1.json"))
+    assert code == 0 and "4 machines, 4000 rows" in out
+    start = MoEParams.load(d / "m0.json")
+    parts = []
+    for shard in shards:
+        with np.load(shard) as z:
+            parts.append(round_statistics(z["X"], z["y"], start))
+    total = parts[0] + parts[1] + parts[2] + parts[3]
+    want = refine_step(start, total)
+    got = MoEParams.load(d / "m1.json")
+    np.testing.assert_array_equal(got.expert_aug, want.expert_aug)
+    np.testing.assert_array_equal(got.gate_aug, want.gate_aug)
+    np.testing.assert_array_equal(got.expert_var, want.expert_var)
+    assert f"log-likelihood {total.log_likelihood:.6f}" in out
+
+    # statistics from another model, or one machine's twice: refused, one line
+    code, _, err = run(capsys, "refine", *stats, "--model", str(d / "m1.json"),
+                       "--output", str(d / "m2.json"))
+    assert code == 2 and "another model" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "refine", stats[0], stats[0], "--model", str(d / "m0.json"),
+                       "--output", str(d / "m2.json"))
+    assert code == 2 and "counts once" in err and err.count("\n") == 1
+    assert not (d / "m2.json").exists()

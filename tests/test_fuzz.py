@@ -314,3 +314,57 @@ def test_mutated_npz_tables_are_read_or_refused(clean, name, edit):
         path.write_bytes(buf.getvalue())
         _cli(["fit-local", "--data", str(path), "--n-experts", "1", "--n-init", "1",
               "--output", str(Path(tmp) / "m.npz")])
+
+
+ROUND_TOP = ["format", "version", "model", "n", "log_likelihood", "gate_objective"]
+ROUND_ARRAYS = ["expert_gram", "gate_gradient", "gate_hessian"]
+
+
+@pytest.fixture(scope="module")
+def round_at():
+    from fastmoe.protocol import round_statistics
+
+    X, y, _, _ = make_moe_regression(2000, 2, 3, random_state=3)
+    params = aggregate_messages([fit_local(X[i::2], y[i::2], 3, n_support=100, random_state=i)
+                                 for i in range(2)], random_state=0).params
+    return params, round_statistics(X[::2], y[::2], params)
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.sampled_from(ROUND_TOP), st.sampled_from(["drop", "set"]),
+                                VALUES), max_size=2),
+       array_edit=st.one_of(st.none(), st.tuples(st.sampled_from(ROUND_ARRAYS), ARRAY_EDITS)),
+       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                      max_size=3))
+def test_mutated_round_statistics_are_read_or_refused(round_at, edits, array_edit, flips):
+    from fastmoe.message import round_from_bytes, round_to_bytes
+    from fastmoe.protocol import refine_step
+
+    params, stats = round_at
+    with np.load(io.BytesIO(round_to_bytes(stats, params))) as z:
+        arrays = {k: _npy(z[k]) for k in ROUND_ARRAYS}
+        header = json.loads(z["header"].tobytes())
+    header = _edit(header, [((key,), op, value) for key, op, value in edits])
+    if array_edit is not None:
+        name, edit = array_edit
+        member = _array_member(np.asarray(stats.experts.gram if name == "expert_gram"
+                                          else getattr(stats.gates, name[5:])), edit)
+        if member is None:
+            arrays.pop(name)
+        else:
+            arrays[name] = member
+    data = bytearray(_archive(header, arrays))
+    for where, byte in flips:
+        data[int(where * len(data))] = byte
+    try:
+        got = round_from_bytes(bytes(data), params)
+    except ValueError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    try:
+        new = refine_step(params, got)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+        return
+    for a in (new.gate_aug, new.expert_aug, new.expert_var):
+        assert np.all(np.isfinite(a))

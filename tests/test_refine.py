@@ -1,5 +1,7 @@
 """Refinement rounds: exact distributed EM from the one-shot aggregate."""
 
+import io
+import json
 import warnings
 from dataclasses import replace
 
@@ -14,6 +16,7 @@ from fastmoe.distributed import (
     AUTO_REFINE_ROWS_PER_PARAMETER,
     AUTO_REFINE_TOL,
 )
+from fastmoe.message import load_round, round_from_bytes, round_to_bytes, save_round
 from fastmoe.protocol import aggregate_messages, refine_step, round_statistics
 
 
@@ -145,3 +148,91 @@ def test_auto_rounds_replace_the_check_round(data, monkeypatch):
     assert calls == {"recheck": 0, "aggregate": 1}
     assert auto.rechecked_shards_ == [] and len(auto.refine_history_) >= 2
     assert auto.params_.log_likelihood(X, y) > once.params_.log_likelihood(X, y)
+
+
+# -- the round statistics file (fastmoe round / fastmoe refine) ----------------
+@pytest.fixture(scope="module")
+def at_model(data):
+    X, y, _ = data
+    params = fit_moe(X[::4], y[::4], 3, random_state=0).params
+    return params, round_statistics(X[1::4], y[1::4], params)
+
+
+def _archive(data: bytes, **change) -> bytes:
+    """``data`` (a valid round file) with header fields or arrays changed;
+    an array given as None is dropped."""
+    with np.load(io.BytesIO(data)) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header"].tobytes())
+    for key, value in change.items():
+        if key != "header" and (key in arrays or isinstance(value, np.ndarray)):
+            if value is None:
+                del arrays[key]
+            else:
+                arrays[key] = value
+        else:
+            header[key] = value
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_round_statistics_survive_their_file(at_model):
+    params, stats = at_model
+    back = round_from_bytes(round_to_bytes(stats, params), params)
+    assert back.n == stats.n and back.log_likelihood == stats.log_likelihood
+    np.testing.assert_array_equal(back.experts.gram, stats.experts.gram)
+    np.testing.assert_array_equal(back.gates.hessian, stats.gates.hessian)
+    np.testing.assert_array_equal(back.gates.gradient, stats.gates.gradient)
+    assert back.gates.objective == stats.gates.objective
+
+
+def _tampered(stats, params):
+    good = round_to_bytes(stats, params)
+    gram = stats.experts.gram.copy()
+    asym = gram.copy()
+    asym[0, 1, 2] += 1.0
+    negative = gram.copy()
+    negative[0, 0, 0] = -1.0
+    hess = stats.gates.hessian.copy()
+    grad = stats.gates.gradient.copy()
+    grad[0] = np.nan
+    return [
+        (_archive(good, model="0" * 64), "another model"),
+        (_archive(good, version=2), "version 2"),
+        (_archive(good, format="fastmoe.LocalMessage"), "format"),
+        (_archive(good, n=0), "field n"),
+        (_archive(good, n=stats.n + 5), "sum to"),
+        (_archive(good, n=True), "field n"),
+        (_archive(good, gate_objective=1.0), "positive"),
+        (_archive(good, log_likelihood="high"), "log_likelihood"),
+        (_archive(good, expert_gram=asym), "not symmetric"),
+        (_archive(good, expert_gram=negative), "negative"),
+        (_archive(good, expert_gram=gram[:2]), "shape"),
+        (_archive(good, gate_gradient=grad), "NaN"),
+        (_archive(good, gate_hessian=-hess), "negative semi-definite"),
+        (_archive(good, gate_hessian=None), "expected header"),
+        (_archive(good, extra=np.zeros(3)), "expected header"),
+        (_archive(good, gate_hessian=np.array([{"a": 1}], dtype=object)), "dtype object"),
+        (good[:200], "not a fastmoe.RoundStatistics"),
+        (good + b"\0" * (2 * len(good) + 2**17), "more than the limit"),
+    ]
+
+
+def test_a_round_file_is_checked_before_use(at_model):
+    params, stats = at_model
+    for data, match in _tampered(stats, params):
+        with pytest.raises(ValueError, match=match) as err:
+            round_from_bytes(data, params)
+        assert "\n" not in str(err.value)
+
+
+def test_round_files_at_another_model_or_twice_are_refused(data, at_model, tmp_path):
+    params, stats = at_model
+    other = replace(params, expert_var=params.expert_var * 1.5)
+    save_round(tmp_path / "s.npz", stats, params)
+    with pytest.raises(ValueError, match="another model"):
+        load_round(tmp_path / "s.npz", other)
+    with pytest.raises(ValueError, match="use .npz"):
+        save_round(tmp_path / "s.json", stats, params)
