@@ -56,6 +56,10 @@ def _auto_or_non_negative(text: str):
     return "auto" if text == "auto" else _non_negative(text)
 
 
+def _auto_or_positive_int(text: str):
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _suffix(path, allowed, what) -> Path:
     """Check an output path's type before any work is done."""
     path = Path(path)
@@ -458,8 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     def fit_opts(p, local=False):
         p.add_argument("--n-experts", type=_positive_int, required=True,
                        help="number of experts K")
-        p.add_argument("--n-init", type=_positive_int, default=3,
-                       help="EM starts; the fit of highest log-likelihood is kept")
+        if local:
+            p.add_argument("--n-init", type=_auto_or_positive_int, default="auto",
+                           help="EM starts; the fit of highest log-likelihood is kept; 'auto': "
+                                "round(15000 / rows) within [3, 10] (see fastmoe.fit_local)")
+        else:
+            p.add_argument("--n-init", type=_positive_int, default=3,
+                           help="EM starts; the fit of highest log-likelihood is kept")
         if local:
             p.add_argument("--gate-penalty", type=_auto_or_non_negative, default="auto",
                            help="ridge penalty on the gate slopes in standard-deviation units, "

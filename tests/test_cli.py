@@ -181,3 +181,16 @@ def test_refinement_rounds_by_files(tmp_path, capsys):
                        "--output", str(d / "m2.json"))
     assert code == 2 and "counts once" in err and err.count("\n") == 1
     assert not (d / "m2.json").exists()
+
+
+def test_fit_local_defaults_are_those_of_fit_local():
+    import inspect
+
+    from fastmoe import fit_local
+    from fastmoe.cli import build_parser
+
+    args = build_parser().parse_args(["fit-local", "--data", "d.npz", "--n-experts", "2",
+                                      "--output", "m.npz"])
+    defaults = inspect.signature(fit_local).parameters
+    for name in ("n_init", "gate_penalty", "n_support", "support", "heldout"):
+        assert getattr(args, name) == defaults[name].default, name
