@@ -316,17 +316,16 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_round(args) -> int:
-    from .message import round_to_bytes
+    from .message import save_round
     from .protocol import round_statistics
 
     out = _suffix(args.output, (".npz",), "round statistics file")
     params = _load_model(args.model)
     X, y = _read(args.data)
     stats = round_statistics(X, y, params)
-    data = round_to_bytes(stats, params)
-    out.write_bytes(data)
+    size = save_round(out, stats, params)
     print(f"n={stats.n}, log-likelihood {stats.log_likelihood:.6f} at {args.model} "
-          f"({stats.log_likelihood / stats.n:.6f} nats per row), {len(data)} bytes; "
+          f"({stats.log_likelihood / stats.n:.6f} nats per row), {size} bytes; "
           f"round statistics written to {out}")
     return 0
 
@@ -466,15 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--n-init", type=_auto_or_positive_int, default="auto",
                            help="EM starts; the fit of highest log-likelihood is kept; 'auto': "
                                 "round(15000 / rows) within [3, 10] (see fastmoe.fit_local)")
-        else:
-            p.add_argument("--n-init", type=_positive_int, default=3,
-                           help="EM starts; the fit of highest log-likelihood is kept")
-        if local:
             p.add_argument("--gate-penalty", type=_auto_or_non_negative, default="auto",
                            help="ridge penalty on the gate slopes in standard-deviation units, "
                                 "or 'auto': only where the gates diverge (see "
                                 "fastmoe.fit_local)")
         else:
+            p.add_argument("--n-init", type=_positive_int, default=3,
+                           help="EM starts; the fit of highest log-likelihood is kept")
             p.add_argument("--gate-penalty", type=_non_negative, default=0.0,
                            help="ridge penalty on the gate slopes in standard-deviation units "
                                 "(see fastmoe.fit_moe)")

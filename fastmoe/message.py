@@ -198,23 +198,9 @@ class LocalMessage:
         """Read :meth:`to_bytes` output (checked: see the module docstring)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ValueError(f"a message must be bytes; got {type(data).__name__}.")
-        try:
-            arrays = read_npz(bytes(data), f"a {MESSAGE_FORMAT}", MAX_MESSAGE_BYTES)
-        except ValueError as exc:
-            raise ValueError(f"not a {MESSAGE_FORMAT} ({exc})") from None
-        unknown = set(arrays) - {"header", "support", "support_mean", "support_cov"}
-        if "header" not in arrays or unknown:
-            raise ValueError(f"not a {MESSAGE_FORMAT} (arrays {sorted(arrays)}; expected "
-                             "header, support_mean, support_cov and optionally support).")
-        header = arrays.pop("header")
-        if header.dtype != np.uint8 or header.ndim != 1:
-            raise ValueError(f"not a {MESSAGE_FORMAT} (its header is not JSON text).")
-        try:
-            fields = parse_json(header.tobytes())
-        except ValueError as exc:
-            raise ValueError(f"not a {MESSAGE_FORMAT} (its header is not JSON: {exc}).") from None
-        if not isinstance(fields, dict):
-            raise ValueError(f"not a {MESSAGE_FORMAT} (its header is not a JSON object).")
+        # the moments' absence is reported with the header's missing fields
+        fields, arrays = _read_archive(data, MESSAGE_FORMAT, MAX_MESSAGE_BYTES, ("header",),
+                                       ("support_mean", "support_cov", "support"))
         for name in ("support", "support_mean", "support_cov"):
             if name in fields:
                 raise ValueError(f"malformed {MESSAGE_FORMAT}: {name} in both the header and "
@@ -225,11 +211,7 @@ class LocalMessage:
 
     @classmethod
     def _from_fields(cls, d: dict) -> LocalMessage:
-        if not isinstance(d, dict) or d.get("format") != MESSAGE_FORMAT:
-            raise ValueError(f"not a {MESSAGE_FORMAT} (missing or wrong 'format' field).")
-        if d.get("version") != MESSAGE_VERSION:
-            raise ValueError(f"{MESSAGE_FORMAT} version {d.get('version')!r} is not supported "
-                             f"(this fastmoe reads version {MESSAGE_VERSION}).")
+        _check_format(d, MESSAGE_FORMAT, MESSAGE_VERSION)
         missing = [k for k in ("params", "n", "support_mean", "support_cov") if k not in d]
         if missing:
             raise ValueError(f"malformed {MESSAGE_FORMAT}: missing field(s) {missing}.")
@@ -282,17 +264,62 @@ class LocalMessage:
                                           min(MAX_JSON_BYTES, 4 * MAX_MESSAGE_BYTES)))
 
 
-def _check_covariance(cov: np.ndarray) -> None:
-    scale = float(np.max(np.abs(cov)))
-    if scale > MAX_ABS**2:
-        raise ValueError(f"message support_cov has a value beyond {MAX_ABS**2:g}.")
-    if np.max(np.abs(cov - cov.T)) > _SYM_TOL * scale:
-        raise ValueError("message support_cov is not symmetric.")
+def _read_archive(data, fmt: str, max_bytes: int, required, optional=()) -> tuple:
+    """(header fields, the other arrays) of an archive of ``fmt``: at most
+    ``max_bytes``, exactly the ``required`` arrays (the header among them)
+    and any of the ``optional`` ones, the header a JSON object."""
+    try:
+        arrays = read_npz(bytes(data), f"a {fmt}", max_bytes)
+    except ValueError as exc:
+        raise ValueError(f"not a {fmt} ({exc})") from None
+    if not set(required) <= set(arrays) <= set(required) | set(optional):
+        extra = f" and optionally {', '.join(optional)}" if optional else ""
+        raise ValueError(f"not a {fmt} (arrays {sorted(arrays)}; expected "
+                         f"{', '.join(required)}{extra}).")
+    header = arrays.pop("header")
+    if header.dtype != np.uint8 or header.ndim != 1:
+        raise ValueError(f"not a {fmt} (its header is not JSON text).")
+    try:
+        fields = parse_json(header.tobytes())
+    except ValueError as exc:
+        raise ValueError(f"not a {fmt} (its header is not JSON: {exc}).") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"not a {fmt} (its header is not a JSON object).")
+    return fields, arrays
+
+
+def _check_format(fields: dict, fmt: str, version: int) -> None:
+    if not isinstance(fields, dict) or fields.get("format") != fmt:
+        raise ValueError(f"not a {fmt} (missing or wrong 'format' field).")
+    if fields.get("version") != version:
+        raise ValueError(f"{fmt} version {fields.get('version')!r} is not supported "
+                         f"(this fastmoe reads version {version}).")
+
+
+def _check_symmetric(a: np.ndarray, label: str) -> float:
+    """The largest absolute entry of ``a``, a matrix or a stack of them,
+    after checking that each is symmetric to _SYM_TOL of it."""
+    scale = float(np.max(np.abs(a)))
+    if np.max(np.abs(a - np.swapaxes(a, -1, -2))) > _SYM_TOL * scale:
+        raise ValueError(f"{label} is not symmetric.")
+    return scale
+
+
+def _check_semidefinite(a: np.ndarray, label: str, sign: float = 1.0) -> None:
+    """``a`` symmetric and ``sign * a`` positive semi-definite."""
+    scale = _check_symmetric(a, label)
     if scale > 0:
-        low = float(np.linalg.eigvalsh((cov + cov.T) / 2)[0])
-        if low < -_SYM_TOL * scale * cov.shape[0]:
-            raise ValueError(f"message support_cov is not positive semi-definite (an "
-                             f"eigenvalue of {low:.3g}).")
+        low = float(np.linalg.eigvalsh(sign * (a + a.T) / 2)[0])
+        if low < -_SYM_TOL * scale * a.shape[0]:
+            kind = "positive" if sign > 0 else "negative"
+            raise ValueError(f"{label} is not {kind} semi-definite (an eigenvalue of "
+                             f"{sign * low:.3g}).")
+
+
+def _check_covariance(cov: np.ndarray) -> None:
+    if float(np.max(np.abs(cov))) > MAX_ABS**2:
+        raise ValueError(f"message support_cov has a value beyond {MAX_ABS**2:g}.")
+    _check_semidefinite(cov, "message support_cov")
 
 
 def _check_model_range(p: MoEParams, support, mean, cov) -> None:
@@ -320,7 +347,6 @@ def _check_model_range(p: MoEParams, support, mean, cov) -> None:
 # ----------------------------------------------------------------------------
 ROUND_FORMAT = "fastmoe.RoundStatistics"
 ROUND_VERSION = 1
-_ROUND_ARRAYS = ("header", "expert_gram", "gate_gradient", "gate_hessian")
 #: room for the header and the archive beyond the arrays a model's statistics need
 _ROUND_SLACK = 2**16
 
@@ -336,10 +362,15 @@ def model_digest(params: MoEParams) -> str:
     return h.hexdigest()
 
 
-def _round_bytes_needed(params: MoEParams) -> int:
+def _round_shapes(params: MoEParams) -> dict:
+    """The arrays' shapes in the statistics of a round at ``params``."""
     K, d = params.n_experts, params.n_features
-    q = (K - 1) * (d + 1)
-    raw = 8 * (K * (d + 2) ** 2 + q + q * q)
+    q = (K - 1) * (d + 1)  # the gates' free parameters
+    return {"expert_gram": (K, d + 2, d + 2), "gate_gradient": (q,), "gate_hessian": (q, q)}
+
+
+def _round_bytes_needed(params: MoEParams) -> int:
+    raw = 8 * sum(int(np.prod(shape)) for shape in _round_shapes(params).values())
     return raw + raw // 100 + _ROUND_SLACK  # deflate can add a little to random bits
 
 
@@ -370,49 +401,29 @@ def round_from_bytes(data: bytes, params: MoEParams):
     Each failure is a ValueError of one line."""
     from .engine import ExpertStatistics, GateStatistics, StepStatistics
 
-    what = f"a {ROUND_FORMAT}"
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError(f"round statistics must be bytes; got {type(data).__name__}.")
-    try:
-        arrays = read_npz(bytes(data), what, _round_bytes_needed(params))
-    except ValueError as exc:
-        raise ValueError(f"not {what} for this model ({exc})") from None
-    if sorted(arrays) != sorted(_ROUND_ARRAYS):
-        raise ValueError(f"not {what} (arrays {sorted(arrays)}; expected "
-                         f"{', '.join(_ROUND_ARRAYS)}).")
-    header = arrays["header"]
-    try:
-        if header.dtype != np.uint8 or header.ndim != 1:
-            raise ValueError("not JSON text")
-        fields = parse_json(header.tobytes())
-    except ValueError as exc:
-        raise ValueError(f"not {what} (its header: {exc}).") from None
-    if not isinstance(fields, dict) or fields.get("format") != ROUND_FORMAT:
-        raise ValueError(f"not {what} (missing or wrong 'format' field).")
-    if fields.get("version") != ROUND_VERSION:
-        raise ValueError(f"{ROUND_FORMAT} version {fields.get('version')!r} is not supported "
-                         f"(this fastmoe reads version {ROUND_VERSION}).")
-    if fields.get("model") != model_digest(params):
+    fields, arrays = _read_archive(data, ROUND_FORMAT, _round_bytes_needed(params),
+                                   ("header", *_round_shapes(params)))
+    _check_format(fields, ROUND_FORMAT, ROUND_VERSION)
+    digest = model_digest(params)
+    if fields.get("model") != digest:
         raise ValueError(f"these round statistics were computed at another model (digest "
-                         f"{str(fields.get('model'))[:12]!r}, not {model_digest(params)[:12]!r}); "
-                         "every machine must run the round at the model being refined.")
+                         f"{str(fields.get('model'))[:12]!r}, not {digest[:12]!r}); every "
+                         "machine must run the round at the model being refined.")
     field_ = "round statistics field"
     n = _count(fields.get("n"), "n", 1, field_)
     ll = _real(fields.get("log_likelihood"), "log_likelihood", what=field_)
     objective = _real(fields.get("gate_objective"), "gate_objective", what=field_)
-    K, d = params.n_experts, params.n_features
-    q = (K - 1) * (d + 1)
-    gram = _array(arrays["expert_gram"], "expert_gram", 3, field_)
-    grad = _array(arrays["gate_gradient"], "gate_gradient", 1, field_)
-    hess = _array(arrays["gate_hessian"], "gate_hessian", 2, field_)
-    for name, a, shape in (("expert_gram", gram, (K, d + 2, d + 2)),
-                           ("gate_gradient", grad, (q,)), ("gate_hessian", hess, (q, q))):
+    got = {}
+    for name, shape in _round_shapes(params).items():
+        got[name] = a = _array(arrays[name], name, len(shape), field_)
         if a.shape != shape:
-            raise ValueError(f"round statistics field {name} must have shape {shape} for a "
-                             f"model of {K} experts on {d} covariates; got {a.shape}.")
-    scale = max(float(np.max(np.abs(gram))), 1.0)
-    if np.max(np.abs(gram - gram.transpose(0, 2, 1))) > _SYM_TOL * scale:
-        raise ValueError("round statistics field expert_gram is not symmetric.")
+            raise ValueError(f"{field_} {name} must have shape {shape} for a model of "
+                             f"{params.n_experts} experts on {params.n_features} covariates; "
+                             f"got {a.shape}.")
+    gram, grad, hess = got["expert_gram"], got["gate_gradient"], got["gate_hessian"]
+    _check_symmetric(gram, f"{field_} expert_gram")
     weight = gram[:, 0, 0]
     if np.min(weight) < 0 or abs(weight.sum() - n) > 1e-6 * n:
         raise ValueError(f"round statistics: the experts' weights sum to {weight.sum():.6g}, "
@@ -420,23 +431,17 @@ def round_from_bytes(data: bytes, params: MoEParams):
     if objective > 1e-9 * n:
         raise ValueError(f"round statistics: gate objective {objective:.6g} is positive (a sum "
                          "of log-probabilities is at most 0).")
-    if q:
-        top = max(float(np.max(np.abs(hess))), 1.0)
-        if np.max(np.abs(hess - hess.T)) > _SYM_TOL * top:
-            raise ValueError("round statistics field gate_hessian is not symmetric.")
-        high = float(np.linalg.eigvalsh((hess + hess.T) / 2)[-1])
-        if high > _SYM_TOL * top * q:
-            raise ValueError(f"round statistics field gate_hessian is not negative "
-                             f"semi-definite (an eigenvalue of {high:.3g}).")
+    if hess.size:
+        _check_semidefinite(hess, f"{field_} gate_hessian", sign=-1.0)
     return StepStatistics(ll, ExpertStatistics(gram), GateStatistics(objective, grad, hess), n)
 
 
-def save_round(path, stats, params: MoEParams) -> None:
-    """Write :func:`round_to_bytes` to a ``.npz`` file."""
+def save_round(path, stats, params: MoEParams) -> int:
+    """Write :func:`round_to_bytes` to a ``.npz`` file; the bytes written."""
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"unknown round statistics file type {path.suffix!r}; use .npz.")
-    path.write_bytes(round_to_bytes(stats, params))
+    return path.write_bytes(round_to_bytes(stats, params))
 
 
 def load_round(path, params: MoEParams):
