@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _kernels, exceptions
+from ._frame import Frame, robust_scale
 from ._gating import (
     assemble_newton,
     fit_gates,
@@ -589,13 +590,18 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     n_threads = resolve_threads(n_threads)
     rng = check_random_state(random_state)
 
-    # columns (and y) on extreme scales are fitted in units a power of two
-    # away, exactly, and the model is returned in the user's units
-    x_scale, y_scale = _binary_scale(X, axis=0), float(_binary_scale(y, axis=None))
-    if np.any(x_scale != 1.0) or y_scale != 1.0:
-        X, y = X * x_scale, y * y_scale
-        if isinstance(init, MoEParams):
-            init = _rescaled(init, x_scale, y_scale)
+    if isinstance(init, MoEParams) and (init.n_experts != K or init.n_features != X.shape[1]):
+        raise ValueError(f"init MoEParams has {init.n_experts} experts and "
+                         f"{init.n_features} features; expected {K} and {X.shape[1]}.")
+    # EM runs on standardised covariates and response (fastmoe._frame): the
+    # fit does not depend on the units, nor on an offset, of X and y
+    frame = Frame.of(X, y, w)
+    if frame.y_scale == 1.0 and not robust_scale(y, frame.y_mean, w, axis=None) > 0:
+        raise ValueError(f"y is constant (every response with weight is {frame.y_mean:.6g}): "
+                         "a mixture of experts needs a response that varies.")
+    X, y = frame.X(X), frame.y(y)
+    if isinstance(init, MoEParams):
+        init = frame.params_in(init)
     data = EMData(X, y, w, K, n_threads, gate_penalty)
     var_floor = reg_var * (data.var_y if data.var_y > 0 else 1.0)
     short = n_init > 1 and init_iter is not None and init_iter < max_iter
@@ -633,24 +639,18 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     if notes:
         warnings.warn("; ".join(notes) + ". Consider fewer experts or a larger reg_var.",
                       exceptions.DegenerateExpertWarning, stacklevel=2)
-    params = MoEParams.from_aug(alpha, beta, var)
-    if np.any(x_scale != 1.0) or y_scale != 1.0:  # back to the user's units
-        try:
-            with np.errstate(over="ignore", under="ignore"):
-                params = _rescaled(params, 1.0 / x_scale, 1.0 / y_scale)
-        except ValueError:
-            raise ValueError("the fitted model cannot be written in the units of X and y: its "
-                             "coefficients or variances overflow or underflow float64; "
-                             "rescale X or y.") from None
-        shift = data.total_weight * np.log(y_scale)  # log f(y) = log f(t y) + log t
-        ll, history, finals = ll + shift, history + shift, [f + shift for f in finals]
+    params = frame.params_out(MoEParams.from_aug(alpha, beta, var))
+    shift = frame.log_jacobian(data.total_weight)  # log f(y) = log f(v) - log(y_scale)
+    ll, history, finals = ll + shift, history + shift, [f + shift for f in finals]
     history.setflags(write=False)
     if penalty == "l1":
         lam = auto_l1_strength(float(w.sum()), X.shape[1], K) if isinstance(l1_strength, str) \
             else l1_strength
         params, ll, pen, it, converged, history = lasso_em(
-            X, y, w, params, lam, max_iter=max_iter, tol=tol, reg_var=reg_var,
-            n_threads=n_threads)
+            X, y, w, frame.params_in(params), lam, max_iter=max_iter, tol=tol,
+            reg_var=reg_var, n_threads=n_threads)
+        params = frame.params_out(params)
+        ll, history = ll + shift, history + shift
         if not converged:
             warnings.warn(f"the L1-penalised EM did not converge in max_iter={max_iter} "
                           "iterations; increase max_iter or tol.",
@@ -658,28 +658,6 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
         history.setflags(write=False)
     return MoEFit(params.canonical(), ll, it, converged, history, tuple(finals), tuple(notes),
                   tuple(moves), pen)
-
-
-#: columns whose largest magnitude lies outside [2**-BINARY_RANGE, 2**BINARY_RANGE]
-#: are rescaled by a power of two for the fit: their squares would otherwise
-#: underflow or overflow in the Gram matrices (X * 1e-300 was taken for a
-#: constant column); inside the range nothing changes, to the bit
-BINARY_RANGE = 64
-
-
-def _binary_scale(a: np.ndarray, axis):
-    """Powers of two that bring the largest magnitude of ``a`` (per column
-    with axis=0) to about 1 where it lies outside the binary range, else 1."""
-    top = np.max(np.abs(a), axis=axis)
-    far = (top > 0) & ((top < 2.0**-BINARY_RANGE) | (top > 2.0**BINARY_RANGE))
-    exponent = np.where(far, -np.round(np.log2(np.where(far, top, 1.0))), 0.0)
-    return np.ldexp(1.0, exponent.astype(int))
-
-
-def _rescaled(p: MoEParams, x_scale, y_scale: float) -> MoEParams:
-    """The model of (x * x_scale, y * y_scale) given that of (x, y)."""
-    return MoEParams(p.gate_coef / x_scale, p.gate_intercept, p.expert_coef * y_scale / x_scale,
-                     p.expert_intercept * y_scale, p.expert_var * y_scale**2)
 
 
 def _try_move(data: EMData, run: EMRun, moments, moves: list, *, max_iter, tol, gate_steps,

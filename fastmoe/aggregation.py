@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ._frame import Frame
 from ._gate_refit import (
     GATE_TARGETS,
     TARGET_BLOCK,
@@ -54,6 +55,7 @@ from ._validation import (
     check_float,
     check_int,
     check_random_state,
+    check_X,
     check_y,
 )
 from .baselines import aligned_average, medoid, naive_average, transport_divergence
@@ -133,23 +135,53 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
                    variance_update=variance_update, gate_max_iter=gate_max_iter,
                    n_threads=n_threads)
     rng = check_random_state(random_state)
-    result = _aggregate(local_models, n_experts, sample_sizes, X_support, rng, **options)
     max_excluded = check_float(max_excluded, "max_excluded", 0.0, inclusive=True)
-    failed = result.health()["failed"] if exclude_failed else []
-    if not failed:
-        return result
+    # the reduction runs in the frame of the support and of the local experts
+    # (fastmoe._frame): its least squares and gate refit do not depend on the
+    # units or offsets of the covariates and of the response
     mix = large_mixture(local_models, sample_sizes)
-    share = float(np.sum(mix.lam[failed]))
-    if share > max_excluded:
-        raise ExclusionLimitError(failed, share, max_excluded)
-    kept = [i for i in range(mix.n_machines) if i not in failed]
-    result = _aggregate([mix.models[i] for i in kept], n_experts,
-                        [mix.lam[i] for i in kept], X_support, rng, **options)
-    note = (f"model(s) {failed} were left out as failed local fits (experts collapsed onto "
-            f"fewer global experts, transport cost per unit mass over {FAILED_COST_FACTOR:g} "
-            "times the median)")
-    return replace(result, excluded=tuple(failed), excluded_fraction=share,
-                   notes=result.notes + (note,))
+    frame = reduction_frame(mix, check_X(X_support, mix.n_features, name="X_support"))
+    models = [frame.params_in(m) for m in mix.models]
+    Xs = frame.X(X_support)
+    if isinstance(init, MoEParams) and init.n_features == mix.n_features:
+        options["init"] = frame.params_in(init)
+    if y_support is not None:
+        options["y_support"] = frame.y(check_y(y_support, Xs.shape[0], name="y_support"))
+    result = _aggregate(models, n_experts, mix.lam, Xs, rng, **options)
+    failed = result.health()["failed"] if exclude_failed else []
+    if failed:
+        share = float(np.sum(mix.lam[failed]))
+        if share > max_excluded:
+            raise ExclusionLimitError(failed, share, max_excluded)
+        kept = [i for i in range(mix.n_machines) if i not in failed]
+        result = _aggregate([models[i] for i in kept], n_experts, [mix.lam[i] for i in kept],
+                            Xs, rng, **options)
+        note = (f"model(s) {failed} were left out as failed local fits (experts collapsed "
+                f"onto fewer global experts, transport cost per unit mass over "
+                f"{FAILED_COST_FACTOR:g} times the median)")
+        result = replace(result, excluded=tuple(failed), excluded_fraction=share,
+                         notes=result.notes + (note,))
+    return result_out(result, frame, cost)
+
+
+def reduction_frame(mix: LargeMixture, Xs: np.ndarray) -> Frame:
+    """The frame of a reduction: the support's covariate means and standard
+    deviations, and the local experts' mean intercept (``mix.shift``) and
+    root mean variance for the response."""
+    frame = Frame.of(Xs)
+    weight = np.repeat(mix.lam, mix.n_experts)
+    y_scale = float(np.sqrt(weight @ mix.var / weight.sum()))
+    y_scale = y_scale if np.isfinite(y_scale) and y_scale > 0 else 1.0
+    return replace(frame, y_mean=mix.shift, y_scale=y_scale)
+
+
+def result_out(result: AggregationResult, frame: Frame, cost: str) -> AggregationResult:
+    """An aggregation in the frame, written in the user's units: the model
+    mapped back, W2 costs times ``y_scale**2`` (KL costs do not change)."""
+    c = frame.y_scale**2 if cost == "w2" else 1.0
+    return replace(result, params=frame.params_out(result.params).canonical(),
+                   objective=result.objective * c, history=result.history * c,
+                   local_objective=result.local_objective * c)
 
 
 def _check_init(init, mix, K):

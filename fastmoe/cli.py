@@ -49,7 +49,7 @@ def _checked(convert, ok, expected: str):
 _positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 _non_negative = _checked(float, lambda v: 0.0 <= v < float("inf"), "a finite number >= 0")
-_level = _checked(float, lambda v: 0.0 < v < 1.0, "a level in (0, 1)")
+_level = _checked(float, lambda v: 0.5 <= v < 1.0, "a level in [0.5, 1) (0.9: a 90% interval)")
 
 
 def _auto_or_non_negative(text: str):
@@ -331,9 +331,7 @@ def cmd_round(args) -> int:
 
 
 def cmd_refine(args) -> int:
-    import hashlib
-
-    from .message import load_round
+    from .message import load_round, round_digest
     from .protocol import refine_step
 
     _suffix(args.output, (".json", ".npz"), "model file")
@@ -341,12 +339,14 @@ def cmd_refine(args) -> int:
     total, seen = None, {}
     for path in args.statistics:
         stats = load_round(path, params)  # checked, the file's size first
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        digest = round_digest(stats)  # of the numbers: a re-saved file is the same
         if digest in seen:
             raise ValueError(f"{path!r} holds the same statistics as {seen[digest]!r}: "
                              "each machine's round counts once.")
         seen[digest] = path
         total = stats if total is None else total + stats
+    if not np.isfinite(total.log_likelihood):
+        raise ValueError("the machines' log-likelihoods do not sum to a finite number.")
     new = refine_step(params, total)
     new.save(args.output)
     print(f"{len(args.statistics)} machines, {total.n} rows: log-likelihood "
@@ -372,13 +372,16 @@ def cmd_predict(args) -> int:
     columns = {"y_pred": pred, "y_var": var}
     if args.interval is not None:
         with np.errstate(over="ignore", invalid="ignore"):
-            bounds = params.predict_interval(X, 1.0 - args.interval)
+            bounds = params.predict_interval(X, args.interval)
         columns.update(y_lower=bounds[:, 0], y_upper=bounds[:, 1])
-    if out.suffix == ".npz":
-        np.savez(out, **columns)
-    else:
-        np.savetxt(out, np.column_stack(list(columns.values())), delimiter=",",
-                   header=",".join(columns), comments="", fmt="%.17g")
+    from .io import atomic_path
+
+    with atomic_path(out, "predictions file") as tmp:
+        if out.suffix == ".npz":
+            np.savez(tmp, **columns)
+        else:
+            np.savetxt(tmp, np.column_stack(list(columns.values())), delimiter=",",
+                       header=",".join(columns), comments="", fmt="%.17g")
     print(f"{len(pred)} predictions written to {out}")
     return 0
 
@@ -420,8 +423,10 @@ def cmd_study(args) -> int:
     table = res.to_markdown()
     print(table)
     if args.output:
+        from .io import write_bytes
+
         prefix = Path(args.output)
-        Path(f"{prefix}.md").write_text(table + "\n")
+        write_bytes(f"{prefix}.md", (table + "\n").encode(), "study table")
         res.to_csv(f"{prefix}.csv")
         for path in [f"{prefix}.md", f"{prefix}.csv", *res.plot(str(prefix))]:
             print(f"wrote {path}")
@@ -446,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fastmoe", description="Fast Gaussian mixture-of-experts regression, "
         "centralised and distributed (optimal-transport aggregation).")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"fastmoe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name, func, help_, description=None):
@@ -630,6 +638,37 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _paths(args) -> tuple[list, list]:
+    """(inputs, outputs) a command names."""
+    inputs = [getattr(args, k, None) for k in ("data", "model")]
+    inputs += list(getattr(args, "messages", None) or []) + list(
+        getattr(args, "statistics", None) or [])
+    output = getattr(args, "output", None)
+    if args.command == "study":
+        outputs = [f"{output}{end}" for end in (".md", ".csv", "_error_vs_n.png",
+                                                  "_time_vs_m.png")] if output else []
+    else:
+        outputs = [output]
+    (outputs if args.command == "simulate" else inputs).append(getattr(args, "truth", None))
+    return [p for p in inputs if p], [p for p in outputs if p]
+
+
+def check_outputs(args) -> None:
+    """Before any work: every output's folder is writable, and no output is an
+    input (fastmoe never overwrites what it reads)."""
+    from .io import check_writable, same_file
+
+    inputs, outputs = _paths(args)
+    for out in outputs:
+        check_writable(out)
+        for path in inputs:
+            if Path(path).exists() and Path(out).exists() and same_file(out, path):
+                raise ValueError(f"the output {out!r} is also an input ({path!r}); fastmoe never "
+                                 "overwrites its inputs: choose another output path.")
+    if len({str(Path(o).resolve()) for o in outputs}) != len(outputs):
+        raise ValueError("two outputs name the same file; give each its own path.")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -641,6 +680,7 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = show
         try:
+            check_outputs(args)
             return args.func(args)
         except KeyboardInterrupt:
             print(f"{name}: interrupted", file=sys.stderr)

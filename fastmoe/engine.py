@@ -46,13 +46,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
 
 from . import _kernels
 from ._em import experts_from_gram, weighted_gram
+from ._frame import Frame, shift_matrix
 from ._gating import assemble_newton, newton_system
 from ._gating import fit_gates as _fit_gates
 from ._linalg import chunk_size, n_chunks, resolve_threads, unpack_sym
@@ -606,33 +607,81 @@ class StepStatistics:
     log_likelihood : float
         sum_i w_i log f(y_i | x_i) at the parameters of the pass.
     experts : ExpertStatistics
-        The experts' statistics for the pass's responsibilities.
+        The experts' statistics for the pass's responsibilities, of the
+        centred z = (1, x - origin[:d], y - origin[d]).
     gates : GateStatistics
         The gate objective, gradient and Hessian at the pass's gates, for its
-        responsibilities as targets.
+        responsibilities as targets, with respect to the gates written with
+        the intercept at x = origin[:d].
     n : int
         Rows summed.
+    origin : ndarray of shape (d+1,)
+        The point (x, y) the statistics are centred at: sums of squares of
+        data with a large offset keep their precision (zeros: not centred).
 
-    ``a + b`` adds the statistics of two row blocks (two machines).
+    ``a + b`` adds the statistics of two row blocks (two machines), moving
+    ``b`` to the origin of ``a`` exactly (:meth:`moved`).
     """
 
     log_likelihood: float
     experts: ExpertStatistics
     gates: GateStatistics
     n: int
+    origin: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.origin is None:
+            object.__setattr__(self, "origin", _frozen(np.zeros(self.experts.n_features + 1)))
 
     def __add__(self, other: StepStatistics) -> StepStatistics:
         if not isinstance(other, StepStatistics):
             return NotImplemented
+        if other.origin.shape != self.origin.shape:
+            raise ValueError(f"cannot add step statistics of {self.origin.size - 1} and "
+                             f"{other.origin.size - 1} features.")
+        other = other.moved(self.origin)
         return StepStatistics(self.log_likelihood + other.log_likelihood,
                               self.experts + other.experts, self.gates + other.gates,
-                              self.n + other.n)
+                              self.n + other.n, self.origin)
+
+    def moved(self, origin) -> StepStatistics:
+        """The same statistics centred at ``origin`` (d+1,) instead: Gram
+        matrices T G T^T and gate derivatives T g, T H T^T with T the shift
+        of (1, x, y) (``fastmoe._frame.shift_matrix``)."""
+        origin = np.asarray(origin, dtype=np.float64)
+        delta = origin - self.origin
+        if not np.any(delta):
+            return self
+        T = shift_matrix(delta)
+        G = np.einsum("ij,kjl,ml->kim", T, self.experts.gram, T)
+        K = self.experts.n_experts
+        gates = self.gates
+        if K > 1:
+            Tg = np.kron(np.eye(K - 1), T[:-1, :-1])
+            gates = GateStatistics(gates.objective, _frozen(Tg @ gates.gradient),
+                                   _frozen(Tg @ gates.hessian @ Tg.T))
+        return StepStatistics(self.log_likelihood, ExpertStatistics(_frozen(G)), gates, self.n,
+                              _frozen(origin.copy()))
+
+    def centred(self) -> StepStatistics:
+        """The statistics moved to their own weighted mean of (x, y): the
+        origin at which the server's solves are best conditioned."""
+        total = self.experts.gram.sum(axis=0)
+        if not total[0, 0] > 0:
+            return self
+        return self.moved(self.origin + total[0, 1:] / total[0, 0])
 
     @property
     def n_bytes(self) -> int:
         """Bytes of the numbers a machine sends for them (float64)."""
         return 8 * (self.experts.gram.size + self.gates.gradient.size
-                    + self.gates.hessian.size + 3)  # + objective, log-likelihood, n
+                    + self.gates.hessian.size + self.origin.size + 3)
+
+
+def origin_frame(origin) -> Frame:
+    """The frame that only moves (x, y) to ``origin`` (d+1,)."""
+    origin = np.asarray(origin, dtype=np.float64)
+    return Frame(origin[:-1], np.ones(origin.size - 1), float(origin[-1]), 1.0)
 
 
 def _fused_pass(X, y, w, params: MoEParams, n_threads, keep_resp: bool):
@@ -707,6 +756,12 @@ def step_statistics(X, y, params: MoEParams, *, sample_weight=None,
     params = _check_params(params)
     X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
     _gate_aug(params.gate_coef, params.gate_intercept, params.n_experts, params.n_features)
+    if w.sum() > 0:  # centred at the block's own mean (x, y): see StepStatistics
+        frame = origin_frame(np.append(np.average(X, axis=0, weights=w),
+                                       np.average(y, weights=w)))
+        step = _fused_pass(frame.X(X), frame.y(y), w, frame.params_in(params), n_threads,
+                           keep_resp=False)[0]
+        return replace(step, origin=_frozen(np.append(frame.x_mean, frame.y_mean)))
     return _fused_pass(X, y, w, params, n_threads, keep_resp=False)[0]
 
 

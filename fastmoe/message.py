@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ._params import MoEParams
-from .io import MAX_JSON_BYTES, check_file, parse_json, read_json, read_npz
+from .io import MAX_JSON_BYTES, check_file, parse_json, read_json, read_npz, write_bytes
 
 MESSAGE_FORMAT = "fastmoe.LocalMessage"
 MESSAGE_VERSION = 1
@@ -53,8 +53,10 @@ MAX_EXPERTS = 1000
 MAX_FEATURES = 1000
 #: bound on covariates, expert means and gate logits where the server uses them
 MAX_ABS = 1e50
-#: bound on the experts' variances
+#: bounds on the experts' variances: with means within MAX_ABS, every KL or
+#: W2 cost between two experts stays finite (ratios at most 1e200)
 MAX_VAR = 1e100
+MIN_VAR = 1e-100
 #: relative tolerance of the symmetry and semi-definiteness checks
 _SYM_TOL = 1e-8
 
@@ -237,13 +239,26 @@ class LocalMessage:
                             float(self.heldout_loglik), int(self.heldout_n),
                             float(self.fit_time), dict(self.meta))
 
+    def digest(self) -> str:
+        """SHA-256 of what the message says (model, rows, covariate sample and
+        moments), not of its file's bytes: one machine's message saved twice,
+        as .npz and as .json, has one digest."""
+        h = hashlib.sha256(model_digest(self.params).encode())
+        for a in (self.support_mean, self.support_cov,
+                  np.zeros((0, 0)) if self.support is None else self.support,
+                  np.array([self.n, self.heldout_n], dtype=float)):
+            a = np.ascontiguousarray(a, dtype=np.float64)
+            h.update(repr(a.shape).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
     def save(self, path) -> None:
         """Write to ``.npz`` (binary) or ``.json``."""
         path = Path(path)
         if path.suffix == ".npz":
-            path.write_bytes(self.to_bytes())
+            write_bytes(path, self.to_bytes(), "message file")
         elif path.suffix == ".json":
-            path.write_text(json.dumps(self._fields()))
+            write_bytes(path, json.dumps(self._fields()).encode(), "message file")
         else:
             raise ValueError(f"unknown message file type {path.suffix!r}; use .npz or .json.")
 
@@ -324,10 +339,13 @@ def _check_covariance(cov: np.ndarray) -> None:
 
 def _check_model_range(p: MoEParams, support, mean, cov) -> None:
     """Expert means and gate logits within MAX_ABS where the server evaluates
-    them, variances within (0, MAX_VAR]."""
+    them, variances within [MIN_VAR, MAX_VAR]."""
     if np.max(p.expert_var) > MAX_VAR:
         raise ValueError(f"message model has an expert variance of {np.max(p.expert_var):.3g}, "
                          f"beyond {MAX_VAR:g}.")
+    if np.min(p.expert_var) < MIN_VAR:
+        raise ValueError(f"message model has an expert variance of {np.min(p.expert_var):.3g}, "
+                         f"below {MIN_VAR:g}: the transport costs would overflow.")
     live = np.isfinite(p.gate_intercept)
     for what, coef, icpt in (("expert means", p.expert_coef, p.expert_intercept),
                              ("gate logits", p.gate_coef[live], p.gate_intercept[live])):
@@ -346,7 +364,7 @@ def _check_model_range(p: MoEParams, support, mean, cov) -> None:
 # refinement rounds: what a machine sends back at the global model
 # ----------------------------------------------------------------------------
 ROUND_FORMAT = "fastmoe.RoundStatistics"
-ROUND_VERSION = 1
+ROUND_VERSION = 2  # 2: the statistics are centred at an origin they carry
 #: room for the header and the archive beyond the arrays a model's statistics need
 _ROUND_SLACK = 2**16
 
@@ -366,7 +384,8 @@ def _round_shapes(params: MoEParams) -> dict:
     """The arrays' shapes in the statistics of a round at ``params``."""
     K, d = params.n_experts, params.n_features
     q = (K - 1) * (d + 1)  # the gates' free parameters
-    return {"expert_gram": (K, d + 2, d + 2), "gate_gradient": (q,), "gate_hessian": (q, q)}
+    return {"expert_gram": (K, d + 2, d + 2), "gate_gradient": (q,), "gate_hessian": (q, q),
+            "origin": (d + 1,)}
 
 
 def _round_bytes_needed(params: MoEParams) -> int:
@@ -387,7 +406,8 @@ def round_to_bytes(stats, params: MoEParams) -> bytes:
     np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
                         expert_gram=np.asarray(stats.experts.gram, np.float64),
                         gate_gradient=np.asarray(stats.gates.gradient, np.float64),
-                        gate_hessian=np.asarray(stats.gates.hessian, np.float64))
+                        gate_hessian=np.asarray(stats.gates.hessian, np.float64),
+                        origin=np.asarray(stats.origin, np.float64))
     return buf.getvalue()
 
 
@@ -422,18 +442,71 @@ def round_from_bytes(data: bytes, params: MoEParams):
             raise ValueError(f"{field_} {name} must have shape {shape} for a model of "
                              f"{params.n_experts} experts on {params.n_features} covariates; "
                              f"got {a.shape}.")
-    gram, grad, hess = got["expert_gram"], got["gate_gradient"], got["gate_hessian"]
-    _check_symmetric(gram, f"{field_} expert_gram")
+    gram, grad, hess, origin = (got[k] for k in ("expert_gram", "gate_gradient",
+                                                  "gate_hessian", "origin"))
     weight = gram[:, 0, 0]
     if np.min(weight) < 0 or abs(weight.sum() - n) > 1e-6 * n:
         raise ValueError(f"round statistics: the experts' weights sum to {weight.sum():.6g}, "
                          f"not to the {n} rows they claim (or one is negative).")
+    for k in range(gram.shape[0]):  # sums of w r z z^T: each positive semi-definite
+        _check_gram(gram[k], f"{field_} expert_gram[{k}]")
+    _check_log_likelihood(ll, n, params)
     if objective > 1e-9 * n:
         raise ValueError(f"round statistics: gate objective {objective:.6g} is positive (a sum "
                          "of log-probabilities is at most 0).")
     if hess.size:
         _check_semidefinite(hess, f"{field_} gate_hessian", sign=-1.0)
-    return StepStatistics(ll, ExpertStatistics(gram), GateStatistics(objective, grad, hess), n)
+        _check_gate_bounds(grad, hess, gram.sum(axis=0), n)
+    return StepStatistics(ll, ExpertStatistics(gram), GateStatistics(objective, grad, hess), n,
+                          origin)
+
+
+def _check_gram(G: np.ndarray, label: str) -> None:
+    """A Gram matrix: symmetric, and positive semi-definite once scaled to a
+    unit diagonal (an entry beyond what its diagonal allows, a negative sum
+    of squares, a zero weight with nonzero sums: all refused)."""
+    _check_symmetric(G, label)
+    diag = np.diagonal(G)
+    if np.min(diag) < 0:
+        raise ValueError(f"{label} has a negative sum of squares ({np.min(diag):.3g}).")
+    d = np.sqrt(diag)
+    safe = np.where(d > 0, d, 1.0)
+    if np.any((d == 0)[:, None] & (G != 0)):
+        raise ValueError(f"{label} has nonzero sums for a zero sum of squares.")
+    _check_semidefinite(G / safe[:, None] / safe[None, :], label)
+
+
+def _check_log_likelihood(ll: float, n: int, params: MoEParams) -> None:
+    """A log-likelihood no higher than the model allows: each row's density
+    is at most that of the narrowest expert at its mean."""
+    top = n * float(np.max(-0.5 * np.log(2 * np.pi * params.expert_var)))
+    if ll > top + 1e-9 * abs(top) + 1e-9:
+        raise ValueError(f"round statistics: log-likelihood {ll:.6g} is more than the model "
+                         f"allows for {n} rows ({top:.6g}).")
+
+
+def _check_gate_bounds(grad: np.ndarray, hess: np.ndarray, total: np.ndarray, n: int) -> None:
+    """The gates' derivatives within what the rows allow: |g_kj| <=
+    sqrt(n sum_i x_ij^2) (|r - pi| <= 1, Cauchy-Schwarz) and each diagonal
+    entry of -H at most sum_i x_ij^2 / 4 (pi (1 - pi) <= 1/4), with the sums
+    of squares from the experts' Gram matrices."""
+    p = total.shape[0] - 1
+    sq = np.tile(np.diagonal(total)[:p], grad.size // p)
+    slack = 1.0 + 1e-6
+    if np.any(np.abs(grad) > slack * np.sqrt(n * sq) + 1e-12):
+        raise ValueError("round statistics: a gate gradient is larger than the rows allow.")
+    if np.any(-np.diagonal(hess) > slack * sq / 4 + 1e-12):
+        raise ValueError("round statistics: a gate Hessian entry is larger than the rows allow.")
+
+
+def round_digest(stats) -> str:
+    """SHA-256 of a round's numbers (not of its file's bytes): the same
+    statistics saved twice, or re-compressed, have one digest."""
+    h = hashlib.sha256()
+    for a in (stats.experts.gram, stats.gates.gradient, stats.gates.hessian, stats.origin,
+              np.array([stats.log_likelihood, stats.gates.objective, stats.n], dtype=float)):
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()
 
 
 def save_round(path, stats, params: MoEParams) -> int:
@@ -441,7 +514,7 @@ def save_round(path, stats, params: MoEParams) -> int:
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"unknown round statistics file type {path.suffix!r}; use .npz.")
-    return path.write_bytes(round_to_bytes(stats, params))
+    return write_bytes(path, round_to_bytes(stats, params), "round statistics file")
 
 
 def load_round(path, params: MoEParams):

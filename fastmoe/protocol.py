@@ -270,6 +270,12 @@ def read_messages(messages, n_experts: int | None = None, *,
         msgs.append(m)
     if not msgs:
         raise ValueError("messages is empty; give at least one message.")
+    seen = {}
+    for i, m in enumerate(msgs):
+        first = seen.setdefault(m.digest(), i)
+        if first != i:
+            raise ValueError(f"messages[{i}] is the same message as messages[{first}] (the same "
+                             "model, rows and covariate sample): each machine counts once.")
     d0, k0 = msgs[0].params.n_features, msgs[0].params.n_experts
     for i, m in enumerate(msgs[1:], 1):
         d, k = m.params.n_features, m.params.n_experts
@@ -537,12 +543,17 @@ def refine_step(params, stats: RoundStatistics, *, reg_var: float = 1e-6,
     """The server's half: the experts' closed-form M-step and one Newton step
     (times ``gate_step``) on the gates, from the machines' summed statistics.
     With all machines' statistics this is one EM iteration of
-    :func:`fastmoe.engine.em_step` on all the rows."""
+    :func:`fastmoe.engine.em_step` on all the rows. The solves are made at
+    the statistics' own mean (x, y) (``StepStatistics.centred``), so large
+    offsets of the covariates or of the response cost no precision."""
+    stats = stats.centred()
+    frame = engine.origin_frame(stats.origin)
+    local = frame.params_in(params)
     coef, intercept, var = engine.update_experts(
         stats.experts, reg_var=reg_var,
-        previous=(params.expert_coef, params.expert_intercept, params.expert_var))
-    alpha = params.gate_aug
+        previous=(local.expert_coef, local.expert_intercept, local.expert_var))
+    alpha = local.gate_aug
     K, p = alpha.shape
     if K > 1:
         alpha += gate_step * newton_direction(stats.gates.gradient, -stats.gates.hessian, K, p)
-    return MoEParams(alpha[:, 1:], alpha[:, 0], coef, intercept, var)
+    return frame.params_out(MoEParams(alpha[:, 1:], alpha[:, 0], coef, intercept, var))

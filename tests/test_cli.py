@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,6 +181,17 @@ def test_refinement_rounds_by_files(tmp_path, capsys):
     code, _, err = run(capsys, "refine", stats[0], stats[0], "--model", str(d / "m0.json"),
                        "--output", str(d / "m2.json"))
     assert code == 2 and "counts once" in err and err.count("\n") == 1
+    # the same statistics re-saved with other bytes are the same machine
+    from fastmoe.message import load_round, save_round
+
+    again = load_round(stats[0], start)
+    with np.load(stats[0]) as z:
+        np.savez(d / "resaved.npz", **{k: z[k] for k in z.files})  # uncompressed
+    assert (d / "resaved.npz").read_bytes() != Path(stats[0]).read_bytes()
+    code, _, err = run(capsys, "refine", stats[0], str(d / "resaved.npz"), "--model",
+                       str(d / "m0.json"), "--output", str(d / "m2.json"))
+    assert code == 2 and "counts once" in err and err.count("\n") == 1
+    assert save_round(d / "again.npz", again, start) > 0
     assert not (d / "m2.json").exists()
 
 

@@ -302,7 +302,9 @@ def test_engine_docstrings_pass_numpydoc_validation():
 
 def test_step_statistics_are_the_three_passes_in_one(data):
     X, y, truth, w = data
-    s = engine.step_statistics(X, y, truth, sample_weight=w)
+    centred = engine.step_statistics(X, y, truth, sample_weight=w)
+    np.testing.assert_allclose(centred.origin[:-1], np.average(X, axis=0, weights=w))
+    s = centred.moved(np.zeros(X.shape[1] + 1))  # exact algebra: the raw sums
     log_resp, row_ll, gram = naive.e_step(X, y, w, truth.gate_aug, truth.expert_aug,
                                           truth.expert_var)
     obj, grad, info = naive.gate_newton(X, w, np.exp(log_resp), truth.gate_aug)
@@ -314,4 +316,5 @@ def test_step_statistics_are_the_three_passes_in_one(data):
     halves = (engine.step_statistics(X[:100], y[:100], truth, sample_weight=w[:100])
               + engine.step_statistics(X[100:], y[100:], truth, sample_weight=w[100:]))
     assert halves.n == len(y)
+    halves = halves.moved(np.zeros(X.shape[1] + 1))
     np.testing.assert_allclose(halves.experts.gram, s.experts.gram, rtol=1e-12, atol=1e-10)
