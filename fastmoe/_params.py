@@ -10,6 +10,7 @@ exactly (float64 values are written with ``repr`` precision).
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ import numpy as np
 
 from . import _kernels
 from ._linalg import chunk_size, resolve_threads
-from ._validation import check_random_state, check_X, check_X_y
-from .io import read_json, read_npz
+from ._validation import check_level, check_random_state, check_X, check_X_y
+from .io import read_json, read_npz, write_bytes
 
 FORMAT = "fastmoe.MoEParams"
 FORMAT_VERSION = 1
@@ -326,28 +327,30 @@ class MoEParams:
         out = 0.5 * (lo + hi)
         return out[:, 0] if levels.ndim == 0 else out
 
-    def predict_interval(self, X, alpha: float = 0.1, *,
+    def predict_interval(self, X, level: float = 0.9, *,
                          n_threads: int | None = None) -> np.ndarray:
-        """The equal-tailed (1 - alpha) predictive interval at each row of X.
+        """The equal-tailed predictive interval holding ``level`` of f(y | x).
 
         Parameters
         ----------
         X : array-like of shape (n, d)
             Covariates.
-        alpha : float, default 0.1
-            Miscoverage: the interval holds 1 - alpha of f(y | x).
+        level : float, default 0.9
+            The probability the interval holds (0.9: a 90% interval), in
+            [0.5, 1). A value below 0.5 is refused: it is almost surely a
+            miscoverage alpha (0.1 for a 90% interval), the other convention.
         n_threads : int, optional
             Threads of the gate kernel (default: all cores).
 
         Returns
         -------
         ndarray of shape (n, 2)
-            The alpha/2 and 1 - alpha/2 quantiles (:meth:`predict_quantile`).
+            The (1 - level)/2 and (1 + level)/2 quantiles
+            (:meth:`predict_quantile`).
         """
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) \
-                or not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be a number in (0, 1); got {alpha!r}.")
-        return self.predict_quantile(X, [alpha / 2, 1 - alpha / 2], n_threads=n_threads)
+        level = check_level(level)
+        return self.predict_quantile(X, [(1 - level) / 2, (1 + level) / 2],
+                                     n_threads=n_threads)
 
     def e_step(self, X, y, *, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-row log-likelihood and log responsibilities.
@@ -468,6 +471,8 @@ class MoEParams:
                "n_experts": self.n_experts, "n_features": self.n_features}
         for name in _FIELDS:
             out[name] = getattr(self, name).tolist()
+        # JSON has no infinity: a switched-off gate (-inf) is written "-inf"
+        out["gate_intercept"] = [v if np.isfinite(v) else "-inf" for v in out["gate_intercept"]]
         return out
 
     @classmethod
@@ -485,17 +490,20 @@ class MoEParams:
         K, d = (_record_int(data[k], k) for k in ("n_experts", "n_features"))
 
         def arr(name, shape):
+            value = data[name]
+            if name == "gate_intercept" and isinstance(value, list):
+                value = [-np.inf if v == "-inf" else v for v in value]
             try:
-                a = np.asarray(data[name])
+                a = np.asarray(value)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise ValueError(f"{FORMAT} field {name} is not an array ({exc}).") from None
             if a.dtype.kind not in "biuf":
                 raise ValueError(f"{FORMAT} field {name} must hold numbers; got dtype "
                                  f"{a.dtype}.")
-            if a.size != int(np.prod(shape)):
+            if a.shape != shape:  # never reshaped: (d, K) for (K, d) is an error
                 raise ValueError(f"{FORMAT} field {name} must have shape {shape} for "
                                  f"n_experts={K}, n_features={d}; got {a.shape}.")
-            return a.astype(np.float64).reshape(shape)
+            return a.astype(np.float64)
 
         return cls(arr("gate_coef", (K, d)), arr("gate_intercept", (K,)),
                    arr("expert_coef", (K, d)), arr("expert_intercept", (K,)),
@@ -505,12 +513,14 @@ class MoEParams:
         """Write to ``.json`` or ``.npz`` (chosen by the suffix)."""
         path = Path(path)
         if path.suffix == ".json":
-            path.write_text(json.dumps(self.to_dict()))
+            write_bytes(path, json.dumps(self.to_dict(), allow_nan=False).encode(), "model file")
         elif path.suffix == ".npz":
             d = self.to_dict()
-            np.savez(path, format=np.array(FORMAT), version=np.array(FORMAT_VERSION),
+            buf = io.BytesIO()
+            np.savez(buf, format=np.array(FORMAT), version=np.array(FORMAT_VERSION),
                      **{f: getattr(self, f) for f in _FIELDS},
                      n_experts=np.array(d["n_experts"]), n_features=np.array(d["n_features"]))
+            write_bytes(path, buf.getvalue(), "model file")
         else:
             raise ValueError(f"unknown file type {path.suffix!r}; use .json or .npz.")
 

@@ -53,15 +53,28 @@ def resolve_threads(n_threads: int | None) -> int:
     return int(n_threads)
 
 
+def resolve_jobs(n_jobs: int, cores: int | None = None) -> int:
+    """scikit-learn's convention: n_jobs >= 1 processes, or -1 for one per
+    core, -2 for all cores but one, and so on (cores + 1 + n_jobs)."""
+    from ._validation import check_int
+
+    cores = available_cores() if cores is None else cores
+    if isinstance(n_jobs, int) and not isinstance(n_jobs, bool) and n_jobs < 0:
+        if cores + 1 + n_jobs < 1:
+            raise ValueError(f"n_jobs={n_jobs} leaves no process on {cores} cores; use "
+                             f"-1 to -{cores} or a positive number.")
+        return int(cores + 1 + n_jobs)
+    return check_int(n_jobs, "n_jobs")
+
+
 def split_cores(n_tasks: int, n_jobs: int | None, n_threads: int | None) -> tuple[int, int]:
     """(processes, threads per process) for ``n_tasks`` independent fits.
 
     n_jobs None: one process per core, at most one per task; n_threads None:
     the cores shared out evenly between the processes (at least one each)."""
-    from ._validation import check_int
 
     cores = available_cores()
-    jobs = min(n_tasks, cores) if n_jobs is None else check_int(n_jobs, "n_jobs")
+    jobs = min(n_tasks, cores) if n_jobs is None else resolve_jobs(n_jobs, cores)
     jobs = max(1, min(jobs, n_tasks))
     threads = max(1, cores // jobs) if n_threads is None else resolve_threads(n_threads)
     return jobs, threads

@@ -143,3 +143,17 @@ def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}; got {value!r}.")
     return value
+
+
+def check_level(level) -> float:
+    """A predictive interval's probability, in [0.5, 1). Below 0.5 it is
+    refused as the other convention (a miscoverage alpha)."""
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating, np.integer)) \
+            or not 0.0 < level < 1.0:
+        raise ValueError(f"level must be a probability in [0.5, 1), the interval's coverage "
+                         f"(0.9 for a 90% interval); got {level!r}.")
+    if level < 0.5:
+        raise ValueError(f"level={level!r} is the probability the interval holds (0.9 for a 90% "
+                         f"interval); for a {100 * (1 - level):g}% interval pass level="
+                         f"{1 - level:g}.")
+    return float(level)

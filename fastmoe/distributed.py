@@ -102,7 +102,8 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
         return index, msg
     except ShardError as exc:
         return index, exc
-    except Exception as exc:  # any failure of one shard is reported by its index
+    except (Exception, SystemExit) as exc:  # one shard's failure, reported by its index
+        # (a loader that calls sys.exit must not end the caller's program)
         reason = str(exc).splitlines()[0] if str(exc) else ""
         return index, ShardError(index, f"{type(exc).__name__}: {reason}", n)
 
@@ -159,7 +160,7 @@ def recheck_shard(index: int, shard, message, params, options: dict):
             warnings.simplefilter("ignore")  # kept in the new message's meta
             out = recheck_local(X, y, message, params, **options)
         return index, out, time.perf_counter() - t0, out is not message
-    except Exception as exc:  # noqa: BLE001 (reported by index)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 (reported by index)
         return index, ShardError(index, f"{type(exc).__name__}: {exc}")
 
 
@@ -173,7 +174,7 @@ def shard_round(index: int, shard, params, n_threads: int):
         return index, stats, time.perf_counter() - t0
     except ShardError as exc:
         return index, exc
-    except Exception as exc:  # noqa: BLE001 (reported by index)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 (reported by index)
         return index, ShardError(index, f"{type(exc).__name__}: {exc}")
 
 
@@ -446,7 +447,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
 
     def _refine(self, params, shards, rounds: int, n_jobs: int, threads: int,
                 tol: float | None = None):
-        """At most ``rounds`` refinement rounds from ``params``: (model, history).
+        """At most ``rounds`` refinement rounds from ``params`` over ``shards``, a list of
+        (index, shard) pairs: (model, history).
 
         Each round sends the current model to every shard, sums their
         statistics and takes one EM iteration. When a round finds the
@@ -456,8 +458,9 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         than ``tol`` nats per row over the round before is the last."""
         history, good, step = [], None, 1.0  # good: (log-lik, params, stats) not followed by a fall
         for r in range(rounds):
+            # each shard keeps its index in the caller's list: errors name it
             out = _backends.run(self.backend, shard_round,
-                                [(i, s, params, threads) for i, s in enumerate(shards)],
+                                [(i, s, params, threads) for i, s in shards],
                                 n_jobs=n_jobs, client=self.client)
             errors = [o[1] for o in out if isinstance(o[1], ShardError)]
             if errors:
@@ -519,6 +522,10 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         # kernels' results do not depend on the thread count, so every backend
         # gives the same model
         if self.backend == "serial":  # one fit at a time: all cores to it
+            if self.n_jobs not in (None, 1):
+                raise ValueError(f"n_jobs={self.n_jobs!r} has no effect with backend='serial' "
+                                 "(one shard at a time); use backend='local' for processes, "
+                                 "or leave n_jobs at None.")
             n_jobs, threads = split_cores(1, 1, self.n_threads)
         elif self.backend == "local":
             n_jobs, threads = split_cores(M, self.n_jobs, self.n_threads)
@@ -617,7 +624,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         if rounds:
             trusted = [i for j, i in enumerate(fitted) if j not in agg.inconsistent]
             params, self.refine_history_ = self._refine(
-                agg.params, [shards[i] for i in trusted], rounds, n_jobs, threads, refine_tol)
+                agg.params, [(i, shards[i]) for i in trusted], rounds, n_jobs, threads,
+                refine_tol)
         self._set_params_attributes(params)
         self.aggregation_ = agg
         self.n_iter_ = int(agg.n_iter)

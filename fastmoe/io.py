@@ -10,9 +10,13 @@ are module constants; the readers take them as arguments.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
+import stat
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,13 +32,19 @@ _KINDS = "biufU"
 
 
 def check_file(path, what: str, max_bytes: int) -> Path:
-    """An existing regular file no larger than ``max_bytes``."""
+    """An existing regular file no larger than ``max_bytes`` (a device, a
+    FIFO or a folder is refused before it is opened: /dev/zero would never
+    end, a FIFO would hang)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"cannot read {what} {str(path)!r}: it does not exist.")
-    if not path.is_file():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"cannot read {what} {str(path)!r}: it does not exist.") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {str(path)!r}: {exc.strerror}.") from None
+    if not stat.S_ISREG(info.st_mode):
         raise ValueError(f"cannot read {what} {str(path)!r}: it is not a regular file.")
-    size = path.stat().st_size
+    size = info.st_size
     if size > max_bytes:
         raise ValueError(f"cannot read {what} {str(path)!r}: it has {size} bytes, more than "
                          f"the limit of {max_bytes}.")
@@ -106,6 +116,10 @@ def read_npz(source, what: str, max_bytes: int) -> dict:
             infos = z.infolist()
             if len(infos) > 64:
                 raise ValueError(f"{len(infos)} members; at most 64 are accepted")
+            names = [info.filename for info in infos]
+            if len(set(names)) != len(names):
+                twice = sorted({n for n in names if names.count(n) > 1})
+                raise ValueError(f"member {twice[0]!r} appears more than once")
             budget = max_bytes
             out = {}
             for info in infos:
@@ -147,16 +161,93 @@ def read_json(path, what: str, max_bytes: int = MAX_JSON_BYTES):
 
 def parse_json(data: bytes):
     """JSON text -> Python objects; NaN and Infinity are refused (they are
-    not JSON), and so is nesting too deep to parse."""
+    not JSON), and so are a key given twice in one object (which would win
+    is a guess) and nesting too deep to parse."""
     def constant(name):
         raise ValueError(f"{name} is not a JSON number")
 
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            raise ValueError(f"the key {twice[0]!r} appears more than once")
+        return dict(pairs)
+
     try:
-        return json.loads(data, parse_constant=constant)
+        return json.loads(data, parse_constant=constant, object_pairs_hook=unique)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 text ({exc.reason})") from None
+
+
+# ----------------------------------------------------------------------------
+# writing: whole or not at all
+# ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path, what: str = "file"):
+    """A temporary path beside ``path`` (same folder, same suffix) to write
+    to; on success it is renamed over ``path`` in one step, on any failure it
+    is removed and ``path`` is left as it was. OSErrors come back as one line
+    that names ``path``.
+
+    >>> from pathlib import Path
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "out.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("whole")
+    >>> target.read_text()
+    'whole'
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
+                                    dir=folder)
+    except OSError as exc:
+        raise OSError(f"cannot write {what} {str(path)!r}: {exc.strerror or exc}.") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot write {what} {str(path)!r}: {exc.strerror or exc}; it was "
+                      "left as it was.") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path, data: bytes, what: str = "file") -> int:
+    """Write ``data`` to ``path`` whole or not at all (:func:`atomic_path`)."""
+    with atomic_path(path, what) as tmp:
+        return tmp.write_bytes(data)
+
+
+def check_writable(path, what: str = "output") -> Path:
+    """Before any work: ``path``'s folder exists and can be written, and
+    ``path`` is not a folder."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {what} {str(path)!r}: its folder {str(folder)!r} does "
+                         "not exist.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {what} {str(path)!r}: its folder {str(folder)!r} is "
+                         "not writable.")
+    if path.is_dir():
+        raise ValueError(f"cannot write {what} {str(path)!r}: it is a folder.")
+    return path
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name one file (through links and relative paths)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
 
 
 # ----------------------------------------------------------------------------
@@ -168,6 +259,9 @@ def read_table(path, max_bytes: int = MAX_DATA_BYTES) -> tuple[np.ndarray, np.nd
     and covariates in all the others. y is None when the file has none.
     Values are not checked here (``check_X`` does); shapes and sizes are."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot read data file {str(path)!r}: it is a folder; name a .npz, "
+                         ".csv or .parquet file.")
     if path.suffix not in (".npz", ".csv", ".parquet"):
         raise ValueError(f"unknown data file type {path.suffix!r} ({str(path)!r}); use .npz, "
                          ".csv or .parquet.")
@@ -202,23 +296,56 @@ def read_table(path, max_bytes: int = MAX_DATA_BYTES) -> tuple[np.ndarray, np.nd
 
 def _read_csv(path: Path):
     try:
-        with open(path, encoding="utf-8") as f:
-            header = [h.strip() for h in f.readline().strip().split(",")]
+        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the header
+        with open(path, encoding="utf-8-sig") as f:
+            header = [_column_name(h) for h in f.readline().strip().split(",")]
             with warnings.catch_warnings():  # no rows: said below, not warned
                 warnings.filterwarnings("ignore", ".*input contained no data")
                 data = np.loadtxt(f, delimiter=",", ndmin=2, dtype=np.float64)
-    except (ValueError, UnicodeDecodeError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"data file {str(path)!r} is not a numeric CSV table with a header "
-                         f"line: {msg}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"data file {str(path)!r} is not UTF-8 text ({exc.reason}).") from None
+    except ValueError as exc:
+        raise ValueError(f"data file {str(path)!r}: {_first_bad_cell(path) or exc}") from None
     if data.size and data.shape[1] != len(header):
         raise ValueError(f"data file {str(path)!r} has {len(header)} column names but "
                          f"{data.shape[1]} columns of data.")
     return header, data.reshape(-1, len(header)) if data.size == 0 else data
 
 
+def _column_name(text: str) -> str:
+    """A header cell without its white space and quotes ('"y"' is y)."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def _first_bad_cell(path: Path) -> str | None:
+    """Where a numeric CSV table first fails: the line, the column and the
+    text, or None."""
+    with open(path, encoding="utf-8-sig") as f:
+        header = [_column_name(h) for h in f.readline().strip().split(",")]
+        for line_no, line in enumerate(f, start=2):
+            cells = line.rstrip("\r\n").split(",")
+            if not line.strip():
+                continue
+            if len(cells) != len(header):
+                return (f"line {line_no} has {len(cells)} fields but the header names "
+                        f"{len(header)} columns.")
+            for name, cell in zip(header, cells):
+                try:
+                    float(cell)
+                except ValueError:
+                    what = "an empty field" if not cell.strip() else repr(cell.strip()[:40])
+                    return (f"line {line_no}, column {name!r}: {what} is not a number (fastmoe "
+                            "reads numeric tables without missing values: remove or impute "
+                            "them).")
+    return None
+
+
 def _read_parquet(path: Path):
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ValueError("reading .parquet needs pyarrow (pip install pyarrow).") from None
@@ -230,7 +357,19 @@ def _read_parquet(path: Path):
                              f"than {MAX_DATA_BYTES} bytes")
         table = pq.read_table(path)
         header = [str(c) for c in table.column_names]
-        cols = [table.column(c).to_numpy() for c in table.column_names]
+        if len(set(header)) != len(header):
+            twice = sorted({h for h in header if header.count(h) > 1})
+            raise ValueError(f"the column name {twice[0]!r} appears more than once")
+        for name, column in zip(header, table.columns):
+            kind = column.type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                    or pa.types.is_boolean(kind)):
+                raise ValueError(f"column {name!r} has type {kind}; fastmoe reads numeric "
+                                 "columns only (convert it to numbers first)")
+            if column.null_count:
+                raise ValueError(f"column {name!r} has {column.null_count} missing values; "
+                                 "remove or impute them")
+        cols = [c.to_numpy() for c in table.columns]
         data = (np.column_stack(cols).astype(np.float64) if cols
                 else np.empty((0, 0)))
     except ValueError as exc:
@@ -244,6 +383,13 @@ def _read_parquet(path: Path):
 def write_table(path, X, y=None) -> None:
     """Write (X, y) as read by :func:`read_table` (.npz, .csv or .parquet)."""
     path = Path(path)
+    if path.suffix not in (".npz", ".csv", ".parquet"):
+        raise ValueError(f"unknown data file type {path.suffix!r}; use .npz, .csv or .parquet.")
+    with atomic_path(path, "data file") as tmp:
+        _write_table(tmp, X, y)
+
+
+def _write_table(path: Path, X, y) -> None:
     X = np.asarray(X, dtype=float)
     names = [f"x{j}" for j in range(X.shape[1])]
     if path.suffix == ".npz":
@@ -263,5 +409,3 @@ def write_table(path, X, y=None) -> None:
         except ImportError:
             raise ValueError("writing .parquet needs pyarrow (pip install pyarrow).") from None
         pq.write_table(pa.table(dict(zip(names, cols))), path)
-    else:
-        raise ValueError(f"unknown data file type {path.suffix!r}; use .npz, .csv or .parquet.")

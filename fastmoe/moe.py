@@ -34,10 +34,10 @@ class _MoEPredictMixin:
         """(n,) or (n, m) quantiles of f(y | x) (:meth:`MoEParams.predict_quantile`)."""
         return self._params().predict_quantile(self._X(X), q, n_threads=self.n_threads)
 
-    def predict_interval(self, X, alpha=0.1):
-        """(n, 2) equal-tailed (1 - alpha) predictive intervals
-        (:meth:`MoEParams.predict_interval`)."""
-        return self._params().predict_interval(self._X(X), alpha, n_threads=self.n_threads)
+    def predict_interval(self, X, level=0.9):
+        """(n, 2) equal-tailed predictive intervals holding probability
+        ``level`` (0.9: 90% intervals; :meth:`MoEParams.predict_interval`)."""
+        return self._params().predict_interval(self._X(X), level, n_threads=self.n_threads)
 
     def _set_params_attributes(self, params: MoEParams):
         self.params_ = params

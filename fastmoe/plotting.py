@@ -102,9 +102,9 @@ def plot_gates(model, X, feature=0, *, others="mean", n_points=200, ax=None):
     return ax
 
 
-def plot_prediction(model, X, y, feature=0, alpha=0.1, *, n_points=200, ax=None):
+def plot_prediction(model, X, y, feature=0, level=0.9, *, n_points=200, ax=None):
     """The data, each expert's regression line, the predictive mean and its
-    equal-tailed ``1 - alpha`` interval band along one covariate.
+    equal-tailed predictive interval of probability ``level`` along one covariate.
 
     Parameters
     ----------
@@ -118,8 +118,8 @@ def plot_prediction(model, X, y, feature=0, alpha=0.1, *, n_points=200, ax=None)
         Index of the covariate on the horizontal axis; the lines have the
         other covariates at their means in X, the points are the rows as they
         are.
-    alpha : float, default=0.1
-        The band is the predictive interval of level ``1 - alpha``.
+    level : float, default=0.9
+        The band holds this probability (0.9: the 90% predictive interval).
     n_points : int, default=200
         Points of each line.
     ax : matplotlib.axes.Axes, optional
@@ -141,9 +141,9 @@ def plot_prediction(model, X, y, feature=0, alpha=0.1, *, n_points=200, ax=None)
     lines = params.expert_mean(grid)
     for k in range(params.n_experts):
         ax.plot(t, lines[:, k], lw=1, ls="--", label=f"expert {k}")
-    bounds = params.predict_interval(grid, alpha)
+    bounds = params.predict_interval(grid, level)
     ax.fill_between(t, bounds[:, 0], bounds[:, 1], alpha=0.25,
-                    label=f"{100 * (1 - alpha):g}% predictive interval")
+                    label=f"{100 * level:g}% predictive interval")
     ax.plot(t, params.predict_mean(grid), color="k", lw=2, label="E[y | x]")
     ax.set_xlabel(_feature_label(X, feature))
     ax.set_ylabel("y")

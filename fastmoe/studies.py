@@ -71,11 +71,11 @@ class StudyResult:
 
     def to_csv(self, path) -> None:
         """One row per fit."""
+        from .io import write_bytes
+
         cols = ["n", "n_machines", "repetition", "estimator", *STUDY_METRICS]
-        with open(path, "w") as f:
-            f.write(",".join(cols) + "\n")
-            for r in self.rows:
-                f.write(",".join(str(r[c]) for c in cols) + "\n")
+        lines = [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in self.rows]
+        write_bytes(path, ("\n".join(lines) + "\n").encode(), "study table")
 
     def plot(self, prefix) -> list:
         """Write ``{prefix}_error_vs_n.png`` and ``{prefix}_time_vs_m.png``
@@ -88,13 +88,16 @@ class StudyResult:
             from .plotting import plot_study
         except ImportError:
             return []
+        from .io import atomic_path
+
         paths = []
         for kind, name in (("error", "error_vs_n"), ("time", "time_vs_m")):
             fig = Figure(figsize=(6, 4))
             plot_study(self, kind, ax=fig.add_subplot())
             fig.tight_layout()
             paths.append(f"{prefix}_{name}.png")
-            fig.savefig(paths[-1], dpi=120)
+            with atomic_path(paths[-1], "figure") as tmp:
+                fig.savefig(tmp, dpi=120)
         return paths
 
 

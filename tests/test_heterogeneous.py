@@ -106,7 +106,7 @@ def test_recheck_replaces_a_poor_optimum_and_keeps_a_sound_fit():
     fixed = recheck_local(X, y, stuck, truth)
     assert fixed.params.log_likelihood(X, y) > poor.log_likelihood(X, y) + 100
     assert "refitted from the server's aggregate" in fixed.meta["self_check"]
-    assert fixed.fit_time > stuck.fit_time
+    assert fixed.fit_time >= stuck.fit_time  # the refit's time is added, never lost
     with pytest.raises(ValueError, match="fitted on 6000 rows; got 100"):
         recheck_local(X[:100], y[:100], stuck, truth)
 

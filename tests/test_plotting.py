@@ -61,7 +61,7 @@ def test_plot_gates(data, tmp_path, others):
 def test_plot_prediction(data, tmp_path):
     X, y, truth, _ = data
     fit = fit_moe(X, y, 3, random_state=0)
-    ax = plotting.plot_prediction(fit, X, y, feature=0, alpha=0.1, ax=Figure().add_subplot())
+    ax = plotting.plot_prediction(fit, X, y, feature=0, level=0.9, ax=Figure().add_subplot())
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "90% predictive interval" in labels and "E[y | x]" in labels
     assert_drawn(render(ax, tmp_path / "prediction.png"))

