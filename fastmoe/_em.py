@@ -89,6 +89,11 @@ DUPLICATE_KL = 2.0
 #: slopes of 775 to 3211; with it, 9 to 14.
 LOCAL_GATE_PENALTY = 0.01
 
+#: responses whose spread is within this many float64 epsilons of their
+#: largest magnitude differ only by rounding: y is taken for constant, and no
+#: expert's variance goes below that resolution squared
+Y_RESOLUTION = 64
+
 #: An expert whose total responsibility falls below this share of the total
 #: weight is treated as empty (its previous parameters are kept).
 EMPTY_SHARE = 1e-10
@@ -596,14 +601,19 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = 200,
     # EM runs on standardised covariates and response (fastmoe._frame): the
     # fit does not depend on the units, nor on an offset, of X and y
     frame = Frame.of(X, y, w)
-    if frame.y_scale == 1.0 and not robust_scale(y, frame.y_mean, w, axis=None) > 0:
-        raise ValueError(f"y is constant (every response with weight is {frame.y_mean:.6g}): "
-                         "a mixture of experts needs a response that varies.")
+    # the finest spread float64 can tell apart at the response's magnitude
+    resolution = Y_RESOLUTION * np.finfo(float).eps * float(np.max(np.abs(y[w > 0])))
+    if not robust_scale(y, frame.y_mean, w, axis=None) > resolution:
+        raise ValueError(f"y is constant (every response with weight is {frame.y_mean:.6g}, "
+                         "up to float64 rounding): a mixture of experts needs a response that "
+                         "varies.")
     X, y = frame.X(X), frame.y(y)
     if isinstance(init, MoEParams):
         init = frame.params_in(init)
     data = EMData(X, y, w, K, n_threads, gate_penalty)
-    var_floor = reg_var * (data.var_y if data.var_y > 0 else 1.0)
+    # relative to Var(y) (1 in the frame), and never below the square of what
+    # float64 resolves at the response's magnitude
+    var_floor = max(reg_var * data.var_y, (resolution / frame.y_scale) ** 2)
     short = n_init > 1 and init_iter is not None and init_iter < max_iter
     em = dict(tol=tol, gate_steps=gate_steps, var_floor=var_floor)
     runs = []

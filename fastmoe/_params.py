@@ -29,6 +29,8 @@ MAX_MODEL_BYTES = 64 * 2**20
 #: largest n_experts or n_features a record may declare
 MAX_RECORD_EXPERTS_OR_FEATURES = 100_000
 _FIELDS = ("gate_coef", "gate_intercept", "expert_coef", "expert_intercept", "expert_var")
+#: values a prediction's temporaries hold at most per block of rows (MoEParams._by_rows)
+PREDICT_BLOCK = 2**20
 
 
 def free_parameters(n_features: int, n_experts: int) -> int:
@@ -262,7 +264,19 @@ class MoEParams:
         ndarray of shape (n,)
             E[y | x_i].
         """
-        return np.sum(self.gate_proba(X, n_threads=n_threads) * self.expert_mean(X), axis=1)
+        X = self._prep(X)
+        return self._by_rows(X, lambda B: np.sum(self.gate_proba(B, n_threads=n_threads)
+                                                 * self.expert_mean(B), axis=1))
+
+    def _by_rows(self, X, per_block, width: int = 1):
+        """``per_block`` applied to blocks of rows of X and concatenated: a
+        prediction's temporaries are (rows, K, width), so blocks keep them
+        near PREDICT_BLOCK values whatever n and K (a model of 100 000
+        experts predicts 1 000 rows in bounded memory)."""
+        rows = max(1, PREDICT_BLOCK // (self.n_experts * width))
+        if X.shape[0] <= rows:
+            return per_block(X)
+        return np.concatenate([per_block(X[i:i + rows]) for i in range(0, X.shape[0], rows)])
 
     def predict_var(self, X, *, n_threads: int | None = None) -> np.ndarray:
         """Predictive variance Var[y | x] = sum_k pi_k (v_k + m_k^2) - E[y | x]^2.
@@ -279,10 +293,13 @@ class MoEParams:
         ndarray of shape (n,)
             Var[y | x_i].
         """
-        pi = self.gate_proba(X, n_threads=n_threads)
-        m = self.expert_mean(X)
-        mean = np.sum(pi * m, axis=1)
-        return np.maximum(np.sum(pi * (self.expert_var + m * m), axis=1) - mean * mean, 0.0)
+        def block(B):
+            pi = self.gate_proba(B, n_threads=n_threads)
+            m = self.expert_mean(B)
+            mean = np.sum(pi * m, axis=1)
+            return np.maximum(np.sum(pi * (self.expert_var + m * m), axis=1) - mean * mean, 0.0)
+
+        return self._by_rows(self._prep(X), block)
 
     def predict_quantile(self, X, q, *, n_threads: int | None = None) -> np.ndarray:
         """Quantiles of the predictive mixture f(y | x) at each row of X.
@@ -306,12 +323,18 @@ class MoEParams:
         ndarray of shape (n,) for a scalar ``q``, else (n, m)
             The quantiles.
         """
-        from scipy.special import ndtr, ndtri
-
         levels = np.asarray(q, dtype=np.float64)
         if levels.ndim > 1 or levels.size == 0 or not np.all((levels > 0) & (levels < 1)):
             raise ValueError(f"q must be a level or a 1-D array of levels in (0, 1); got {q!r}.")
         lv = np.atleast_1d(levels)
+        out = self._by_rows(self._prep(X), lambda B: self._quantiles(B, lv, n_threads),
+                            width=lv.size)
+        return out[:, 0] if levels.ndim == 0 else out
+
+    def _quantiles(self, X, lv, n_threads) -> np.ndarray:
+        """(n, m) quantiles at levels lv (see predict_quantile)."""
+        from scipy.special import ndtr, ndtri
+
         pi = self.gate_proba(X, n_threads=n_threads)[:, None, :]  # (n, 1, K)
         m = self.expert_mean(X)[:, None, :]
         sd = np.sqrt(self.expert_var)[None, None, :]
@@ -324,8 +347,7 @@ class MoEParams:
                 break
             below = np.sum(pi * ndtr((mid[..., None] - m) / sd), axis=2) < target
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-        out = 0.5 * (lo + hi)
-        return out[:, 0] if levels.ndim == 0 else out
+        return 0.5 * (lo + hi)
 
     def predict_interval(self, X, level: float = 0.9, *,
                          n_threads: int | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 
 # before any OpenMP runtime is loaded (fastmoe/__init__.py imports this module
 # first); libgomp reads it once, when it is loaded
@@ -85,12 +86,36 @@ def blas_single_thread(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _blas_limited():
             return func(*args, **kwargs)
 
     return wrapper
+
+
+#: threads of this process inside a blas_single_thread block, and the BLAS
+#: limits to restore when the last one leaves (threadpoolctl's limits are
+#: process-wide: two fits in two threads that each saved and restored them
+#: left BLAS on one thread for good when their blocks overlapped)
+_blas_lock = threading.Lock()
+_blas_state = {"depth": 0, "limiter": None}
+
+
+@contextlib.contextmanager
+def _blas_limited():
+    from threadpoolctl import threadpool_limits
+
+    with _blas_lock:
+        if _blas_state["depth"] == 0:
+            _blas_state["limiter"] = threadpool_limits(limits=1, user_api="blas")
+        _blas_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_state["depth"] -= 1
+            if _blas_state["depth"] == 0:
+                _blas_state["limiter"].restore_original_limits()
+                _blas_state["limiter"] = None
 
 
 @contextlib.contextmanager

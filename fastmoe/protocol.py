@@ -241,6 +241,11 @@ def pooled_support(messages, n_support: int | None = None, random_state=None,
     return np.ascontiguousarray(np.vstack(parts))
 
 
+#: the most bytes of covariate samples the server holds over all messages (a
+#: message may hold up to MAX_MESSAGE_BYTES; thirty such would take 2 GB)
+MAX_TOTAL_SUPPORT_BYTES = 512 * 2**20
+
+
 def read_messages(messages, n_experts: int | None = None, *,
                   mixed_experts: bool = False) -> list[LocalMessage]:
     """Messages (LocalMessages, bytes or file paths) read and validated, with
@@ -251,7 +256,7 @@ def read_messages(messages, n_experts: int | None = None, *,
             or not hasattr(messages, "__iter__"):
         raise ValueError("messages must be a list of LocalMessages, message bytes or file "
                          "paths.")
-    msgs = []
+    msgs, held = [], 0
     for i, m in enumerate(messages):
         try:
             if isinstance(m, (str, os.PathLike)):
@@ -268,6 +273,11 @@ def read_messages(messages, n_experts: int | None = None, *,
             where = f" ({m})" if isinstance(m, (str, os.PathLike)) else ""
             raise ValueError(f"messages[{i}]{where}: {exc}") from None
         msgs.append(m)
+        held += 0 if m.support is None else m.support.nbytes
+        if held > MAX_TOTAL_SUPPORT_BYTES:
+            raise ValueError(f"messages[{i}]: the covariate samples of messages[0..{i}] hold "
+                             f"{held} bytes, more than the server's limit of "
+                             f"{MAX_TOTAL_SUPPORT_BYTES}; send smaller samples (n_support).")
     if not msgs:
         raise ValueError("messages is empty; give at least one message.")
     seen = {}

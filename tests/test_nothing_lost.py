@@ -177,3 +177,17 @@ def test_a_loader_that_exits_is_one_failed_shard(data):
         m = DistributedMoERegressor(2, backend="serial", on_shard_error="skip",
                                     random_state=0).fit_shards(shards)
     assert m.dropped_rows_ == 0 and m.n_features_in_ == 2
+
+
+def test_fits_in_two_threads_leave_blas_as_they_found_it(data):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    X, y, _ = data
+    fit_moe(X, y, 2, random_state=0)  # every BLAS library loaded first
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda s: fit_moe(X, y, 2, random_state=s), range(6)))
+    after = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    assert after == before
