@@ -488,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "in standard-deviation units (see fastmoe.fit_moe)")
         p.add_argument("--l1-strength", type=_auto_or_non_negative, default="auto",
                        help="strength of --penalty l1 in log-likelihood units, or 'auto': "
-                            "sqrt(2 n log p) over the p penalised slopes")
-        p.add_argument("--max-iter", type=_positive_int, default=300,
+                            "sqrt(2 (n / K) log p) over the p penalised slopes")
+        p.add_argument("--max-iter", type=_positive_int, default=2000,  # fastmoe._em.MAX_ITER
                        help="EM iterations per start")
         seed(p)
 

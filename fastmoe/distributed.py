@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -22,7 +23,7 @@ from sklearn.utils.validation import validate_data
 
 from . import _backends, _kernels
 from ._backends import BACKENDS
-from ._params import free_parameters
+from ._em import MAX_ITER
 from ._runtime import resolve_threads, split_cores
 from ._validation import (
     check_choice,
@@ -42,9 +43,9 @@ from .protocol import (
     pooled_support,
     read_messages,
     recheck_local,
-    refine_step,
     round_statistics,
 )
+from .server import refine
 
 __all__ = ["BACKENDS", "MESSAGE_FORMAT", "MESSAGE_VERSION", "DistributedMoERegressor",
            "LocalMessage", "ShardError", "aggregate_messages", "fit_local", "fit_shard",
@@ -108,29 +109,11 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
         return index, ShardError(index, f"{type(exc).__name__}: {reason}", n)
 
 
-#: gate step of the refinement rounds a later round checks, times the Newton
-#: step (a round whose log-likelihood fell is taken again, halved). Measured on
-#: the reference data B at 64 machines, seed 0, test log-likelihood per row
-#: against the centralised fit after 2 rounds: 1 (plain EM) -0.0034, 1.5
-#: -0.0022, 2 -0.0014, 3 -0.0006; after 3 rounds: -0.0011, -0.0003, 0.0000,
-#: 0.0000. 2 is the usual over-relaxation of EM, kept for its margin.
-GATE_OVERRELAX = 2.0
-
-#: ``refine_rounds="auto"`` refines when the median fitted shard holds fewer
-#: rows than this many per free parameter of the model
-#: (:attr:`MoEParams.n_parameters`). Measured on the reference data (d=20,
-#: K=5, 194 parameters), one-shot gate error against the centralised fit's:
-#: 1.02x and 0.92x at 16 machines of 5 625 rows (29 per parameter), 4.2x and
-#: 9.6x at 64 machines of 1 406 rows (7.2 per parameter); the authors' design
-#: at 8 machines of 2 500 rows (12.9 per parameter) is 14x.
-AUTO_REFINE_ROWS_PER_PARAMETER = 20
-#: the automatic rounds stop once a round raised the pooled log-likelihood by
-#: less than this many nats per row (the last step still taken), or after
-#: ``AUTO_REFINE_MAX_ROUNDS``. Measured at 64 machines of the reference data,
-#: seed 0: A stops after 3 rounds (gains 6e-4, 5e-5 per row), B after 5
-#: (1.2e-2, 3.5e-3, 6.5e-4, 2e-5).
-AUTO_REFINE_TOL = 1e-4
-AUTO_REFINE_MAX_ROUNDS = 10
+#: ``refine_rounds="auto"``: rounds until converged (fastmoe.server.refine, at
+#: the local fits' ``tol``), at most this many. Measured on three real tables
+#: (tests/realdata.py) split at random into 16 and 64 machines and by their
+#: group column: see docs/user_guide/performance.rst
+AUTO_REFINE_MAX_ROUNDS = 30
 #: the MM tolerance of the aggregation that the automatic rounds start from
 #: (``aggregate``'s default is 1e-10): its result is only EM's start. Measured
 #: at 64 machines of the reference data, seed 0: one aggregation takes 28 MM
@@ -164,18 +147,63 @@ def recheck_shard(index: int, shard, message, params, options: dict):
         return index, ShardError(index, f"{type(exc).__name__}: {exc}")
 
 
-def shard_round(index: int, shard, params, n_threads: int):
-    """One shard's half of a refinement round: (index, RoundStatistics,
-    seconds), or (index, ShardError)."""
+def shard_round(index: int, shard, models, n_threads: int):
+    """One shard's half of a refinement round: (index, [RoundStatistics at
+    each of ``models``], seconds), or (index, ShardError)."""
     try:
         X, y = load_shard(shard)
         t0 = time.perf_counter()
-        stats = round_statistics(X, y, params, n_threads=n_threads)
+        stats = [round_statistics(X, y, m, n_threads=n_threads) for m in models]
         return index, stats, time.perf_counter() - t0
     except ShardError as exc:
         return index, exc
     except (Exception, SystemExit) as exc:  # noqa: BLE001 (reported by index)
         return index, ShardError(index, f"{type(exc).__name__}: {exc}")
+
+
+#: a shard whose rows the final model explains this many nats per row worse
+#: than the shard's own local model does, and over GAP_FACTOR times the median
+#: shard's gap, does not look like the others' rows (mirrored or permuted
+#: responses, rows of another table). Measured on three real tables split at
+#: random and by their group column (docs/user_guide/health.rst): honest
+#: gaps 0.001 to 0.06 nats per row; a shard with mirrored responses 1.1 to
+#: 2.6, with permuted responses 0.4 to 0.9
+GAP_NATS = 0.25
+GAP_FACTOR = 5.0
+
+
+def rows_inconsistent(parts, own) -> dict:
+    """{shard index: reason} for the shards whose rows the final model fits
+    far worse than their own local model does (GAP_NATS, GAP_FACTOR): the
+    gap per row between a machine's local log-likelihood (its message's
+    ``meta["log_likelihood"]``) and its log-likelihood at the final model
+    (its last round's statistics). A local maximum-likelihood fit is at
+    least as good on its rows as any other model, by about P / (2 n) nats
+    per row for honest rows of the same population."""
+    gaps = {}
+    for i, stats in parts:
+        mine = own.get(i)
+        if isinstance(mine, float) and np.isfinite(mine) and stats.n > 0:
+            gaps[i] = (mine - stats.log_likelihood) / stats.n
+    if len(gaps) < 3:
+        return {}
+    typical = float(np.median(list(gaps.values())))
+    return {i: f"its own model fits its rows {g:.3g} nats per row better than the final "
+               f"model, against a median of {typical:.3g}"
+            for i, g in gaps.items() if g > GAP_NATS and g > GAP_FACTOR * max(typical, 0.0)}
+
+
+def _standard_errors(params, stats):
+    """Standard errors of ``params`` from the machines' summed statistics at
+    it (their Hessian, at the origin of their pooled mean)."""
+    from ._information import covariance
+    from .engine import origin_frame
+    from .inference import errors_in_units
+
+    stats = stats.centred()
+    frame = origin_frame(stats.origin)
+    return errors_in_units(frame, frame.params_in(params),
+                           covariance(stats.derivatives.hessian))
 
 
 def _progress(total: int, verbose: int):
@@ -312,8 +340,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         machines over the threshold (measured: 2 of 7 shards of 714 rows of
         one population, neither replaced, 8 ms): the recheck then costs
         their EM runs and changes nothing. Not run when automatic
-        refinement rounds follow (``refine_rounds="auto"`` on small shards):
-        the rounds, EM on every row from the aggregate, repair what a poor
+        refinement rounds follow (the default): the rounds, on every row
+        from the aggregate, repair what a poor
         local optimum did to it (measured on the reference data A and B at 64
         shards, seeds 0 and 1: errors within 0.01x of the centralised fit's
         with and without the check round, which cost B a second
@@ -325,23 +353,21 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         listed in ``excluded_shards_`` and ``inconsistent_shards_``, with a
         warning.
     refine_rounds : int or "auto", default="auto"
-        Rounds of exact distributed EM after the one-shot aggregate: in each,
-        every shard that was fitted (but not one left out by ``robust``)
-        returns the additive statistics of the M-step at the current global
-        model (:func:`fastmoe.protocol.round_statistics`: 76 kB at d=20, K=5)
-        and the server takes the M-step (:func:`fastmoe.protocol.refine_step`,
-        one EM iteration on all the rows; the gates' Newton step is doubled,
-        ``GATE_OVERRELAX``, in every round but the last, since the next round
-        checks it: a round whose log-likelihood fell is taken again with half
-        the gate step). 0 keeps the one-shot method. "auto" keeps it on large
-        shards and refines on small ones, where the one-shot aggregate is
-        biased (its gates too flat: 4x to 10x the centralised error at 1 406
-        rows per machine, d=20, K=5): when the median fitted shard holds
-        fewer than ``AUTO_REFINE_ROWS_PER_PARAMETER`` (20) rows per free
-        parameter, rounds until one raises the pooled log-likelihood by less
-        than ``AUTO_REFINE_TOL`` (1e-4) nats per row, at most
-        ``AUTO_REFINE_MAX_ROUNDS`` (10). ``refine_history_`` lists the rounds
-        taken.
+        Rounds of exact distributed computation after the one-shot aggregate
+        (:func:`fastmoe.server.refine`): in each, every shard that was fitted
+        (but not one left out by ``robust``) returns additive statistics of
+        its rows at the current global model
+        (:func:`fastmoe.protocol.round_statistics`: its log-likelihood, EM's
+        statistics, and the gradient and Hessian of its log-likelihood in
+        all P = K(d+2) + (K-1)(d+1) parameters), and the server takes a
+        Newton step (damped where needed, EM's step as the fallback; the
+        next round checks it), until the gain a Newton step expects is below
+        ``tol`` times the log-likelihood, as a centralised fit stops. "auto"
+        (the default): at most ``AUTO_REFINE_MAX_ROUNDS`` (30) rounds; an int:
+        at most that many; 0 keeps the one-shot estimator of the paper.
+        ``refine_history_`` lists the rounds, ``refine_converged_`` says
+        whether they converged, and ``standard_errors_`` come from the last
+        round's Hessian.
     random_state : None, int or Generator
     n_threads : threads per local fit and of the reduction (None: cores / jobs)
 
@@ -361,15 +387,25 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     message_bytes_ : the costs (``learning_time_`` includes the refinement
         rounds).
     refine_history_ : one dict per refinement round: the log-likelihood of
-        all rows at the model the round started from, the bytes each machine
-        sent, the slowest machine's and the server's seconds.
+        all rows at the model it kept, the step that gave that model, the
+        candidates it tried, the slowest machine's and the server's seconds.
+    refine_converged_ : whether the rounds converged.
+    round_statistics_ : list of (shard index, RoundStatistics) at the final
+        model: each machine's log-likelihood at it (``log_likelihood /
+        n`` per row) and its statistics.
+    standard_errors_ : MoEParams or None
+        Standard errors from the observed information of all the rows, from
+        the last round's summed Hessian (:mod:`fastmoe.inference`); None for
+        the one-shot estimator (``refine_rounds=0``), which is not the
+        maximum-likelihood fit. ``robust_standard_errors_`` is None: the
+        sandwich needs a round of its own.
     verbose : int, default=0
         1 shows a progress bar over the shard fits (on a terminal, with tqdm).
     """
 
     def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
                  max_support="auto", support="sample", backend="local", n_jobs=None, client=None,
-                 on_shard_error="raise", max_iter=200, tol=1e-7, n_init="auto", init="random",
+                 on_shard_error="raise", max_iter=MAX_ITER, tol=1e-7, n_init="auto", init="random",
                  init_iter=20, reg_var=1e-6, gate_penalty="auto", penalty=None,
                  l1_strength="auto", gate_steps=1,
                  split_merge=True, agg_init="aligned",
@@ -445,61 +481,37 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             raise ValueError("shards is empty; give at least one shard.")
         return self._fit(list(shards), check_random_state(self.random_state))
 
-    def _refine(self, params, shards, rounds: int, n_jobs: int, threads: int,
-                tol: float | None = None):
+    def _refine(self, params, shards, rounds: int, n_jobs: int, threads: int, tol: float):
         """At most ``rounds`` refinement rounds from ``params`` over ``shards``, a list of
-        (index, shard) pairs: (model, history).
+        (index, shard) pairs (:func:`fastmoe.server.refine`): (Refinement, the
+        last accepted round's statistics per shard)."""
+        parts = {}
 
-        Each round sends the current model to every shard, sums their
-        statistics and takes one EM iteration. When a round finds the
-        log-likelihood lower than the round before (the gate's Newton step
-        overshot), the server takes that step again from the previous model,
-        halved. With ``tol``, the round whose log-likelihood rose by less
-        than ``tol`` nats per row over the round before is the last."""
-        history, good, step = [], None, 1.0  # good: (log-lik, params, stats) not followed by a fall
-        for r in range(rounds):
+        def evaluate(models):
             # each shard keeps its index in the caller's list: errors name it
             out = _backends.run(self.backend, shard_round,
-                                [(i, s, params, threads) for i, s in shards],
+                                [(i, s, models, threads) for i, s in shards],
                                 n_jobs=n_jobs, client=self.client)
             errors = [o[1] for o in out if isinstance(o[1], ShardError)]
             if errors:
                 raise errors[0]
             out = sorted(out, key=lambda o: o[0])
-            total = out[0][1]
-            for o in out[1:]:
-                total = total + o[1]
-            t0 = time.perf_counter()
-            gain = None if good is None else (total.log_likelihood - good[0]) / total.n
-            last = r == rounds - 1 or (tol is not None and gain is not None and 0 <= gain < tol)
-            if gain is not None and gain < 0:
-                step *= 0.5
-                params = refine_step(good[1], good[2], reg_var=self.reg_var, gate_step=step)
-            else:
-                # over-relaxed where the next round checks it (Salakhutdinov and
-                # Roweis 2003); the last round's step is the plain one
-                step = 1.0 if last else GATE_OVERRELAX
-                good = (total.log_likelihood, params, total)
-                params = refine_step(params, total, reg_var=self.reg_var, gate_step=step)
-            history.append({"round": r + 1, "log_likelihood": float(total.log_likelihood),
-                            "rows": int(total.n),
-                            "bytes_per_machine": int(out[0][1].n_bytes),
-                            "machine_seconds": float(max(o[2] for o in out)),
-                            "server_seconds": time.perf_counter() - t0})
-            if last:
-                break
-        return params, history
+            totals = []
+            for c, model in enumerate(models):
+                total = out[0][1][c]
+                for o in out[1:]:
+                    total = total + o[1][c]
+                totals.append(total)
+                parts[id(model)] = [(o[0], o[1][c]) for o in out]
+            return totals, float(max(o[2] for o in out))
 
-    def _refine_plan(self, messages, K: int) -> tuple[int, float | None]:
-        """(rounds at most, stopping tolerance or None) of the refinement."""
+        result = refine(params, evaluate, tol=tol, max_rounds=rounds, reg_var=self.reg_var)
+        return result, parts[id(result.params)]
+
+    def _refine_plan(self) -> int:
+        """Rounds at most of the refinement (0: the one-shot estimator)."""
         rounds = _check_refine_rounds(self.refine_rounds)
-        if rounds != "auto":
-            return rounds, None
-        rows = np.median([m.n for m in messages])
-        if rows >= AUTO_REFINE_ROWS_PER_PARAMETER * free_parameters(
-                messages[0].params.n_features, K):
-            return 0, None
-        return AUTO_REFINE_MAX_ROUNDS, AUTO_REFINE_TOL
+        return AUTO_REFINE_MAX_ROUNDS if rounds == "auto" else rounds
 
     @staticmethod
     def _suspects(agg, n_models: int) -> list:
@@ -570,16 +582,17 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         first_fit_times = np.array([m.fit_time for m in messages])
         state = rng.bit_generator.state  # the same support for a second aggregation
 
-        rounds, refine_tol = self._refine_plan(messages, K)
+        rounds = self._refine_plan()
         # rounds to convergence follow: the aggregate is only their start
-        mm_tol = {} if refine_tol is None else {"tol": AUTO_REFINE_MM_TOL}
+        mm_tol = {"tol": AUTO_REFINE_MM_TOL} if rounds else {}
 
         def server(exclude_failed, init=self.agg_init):
             rng.bit_generator.state = state
             return aggregate_messages(messages, K, n_support=self.n_support,
                                       max_support=self.max_support, random_state=rng,
                                       exclude_failed=exclude_failed,
-                                      max_excluded=self.max_excluded, robust=self.robust,
+                                      max_excluded=self.max_excluded,
+                                      robust=self.robust and not rounds,
                                       cost=self.cost, init=init,
                                       n_init=self.agg_n_init, max_iter=self.agg_max_iter,
                                       gate_target=self.gate_target,
@@ -596,7 +609,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         reference = agg if agg is not None else server(False)  # what the suspects refit from
         reduction_time = time.perf_counter() - t0
         self.rechecked_shards_, self.recheck_time_ = [], 0.0
-        if refine_tol is not None:  # the automatic rounds do what the check round would
+        if rounds:  # the rounds, EM on every row, do what the check round would
             agg = reference
         elif self.recheck_suspects:
             ask = self._suspects(reference, len(messages))
@@ -620,12 +633,26 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                 t0 = time.perf_counter()
                 agg = server(self.exclude_failed, reference.params)
                 reduction_time += time.perf_counter() - t0
-        params, self.refine_history_ = agg.params, []
+        params, self.refine_history_, refinement = agg.params, [], None
+        trusted = [i for j, i in enumerate(fitted) if j not in agg.inconsistent]
+        self.standard_errors_ = self.robust_standard_errors_ = None
+        self.refine_converged_, self.round_statistics_ = False, []
+        own = {i: messages[j].meta.get("log_likelihood") for j, i in enumerate(fitted)}
+        inconsistent = {}  # shard index -> reason, from the rounds
         if rounds:
-            trusted = [i for j, i in enumerate(fitted) if j not in agg.inconsistent]
-            params, self.refine_history_ = self._refine(
-                agg.params, [(i, shards[i]) for i in trusted], rounds, n_jobs, threads,
-                refine_tol)
+            refinement, self.round_statistics_ = self._refine(
+                agg.params, [(i, shards[i]) for i in trusted], rounds, n_jobs, threads, tol)
+            inconsistent = rows_inconsistent(self.round_statistics_, own)
+            if inconsistent and self.robust:  # the rounds again, without them
+                used = len(refinement.history)
+                trusted = [i for i in trusted if i not in inconsistent]
+                again, self.round_statistics_ = self._refine(
+                    refinement.params, [(i, shards[i]) for i in trusted],
+                    max(2, rounds - used), n_jobs, threads, tol)
+                refinement = replace(again, history=refinement.history + again.history)
+            params, self.refine_history_ = refinement.params, refinement.history
+            self.refine_converged_ = refinement.converged
+            self.standard_errors_ = _standard_errors(params, refinement.statistics)
         self._set_params_attributes(params)
         self.aggregation_ = agg
         self.n_iter_ = int(agg.n_iter)
@@ -633,16 +660,27 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.local_models_ = [m.params for m in messages]
         self.shard_sizes_ = np.array([m.n + m.heldout_n for m in messages])
         self.dropped_shards_ = [i for i, _ in failed]
-        self.excluded_shards_ = [fitted[j] for j in agg.excluded]
-        self.inconsistent_shards_ = [fitted[j] for j in agg.inconsistent]
-        self.excluded_rows_ = int(sum(messages[j].n + messages[j].heldout_n
-                                      for j in agg.excluded))
+        if rounds:
+            # with rounds every trusted shard's rows were used, whatever the
+            # one-shot aggregate left out: only what the rounds left out counts
+            self.inconsistent_shards_ = sorted(inconsistent)
+            self.inconsistent_reasons_ = inconsistent
+            self.excluded_shards_ = sorted(inconsistent) if self.robust else []
+        else:
+            self.inconsistent_shards_ = [fitted[j] for j in agg.inconsistent]
+            self.inconsistent_reasons_ = {}
+            self.excluded_shards_ = [fitted[j] for j in agg.excluded]
+        size = {i: m.n + m.heldout_n for i, m in zip(fitted, messages)}
+        self.excluded_rows_ = int(sum(size[i] for i in self.excluded_shards_))
         if self.inconsistent_shards_:
-            warnings.warn(f"the local models of shard(s) {self.inconsistent_shards_} are "
-                          "inconsistent with the others beyond what their sample sizes explain "
-                          "and were left out of the aggregate (robust=True); see "
-                          "aggregation_.notes.", UserWarning, stacklevel=3)
-        failed_fits = [fitted[j] for j in agg.excluded if j not in agg.inconsistent]
+            why = "; ".join(f"shard {i}: {r}" for i, r in inconsistent.items())
+            warnings.warn(f"the rows of shard(s) {self.inconsistent_shards_} do not look like "
+                          "the others' (" + (why or "their local models are inconsistent with "
+                          "the consensus beyond what their sample sizes explain") + ")"
+                          + ("; they were left out (robust=True)." if self.robust else
+                             "; robust=True leaves them out."), UserWarning, stacklevel=3)
+        failed_fits = [] if rounds else [fitted[j] for j in agg.excluded
+                                         if j not in agg.inconsistent]
         if failed_fits:
             warnings.warn(f"the local models of shard(s) {failed_fits} look like failed "
                           "local fits (a poor EM optimum) and were left out of the aggregate; "
@@ -658,7 +696,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.dropped_rows_ = int(sum(e.n_rows for _, e in failed))
         self.wall_time_ = time.perf_counter() - t_wall
         health = agg.health()
-        if health["warnings"]:
+        if health["warnings"] and not rounds:  # rounds repair what the one-shot got wrong
             warnings.warn("aggregation health: " + "; ".join(health["warnings"])
                           + ". See aggregation_.report().", UserWarning, stacklevel=3)
         return self

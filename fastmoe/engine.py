@@ -56,6 +56,8 @@ from ._em import experts_from_gram, weighted_gram
 from ._frame import Frame, shift_matrix
 from ._gating import assemble_newton, newton_system
 from ._gating import fit_gates as _fit_gates
+from ._information import Derivatives, origin_jacobian
+from ._information import derivatives as _derivatives
 from ._linalg import chunk_size, n_chunks, resolve_threads, unpack_sym
 from ._params import MoEParams
 from ._reduction import COSTS as _COST_CODES
@@ -615,6 +617,11 @@ class StepStatistics:
         the intercept at x = origin[:d].
     n : int
         Rows summed.
+    derivatives : Derivatives or None
+        With ``derivatives=True``: the log-likelihood's gradient and Hessian
+        in theta (``fastmoe._information``: the gates relative to the last,
+        the experts, the log variances), the covariates written centred at
+        ``origin[:d]``.
     origin : ndarray of shape (d+1,)
         The point (x, y) the statistics are centred at: sums of squares of
         data with a large offset keep their precision (zeros: not centred).
@@ -628,6 +635,7 @@ class StepStatistics:
     gates: GateStatistics
     n: int
     origin: np.ndarray | None = field(default=None, repr=False)
+    derivatives: Derivatives | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.origin is None:
@@ -640,9 +648,11 @@ class StepStatistics:
             raise ValueError(f"cannot add step statistics of {self.origin.size - 1} and "
                              f"{other.origin.size - 1} features.")
         other = other.moved(self.origin)
+        both = self.derivatives is not None and other.derivatives is not None
         return StepStatistics(self.log_likelihood + other.log_likelihood,
                               self.experts + other.experts, self.gates + other.gates,
-                              self.n + other.n, self.origin)
+                              self.n + other.n, self.origin,
+                              self.derivatives + other.derivatives if both else None)
 
     def moved(self, origin) -> StepStatistics:
         """The same statistics centred at ``origin`` (d+1,) instead: Gram
@@ -660,8 +670,13 @@ class StepStatistics:
             Tg = np.kron(np.eye(K - 1), T[:-1, :-1])
             gates = GateStatistics(gates.objective, _frozen(Tg @ gates.gradient),
                                    _frozen(Tg @ gates.hessian @ Tg.T))
+        der = self.derivatives
+        if der is not None:
+            J = origin_jacobian(self.origin[:-1] - origin[:-1], K)
+            der = Derivatives(der.log_likelihood, J.T @ der.gradient, J.T @ der.hessian @ J,
+                              None if der.meat is None else J.T @ der.meat @ J)
         return StepStatistics(self.log_likelihood, ExpertStatistics(_frozen(G)), gates, self.n,
-                              _frozen(origin.copy()))
+                              _frozen(origin.copy()), der)
 
     def centred(self) -> StepStatistics:
         """The statistics moved to their own weighted mean of (x, y): the
@@ -674,8 +689,10 @@ class StepStatistics:
     @property
     def n_bytes(self) -> int:
         """Bytes of the numbers a machine sends for them (float64)."""
+        der = 0 if self.derivatives is None else (self.derivatives.gradient.size
+                                                  + self.derivatives.hessian.size)
         return 8 * (self.experts.gram.size + self.gates.gradient.size
-                    + self.gates.hessian.size + self.origin.size + 3)
+                    + self.gates.hessian.size + self.origin.size + der + 3)
 
 
 def origin_frame(origin) -> Frame:
@@ -716,7 +733,7 @@ def _fused_pass(X, y, w, params: MoEParams, n_threads, keep_resp: bool):
 
 
 def step_statistics(X, y, params: MoEParams, *, sample_weight=None,
-                    n_threads: int | None = None) -> StepStatistics:
+                    n_threads: int | None = None, derivatives: bool = False) -> StepStatistics:
     """The E-step and the statistics of the M-step in one compiled pass.
 
     Equal to :func:`e_step`, :func:`expert_statistics` and
@@ -736,6 +753,10 @@ def step_statistics(X, y, params: MoEParams, *, sample_weight=None,
         Non-negative row weights (default ones).
     n_threads : int, optional
         Threads of the compiled kernel (default: all cores).
+    derivatives : bool, default False
+        Also the gradient and Hessian of the log-likelihood in all the
+        parameters (``StepStatistics.derivatives``): Newton steps on the
+        server, and the observed information for standard errors.
 
     Returns
     -------
@@ -759,9 +780,11 @@ def step_statistics(X, y, params: MoEParams, *, sample_weight=None,
     if w.sum() > 0:  # centred at the block's own mean (x, y): see StepStatistics
         frame = origin_frame(np.append(np.average(X, axis=0, weights=w),
                                        np.average(y, weights=w)))
-        step = _fused_pass(frame.X(X), frame.y(y), w, frame.params_in(params), n_threads,
-                           keep_resp=False)[0]
-        return replace(step, origin=_frozen(np.append(frame.x_mean, frame.y_mean)))
+        Xc, yc, local = frame.X(X), frame.y(y), frame.params_in(params)
+        step = _fused_pass(Xc, yc, w, local, n_threads, keep_resp=False)[0]
+        der = _derivatives(Xc, yc, w, local) if derivatives else None
+        return replace(step, origin=_frozen(np.append(frame.x_mean, frame.y_mean)),
+                       derivatives=der)
     return _fused_pass(X, y, w, params, n_threads, keep_resp=False)[0]
 
 

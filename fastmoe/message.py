@@ -384,8 +384,9 @@ def _round_shapes(params: MoEParams) -> dict:
     """The arrays' shapes in the statistics of a round at ``params``."""
     K, d = params.n_experts, params.n_features
     q = (K - 1) * (d + 1)  # the gates' free parameters
+    P = (2 * K - 1) * (d + 1) + K  # every parameter (fastmoe._information)
     return {"expert_gram": (K, d + 2, d + 2), "gate_gradient": (q,), "gate_hessian": (q, q),
-            "origin": (d + 1,)}
+            "origin": (d + 1,), "gradient": (P,), "hessian": (P, P)}
 
 
 def _round_bytes_needed(params: MoEParams) -> int:
@@ -397,8 +398,9 @@ def round_to_bytes(stats, params: MoEParams) -> bytes:
     """A machine's refinement-round statistics
     (:func:`fastmoe.protocol.round_statistics` at ``params``) as a compressed
     .npz archive: a JSON header (the model's :func:`model_digest`, the row
-    count, the log-likelihood and the gate objective) and three float64
-    arrays; nothing pickled."""
+    count, the log-likelihood and the gate objective) and six float64
+    arrays (EM's statistics, the origin they are centred at, the
+    log-likelihood's gradient and Hessian); nothing pickled."""
     header = {"format": ROUND_FORMAT, "version": ROUND_VERSION, "model": model_digest(params),
               "n": int(stats.n), "log_likelihood": float(stats.log_likelihood),
               "gate_objective": float(stats.gates.objective)}
@@ -407,7 +409,9 @@ def round_to_bytes(stats, params: MoEParams) -> bytes:
                         expert_gram=np.asarray(stats.experts.gram, np.float64),
                         gate_gradient=np.asarray(stats.gates.gradient, np.float64),
                         gate_hessian=np.asarray(stats.gates.hessian, np.float64),
-                        origin=np.asarray(stats.origin, np.float64))
+                        origin=np.asarray(stats.origin, np.float64),
+                        gradient=np.asarray(stats.derivatives.gradient, np.float64),
+                        hessian=np.asarray(stats.derivatives.hessian, np.float64))
     return buf.getvalue()
 
 
@@ -419,6 +423,7 @@ def round_from_bytes(data: bytes, params: MoEParams):
     sum to the row count (responsibilities sum to one per row), the gate
     Hessian symmetric negative semi-definite and the objectives at most 0.
     Each failure is a ValueError of one line."""
+    from ._information import Derivatives
     from .engine import ExpertStatistics, GateStatistics, StepStatistics
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -442,8 +447,10 @@ def round_from_bytes(data: bytes, params: MoEParams):
             raise ValueError(f"{field_} {name} must have shape {shape} for a model of "
                              f"{params.n_experts} experts on {params.n_features} covariates; "
                              f"got {a.shape}.")
-    gram, grad, hess, origin = (got[k] for k in ("expert_gram", "gate_gradient",
-                                                  "gate_hessian", "origin"))
+    gram, grad, hess, origin, gradient, hessian = (
+        got[k] for k in ("expert_gram", "gate_gradient", "gate_hessian", "origin", "gradient",
+                         "hessian"))
+    _check_symmetric(hessian, f"{field_} hessian")
     weight = gram[:, 0, 0]
     if np.min(weight) < 0 or abs(weight.sum() - n) > 1e-6 * n:
         raise ValueError(f"round statistics: the experts' weights sum to {weight.sum():.6g}, "
@@ -458,7 +465,7 @@ def round_from_bytes(data: bytes, params: MoEParams):
         _check_semidefinite(hess, f"{field_} gate_hessian", sign=-1.0)
         _check_gate_bounds(grad, hess, gram.sum(axis=0), n)
     return StepStatistics(ll, ExpertStatistics(gram), GateStatistics(objective, grad, hess), n,
-                          origin)
+                          origin, Derivatives(ll, gradient, hessian))
 
 
 def _check_gram(G: np.ndarray, label: str) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._em import fit_moe
+from ._em import MAX_ITER, fit_moe
 from ._params import MoEParams
 from ._validation import check_X, check_y
 
@@ -87,6 +87,36 @@ class _MoEPredictMixin:
         """Akaike information criterion (lower is better)."""
         return -2.0 * self.log_likelihood(X, y) + 2.0 * self._params().n_parameters
 
+    def summary(self, feature_names=None, robust: bool = False) -> str:
+        """A coefficient table per gate and expert: estimate, standard error,
+        z and p (:func:`fastmoe.inference.summary`).
+
+        Parameters
+        ----------
+        feature_names : sequence of str, optional
+            Names of the covariates (default: ``feature_names_in_`` when the
+            fit saw a DataFrame, else x0, x1, ...).
+        robust : bool, default False
+            The sandwich standard errors (``robust_standard_errors_``)
+            instead of those of the observed information.
+
+        Returns
+        -------
+        str
+            The table.
+        """
+        from .inference import summary
+
+        se = self.robust_standard_errors_ if robust else self.standard_errors_
+        if se is None:
+            raise ValueError("no standard errors: " + (
+                "this fit kept no sandwich (robust) estimate" if robust else
+                "the one-shot estimator (refine_rounds=0) is not the maximum-likelihood fit "
+                "of the rows; refine to get them"))
+        if feature_names is None:
+            feature_names = getattr(self, "feature_names_in_", None)
+        return summary(self._params(), se, feature_names)
+
     def sample(self, X, random_state=None):
         """Draw y ~ f(. | x) for each row of X; returns (y, labels)."""
         return self._params().sample(self._X(X), random_state)
@@ -98,8 +128,8 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     Parameters
     ----------
     n_experts : int, default=2
-    max_iter : int, default=200
-        EM iterations at most per start.
+    max_iter : int, default=2000
+        EM iterations at most per start (see :data:`fastmoe._em.MAX_ITER`).
     tol : float, default=1e-7
         Stop when the log-likelihood changes by less than ``tol * |loglik|``.
     n_init : int, default=1
@@ -137,6 +167,13 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     converged_ : bool
     history_ : ``(n_iter_ + 1,)`` log-likelihood per iteration (less the gate
         penalty, when there is one)
+    standard_errors_ : MoEParams
+        Standard errors of every parameter from the observed information
+        (:mod:`fastmoe.inference`): the last gate's are zero, variances in
+        variance units. Valid at the maximum-likelihood fit (not with a
+        gate penalty or the L1 option, where they ignore the penalty).
+    robust_standard_errors_ : MoEParams
+        The sandwich estimate, for a misspecified model.
     n_features_in_ : int
 
     Examples
@@ -149,7 +186,7 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     True
     """
 
-    def __init__(self, n_experts=2, *, max_iter=200, tol=1e-7, n_init=1, init="random",
+    def __init__(self, n_experts=2, *, max_iter=MAX_ITER, tol=1e-7, n_init=1, init="random",
                  init_iter=20, reg_var=1e-6, gate_penalty=0.0, penalty=None,
                  l1_strength="auto", gate_steps=1, split_merge=True, random_state=None,
                  n_threads=None):
@@ -179,6 +216,10 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                       split_merge=self.split_merge,
                       random_state=self.random_state, n_threads=self.n_threads)
         self._set_params_attributes(fit.params)
+        from .inference import _both
+
+        self.standard_errors_, self.robust_standard_errors_ = _both(
+            fit.params, X, y, sample_weight)
         self.log_likelihood_ = fit.log_likelihood
         self.n_iter_ = fit.n_iter
         self.converged_ = fit.converged

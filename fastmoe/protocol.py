@@ -143,6 +143,7 @@ def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sa
     msg = LocalMessage(fit.params, len(fit_rows), X[take].copy() if support == "sample"
                        else None, mean, (cov + cov.T) / 2, float(ll_out), n_out, fit_time,
                        {"converged": bool(fit.converged), "n_iter": int(fit.n_iter),
+                        "log_likelihood": float(fit.log_likelihood),
                         "gate_penalty": float(gate_penalty), "self_check": check,
                         "confident": _doubt(fit, moments) is None})
     msg.validate()
@@ -523,6 +524,7 @@ def recheck_local(X, y, message: LocalMessage, params: MoEParams,
     if new <= own:
         return message
     meta = {**message.meta, "converged": bool(again.converged), "n_iter": int(again.n_iter),
+            "log_likelihood": float(again.log_likelihood),
             "self_check": f"refitted from the server's aggregate: log-likelihood {own:.6g} -> "
                           f"{new:.6g} (the first fit was a poor optimum)",
             "confident": _doubt(again, _moments(X)) is None,
@@ -543,9 +545,10 @@ RoundStatistics = engine.StepStatistics
 
 def round_statistics(X, y, params, *, n_threads: int | None = None) -> RoundStatistics:
     """A machine's half of a refinement round: the E-step at the global
-    ``params`` and the additive statistics of the M-step, in one pass
-    (:func:`fastmoe.engine.step_statistics`)."""
-    return engine.step_statistics(X, y, params, n_threads=n_threads)
+    ``params``, the additive statistics of the M-step, and the gradient and
+    Hessian of its log-likelihood (:func:`fastmoe.engine.step_statistics`
+    with ``derivatives=True``), centred at its rows' mean."""
+    return engine.step_statistics(X, y, params, n_threads=n_threads, derivatives=True)
 
 
 def refine_step(params, stats: RoundStatistics, *, reg_var: float = 1e-6,

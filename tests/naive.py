@@ -229,3 +229,34 @@ def l1_quadratic(A, b, pen):
                    bounds=[(0, None)] * (2 * p), options={"ftol": 1e-15, "gtol": 1e-12,
                                                          "maxiter": 10000})
     return res.x[:p] - res.x[p:]
+
+
+def observed_log_likelihood(theta, X, y, w, d, K):
+    """sum_i w_i log f(y_i | x_i) at theta (gates relative to the last, experts,
+    log variances), by loops over the experts."""
+    p = d + 1
+    alpha = np.zeros((K, p))
+    alpha[:-1] = theta[:(K - 1) * p].reshape(K - 1, p)
+    beta = theta[(K - 1) * p:(2 * K - 1) * p].reshape(K, p)
+    var = np.exp(theta[(2 * K - 1) * p:])
+    Xt = np.column_stack([np.ones(len(y)), X])
+    eta = Xt @ alpha.T
+    log_pi = eta - logsumexp(eta, axis=1, keepdims=True)
+    dens = [log_pi[:, k] + norm.logpdf(y, Xt @ beta[k], np.sqrt(var[k])) for k in range(K)]
+    return float(w @ logsumexp(np.column_stack(dens), axis=1))
+
+
+def finite_difference_derivatives(theta, X, y, w, d, K, h=1e-4):
+    """(gradient, Hessian) of observed_log_likelihood by central differences
+    (fourth-order for the gradient, second-order for the Hessian)."""
+    P = theta.size
+    f = lambda t: observed_log_likelihood(t, X, y, w, d, K)
+    E = np.eye(P) * h
+    grad = np.array([(-f(theta + 2 * E[i]) + 8 * f(theta + E[i]) - 8 * f(theta - E[i])
+                      + f(theta - 2 * E[i])) / (12 * h) for i in range(P)])
+    H = np.empty((P, P))
+    for i in range(P):
+        for j in range(i, P):
+            H[i, j] = H[j, i] = (f(theta + E[i] + E[j]) - f(theta + E[i] - E[j])
+                                 - f(theta - E[i] + E[j]) + f(theta - E[i] - E[j])) / (4 * h * h)
+    return grad, H

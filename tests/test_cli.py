@@ -206,3 +206,6 @@ def test_fit_local_defaults_are_those_of_fit_local():
     defaults = inspect.signature(fit_local).parameters
     for name in ("n_init", "gate_penalty", "n_support", "support", "heldout"):
         assert getattr(args, name) == defaults[name].default, name
+    from fastmoe import fit_moe
+
+    assert args.max_iter == inspect.signature(fit_moe).parameters["max_iter"].default

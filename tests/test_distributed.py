@@ -78,9 +78,10 @@ def test_message_round_trip(tmp_path, data):
 def test_gaussian_support_sends_no_rows(data):
     X, y, _ = data
     msg = fit_local(X[:2000], y[:2000], 2, support="gaussian", random_state=0)
+    other = fit_local(X[2000:4000], y[2000:4000], 2, support="gaussian", random_state=1)
     assert msg.support is None
     np.testing.assert_allclose(msg.support_mean, X[:2000].mean(axis=0))
-    res = aggregate_messages([msg, msg], random_state=0)
+    res = aggregate_messages([msg, other], random_state=0)
     assert res.assignment.shape[0] == 2000  # drawn by the server, 1000 per machine
     m = _model(support="gaussian").fit(X, y)
     assert all(mm.support is None for mm in m.messages_)

@@ -1,0 +1,208 @@
+"""Exact derivatives of the observed-data log-likelihood (docs/method.rst, section 10).
+
+The parameters are flattened as
+
+    theta = (alpha_1, ..., alpha_{K-1}, beta_1, ..., beta_K, tau_1, ..., tau_K)
+
+with alpha_j the (d+1) free gate coefficients of gate j relative to the last
+(reference) gate, beta_k = (intercept, slopes) of expert k and tau_k = log of
+its variance: P = (K-1)(d+1) + K(d+1) + K numbers.
+
+For one row, with c_k = log pi_k + log N(y; m_k, v_k) the complete-data log
+density of component k, s_k its gradient in theta and r_k the posterior,
+Louis' identity gives the observed-data Hessian
+
+    H = sum_k r_k (d2 c_k + s_k s_k^T) - g g^T,     g = sum_k r_k s_k.
+
+Every derivative of c_k is a scalar times (1, x) (gates and experts) or a
+scalar (tau), so H is a sum over rows of small coefficient matrices, one
+entry per pair of parameter blocks, times (1, x) (1, x)^T: the sums are two
+matrix products over the rows (no per-row P x P matrices). They add over row
+blocks, so machines send them and the server sums them, like EM's sufficient
+statistics.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import logsumexp
+
+from ._params import MoEParams
+
+#: rows per block of the derivative sums (their temporaries are
+#: rows x (3K)^2 and rows x (d+1)^2)
+ROWS = 4096
+
+
+def n_theta(d: int, K: int) -> int:
+    """P = (K-1)(d+1) + K(d+1) + K."""
+    return (2 * K - 1) * (d + 1) + K
+
+
+def theta_of(params: MoEParams) -> np.ndarray:
+    """(P,) theta of a model (its gates relative to the last gate)."""
+    alpha, beta = params.gate_aug, params.expert_aug
+    return np.concatenate([(alpha[:-1] - alpha[-1]).ravel(), beta.ravel(),
+                           np.log(params.expert_var)])
+
+
+def params_of(theta: np.ndarray, d: int, K: int) -> MoEParams:
+    """The model of theta (the inverse of :func:`theta_of`)."""
+    p = d + 1
+    alpha = np.zeros((K, p))
+    alpha[:-1] = theta[:(K - 1) * p].reshape(K - 1, p)
+    beta = theta[(K - 1) * p:(2 * K - 1) * p].reshape(K, p)
+    with np.errstate(over="ignore"):
+        var = np.exp(theta[(2 * K - 1) * p:])
+    return MoEParams.from_aug(alpha, beta, var)
+
+
+class Derivatives(NamedTuple):
+    """Sums over rows of the log-likelihood and of its derivatives in theta.
+
+    ``meat`` is sum_i w_i^2 g_i g_i^T (the sandwich estimator's middle), or
+    None when not asked for. ``a + b`` adds two row blocks."""
+
+    log_likelihood: float
+    gradient: np.ndarray
+    hessian: np.ndarray
+    meat: np.ndarray | None = None
+
+    def __add__(self, other):  # noqa: D105
+        if not isinstance(other, Derivatives):
+            return NotImplemented
+        meat = None if self.meat is None or other.meat is None else self.meat + other.meat
+        return Derivatives(self.log_likelihood + other.log_likelihood,
+                           self.gradient + other.gradient, self.hessian + other.hessian, meat)
+
+
+def derivatives(X, y, w, params: MoEParams, *, meat: bool = False) -> Derivatives:
+    """The log-likelihood, gradient and Hessian in theta of validated,
+    C-contiguous float64 arrays (X (n, d), y (n,), weights w (n,))."""
+    n, d = X.shape
+    K, p = params.n_experts, d + 1
+    V = 2 * K - 1  # blocks of (1, x): the free gates, then the experts
+    total = Derivatives(0.0, np.zeros(V * p + K), np.zeros((V * p + K, V * p + K)),
+                        np.zeros((V * p + K, V * p + K)) if meat else None)
+    for start in range(0, n, ROWS):
+        rows = slice(start, start + ROWS)
+        total = total + _block(X[rows], y[rows], w[rows], params, meat)
+    return total
+
+
+def _block(X, y, w, params: MoEParams, meat: bool) -> Derivatives:
+    n, d = X.shape
+    K, p = params.n_experts, d + 1
+    V = 2 * K - 1
+    Xt = np.column_stack([np.ones(n), X])
+    eta = Xt @ params.gate_aug.T
+    log_pi = eta - logsumexp(eta, axis=1, keepdims=True)
+    pi = np.exp(log_pi)
+    var = params.expert_var
+    e = y[:, None] - Xt @ params.expert_aug.T  # (n, K) residuals
+    q = e * e / var  # squared standardised residuals
+    log_c = log_pi - 0.5 * (np.log(2 * np.pi) + np.log(var) + q)
+    row_ll = logsumexp(log_c, axis=1)
+    r = np.exp(log_c - row_ll[:, None])
+    # the complete-data scores' coefficients s[i, k, b] over the 3K-1 blocks
+    # (K-1 gates, K experts, K taus), per row and component
+    B = V + K
+    s = np.zeros((n, K, B))
+    s[:, :, :K - 1] = np.eye(K)[None, :, :K - 1] - pi[:, None, :K - 1]
+    ks = np.arange(K)
+    s[:, ks, K - 1 + ks] = e / var
+    s[:, ks, V + ks] = 0.5 * (q - 1.0)
+    g = np.einsum("ik,ikb->ib", r, s)  # the row's score coefficients
+    D = np.einsum("ik,ikb,ikc->ibc", r, s, s) - g[:, :, None] * g[:, None, :]
+    # the complete-data Hessians, posterior-weighted: gates (the same for
+    # every component), expert-expert, expert-tau and tau-tau
+    D[:, :K - 1, :K - 1] -= (pi[:, :K - 1, None] * (np.eye(K - 1)[None] - pi[:, None, :K - 1]))
+    # d2 c_k / d beta_k^2 = -(1, x)(1, x)^T / v_k, d2 c_k / d beta_k d tau_k =
+    # -e_k / v_k (1, x), d2 c_k / d tau_k^2 = -q_k / 2
+    D[:, K - 1 + ks, K - 1 + ks] -= r / var
+    D[:, K - 1 + ks, V + ks] -= r * e / var
+    D[:, V + ks, K - 1 + ks] -= r * e / var
+    D[:, V + ks, V + ks] -= 0.5 * r * q
+    D *= w[:, None, None]
+    hess = _assemble(D, Xt, V, K, p)
+    gw = g * w[:, None]
+    grad = np.concatenate([(gw[:, :V].T @ Xt).ravel(), gw[:, V:].sum(axis=0)])
+    out_meat = None
+    if meat:
+        out_meat = _assemble(gw[:, :, None] * gw[:, None, :], Xt, V, K, p)
+    return Derivatives(float(w @ row_ll), grad, hess, out_meat)
+
+
+def _assemble(D, Xt, V: int, K: int, p: int) -> np.ndarray:
+    """(P, P) sum_i of the coefficient matrices D_i (B x B) times the features:
+    (1, x)(1, x)^T between two vector blocks, (1, x) between a vector block
+    and a tau, 1 between two taus."""
+    n = Xt.shape[0]
+    P = V * p + K
+    out = np.empty((P, P))
+    XX = (Xt[:, :, None] * Xt[:, None, :]).reshape(n, p * p)
+    vv = (D[:, :V, :V].reshape(n, V * V).T @ XX).reshape(V, V, p, p)
+    out[:V * p, :V * p] = vv.transpose(0, 2, 1, 3).reshape(V * p, V * p)
+    vt = (D[:, :V, V:].reshape(n, V * K).T @ Xt).reshape(V, K, p)
+    out[:V * p, V * p:] = vt.transpose(0, 2, 1).reshape(V * p, K)
+    out[V * p:, :V * p] = out[:V * p, V * p:].T
+    out[V * p:, V * p:] = D[:, V:, V:].sum(axis=0)
+    return out
+
+
+def origin_jacobian(delta: np.ndarray, K: int) -> np.ndarray:
+    """(P, P) d theta(o) / d theta(o') for delta = o_x - o'_x: the parameters
+    written with the covariates centred at o and at o' differ by alpha_0 +
+    alpha . delta in each intercept (gates and experts); derivatives move as
+    g' = M^T g and H' = M^T H M."""
+    delta = np.asarray(delta, dtype=np.float64)
+    p = delta.size + 1
+    V = 2 * K - 1
+    block = np.eye(p)
+    block[0, 1:] = delta
+    M = np.eye(V * p + K)
+    for b in range(V):
+        M[b * p:(b + 1) * p, b * p:(b + 1) * p] = block
+    return M
+
+
+class NewtonStep(NamedTuple):
+    """A Newton step: the step in theta, the log-likelihood it should gain
+    (half the Newton decrement, g^T (-H)^-1 g / 2) and whether -H was
+    positive definite (else the step is None)."""
+
+    step: np.ndarray | None
+    expected_gain: float
+    definite: bool
+
+
+def newton_step(gradient: np.ndarray, hessian: np.ndarray) -> NewtonStep:
+    """The Newton step from the summed derivatives, scaled to a unit
+    diagonal first (the answer does not depend on the units)."""
+    info = -hessian
+    scale = np.sqrt(np.abs(np.diagonal(info)))
+    scale = np.where(scale > 0, scale, 1.0)
+    A = info / scale[:, None] / scale[None, :]
+    try:
+        L = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        return NewtonStep(None, np.inf, False)
+    if not np.all(np.isfinite(L)) or np.min(np.diagonal(L)) < 1e-7:
+        return NewtonStep(None, np.inf, False)
+    from scipy.linalg import cho_solve
+
+    step = cho_solve((L, True), gradient / scale) / scale
+    return NewtonStep(step, 0.5 * float(gradient @ step), True)
+
+
+def covariance(hessian: np.ndarray, meat: np.ndarray | None = None) -> np.ndarray:
+    """The covariance of theta at the MLE: the inverse observed information
+    (-H)^-1, or with ``meat`` the sandwich (-H)^-1 meat (-H)^-1."""
+    info = -hessian
+    scale = np.sqrt(np.abs(np.diagonal(info)))
+    scale = np.where(scale > 0, scale, 1.0)
+    inv = np.linalg.pinv(info / scale[:, None] / scale[None, :], hermitian=True)
+    inv = inv / scale[:, None] / scale[None, :]
+    return inv if meat is None else inv @ meat @ inv

@@ -1,0 +1,266 @@
+"""The server's refinement loop: rounds of exact distributed computation
+from the one-shot aggregate to the maximum-likelihood fit of all the rows
+(docs/method.rst, section 6).
+
+In every round the server sends the current model to the machines and each
+returns additive statistics of its rows at that model
+(:func:`fastmoe.protocol.round_statistics`): its log-likelihood, EM's
+sufficient statistics, and the gradient and Hessian of its log-likelihood
+in all the parameters. Their sums are those of all the rows, so the server
+can take any step a centralised fit could:
+
+- a Newton step, damped (Levenberg-Marquardt) where the Hessian is not
+  negative definite or a full step did not gain: near the optimum it
+  converges quadratically, where EM crawls on real data (hundreds of
+  iterations, each of them a round);
+- EM's step (closed-form experts, one Newton step on the gates) where the
+  damped Newton step has failed twice in a row: it never lowers the
+  log-likelihood.
+
+The next round's log-likelihood checks every step: a step that lowered it
+is taken back and the next proposal is damped harder, so the loop is
+monotone. It stops when the log-likelihood the Newton step expects to gain
+(half the Newton decrement) is below ``tol`` times the log-likelihood, the
+same relative tolerance at which a centralised EM stops, or after
+``max_rounds`` rounds. The last round's statistics are those of the model
+returned: its Hessian gives the standard errors.
+
+The machines are reached through a callable, so the estimator, the
+command line (``fastmoe refine`` takes one step of :func:`propose`) and the
+Spark or Ray patterns share this loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import engine
+from ._information import params_of, theta_of
+from ._params import MoEParams
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Result of :func:`refine`.
+
+    Attributes
+    ----------
+    params : MoEParams
+        The last model accepted.
+    statistics : StepStatistics
+        The machines' summed statistics at ``params`` (with derivatives).
+    history : list of dict
+        One entry per round: the model's log-likelihood, the step that
+        produced the model ("start", "newton", "damped", "em", or
+        "rejected" for a step taken back), the gain the step expected, the
+        seconds the machines (the slowest) and the server took.
+    converged : bool
+        Whether the expected gain fell below ``tol`` times the log-likelihood.
+    """
+
+    params: MoEParams
+    statistics: engine.StepStatistics = field(repr=False)
+    history: list = field(repr=False)
+    converged: bool
+
+
+def propose(params: MoEParams, stats: engine.StepStatistics, *, radius: float | None = None,
+            reg_var: float = 1e-6, use_em: bool = False):
+    """A next model from the machines' summed statistics at ``params``:
+    (model, kind, expected gain, step length in standard-error units), or
+    None.
+
+    Without ``radius``: the Newton step on the log-likelihood ("newton";
+    None where the information is not positive definite). With it: the
+    trust-region step of at most that length in standard-error units
+    ("trust", :func:`trust_step`). With ``use_em``, or statistics without
+    derivatives: EM's step ("em"). Variances stay at or above ``reg_var``
+    times the response's variance, as in EM."""
+    if use_em or stats.derivatives is None:
+        from .protocol import refine_step
+
+        return refine_step(params, stats, reg_var=reg_var), "em", np.nan, np.nan
+    stats = stats.centred()
+    frame = engine.origin_frame(stats.origin)
+    local = frame.params_in(params)
+    d, K = local.n_features, local.n_experts
+    der = stats.derivatives
+    step, gain, length = trust_step(der.gradient, der.hessian, radius)
+    if step is None:
+        return None
+    total = stats.experts.gram.sum(axis=0)
+    W = total[0, 0]
+    var_y = total[-1, -1] / W - (total[0, -1] / W) ** 2
+    floor = np.log(reg_var * (var_y if var_y > 0 else 1.0))
+    new = theta_of(local) + step
+    new[-K:] = np.clip(new[-K:], floor, 700.0)
+    kind = "newton" if radius is None else "trust"
+    return frame.params_out(params_of(new, d, K)), kind, gain, length
+
+
+def trust_step(gradient: np.ndarray, hessian: np.ndarray, radius: float | None):
+    """(step, expected gain, length) maximising the quadratic model of the
+    log-likelihood: the Newton step (``radius`` None; (None, inf, inf) where
+    the information -H is not positive definite), or the best step whose length
+    on the scale of the information's diagonal (about one standard error a
+    unit) is at most ``radius`` (Levenberg-Marquardt: -H + mu I, mu found by
+    bisection)."""
+    info = -hessian
+    scale = np.sqrt(np.abs(np.diagonal(info)))
+    scale = np.where(scale > 0, scale, 1.0)
+    A = info / scale[:, None] / scale[None, :]
+    lam, Q = np.linalg.eigh((A + A.T) / 2)
+    c = Q.T @ (gradient / scale)
+    top = max(float(np.max(np.abs(lam))), 1e-300)
+    definite = lam[0] > 1e-9 * top
+
+    def length(mu):
+        return float(np.linalg.norm(c / (lam + mu)))
+
+    if radius is None:
+        if not definite:
+            return None, np.inf, np.inf
+        mu = 0.0
+    elif definite and length(0.0) <= radius:
+        mu = 0.0
+    else:
+        lo = max(0.0, -float(lam[0])) + 1e-12 * top
+        hi = lo + float(np.linalg.norm(c)) / radius + top
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if not lo < mid < hi:
+                break
+            lo, hi = (mid, hi) if length(mid) > radius else (lo, mid)
+        mu = hi
+    step = (Q @ (c / (lam + mu))) / scale
+    return step, float(gradient @ step - 0.5 * step @ (info @ step)), length(mu)
+
+
+def candidates(params: MoEParams, stats: engine.StepStatistics, radius: float,
+               overrelax: float, *, reg_var: float = 1e-6) -> list:
+    """The models one round tries, as (model, kind, expected gain, step
+    length, over-relaxation): the Newton step where the information is
+    positive definite; trust-region steps of ``radius`` times RADII
+    (standard-error units); EM's step, which
+    never lowers the log-likelihood; and EM's step times ``overrelax`` and
+    twice that (Salakhutdinov and Roweis 2003: where EM crawls along a
+    valley, its direction is right and its step short)."""
+    out = []
+    if stats.derivatives is not None:
+        newton = propose(params, stats, reg_var=reg_var)
+        if newton is not None:
+            out.append((*newton, np.nan))
+        for r in radius * RADII:
+            out.append((*propose(params, stats, radius=r, reg_var=reg_var), np.nan))
+    em = propose(params, stats, reg_var=reg_var, use_em=True)[0]
+    out.append((em, "em", np.nan, np.nan, 1.0))
+    start, direction = theta_of(params), theta_of(em) - theta_of(params)
+    for factor in (overrelax, 2 * overrelax):
+        out.append((params_of(start + factor * direction, params.n_features, params.n_experts),
+                    f"em x{factor:g}", np.nan, np.nan, factor))
+    return out
+
+
+#: the first trust radius, in standard-error units, and the multiples of the
+#: radius a round tries (the next round centres on the length of the best
+#: Newton or trust step of this one)
+FIRST_RADIUS = 10.0
+RADII = np.array([0.25, 0.5, 1.0, 2.0, 4.0])
+#: the rounds stop when the Newton step expects to gain less than this many
+#: times ``tol`` times the log-likelihood: the expected gain is all that is
+#: left to gain, while EM (and a centralised fit) stops when one iteration
+#: gains less than ``tol`` of it, which on real tables is 1/100 to 1/1000 of
+#: what is left (EM's rate of convergence 0.99 to 0.999)
+NEWTON_TOL = 10.0
+#: the first over-relaxation of EM's step; it doubles while the larger
+#: multiple wins and halves (to 2 at least) when EM's plain step does
+FIRST_OVERRELAX = 2.0
+
+
+def refine(params: MoEParams, evaluate: Callable, *, tol: float = 1e-7, max_rounds: int = 50,
+           reg_var: float = 1e-6) -> Refinement:
+    """Rounds from ``params`` until converged, at most ``max_rounds``.
+
+    Each round after the first sends the machines a few candidate models
+    (:func:`candidates`: Newton, trust-region and EM steps from the current
+    model) and keeps the one with the highest log-likelihood, if it is at
+    least the current one's; the machines' statistics at each come back in
+    the same round, so a step never waits a round to be checked.
+
+    Parameters
+    ----------
+    params : MoEParams
+        The start (the one-shot aggregate).
+    evaluate : callable
+        ``evaluate(models) -> (list of StepStatistics, seconds)``: for each
+        model, every machine's statistics at it with derivatives, summed;
+        and the slowest machine's seconds. Each call is one round.
+    tol : float
+        Stop when the gain a Newton step expects is below ``tol`` times the
+        absolute log-likelihood, or when no candidate gains more than that.
+    max_rounds : int
+        Rounds at most (calls of ``evaluate``), the first included.
+    reg_var : float
+        Variance floor, relative to the response's variance.
+
+    Returns
+    -------
+    Refinement
+    """
+    (stats,), seconds = evaluate([params])
+    history = [_entry(stats, "start", np.nan, seconds, 0.0)]
+    converged, radius, overrelax = False, FIRST_RADIUS, FIRST_OVERRELAX
+    for _ in range(max_rounds - 1):
+        t0 = time.perf_counter()
+        options = candidates(params, stats, radius, overrelax, reg_var=reg_var)
+        kind, gain = options[0][1], options[0][2]
+        if kind == "newton" and 0 <= gain <= NEWTON_TOL * tol * abs(stats.log_likelihood):
+            converged = True
+            history[-1]["server_seconds"] += time.perf_counter() - t0
+            break
+        server = time.perf_counter() - t0
+        results, seconds = evaluate([o[0] for o in options])
+        best = int(np.argmax([r.log_likelihood for r in results]))
+        gained = results[best].log_likelihood - stats.log_likelihood
+        model, kind, gain = options[best][:3]
+        if gained < 0:  # nothing gains: the statistics are at the optimum
+            converged = True
+            history.append({**_entry(results[best], "rejected", gain, seconds, server),
+                            "candidates": len(options)})
+            break
+        params, stats = model, results[best]
+        radius, overrelax = _adapt(options, results, radius, overrelax)
+        history.append({**_entry(stats, kind, gain, seconds, server),
+                        "candidates": len(options)})
+        if gained <= tol * abs(stats.log_likelihood) and kind != "newton":
+            converged = True  # (a Newton step is judged by its decrement, above)
+            break
+    return Refinement(params, stats, history, converged)
+
+
+def _adapt(options, results, radius: float, overrelax: float):
+    """The next round's trust radius and over-relaxation: the length of the
+    best of this round's Newton and trust steps, and the factor of the best
+    of its EM steps (doubled when the larger multiple won, halved to at
+    least FIRST_OVERRELAX when the plain step did)."""
+    ll = np.array([r.log_likelihood for r in results])
+    steps = [i for i, o in enumerate(options) if np.isfinite(o[3])]
+    if steps:
+        radius = max(float(options[max(steps, key=ll.__getitem__)][3]), 1e-6)
+    em = [i for i, o in enumerate(options) if np.isfinite(o[4])]
+    factor = options[max(em, key=ll.__getitem__)][4]
+    if factor > overrelax:
+        return radius, 2 * overrelax
+    if factor == 1.0:
+        return radius, max(FIRST_OVERRELAX, overrelax / 2)
+    return radius, overrelax
+
+
+def _entry(stats, kind: str, gain: float, seconds: float, server: float) -> dict:
+    return {"log_likelihood": float(stats.log_likelihood), "rows": int(stats.n), "step": kind,
+            "expected_gain": float(gain), "machine_seconds": float(seconds),
+            "server_seconds": float(server)}

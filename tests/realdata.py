@@ -1,0 +1,119 @@
+"""Real tables from Debian's R data packages, for the real-data checks.
+
+Each table comes from an R package that Debian ships (r-cran-ggplot2,
+r-cran-aer; ``.ci/run`` installs them with R). ``Rscript`` writes it once as
+CSV to a cache folder (``FASTMOE_DATA_CACHE``, default a folder under the
+system's temporary folder); nothing is downloaded. ``load`` returns None
+where R or the package is missing, and the tests skip, saying so.
+
+=========  ========  =================  ==============================  =========
+table      rows      response           covariates (d)                  groups
+=========  ========  =================  ==============================  =========
+diamonds   53 940    log price          log carat, depth, table,        cut (5)
+                                        colour and clarity grades (5)
+cps1988    28 155    log weekly wage    education, experience,          region (4)
+                                        ethnicity, smsa, part time (5)
+cpssw8     61 395    log hourly         age, education, gender (3)      region (4)
+                     earnings
+=========  ========  =================  ==============================  =========
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_R_SOURCES = {
+    "diamonds": ("ggplot2", "as.data.frame(ggplot2::diamonds)"),
+    "cps1988": ("AER", 'local({data("CPS1988", package = "AER"); CPS1988})'),
+    "cpssw8": ("AER", 'local({data("CPSSW8", package = "AER"); CPSSW8})'),
+}
+TABLES = tuple(_R_SOURCES)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray  # (n,) int codes of the natural group column
+    group_names: tuple
+
+
+def _cache() -> Path:
+    path = Path(os.environ.get("FASTMOE_DATA_CACHE",
+                               Path(tempfile.gettempdir()) / "fastmoe-real-tables"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def why_missing(name: str) -> str | None:
+    """Why ``load(name)`` gives None, or None when it does not."""
+    if (_cache() / f"{name}.csv").exists():
+        return None
+    if shutil.which("Rscript") is None:
+        return "R is not installed (Debian: r-base-core)"
+    package = _R_SOURCES[name][0]
+    ok = subprocess.run(["Rscript", "-e", f'quit(status = !requireNamespace("{package}", '
+                         'quietly = TRUE))'], capture_output=True, timeout=120).returncode == 0
+    return None if ok else f"the R package {package} is not installed (Debian: " \
+                           f"r-cran-{package.lower()})"
+
+
+def _csv(name: str) -> list[dict]:
+    path = _cache() / f"{name}.csv"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        expr = _R_SOURCES[name][1]
+        subprocess.run(["Rscript", "-e", f'write.csv({expr}, "{tmp}", row.names = FALSE)'],
+                       check=True, capture_output=True, timeout=300)
+        os.replace(tmp, path)
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load(name: str) -> Table | None:
+    """The table ``name`` (one of TABLES), or None where it cannot be had."""
+    if why_missing(name) is not None:
+        return None
+    rows = _csv(name)
+    col = lambda key: [r[key] for r in rows]  # noqa: E731
+    num = lambda key: np.array(col(key), dtype=float)  # noqa: E731
+    if name == "diamonds":
+        colour = "DEFGHIJ"
+        clarity = ["I1", "SI2", "SI1", "VS2", "VS1", "VVS2", "VVS1", "IF"]
+        X = np.column_stack([np.log(num("carat")), num("depth"), num("table"),
+                             [colour.index(c) for c in col("color")],
+                             [clarity.index(c) for c in col("clarity")]])
+        y, group = np.log(num("price")), col("cut")
+    elif name == "cps1988":
+        X = np.column_stack([num("education"), num("experience"),
+                             np.array(col("ethnicity")) == "afam",
+                             np.array(col("smsa")) == "yes",
+                             np.array(col("parttime")) == "yes"]).astype(float)
+        y, group = np.log(num("wage")), col("region")
+    else:
+        X = np.column_stack([num("age"), num("education"),
+                             np.array(col("gender")) == "female"]).astype(float)
+        earnings = num("earnings")
+        keep = earnings > 0
+        X, y = X[keep], np.log(earnings[keep])
+        group = [g for g, k in zip(col("region"), keep) if k]
+    names = tuple(sorted(set(group)))
+    return Table(name, np.ascontiguousarray(X), y,
+                 np.array([names.index(g) for g in group]), names)
+
+
+def split(table: Table, seed: int = 0, test: float = 0.2):
+    """(train, test) index arrays: a random ``test`` share held out."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(table.y))
+    cut = int(round(test * len(order)))
+    return np.sort(order[cut:]), np.sort(order[:cut])
