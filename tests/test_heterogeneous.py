@@ -35,7 +35,7 @@ def test_second_population_is_kept_and_reported():
     other = _second_population(truth)
     Xo, yo, _, _ = make_moe_regression(5000, 2, 3, params=other, random_state=3)
     shards = [(X[i::4], y[i::4]) for i in range(4)] + [(Xo, yo)]  # a site of its own
-    est = DistributedMoERegressor(3, backend="serial", random_state=0)
+    est = DistributedMoERegressor(3, backend="serial", random_state=0, refine_rounds=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         est.fit_shards(shards)
@@ -43,6 +43,14 @@ def test_second_population_is_kept_and_reported():
     assert est.excluded_shards_ == [] and est.excluded_rows_ == 0
     assert health["failed"] == [] and 4 in health["heterogeneous"]
     assert any("machine(s) [4] fit the aggregate far worse" in str(w.message) for w in caught)
+    # with rounds (the default) the site's rows are used in every round, and
+    # the one-shot aggregate's report is not a warning
+    refined = DistributedMoERegressor(3, backend="serial", random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refined.fit_shards(shards)
+    assert refined.excluded_rows_ == 0 and refined.refine_history_[-1]["rows"] == 21000
+    assert not any("aggregation health" in str(w.message) for w in caught)
     # its confident fit says so in its message
     assert est.messages_[4].meta["confident"] and est.messages_[4].meta["self_check"] == "passed"
     # asked to look again from the aggregate, it does no better: different, not failed
@@ -118,7 +126,8 @@ def test_a_poor_local_optimum_on_the_reference_splits_is_repaired_not_dropped():
     Xall, Yall = reference("B_X"), reference("B_Y").ravel()
     idx = reference("B_M16_machine_indices")
     X, y = Xall[:90000], Yall[:90000]
-    est = DistributedMoERegressor(5, backend="serial", random_state=1)
+    # the one-shot estimator: with rounds (the default) the check round is not run
+    est = DistributedMoERegressor(5, backend="serial", random_state=1, refine_rounds=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est.fit_shards([(X[i], y[i]) for i in idx])
@@ -164,7 +173,7 @@ def test_the_second_aggregation_starts_from_the_first(monkeypatch):
 
     monkeypatch.setattr(distributed, "fit_shard", poor_fit)
     monkeypatch.setattr(distributed, "aggregate_messages", recorded)
-    est = DistributedMoERegressor(3, backend="serial", random_state=0)
+    est = DistributedMoERegressor(3, backend="serial", random_state=0, refine_rounds=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est.fit_shards([(X[i::8], y[i::8]) for i in range(8)])

@@ -72,10 +72,22 @@ def test_estimator_names_the_inconsistent_shard():
     shards = [(X[i::6], y[i::6]) for i in range(6)]
     # a shard whose responses were corrupted: flipped in sign
     shards[4] = (shards[4][0], -shards[4][1] + 10.0)
-    est = DistributedMoERegressor(2, backend="serial", robust=True, random_state=0,
-                                  refine_rounds=1)
-    with pytest.warns(UserWarning, match=r"shard\(s\) \[4\] are inconsistent"):
+    # with rounds (the default): its rows fit the final model far worse than
+    # its own model fits them; robust=True leaves it out of the last rounds
+    est = DistributedMoERegressor(2, backend="serial", robust=True, random_state=0)
+    with pytest.warns(UserWarning, match=r"shard\(s\) \[4\] do not look like"):
         est.fit_shards(shards)
-    assert est.inconsistent_shards_ == [4] and 4 in est.excluded_shards_
-    # the refinement rounds do not ask the shard that was left out
-    assert est.refine_history_[0]["rows"] == 12000 - 2000
+    assert est.inconsistent_shards_ == [4] and est.excluded_shards_ == [4]
+    assert est.excluded_rows_ == 2000 and "nats per row" in est.inconsistent_reasons_[4]
+    assert est.refine_history_[-1]["rows"] == 12000 - 2000
+    # without robust it is named and kept
+    named = DistributedMoERegressor(2, backend="serial", random_state=0)
+    with pytest.warns(UserWarning, match="robust=True leaves them out"):
+        named.fit_shards(shards)
+    assert named.inconsistent_shards_ == [4] and named.excluded_rows_ == 0
+    # the one-shot estimator: the consensus filter on the messages
+    once = DistributedMoERegressor(2, backend="serial", robust=True, random_state=0,
+                                   refine_rounds=0)
+    with pytest.warns(UserWarning, match=r"shard\(s\) \[4\] do not look like"):
+        once.fit_shards(shards)
+    assert once.inconsistent_shards_ == [4] and 4 in once.excluded_shards_

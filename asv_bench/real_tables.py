@@ -1,0 +1,92 @@
+"""Real tables: the distributed fit against the centralised one, per split.
+
+    python asv_bench/real_tables.py [--tables diamonds cps1988 cpssw8]
+                                    [--experts 5 4 5] [--splits 16 64 group]
+
+The tables come from Debian's R data packages (tests/realdata.py: R's
+ggplot2 and AER, written to CSV once by Rscript). For each table: a random
+20% of the rows is held out; ``GaussianMoERegressor(K)`` (defaults) is fitted
+on the rest; then ``DistributedMoERegressor(K)`` (defaults, serial backend)
+on the same rows split at random into 16 and 64 machines and by the table's
+group column. Printed per split: the test log-likelihood per row, distributed
+minus centralised; the rounds and whether they converged; the rows left out;
+the fastmoe warnings; the learning time (the slowest local fit, the server
+and the rounds' slowest machines) and the wall time, with the centralised
+fit's; and the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import realdata  # noqa: E402
+
+from fastmoe import DistributedMoERegressor, GaussianMoERegressor  # noqa: E402
+
+
+def cpu() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                    if line.startswith("Model name"))
+        return f"{name}{' (AVX-512)' if 'avx512f' in out else ''}"
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def shards_of(table, train, split: str, seed: int = 1):
+    X, y, g = table.X[train], table.y[train], table.groups[train]
+    if split == "group":
+        return [(X[g == k], y[g == k]) for k in np.unique(g)]
+    order = np.random.default_rng(seed).permutation(len(y))
+    return [(X[i], y[i]) for i in np.array_split(order, int(split))]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", nargs="+", default=list(realdata.TABLES))
+    parser.add_argument("--experts", nargs="+", type=int, default=[5, 4, 5])
+    parser.add_argument("--splits", nargs="+", default=["16", "64", "group"])
+    args = parser.parse_args(argv)
+    print(f"CPU: {cpu()}")
+    print("| table | K | split | dist - central (nats/test row) | rounds | converged | "
+          "rows left out | warnings | learning s (central) | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, K in zip(args.tables, args.experts):
+        why = realdata.why_missing(name)
+        if why:
+            print(f"| {name} | {K} | skipped: {why} |")
+            continue
+        table = realdata.load(name)
+        train, test = realdata.split(table)
+        t0 = time.perf_counter()
+        central = GaussianMoERegressor(K, random_state=0).fit(table.X[train], table.y[train])
+        t_central = time.perf_counter() - t0
+        ll_central = central.score_samples(table.X[test], table.y[test]).mean()
+        for split in args.splits:
+            shards = shards_of(table, train, split)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                model = DistributedMoERegressor(K, backend="serial",
+                                                random_state=0).fit_shards(shards)
+            wall = time.perf_counter() - t0
+            gap = model.score_samples(table.X[test], table.y[test]).mean() - ll_central
+            print(f"| {name} | {K} | {split} ({len(shards)}) | {gap:+.4f} | "
+                  f"{len(model.refine_history_)} | {model.refine_converged_} | "
+                  f"{model.excluded_rows_ + model.dropped_rows_} | {len(said)} | "
+                  f"{model.learning_time_:.1f} ({t_central:.1f}) | {wall:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

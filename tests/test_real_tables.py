@@ -1,0 +1,119 @@
+"""Real tables (tests/realdata.py: Debian's R data packages): the
+distributed fit against the centralised fit, the populations kept, a
+corrupted machine named, the centralised fit converged and standard errors
+against finite differences. Slow: run with ``pytest -m slow``; each test
+skips, saying why, where R or its package is missing."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import naive
+import realdata
+from fastmoe import DistributedMoERegressor, GaussianMoERegressor
+from fastmoe._frame import Frame
+from fastmoe._information import covariance, theta_of
+from fastmoe.inference import jacobian_out
+
+pytestmark = pytest.mark.slow
+
+
+def _table(name):
+    why = realdata.why_missing(name)
+    if why is not None:
+        pytest.skip(f"real table {name} unavailable: {why}")
+    table = realdata.load(name)
+    train, test = realdata.split(table)
+    return table, train, test
+
+
+def _fit(shards, K, **options):
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        model = DistributedMoERegressor(K, backend="serial", random_state=0,
+                                        **options).fit_shards(shards)
+    return model, [str(w.message) for w in said]
+
+
+@pytest.fixture(scope="module")
+def cps():
+    table, train, test = _table("cps1988")
+    central = GaussianMoERegressor(3, random_state=0).fit(table.X[train], table.y[train])
+    return table, train, test, central
+
+
+def test_the_default_centralised_fit_converges_on_every_table():
+    for name in realdata.TABLES:
+        table, train, _ = _table(name)
+        X, y = table.X[train], table.y[train]
+        default = GaussianMoERegressor(4, random_state=0).fit(X, y)
+        assert default.converged_, name
+        longer = GaussianMoERegressor(4, random_state=0, max_iter=4000).fit(X, y)
+        assert longer.log_likelihood_ >= default.log_likelihood_ - 1e-9 * abs(
+            default.log_likelihood_), name
+
+
+@pytest.mark.parametrize("split", ["random16", "groups"])
+def test_distributed_matches_centralised(cps, split):
+    table, train, test, central = cps
+    X, y, groups = table.X[train], table.y[train], table.groups[train]
+    if split == "groups":
+        shards = [(X[groups == g], y[groups == g]) for g in np.unique(groups)]
+    else:
+        order = np.random.default_rng(1).permutation(len(y))
+        shards = [(X[i], y[i]) for i in np.array_split(order, 16)]
+    model, said = _fit(shards, 3)
+    gap = (model.score_samples(table.X[test], table.y[test]).mean()
+           - central.score_samples(table.X[test], table.y[test]).mean())
+    assert gap > -0.005, gap
+    assert model.excluded_rows_ + model.dropped_rows_ == 0
+    assert model.refine_converged_ and len(model.refine_history_) <= 15
+    assert said == [], said
+
+
+def test_a_machine_with_mirrored_responses_is_named(cps):
+    table, train, _, _ = cps
+    X, y = table.X[train], table.y[train]
+    order = np.random.default_rng(2).permutation(len(y))
+    shards = [(X[i], y[i]) for i in np.array_split(order, 16)]
+    Xb, yb = shards[5]
+    shards[5] = (Xb, 2 * yb.mean() - yb)
+    model, said = _fit(shards, 3, robust=True)
+    assert model.inconsistent_shards_ == [5] and model.excluded_shards_ == [5]
+    assert any("shard(s) [5]" in s for s in said)
+
+
+def test_a_machine_holding_a_whole_population_is_kept(cps):
+    table, train, test, central = cps
+    X, y, groups = table.X[train], table.y[train], table.groups[train]
+    rare = int(np.argmin(np.bincount(groups)))
+    others = np.flatnonzero(groups != rare)
+    order = np.random.default_rng(3).permutation(others)
+    shards = [(X[i], y[i]) for i in np.array_split(order, 7)]
+    shards.append((X[groups == rare], y[groups == rare]))
+    model, _ = _fit(shards, 3)
+    assert model.excluded_rows_ == 0 and 7 not in model.inconsistent_shards_
+    held = table.groups[test] == rare
+    gap = (model.score_samples(table.X[test][held], table.y[test][held]).mean()
+           - central.score_samples(table.X[test][held], table.y[test][held]).mean())
+    assert gap > -0.05, gap
+
+
+def test_standard_errors_on_a_real_table():
+    table, train, _ = _table("cps1988")
+    X, y = table.X[train][::8], table.y[train][::8]
+    model = GaussianMoERegressor(2, random_state=0, tol=1e-12, max_iter=20000).fit(X, y)
+    assert model.converged_
+    params = model.params_
+    K, d = params.n_experts, params.n_features
+    identity = Frame(np.zeros(d), np.ones(d), 0.0, 1.0)
+    _, H = naive.finite_difference_derivatives(theta_of(params), X, y, np.ones(len(y)), d, K,
+                                               h=1e-5)
+    J = jacobian_out(identity, params)
+    want = np.sqrt(np.diag(J @ covariance(H) @ J.T))
+    se = model.standard_errors_
+    got = np.concatenate([np.column_stack([se.gate_intercept, se.gate_coef])[:-1].ravel(),
+                          np.column_stack([se.expert_intercept, se.expert_coef]).ravel(),
+                          se.expert_var])
+    np.testing.assert_allclose(got, want, rtol=0.02)
