@@ -173,10 +173,12 @@ def shard_round(index: int, shard, models, n_threads: int):
 #: diamonds' "Fair" cut (3% of the rows) 0.52 (excess 0.44, 6.1x), the other
 #: groups 0.04 to 0.09; one of 16 shards with mirrored responses 0.90 (0.87,
 #: 29x) and 2.97 (2.9, 30x), with permuted responses 0.39 (0.37, 14x) and
-#: 2.2 (2.1, 27x); one of the 5 diamonds groups mirrored 2.19 (1.95). A
+#: 2.2 (2.1, 27x); on cpssw8 (K=5, a weak signal) honest 0.004 to 0.015,
+#: mirrored 0.56 (0.54, 40x), permuted 0.18 (0.17, 18x); one of the 5
+#: diamonds groups mirrored 2.19 (1.95). A
 #: mirrored shard among the 4 groups of cps1988 (0.49: 0.42, 6.8x) is not told
 #: from a sub-population this way, and is kept
-GAP_NATS = 0.25
+GAP_NATS = 0.1
 GAP_FACTOR = 10.0
 GAP_LARGE = 1.0
 
