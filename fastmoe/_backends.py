@@ -21,10 +21,46 @@ import uuid
 BACKENDS = ("local", "serial", "dask")
 
 
-def run(backend: str, func, tasks: list, *, n_jobs: int, client=None, bar=None) -> list:
-    """[func(*task) for task in tasks] on ``backend``, in task order."""
+def run(backend: str, func, tasks: list, *, n_jobs: int, client=None, bar=None,
+        timeout: float | None = None) -> list:
+    """[func(*task) for task in tasks] on ``backend``, in task order. With
+    ``timeout``, a task that runs longer than that many seconds gives
+    ``(index, ShardError)`` (its first argument is its index) instead."""
     runner = {"serial": _serial, "local": _local, "dask": _dask}[backend]
+    if timeout is not None:
+        tasks = [(func, timeout, *t) for t in tasks]
+        func = timed_call
     return runner(func, tasks, n_jobs=n_jobs, client=client, bar=bar)
+
+
+def timed_call(func, timeout: float, index, *args):
+    """``func(index, *args)``, or ``(index, ShardError)`` when it has not
+    returned after ``timeout`` seconds. It runs in a daemon thread of the
+    process that calls this (a worker, on the parallel backends), which is
+    left to finish on its own: Python cannot stop a thread, but nothing
+    waits for it."""
+    import threading
+
+    from .exceptions import ShardError
+
+    box = []
+    worker = threading.Thread(target=lambda: box.append(_caught(func, index, *args)),
+                              daemon=True, name=f"fastmoe-shard-{index}")
+    worker.start()
+    worker.join(timeout)
+    if not box:
+        return index, ShardError(index, f"timed out after {timeout:g} s (shard_timeout)")
+    kind, value = box[0]
+    if kind == "raised":
+        raise value
+    return value
+
+
+def _caught(func, *args):
+    try:
+        return "returned", func(*args)
+    except BaseException as exc:  # noqa: BLE001 (raised again in the caller's thread)
+        return "raised", exc
 
 
 def _tick(bar):

@@ -381,6 +381,11 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         ``refine_history_`` lists the rounds, ``refine_converged_`` says
         whether they converged, and ``standard_errors_`` come from the last
         round's Hessian.
+    shard_timeout : float or None, default=None
+        Seconds a shard's task (its loading and local fit, a round, a
+        recheck) may take; a shard over it is a ``ShardError`` naming its
+        index (``on_shard_error`` decides; in a round it is raised). Its
+        work goes on in a daemon thread that nothing waits for.
     random_state : None, int or Generator
     n_threads : threads per local fit and of the reduction (None: cores / jobs)
 
@@ -424,7 +429,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                  split_merge=True, agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
                  exclude_failed=True, max_excluded=0.05, recheck_suspects=True, robust=False,
-                 refine_rounds="auto",
+                 refine_rounds="auto", shard_timeout=None,
                  random_state=None, n_threads=None, verbose=0):
         self.n_experts = n_experts
         self.n_machines = n_machines
@@ -452,6 +457,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.recheck_suspects = recheck_suspects
         self.robust = robust
         self.refine_rounds = refine_rounds
+        self.shard_timeout = shard_timeout
         self.agg_init = agg_init
         self.agg_n_init = agg_n_init
         self.agg_max_iter = agg_max_iter
@@ -504,7 +510,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             # each shard keeps its index in the caller's list: errors name it
             out = _backends.run(self.backend, shard_round,
                                 [(i, s, models, threads) for i, s in shards],
-                                n_jobs=n_jobs, client=self.client)
+                                n_jobs=n_jobs, client=self.client,
+                                timeout=self._timeout)
             errors = [o[1] for o in out if isinstance(o[1], ShardError)]
             if errors:
                 raise errors[0]
@@ -542,6 +549,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         check_choice(self.on_shard_error, "on_shard_error", ("raise", "skip"))
         check_choice(self.support, "support", SUPPORTS)
         _check_refine_rounds(self.refine_rounds)  # before the fits, not after
+        self._timeout = None if self.shard_timeout is None else check_float(
+            self.shard_timeout, "shard_timeout")
         M = len(shards)
         # processes x threads never exceed the cores (_runtime.split_cores); the
         # kernels' results do not depend on the thread count, so every backend
@@ -569,7 +578,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         bar = _progress(M, self.verbose)
         try:
             results = _backends.run(self.backend, fit_shard, tasks, n_jobs=n_jobs,
-                                    client=self.client, bar=bar)
+                                    client=self.client, bar=bar, timeout=self._timeout)
         finally:
             if bar is not None:
                 bar.close()
@@ -633,7 +642,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                 out = _backends.run(self.backend, recheck_shard,
                                     [(j, shards[fitted[j]], messages[j], reference.params,
                                       recheck_options) for j in ask],
-                                    n_jobs=n_jobs, client=self.client)
+                                    n_jobs=n_jobs, client=self.client,
+                                    timeout=self._timeout)
                 errors = [o[1] for o in out if isinstance(o[1], ShardError)]
                 if errors:
                     raise errors[0]

@@ -191,3 +191,18 @@ def test_fits_in_two_threads_leave_blas_as_they_found_it(data):
         list(pool.map(lambda s: fit_moe(X, y, 2, random_state=s), range(6)))
     after = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     assert after == before
+
+
+@pytest.mark.parametrize("backend", ["serial", "local"])
+def test_a_shard_that_hangs_is_a_shard_error_after_its_timeout(data, backend):
+    import functools
+    import time
+
+    X, y, _ = data
+    hangs = functools.partial(time.sleep, 30)  # a loader that does not return in time
+    shards = [(X[:300], y[:300]), hangs, (X[300:], y[300:])]
+    est = DistributedMoERegressor(2, backend=backend, on_shard_error="skip", random_state=0,
+                                  shard_timeout=3.0)
+    with pytest.warns(UserWarning, match=r"dropped shard\(s\) shard 1: timed out after 3 s"):
+        est.fit_shards(shards)
+    assert est.dropped_shards_ == [1] and est.n_features_in_ == 2
