@@ -3,10 +3,10 @@
 
 import warnings
 
+import naive
 import numpy as np
 import pytest
 
-import naive
 from fastmoe import DistributedMoERegressor, GaussianMoERegressor
 from fastmoe._information import covariance, theta_of
 from fastmoe.datasets import make_moe_regression
@@ -39,7 +39,6 @@ def test_standard_errors_match_the_finite_difference_information(fitted):
     assert model.converged_
     want = _se_by_differences(model.params_, X, y)
     se = model.standard_errors_
-    K, p = 2, 3
     got = np.concatenate([np.column_stack([se.gate_intercept, se.gate_coef])[:-1].ravel(),
                           np.column_stack([se.expert_intercept, se.expert_coef]).ravel(),
                           se.expert_var])

@@ -1,10 +1,10 @@
 """The observed-data derivatives (fastmoe._information) against finite
 differences of a slow log-likelihood (tests/naive.py)."""
 
+import naive
 import numpy as np
 import pytest
 
-import naive
 from fastmoe import MoEParams
 from fastmoe._information import (
     derivatives,

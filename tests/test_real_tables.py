@@ -6,11 +6,11 @@ skips, saying why, where R or its package is missing."""
 
 import warnings
 
+import naive
 import numpy as np
 import pytest
-
-import naive
 import realdata
+
 from fastmoe import DistributedMoERegressor, GaussianMoERegressor
 from fastmoe._frame import Frame
 from fastmoe._information import covariance, theta_of
