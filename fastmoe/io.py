@@ -294,7 +294,30 @@ def read_table(path, max_bytes: int = MAX_DATA_BYTES) -> tuple[np.ndarray, np.nd
     return np.delete(data, j, axis=1), data[:, j]
 
 
+#: the longest line a CSV table may have (a file of NUL bytes, or a table
+#: without line breaks, would otherwise be read whole as one line)
+MAX_CSV_LINE = 2**20
+
+
+def _scan_csv(path: Path) -> None:
+    """Refuse, in one bounded pass before parsing, a CSV with NUL bytes (a
+    binary or sparse file) or a line longer than MAX_CSV_LINE."""
+    run = 0
+    with open(path, "rb") as f:
+        while block := f.read(2**20):
+            if b"\0" in block:
+                raise ValueError(f"data file {str(path)!r} holds NUL bytes: it is not a CSV "
+                                 "text table.")
+            lines = block.split(b"\n")
+            first = run + len(lines[0])  # the line the last block left open
+            if first > MAX_CSV_LINE or max(map(len, lines[1:]), default=0) > MAX_CSV_LINE:
+                raise ValueError(f"data file {str(path)!r} has a line longer than "
+                                 f"{MAX_CSV_LINE} bytes: it is not a CSV table of this kind.")
+            run = first if len(lines) == 1 else len(lines[-1])
+
+
 def _read_csv(path: Path):
+    _scan_csv(path)
     try:
         # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the header
         with open(path, encoding="utf-8-sig") as f:

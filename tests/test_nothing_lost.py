@@ -206,3 +206,15 @@ def test_a_shard_that_hangs_is_a_shard_error_after_its_timeout(data, backend):
     with pytest.warns(UserWarning, match=r"dropped shard\(s\) shard 1: timed out after 3 s"):
         est.fit_shards(shards)
     assert est.dropped_shards_ == [1] and est.n_features_in_ == 2
+
+
+def test_a_sparse_or_binary_csv_is_refused_in_bounded_memory(tmp_path):
+    sparse = tmp_path / "sparse.csv"
+    with open(sparse, "wb") as f:
+        f.truncate(64 * 2**20)  # a file of holes: NUL bytes
+    with pytest.raises(ValueError, match="NUL bytes"):
+        read_table(sparse)
+    long = tmp_path / "long.csv"
+    long.write_bytes(b"x0,y\n" + b"1," * (2**20) + b"1\n")
+    with pytest.raises(ValueError, match="line longer than"):
+        read_table(long)
