@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -274,6 +275,19 @@ class _DelayedShard:
 # ----------------------------------------------------------------------------
 # the estimator
 # ----------------------------------------------------------------------------
+class _Plan(NamedTuple):
+    """A fit's checked options: experts, shards, processes, threads per
+    process, the local fits' tol, the rounds at most, the local fit options."""
+
+    K: int
+    M: int
+    n_jobs: int
+    threads: int
+    tol: float
+    rounds: int
+    options: dict
+
+
 class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     """Mixture of experts learned from shards in one communication step.
 
@@ -543,15 +557,37 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         return sorted(set(failed) | {kept[m] for m in agg.health()["suspect"]})
 
     def _fit(self, shards, rng):
+        """The fit as named steps: check the options, fit the shards, the
+        one-shot aggregate (and the check round without rounds), the
+        rounds, then the attributes and the warnings."""
         t_wall = time.perf_counter()
+        plan = self._plan(len(shards))
+        fitted, messages, failed = self._fit_locals(shards, rng, plan)
+        first_fit_times = np.array([m.fit_time for m in messages])
+        agg, reduction_time = self._one_shot(shards, fitted, messages, rng, plan)
+        refinement, inconsistent = self._rounds(shards, fitted, messages, agg, plan)
+        self._record(agg, refinement, inconsistent, fitted, messages, failed, plan)
+        self.local_fit_times_ = first_fit_times
+        self.reduction_time_ = reduction_time
+        self.learning_time_ = (float(self.local_fit_times_.max()) + reduction_time
+                               + self.recheck_time_
+                               + sum(r["machine_seconds"] + r["server_seconds"]
+                                     for r in self.refine_history_))
+        self.message_bytes_ = np.array([len(m.to_bytes()) for m in messages])
+        self.dropped_rows_ = int(sum(e.n_rows for _, e in failed))
+        self.wall_time_ = time.perf_counter() - t_wall
+        self._warn(agg, inconsistent, fitted, plan)
+        return self
+
+    def _plan(self, M: int) -> _Plan:
+        """The options checked before any work, and the cores shared out."""
         K = check_int(self.n_experts, "n_experts")
         check_choice(self.backend, "backend", BACKENDS)
         check_choice(self.on_shard_error, "on_shard_error", ("raise", "skip"))
         check_choice(self.support, "support", SUPPORTS)
-        _check_refine_rounds(self.refine_rounds)  # before the fits, not after
+        rounds = self._refine_plan()  # before the fits, not after
         self._timeout = None if self.shard_timeout is None else check_float(
             self.shard_timeout, "shard_timeout")
-        M = len(shards)
         # processes x threads never exceed the cores (_runtime.split_cores); the
         # kernels' results do not depend on the thread count, so every backend
         # gives the same model
@@ -573,12 +609,21 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                        l1_strength=self.l1_strength,
                        gate_steps=self.gate_steps, split_merge=self.split_merge,
                        n_threads=threads)
-        seeds = rng.integers(0, 2**63 - 1, size=M)
-        tasks = [(i, s, K, int(seeds[i]), options) for i, s in enumerate(shards)]
-        bar = _progress(M, self.verbose)
+        return _Plan(K, M, n_jobs, threads, tol, rounds, options)
+
+    def _run(self, func, tasks, plan: _Plan, bar=None) -> list:
+        """[func(*task)] on the backend, with the shard timeout."""
+        return _backends.run(self.backend, func, tasks, n_jobs=plan.n_jobs, client=self.client,
+                             bar=bar, timeout=self._timeout)
+
+    def _fit_locals(self, shards, rng, plan: _Plan):
+        """Every shard's local fit: (shard indices fitted, their messages,
+        [(index, ShardError)] of the shards that failed)."""
+        seeds = rng.integers(0, 2**63 - 1, size=plan.M)
+        tasks = [(i, s, plan.K, int(seeds[i]), plan.options) for i, s in enumerate(shards)]
+        bar = _progress(plan.M, self.verbose)
         try:
-            results = _backends.run(self.backend, fit_shard, tasks, n_jobs=n_jobs,
-                                    client=self.client, bar=bar, timeout=self._timeout)
+            results = self._run(fit_shard, tasks, plan, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -589,7 +634,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         if failed:
             warnings.warn("dropped shard(s) " + "; ".join(str(e) for _, e in failed)
                           + "; the weights were renormalised over the others.",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=4)
         fitted = [i for i, r in results if not isinstance(r, ShardError)]  # shard indices
         messages = [r for _, r in results if not isinstance(r, ShardError)]
         if not messages:
@@ -599,22 +644,25 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             first = messages[fitted.index(noisy[0])]
             warnings.warn(f"local fits of shard(s) {noisy} warned (first: "
                           f"{first.meta['warnings'][0]}); see messages_[i].meta['warnings'].",
-                          ConvergenceWarning, stacklevel=3)
+                          ConvergenceWarning, stacklevel=4)
         _kernels.warm_up(resolve_threads(self.n_threads))  # JIT, untimed
-        first_fit_times = np.array([m.fit_time for m in messages])
-        state = rng.bit_generator.state  # the same support for a second aggregation
+        return fitted, messages, failed
 
-        rounds = self._refine_plan()
+    def _one_shot(self, shards, fitted, messages, rng, plan: _Plan):
+        """The one-shot aggregate, and without rounds the check round (the
+        suspects refit from it; ``messages`` is updated): (AggregationResult,
+        the server's seconds)."""
+        state = rng.bit_generator.state  # the same support for a second aggregation
         # rounds to convergence follow: the aggregate is only their start
-        mm_tol = {"tol": AUTO_REFINE_MM_TOL} if rounds else {}
+        mm_tol = {"tol": AUTO_REFINE_MM_TOL} if plan.rounds else {}
 
         def server(exclude_failed, init=self.agg_init):
             rng.bit_generator.state = state
-            return aggregate_messages(messages, K, n_support=self.n_support,
+            return aggregate_messages(messages, plan.K, n_support=self.n_support,
                                       max_support=self.max_support, random_state=rng,
                                       exclude_failed=exclude_failed,
                                       max_excluded=self.max_excluded,
-                                      robust=self.robust and not rounds,
+                                      robust=self.robust and not plan.rounds,
                                       cost=self.cost, init=init,
                                       n_init=self.agg_n_init, max_iter=self.agg_max_iter,
                                       gate_target=self.gate_target,
@@ -631,59 +679,69 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         reference = agg if agg is not None else server(False)  # what the suspects refit from
         reduction_time = time.perf_counter() - t0
         self.rechecked_shards_, self.recheck_time_ = [], 0.0
-        if rounds:  # the rounds, EM on every row, do what the check round would
-            agg = reference
-        elif self.recheck_suspects:
-            ask = self._suspects(reference, len(messages))
-            recheck_options = dict(max_iter=self.max_iter, tol=tol * M, reg_var=self.reg_var,
-                                   gate_steps=self.gate_steps, split_merge=self.split_merge,
-                                   n_threads=threads)
-            if ask:
-                out = _backends.run(self.backend, recheck_shard,
-                                    [(j, shards[fitted[j]], messages[j], reference.params,
-                                      recheck_options) for j in ask],
-                                    n_jobs=n_jobs, client=self.client,
-                                    timeout=self._timeout)
-                errors = [o[1] for o in out if isinstance(o[1], ShardError)]
-                if errors:
-                    raise errors[0]
-                self.recheck_time_ = float(max(o[2] for o in out))
-                for j, new, _, replaced in out:
-                    if replaced:
-                        messages[j] = new
-                        self.rechecked_shards_.append(fitted[j])
-            if self.rechecked_shards_ or agg is None:
-                t0 = time.perf_counter()
-                agg = server(self.exclude_failed, reference.params)
-                reduction_time += time.perf_counter() - t0
-        params, self.refine_history_, refinement = agg.params, [], None
-        trusted = [i for j, i in enumerate(fitted) if j not in agg.inconsistent]
+        if plan.rounds:  # the rounds, on every row, do what the check round would
+            return reference, reduction_time
+        ask = self._suspects(reference, len(messages)) if self.recheck_suspects else []
+        if ask:
+            options = dict(max_iter=self.max_iter, tol=plan.tol * plan.M, reg_var=self.reg_var,
+                           gate_steps=self.gate_steps, split_merge=self.split_merge,
+                           n_threads=plan.threads)
+            out = self._run(recheck_shard, [(j, shards[fitted[j]], messages[j],
+                                             reference.params, options) for j in ask], plan)
+            errors = [o[1] for o in out if isinstance(o[1], ShardError)]
+            if errors:
+                raise errors[0]
+            self.recheck_time_ = float(max(o[2] for o in out))
+            for j, new, _, replaced in out:
+                if replaced:
+                    messages[j] = new
+                    self.rechecked_shards_.append(fitted[j])
+        if self.rechecked_shards_ or agg is None:
+            t0 = time.perf_counter()
+            agg = server(self.exclude_failed, reference.params)
+            reduction_time += time.perf_counter() - t0
+        return agg, reduction_time
+
+    def _rounds(self, shards, fitted, messages, agg, plan: _Plan):
+        """The refinement rounds from the aggregate, and the shards whose
+        rows do not look like the others' (without them again with
+        ``robust``): (Refinement or None, {shard index: reason})."""
         self.standard_errors_ = self.robust_standard_errors_ = None
         self.refine_converged_, self.round_statistics_ = False, []
+        if not plan.rounds:
+            return None, {}
+        trusted = [i for j, i in enumerate(fitted) if j not in agg.inconsistent]
+        refinement, self.round_statistics_ = self._refine(
+            agg.params, [(i, shards[i]) for i in trusted], plan.rounds, plan.n_jobs,
+            plan.threads, plan.tol)
         own = {i: messages[j].meta.get("log_likelihood") for j, i in enumerate(fitted)}
-        inconsistent = {}  # shard index -> reason, from the rounds
-        if rounds:
-            refinement, self.round_statistics_ = self._refine(
-                agg.params, [(i, shards[i]) for i in trusted], rounds, n_jobs, threads, tol)
-            inconsistent = rows_inconsistent(self.round_statistics_, own)
-            if inconsistent and self.robust:  # the rounds again, without them
-                used = len(refinement.history)
-                trusted = [i for i in trusted if i not in inconsistent]
-                again, self.round_statistics_ = self._refine(
-                    refinement.params, [(i, shards[i]) for i in trusted],
-                    max(2, rounds - used), n_jobs, threads, tol)
-                refinement = replace(again, history=refinement.history + again.history)
-            params, self.refine_history_ = refinement.params, refinement.history
-            self.refine_converged_ = refinement.converged
-            self.standard_errors_ = _standard_errors(params, refinement.statistics)
-        self._set_params_attributes(params)
+        inconsistent = rows_inconsistent(self.round_statistics_, own)
+        if inconsistent and self.robust:  # the rounds again, without them
+            used = len(refinement.history)
+            trusted = [i for i in trusted if i not in inconsistent]
+            again, self.round_statistics_ = self._refine(
+                refinement.params, [(i, shards[i]) for i in trusted],
+                max(2, plan.rounds - used), plan.n_jobs, plan.threads, plan.tol)
+            refinement = replace(again, history=refinement.history + again.history)
+        self.refine_converged_ = refinement.converged
+        self.standard_errors_ = _standard_errors(refinement.params, refinement.statistics)
+        return refinement, inconsistent
+
+    def _record(self, agg, refinement, inconsistent, fitted, messages, failed, plan: _Plan):
+        """The fitted attributes of the model and of what each shard gave."""
+        if refinement is not None:
+            self._set_params_attributes(refinement.params)
+            self.refine_history_ = refinement.history
+        else:
+            self._set_params_attributes(agg.params)
+            self.refine_history_ = []
         self.aggregation_ = agg
         self.n_iter_ = int(agg.n_iter)
         self.messages_ = messages
         self.local_models_ = [m.params for m in messages]
         self.shard_sizes_ = np.array([m.n + m.heldout_n for m in messages])
         self.dropped_shards_ = [i for i, _ in failed]
-        if rounds:
+        if plan.rounds:
             # with rounds every trusted shard's rows were used, whatever the
             # one-shot aggregate left out: only what the rounds left out counts
             self.inconsistent_shards_ = sorted(inconsistent)
@@ -695,31 +753,25 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             self.excluded_shards_ = [fitted[j] for j in agg.excluded]
         size = {i: m.n + m.heldout_n for i, m in zip(fitted, messages)}
         self.excluded_rows_ = int(sum(size[i] for i in self.excluded_shards_))
+
+    def _warn(self, agg, inconsistent, fitted, plan: _Plan):
+        """One warning for each thing the user should look at."""
         if self.inconsistent_shards_:
             why = "; ".join(f"shard {i}: {r}" for i, r in inconsistent.items())
             warnings.warn(f"the rows of shard(s) {self.inconsistent_shards_} do not look like "
                           "the others' (" + (why or "their local models are inconsistent with "
                           "the consensus beyond what their sample sizes explain") + ")"
                           + ("; they were left out (robust=True)." if self.robust else
-                             "; robust=True leaves them out."), UserWarning, stacklevel=3)
-        failed_fits = [] if rounds else [fitted[j] for j in agg.excluded
-                                         if j not in agg.inconsistent]
+                             "; robust=True leaves them out."), UserWarning, stacklevel=4)
+        if plan.rounds:  # the rounds repair what the one-shot aggregate got wrong
+            return
+        failed_fits = [fitted[j] for j in agg.excluded if j not in agg.inconsistent]
         if failed_fits:
             warnings.warn(f"the local models of shard(s) {failed_fits} look like failed "
                           "local fits (a poor EM optimum) and were left out of the aggregate; "
                           "see aggregation_.report() for the others, exclude_failed=False to "
-                          "keep them.", UserWarning, stacklevel=3)
-        self.local_fit_times_ = first_fit_times
-        self.reduction_time_ = reduction_time
-        self.learning_time_ = (float(self.local_fit_times_.max()) + reduction_time
-                               + self.recheck_time_
-                               + sum(r["machine_seconds"] + r["server_seconds"]
-                                     for r in self.refine_history_))
-        self.message_bytes_ = np.array([len(m.to_bytes()) for m in messages])
-        self.dropped_rows_ = int(sum(e.n_rows for _, e in failed))
-        self.wall_time_ = time.perf_counter() - t_wall
+                          "keep them.", UserWarning, stacklevel=4)
         health = agg.health()
-        if health["warnings"] and not rounds:  # rounds repair what the one-shot got wrong
+        if health["warnings"]:
             warnings.warn("aggregation health: " + "; ".join(health["warnings"])
-                          + ". See aggregation_.report().", UserWarning, stacklevel=3)
-        return self
+                          + ". See aggregation_.report().", UserWarning, stacklevel=4)
