@@ -173,9 +173,9 @@ RADII = np.array([0.25, 0.5, 1.0, 2.0, 4.0])
 #: the rounds stop when the Newton step expects to gain less than this many
 #: times ``tol`` times the log-likelihood: the expected gain is all that is
 #: left to gain, while EM (and a centralised fit) stops when one iteration
-#: gains less than ``tol`` of it, which on real tables is 1/100 to 1/1000 of
-#: what is left (EM's rate of convergence 0.99 to 0.999)
-NEWTON_TOL = 10.0
+#: gains less than ``tol`` of it, which at EM's rates of convergence on real
+#: tables (0.99 to 0.999 per iteration) leaves 100 to 1000 times that to gain
+NEWTON_TOL = 100.0
 #: the first over-relaxation of EM's step; it doubles while the larger
 #: multiple wins and halves (to 2 at least) when EM's plain step does
 FIRST_OVERRELAX = 2.0
