@@ -191,7 +191,7 @@ def cmd_demo(args) -> int:
             add(name, dist.params_, dist.learning_time_, dist.message_bytes_.sum())
             rounds = dist.refine_history_
             refined = "" if not rounds else (
-                f" + {len(rounds)} refinement rounds (small shards) "
+                f" + {len(rounds)} refinement rounds "
                 f"{sum(r['machine_seconds'] + r['server_seconds'] for r in rounds):.2f} s")
             notes.append(f"{name}: slowest local fit {dist.local_fit_times_.max():.2f} s + "
                          f"reduction {dist.reduction_time_:.2f} s{refined}; wall time "
@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(each checked, and computed at --model) and take one EM iteration on all their "
             "rows; print the log-likelihood at --model. Repeat (round on every machine, then "
             "refine) until the log-likelihood per row rises by less than about 1e-4 nats from "
-            "one refine to the next, as DistributedMoERegressor does on small shards.")
+            "one refine to the next (DistributedMoERegressor runs its rounds itself).")
     p.add_argument("statistics", nargs="+", help="round statistics files, one per machine")
     p.add_argument("--model", required=True,
                    help="the model the rounds were run at (.json or .npz)")
