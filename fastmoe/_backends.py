@@ -81,9 +81,15 @@ def _local(func, tasks, *, n_jobs, client, bar):
 
     out = []
     parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")
-    for result in parallel(delayed(func)(*t) for t in tasks):
-        out.append(result)
-        _tick(bar)
+    try:
+        for result in parallel(delayed(func)(*t) for t in tasks):
+            out.append(result)
+            _tick(bar)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM in the CLI): no worker is left
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=False, kill_workers=True)
+        raise
     return out
 
 

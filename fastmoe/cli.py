@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -669,10 +671,18 @@ def check_outputs(args) -> None:
         raise ValueError("two outputs name the same file; give each its own path.")
 
 
+def _terminated(signum, frame):
+    """SIGTERM as an exception, so that worker processes are stopped and no
+    output is left half written (the writers write whole or not at all)."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     name = f"fastmoe {args.command}"
+    if argv is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # the command line's own process only
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"{name}: warning: {_one_line(Warning(message))}", file=sys.stderr)

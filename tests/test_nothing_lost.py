@@ -218,3 +218,36 @@ def test_a_sparse_or_binary_csv_is_refused_in_bounded_memory(tmp_path):
     long.write_bytes(b"x0,y\n" + b"1," * (2**20) + b"1\n")
     with pytest.raises(ValueError, match="line longer than"):
         read_table(long)
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+def test_sigterm_to_the_command_line_leaves_no_worker(tmp_path):
+    """A SIGTERM to ``fastmoe demo`` (local process pool) ends its workers too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastmoe", "demo"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    group = os.getpgid(proc.pid)
+
+    def members():
+        out = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    deadline = time.monotonic() + 120
+    while len(members()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # until the pool's workers have started
+    if proc.poll() is not None:
+        pytest.skip("the demo ended before its workers could be seen")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    deadline = time.monotonic() + 20
+    while members() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = members()
+    if left:
+        os.killpg(group, signal.SIGKILL)
+    assert left == []
