@@ -555,9 +555,16 @@ def fit_gates(X, targets, *, sample_weight=None, init=None, l2: float = 0.0,
     tol = check_float(tol, "tol", 0.0, inclusive=True)
     reference = _check_reference(reference, K)
     alpha0 = np.zeros((K, d + 1)) if init is None else _init_gates(init, K, d)
-    fit = _fit_gates(X, R, w, alpha0, max_iter=max_iter, tol=tol,
-                     n_threads=resolve_threads(n_threads), l2=l2)
-    alpha = fit.alpha - fit.alpha[reference]
+    # the covariates centred (the slopes, the penalty and the objective do
+    # not change; the intercepts move): an offset of 1e6 costs no precision
+    centre = np.average(X, axis=0, weights=w) if w.sum() > 0 else np.zeros(d)
+    alpha0 = alpha0.copy()
+    alpha0[:, 0] += alpha0[:, 1:] @ centre
+    fit = _fit_gates(np.ascontiguousarray(X - centre), R, w, alpha0, max_iter=max_iter,
+                     tol=tol, n_threads=resolve_threads(n_threads), l2=l2)
+    alpha = fit.alpha.copy()
+    alpha[:, 0] -= alpha[:, 1:] @ centre
+    alpha = alpha - alpha[reference]
     return GateFit(np.ascontiguousarray(alpha[:, 1:]), alpha[:, 0].copy(), fit.objective,
                    fit.n_iter, fit.converged)
 
@@ -844,13 +851,18 @@ def em_step(X, y, params: MoEParams, *, sample_weight=None, gate_steps: int = 1,
     X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
     gate_steps = check_int(gate_steps, "gate_steps")
     _gate_aug(params.gate_coef, params.gate_intercept, params.n_experts, params.n_features)
-    step, resp = _fused_pass(X, y, w, params, n_threads, keep_resp=True)  # E-step + experts
+    # in the data's standardised frame (fastmoe._frame), reported in its units
+    frame = Frame.of(X, y, w) if w.sum() > 0 else Frame(np.zeros(X.shape[1]),
+                                                          np.ones(X.shape[1]))
+    X, y, local = frame.X(X), frame.y(y), frame.params_in(params)
+    step, resp = _fused_pass(X, y, w, local, n_threads, keep_resp=True)  # E-step + experts
     experts = update_experts(step.experts, reg_var=reg_var,
-                             previous=(params.expert_coef, params.expert_intercept,
-                                       params.expert_var))
-    gates = fit_gates(X, resp, sample_weight=w, init=(params.gate_coef, params.gate_intercept),
+                             previous=(local.expert_coef, local.expert_intercept,
+                                       local.expert_var))
+    gates = fit_gates(X, resp, sample_weight=w, init=(local.gate_coef, local.gate_intercept),
                       max_iter=gate_steps, tol=0.0, n_threads=n_threads)
-    return EMStep(params_from(gates, experts), step.log_likelihood)
+    ll = step.log_likelihood + frame.log_jacobian(w.sum())
+    return EMStep(frame.params_out(params_from(gates, experts)), ll)
 
 
 # ----------------------------------------------------------------------------

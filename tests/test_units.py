@@ -112,3 +112,17 @@ def test_frame_maps_are_inverse(data):
         # the intercepts pass through 1e9-sized numbers: float64 keeps 1e-7 of them
         np.testing.assert_allclose(getattr(back, name), getattr(truth, name), rtol=1e-9,
                                    atol=1e-6)
+
+
+def test_engine_em_step_and_gate_fit_are_invariant(data):
+    X, y, truth = data
+    b, e = 5e8, 1e9
+    base = engine.em_step(X, y, truth).params
+    moved = engine.em_step(X + b, y + e, _mapped(truth, 1.0, b, 1.0, e)).params
+    back = Frame(np.full(3, b), np.ones(3), e, 1.0).params_in(moved)
+    np.testing.assert_allclose(back.expert_coef, base.expert_coef, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(back.gate_coef, base.gate_coef, rtol=1e-6, atol=1e-8)
+    resp = engine.e_step(X, y, truth).resp
+    g0 = engine.fit_gates(X, resp)
+    g1 = engine.fit_gates(X + 1e6, resp)
+    np.testing.assert_allclose(g1.gate_coef, g0.gate_coef, rtol=1e-7, atol=1e-9)
