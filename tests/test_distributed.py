@@ -40,7 +40,6 @@ def test_split_keeps_every_row(data):
     rounds = sum(h["machine_seconds"] + h["server_seconds"] for h in m.refine_history_)
     assert m.learning_time_ == pytest.approx(m.local_fit_times_.max() + m.reduction_time_
                                              + m.recheck_time_ + rounds)
-    assert m.wall_time_ >= m.reduction_time_
     assert len(m.local_models_) == 7 and np.all(m.message_bytes_ > 0)
 
 
