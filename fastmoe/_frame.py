@@ -63,11 +63,6 @@ class Frame:
         y_scale = float(_positive(robust_scale(y, y_mean, w, axis=None)))
         return cls(x_mean, x_scale, y_mean, y_scale)
 
-    @property
-    def identity(self) -> bool:
-        return (not np.any(self.x_mean) and np.all(self.x_scale == 1.0)
-                and self.y_mean == 0.0 and self.y_scale == 1.0)
-
     def X(self, X) -> np.ndarray:
         """(n, d) covariates in the frame (a new C-contiguous array)."""
         return np.ascontiguousarray((np.asarray(X, dtype=np.float64) - self.x_mean)
@@ -105,12 +100,6 @@ class Frame:
             raise ValueError("the fitted model cannot be written in the units of X and y: its "
                              "coefficients or variances overflow or underflow float64; "
                              "rescale X or y.") from None
-
-    def aug_in(self, alpha, beta, var):
-        """(alpha, beta, var) in the augmented form (intercept in column 0)
-        of ``params_in``."""
-        p = self.params_in(MoEParams.from_aug(alpha, beta, var))
-        return p.gate_aug, p.expert_aug, p.expert_var.copy()
 
 
 def _positive(s):

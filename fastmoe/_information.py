@@ -180,35 +180,6 @@ def origin_jacobian(delta: np.ndarray, K: int) -> np.ndarray:
     return M
 
 
-class NewtonStep(NamedTuple):
-    """A Newton step: the step in theta, the log-likelihood it should gain
-    (half the Newton decrement, g^T (-H)^-1 g / 2) and whether -H was
-    positive definite (else the step is None)."""
-
-    step: np.ndarray | None
-    expected_gain: float
-    definite: bool
-
-
-def newton_step(gradient: np.ndarray, hessian: np.ndarray) -> NewtonStep:
-    """The Newton step from the summed derivatives, scaled to a unit
-    diagonal first (the answer does not depend on the units)."""
-    info = -hessian
-    scale = np.sqrt(np.abs(np.diagonal(info)))
-    scale = np.where(scale > 0, scale, 1.0)
-    A = info / scale[:, None] / scale[None, :]
-    try:
-        L = np.linalg.cholesky(A)
-    except np.linalg.LinAlgError:
-        return NewtonStep(None, np.inf, False)
-    if not np.all(np.isfinite(L)) or np.min(np.diagonal(L)) < 1e-7:
-        return NewtonStep(None, np.inf, False)
-    from scipy.linalg import cho_solve
-
-    step = cho_solve((L, True), gradient / scale) / scale
-    return NewtonStep(step, 0.5 * float(gradient @ step), True)
-
-
 def covariance(hessian: np.ndarray, meat: np.ndarray | None = None) -> np.ndarray:
     """The covariance of theta at the MLE: the inverse observed information
     (-H)^-1, or with ``meat`` the sandwich (-H)^-1 meat (-H)^-1."""

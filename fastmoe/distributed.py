@@ -11,6 +11,7 @@ process pool, or on a Dask cluster.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import time
@@ -518,7 +519,10 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         """At most ``rounds`` refinement rounds from ``params`` over ``shards``, a list of
         (index, shard) pairs (:func:`fastmoe.server.refine`): (Refinement, the
         last accepted round's statistics per shard)."""
-        parts = {}
+        # each machine's statistics at the models of the last two rounds (the
+        # model kept is of one of them); older ones are dropped, since a round
+        # holds P x P numbers per machine and candidate
+        calls = collections.deque(maxlen=2)
 
         def evaluate(models):
             # each shard keeps its index in the caller's list: errors name it
@@ -530,17 +534,19 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             if errors:
                 raise errors[0]
             out = sorted(out, key=lambda o: o[0])
-            totals = []
+            totals, parts = [], []
             for c, model in enumerate(models):
                 total = out[0][1][c]
                 for o in out[1:]:
                     total = total + o[1][c]
                 totals.append(total)
-                parts[id(model)] = [(o[0], o[1][c]) for o in out]
+                parts.append((model, [(o[0], o[1][c]) for o in out]))
+            calls.append(parts)
             return totals, float(max(o[2] for o in out))
 
         result = refine(params, evaluate, tol=tol, max_rounds=rounds, reg_var=self.reg_var)
-        return result, parts[id(result.params)]
+        kept = [p for call in calls for model, p in call if model is result.params]
+        return result, kept[-1]
 
     def _refine_plan(self) -> int:
         """Rounds at most of the refinement (0: the one-shot estimator)."""
