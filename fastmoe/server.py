@@ -2,32 +2,34 @@
 from the one-shot aggregate to the maximum-likelihood fit of all the rows
 (docs/method.rst, section 6).
 
-In every round the server sends the current model to the machines and each
-returns additive statistics of its rows at that model
+In every round the server sends a few candidate models to the machines and
+each returns additive statistics of its rows at every candidate
 (:func:`fastmoe.protocol.round_statistics`): its log-likelihood, EM's
 sufficient statistics, and the gradient and Hessian of its log-likelihood
 in all the parameters. Their sums are those of all the rows, so the server
-can take any step a centralised fit could:
+can take any step a centralised fit could (:func:`candidates`):
 
-- a Newton step, damped (Levenberg-Marquardt) where the Hessian is not
-  negative definite or a full step did not gain: near the optimum it
-  converges quadratically, where EM crawls on real data (hundreds of
-  iterations, each of them a round);
-- EM's step (closed-form experts, one Newton step on the gates) where the
-  damped Newton step has failed twice in a row: it never lowers the
-  log-likelihood.
+- the Newton step where the summed information is positive definite: near
+  the optimum it converges quadratically, where EM crawls on real data
+  (hundreds of iterations, each of them a round);
+- trust-region (Levenberg-Marquardt) steps of several lengths, where the
+  Hessian is not negative definite or the quadratic model is trusted only
+  nearby;
+- EM's step (closed-form experts, one Newton step on the gates), which never
+  lowers the log-likelihood, and over-relaxed multiples of it.
 
-The next round's log-likelihood checks every step: a step that lowered it
-is taken back and the next proposal is damped harder, so the loop is
-monotone. It stops when the log-likelihood the Newton step expects to gain
-(half the Newton decrement) is below ``tol`` times the log-likelihood, the
-same relative tolerance at which a centralised EM stops, or after
+The server keeps the candidate with the highest log-likelihood, so the loop
+is monotone and no step waits a round to be checked. It stops when the gain
+the Newton step expects (half the Newton decrement) is below NEWTON_TOL
+``tol`` times the log-likelihood, when no candidate gains, or after
 ``max_rounds`` rounds. The last round's statistics are those of the model
 returned: its Hessian gives the standard errors.
 
-The machines are reached through a callable, so the estimator, the
-command line (``fastmoe refine`` takes one step of :func:`propose`) and the
-Spark or Ray patterns share this loop.
+The machines are reached through a callable (``evaluate`` of
+:func:`refine`), so any engine that can run
+:func:`fastmoe.protocol.round_statistics` on its shards can drive this loop;
+the estimator does so on its backends. The command line's ``fastmoe refine``
+takes EM's step only: a round file carries the statistics of one model.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class Refinement:
         "rejected" for a step taken back), the gain the step expected, the
         seconds the machines (the slowest) and the server took.
     converged : bool
-        Whether the expected gain fell below ``tol`` times the log-likelihood.
+        Whether the expected gain fell below NEWTON_TOL ``tol`` times the
+        log-likelihood (or no candidate gained).
     """
 
     params: MoEParams
@@ -204,7 +207,7 @@ def refine(params: MoEParams, evaluate: Callable, *, tol: float = 1e-7, max_roun
         model, every machine's statistics at it with derivatives, summed;
         and the slowest machine's seconds. Each call is one round.
     tol : float
-        Stop when the gain a Newton step expects is below ``tol`` times the
+        Stop when the gain a Newton step expects is below NEWTON_TOL ``tol`` times the
         absolute log-likelihood, or when no candidate gains more than that.
     max_rounds : int
         Rounds at most (calls of ``evaluate``), the first included.
