@@ -241,3 +241,27 @@ def test_round_files_at_another_model_or_twice_are_refused(data, at_model, tmp_p
         load_round(tmp_path / "s.npz", other)
     with pytest.raises(ValueError, match="use .npz"):
         save_round(tmp_path / "s.json", stats, params)
+
+
+def test_trust_steps_are_measured_in_the_metric():
+    from fastmoe.server import trust_step
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((6, 6))
+    info = A @ A.T + 6 * np.eye(6)  # -H, positive definite
+    B = rng.standard_normal((6, 6))
+    metric = B @ B.T + np.eye(6)
+    g = rng.standard_normal(6) * 10
+    newton, _, length = trust_step(g, -info, None)
+    np.testing.assert_allclose(info @ newton, g, rtol=1e-10)
+    for radius in (0.05, 0.5):
+        step, gain, got = trust_step(g, -info, radius, metric)
+        # the length is measured in the metric scaled like the information
+        scale = np.sqrt(np.diagonal(info))
+        x = step * scale
+        assert np.sqrt(x @ (metric / np.outer(scale, scale)) @ x) == pytest.approx(radius,
+                                                                                   rel=1e-6)
+        assert got == pytest.approx(radius, rel=1e-6) and gain > 0
+    # a radius longer than the Newton step gives the Newton step
+    step, _, _ = trust_step(g, -info, 1e6, metric)
+    np.testing.assert_allclose(step, newton, rtol=1e-8)
