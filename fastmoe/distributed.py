@@ -384,13 +384,14 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Rounds of exact distributed computation after the one-shot aggregate
         (:func:`fastmoe.server.refine`): in each, every shard that was fitted
         (but not one left out by ``robust``) returns additive statistics of
-        its rows at the current global model
+        its rows at a few candidate models
         (:func:`fastmoe.protocol.round_statistics`: its log-likelihood, EM's
         statistics, and the gradient and Hessian of its log-likelihood in
-        all P = K(d+2) + (K-1)(d+1) parameters), and the server takes a
-        Newton step (damped where needed, EM's step as the fallback; the
-        next round checks it), until the gain a Newton step expects is below
-        ``tol`` times the log-likelihood, as a centralised fit stops. "auto"
+        all P = K(d+2) + (K-1)(d+1) parameters): Newton, trust-region and
+        over-relaxed EM steps from the current model. The server keeps the
+        best, until the gain a Newton step expects is below
+        ``fastmoe.server.NEWTON_TOL`` times ``tol`` times the
+        log-likelihood (what a centralised EM leaves at its stop). "auto"
         (the default): at most ``AUTO_REFINE_MAX_ROUNDS`` (30) rounds; an int:
         at most that many; 0 keeps the one-shot estimator of the paper.
         ``refine_history_`` lists the rounds, ``refine_converged_`` says
