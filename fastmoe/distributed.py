@@ -212,13 +212,10 @@ def _standard_errors(params, stats):
     """Standard errors of ``params`` from the machines' summed statistics at
     it (their Hessian, at the origin of their pooled mean)."""
     from ._information import covariance
-    from .engine import origin_frame
     from .inference import errors_in_units
 
-    stats = stats.centred()
-    frame = origin_frame(stats.origin)
-    return errors_in_units(frame, frame.params_in(params),
-                           covariance(stats.derivatives.hessian))
+    stats, frame, local = stats.at_own_mean(params)
+    return errors_in_units(frame, local, covariance(stats.derivatives.hessian))
 
 
 def _progress(total: int, verbose: int):

@@ -316,6 +316,16 @@ def _check_experts(experts, d: int, name: str = "experts") -> Experts:
     return Experts(coef, intercept, var)
 
 
+def variance_floor(stats: ExpertStatistics, reg_var: float) -> float:
+    """``reg_var`` times the weighted variance of y over all the experts'
+    statistics (times 1 where that is not positive): the experts' variance
+    floor of :func:`update_experts` and of the server's steps."""
+    total = stats.gram.sum(axis=0)
+    W = total[0, 0]
+    var_y = total[-1, -1] / W - (total[0, -1] / W) ** 2
+    return reg_var * (var_y if var_y > 0 else 1.0)
+
+
 def update_experts(stats: ExpertStatistics, *, reg_var: float = 1e-6,
                    previous=None) -> Experts:
     """The experts' M-step: weighted least squares and maximum-likelihood variance.
@@ -358,12 +368,10 @@ def update_experts(stats: ExpertStatistics, *, reg_var: float = 1e-6,
     reg_var = check_float(reg_var, "reg_var", 0.0, inclusive=True)
     G = stats.gram
     K, d = stats.n_experts, stats.n_features
-    total = G.sum(axis=0)
-    W = total[0, 0]
+    W = G[:, 0, 0].sum()
     if not W > 0:
         raise ValueError("the statistics hold no weight; every expert is empty.")
-    var_y = total[-1, -1] / W - (total[0, -1] / W) ** 2
-    floor = reg_var * (var_y if var_y > 0 else 1.0)
+    floor = variance_floor(stats, reg_var)
     empty = ~(G[:, 0, 0] > 0)
     if previous is not None:
         prev = _check_experts(previous, d, "previous")
@@ -557,7 +565,7 @@ def fit_gates(X, targets, *, sample_weight=None, init=None, l2: float = 0.0,
     alpha0 = np.zeros((K, d + 1)) if init is None else _init_gates(init, K, d)
     # the covariates centred (the slopes, the penalty and the objective do
     # not change; the intercepts move): an offset of 1e6 costs no precision
-    centre = np.average(X, axis=0, weights=w) if w.sum() > 0 else np.zeros(d)
+    centre = np.average(X, axis=0, weights=w)
     alpha0 = alpha0.copy()
     alpha0[:, 0] += alpha0[:, 1:] @ centre
     fit = _fit_gates(np.ascontiguousarray(X - centre), R, w, alpha0, max_iter=max_iter,
@@ -685,6 +693,14 @@ class StepStatistics:
         return StepStatistics(self.log_likelihood, ExpertStatistics(_frozen(G)), gates, self.n,
                               _frozen(origin.copy()), der)
 
+    def at_own_mean(self, params: MoEParams):
+        """(statistics, frame, model): the statistics moved to their own mean
+        (:meth:`centred`), the frame that moves (x, y) there, and ``params``
+        written in it: where the server's solves are made."""
+        stats = self.centred()
+        frame = origin_frame(stats.origin)
+        return stats, frame, frame.params_in(params)
+
     def centred(self) -> StepStatistics:
         """The statistics moved to their own weighted mean of (x, y): the
         origin at which the server's solves are best conditioned."""
@@ -784,15 +800,14 @@ def step_statistics(X, y, params: MoEParams, *, sample_weight=None,
     params = _check_params(params)
     X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
     _gate_aug(params.gate_coef, params.gate_intercept, params.n_experts, params.n_features)
-    if w.sum() > 0:  # centred at the block's own mean (x, y): see StepStatistics
-        frame = origin_frame(np.append(np.average(X, axis=0, weights=w),
-                                       np.average(y, weights=w)))
-        Xc, yc, local = frame.X(X), frame.y(y), frame.params_in(params)
-        step = _fused_pass(Xc, yc, w, local, n_threads, keep_resp=False)[0]
-        der = _derivatives(Xc, yc, w, local) if derivatives else None
-        return replace(step, origin=_frozen(np.append(frame.x_mean, frame.y_mean)),
-                       derivatives=der)
-    return _fused_pass(X, y, w, params, n_threads, keep_resp=False)[0]
+    # centred at the block's own mean (x, y): see StepStatistics
+    frame = origin_frame(np.append(np.average(X, axis=0, weights=w),
+                                   np.average(y, weights=w)))
+    Xc, yc, local = frame.X(X), frame.y(y), frame.params_in(params)
+    step = _fused_pass(Xc, yc, w, local, n_threads, keep_resp=False)[0]
+    der = _derivatives(Xc, yc, w, local) if derivatives else None
+    return replace(step, origin=_frozen(np.append(frame.x_mean, frame.y_mean)),
+                   derivatives=der)
 
 
 class EMStep(NamedTuple):
@@ -852,8 +867,7 @@ def em_step(X, y, params: MoEParams, *, sample_weight=None, gate_steps: int = 1,
     gate_steps = check_int(gate_steps, "gate_steps")
     _gate_aug(params.gate_coef, params.gate_intercept, params.n_experts, params.n_features)
     # in the data's standardised frame (fastmoe._frame), reported in its units
-    frame = Frame.of(X, y, w) if w.sum() > 0 else Frame(np.zeros(X.shape[1]),
-                                                          np.ones(X.shape[1]))
+    frame = Frame.of(X, y, w)
     X, y, local = frame.X(X), frame.y(y), frame.params_in(params)
     step, resp = _fused_pass(X, y, w, local, n_threads, keep_resp=True)  # E-step + experts
     experts = update_experts(step.experts, reg_var=reg_var,

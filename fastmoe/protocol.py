@@ -559,9 +559,7 @@ def refine_step(params, stats: RoundStatistics, *, reg_var: float = 1e-6,
     :func:`fastmoe.engine.em_step` on all the rows. The solves are made at
     the statistics' own mean (x, y) (``StepStatistics.centred``), so large
     offsets of the covariates or of the response cost no precision."""
-    stats = stats.centred()
-    frame = engine.origin_frame(stats.origin)
-    local = frame.params_in(params)
+    stats, frame, local = stats.at_own_mean(params)
     coef, intercept, var = engine.update_experts(
         stats.experts, reg_var=reg_var,
         previous=(local.expert_coef, local.expert_intercept, local.expert_var))

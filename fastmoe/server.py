@@ -87,19 +87,14 @@ def propose(params: MoEParams, stats: engine.StepStatistics, *, radius: float | 
         from .protocol import refine_step
 
         return refine_step(params, stats, reg_var=reg_var), "em", np.nan, np.nan
-    stats = stats.centred()
-    frame = engine.origin_frame(stats.origin)
-    local = frame.params_in(params)
+    stats, frame, local = stats.at_own_mean(params)
     d, K = local.n_features, local.n_experts
     der = stats.derivatives
     step, gain, length = trust_step(der.gradient, der.hessian, radius,
                                     None if radius is None else em_metric(stats, local))
     if step is None:
         return None
-    total = stats.experts.gram.sum(axis=0)
-    W = total[0, 0]
-    var_y = total[-1, -1] / W - (total[0, -1] / W) ** 2
-    floor = np.log(reg_var * (var_y if var_y > 0 else 1.0))
+    floor = np.log(engine.variance_floor(stats.experts, reg_var))
     new = theta_of(local) + step
     new[-K:] = np.clip(new[-K:], floor, 700.0)
     kind = "newton" if radius is None else "trust"

@@ -260,3 +260,26 @@ def finite_difference_derivatives(theta, X, y, w, d, K, h=1e-4):
             H[i, j] = H[j, i] = (f(theta + E[i] + E[j]) - f(theta + E[i] - E[j])
                                  - f(theta - E[i] + E[j]) + f(theta - E[i] - E[j])) / (4 * h * h)
     return grad, H
+
+
+def standard_errors_by_differences(params, X, y, h=1e-4):
+    """Standard errors of ``params`` (fitted to X, y in their own units) from
+    the inverse of the finite-difference Hessian in theta, mapped to the
+    stored parameters by fastmoe's delta-method Jacobian, flattened as
+    :func:`flat_errors` does."""
+    from fastmoe._frame import Frame
+    from fastmoe._information import covariance, theta_of
+    from fastmoe.inference import jacobian_out
+
+    K, d = params.n_experts, params.n_features
+    _, H = finite_difference_derivatives(theta_of(params), X, y, np.ones(len(y)), d, K, h=h)
+    J = jacobian_out(Frame(np.zeros(d), np.ones(d), 0.0, 1.0), params)
+    return np.sqrt(np.diag(J @ covariance(H) @ J.T))
+
+
+def flat_errors(se):
+    """A MoEParams of standard errors flattened as theta is: the free gates,
+    the experts (intercept, slopes), the variances."""
+    return np.concatenate([np.column_stack([se.gate_intercept, se.gate_coef])[:-1].ravel(),
+                           np.column_stack([se.expert_intercept, se.expert_coef]).ravel(),
+                           se.expert_var])
