@@ -125,6 +125,11 @@ AUTO_REFINE_MAX_ROUNDS = 30
 AUTO_REFINE_MM_TOL = 1e-6
 
 
+#: the machines' own models the first round evaluates besides the one-shot
+#: aggregate (each costs every machine one pass over its rows)
+ROUND_STARTS = 16
+
+
 def _check_refine_rounds(value):
     """``refine_rounds`` checked: "auto" or a count of rounds."""
     if isinstance(value, str):
@@ -513,7 +518,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             raise ValueError("shards is empty; give at least one shard.")
         return self._fit(list(shards), check_random_state(self.random_state))
 
-    def _refine(self, params, shards, rounds: int, n_jobs: int, threads: int, tol: float):
+    def _refine(self, params, shards, rounds: int, n_jobs: int, threads: int, tol: float,
+                alternatives=()):
         """At most ``rounds`` refinement rounds from ``params`` over ``shards``, a list of
         (index, shard) pairs (:func:`fastmoe.server.refine`): (Refinement, the
         last accepted round's statistics per shard)."""
@@ -542,7 +548,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             calls.append(parts)
             return totals, float(max(o[2] for o in out))
 
-        result = refine(params, evaluate, tol=tol, max_rounds=rounds, reg_var=self.reg_var)
+        result = refine(params, evaluate, tol=tol, max_rounds=rounds, reg_var=self.reg_var,
+                        alternatives=alternatives)
         kept = [p for call in calls for model, p in call if model is result.params]
         return result, kept[-1]
 
@@ -715,9 +722,13 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         if not plan.rounds:
             return None, {}
         trusted = [i for j, i in enumerate(fitted) if j not in agg.inconsistent]
+        # the first round also tries the trusted machines' own models, the
+        # largest shards' first (ROUND_STARTS at most)
+        own = sorted((j for j, i in enumerate(fitted) if j not in agg.inconsistent),
+                     key=lambda j: -messages[j].n)[:ROUND_STARTS]
         refinement, self.round_statistics_ = self._refine(
             agg.params, [(i, shards[i]) for i in trusted], plan.rounds, plan.n_jobs,
-            plan.threads, plan.tol)
+            plan.threads, plan.tol, alternatives=[messages[j].params for j in own])
         own = {i: messages[j].meta.get("log_likelihood") for j, i in enumerate(fitted)}
         inconsistent = rows_inconsistent(self.round_statistics_, own)
         if inconsistent and self.robust:  # the rounds again, without them

@@ -51,8 +51,10 @@ def test_rounds_climb_to_the_centralised_fit(data, backend):
     lls = [h["log_likelihood"] for h in refined.refine_history_]
     assert refined.refine_converged_ and 2 <= len(lls) <= 15
     assert np.all(np.diff(lls) >= 0)  # every round keeps a model at least as good
-    assert lls[0] == pytest.approx(refined.aggregation_.params.log_likelihood(X, y),
-                                   rel=1e-12)
+    # the first round starts from the best of the aggregate and the machines' models
+    starts = [refined.aggregation_.params, *refined.local_models_]
+    start_lls = [p.log_likelihood(X, y) for p in starts]
+    assert lls[0] == pytest.approx(max(start_lls), rel=1e-12)
     final = refined.params_.log_likelihood(X, y)
     assert final == pytest.approx(lls[-1], rel=1e-12)
     assert final >= central.log_likelihood - 1e-7 * abs(central.log_likelihood)
@@ -241,6 +243,26 @@ def test_round_files_at_another_model_or_twice_are_refused(data, at_model, tmp_p
         load_round(tmp_path / "s.npz", other)
     with pytest.raises(ValueError, match="use .npz"):
         save_round(tmp_path / "s.json", stats, params)
+
+
+def test_the_first_round_starts_from_the_best_model_it_is_given(data):
+    from fastmoe.server import refine
+
+    X, y, _ = data
+    # fits to 160 rows each, the first the poorest on all the rows
+    models = [fit_moe(X[i::50], y[i::50], 3, random_state=i).params for i in (1, 0, 2, 3)]
+    evaluated = []
+
+    def evaluate(candidates):
+        evaluated.append(len(candidates))
+        return [round_statistics(X, y, m) for m in candidates], 0.0
+
+    out = refine(models[0], evaluate, max_rounds=1, alternatives=models[1:])
+    lls = [m.log_likelihood(X, y) for m in models]
+    assert np.argmin(lls) == 0 and np.argmax(lls) > 0
+    assert evaluated == [4] and out.history[0]["start"] == int(np.argmax(lls))
+    assert out.params is models[int(np.argmax(lls))]
+    assert out.history[0]["log_likelihood"] == pytest.approx(max(lls), rel=1e-12)
 
 
 def test_trust_steps_are_measured_in_the_metric():
