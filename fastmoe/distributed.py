@@ -121,7 +121,7 @@ AUTO_REFINE_MAX_ROUNDS = 30
 #: at 64 machines of the reference data, seed 0: one aggregation takes 28 MM
 #: iterations on B instead of 52 (0.50 s of reduction against 0.89 s; 0.14 s
 #: at 16 machines) and 5.5 on A instead of 16, and the refined model has the
-#: same errors to the digits of the README's table.
+#: same errors to the digits of docs/benchmarks.rst's table.
 AUTO_REFINE_MM_TOL = 1e-6
 
 

@@ -45,7 +45,7 @@ def test_small_shards_of_the_authors_parameters_stay_close_to_centralised(seed):
     centralised error and the test log-likelihood within 0.01 nats per row.
     Measured on seeds 0-2: 0.80x-1.16x and 0.0003-0.0008 nats. (On the
     mixture-covariate design "authors" one seed in two still fails: see the
-    README's known limitations.)"""
+    known limitations (docs/limitations.rst).)"""
     from fastmoe.datasets import authors_truth
     from fastmoe.diagnostics import parameter_rmse
 
