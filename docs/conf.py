@@ -42,9 +42,16 @@ html_theme_options = {"description": "Fast mixture-of-experts regression, centra
                       "distributed", "fixed_sidebar": True}
 
 autosummary_generate = True
+# a module's page lists its __all__: the public API, not its helpers
+autosummary_ignore_module_all = False
 # scikit-learn's metadata-routing setters and its score carry scikit-learn's
 # cross-references; they are documented there
-autodoc_default_options = {"members": True, "inherited-members": False,
+# the estimators' pages show the methods of fastmoe's prediction mixin, not
+# those of scikit-learn's bases or of the builtin bases of the exceptions and
+# named tuples
+autodoc_default_options = {"members": True,
+                           "inherited-members": "BaseEstimator, RegressorMixin, "
+                           "BaseException, tuple, object",
                            "exclude-members": "set_fit_request, set_score_request, "
                            "set_predict_request, score, get_metadata_routing"}
 autodoc_typehints = "none"

@@ -55,17 +55,10 @@ from ._linalg import (
     solve_psd,
     unpack_sym,
 )
+from ._options import EM_DEFAULTS, EMOptions
 from ._params import MoEParams
-from ._validation import (
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
-    check_random_state,
-    check_X_y,
-)
+from ._validation import check_int, check_random_state, check_X_y
 
-INITS = ("random", "kmeans")
 #: Newton steps on the gates of a k-means start (hard labels).
 INIT_GATE_STEPS = 5
 #: standard deviation of a random start's gate logits over the covariates
@@ -93,14 +86,6 @@ LOCAL_GATE_PENALTY = 0.01
 #: largest magnitude differ only by rounding: y is taken for constant, and no
 #: expert's variance goes below that resolution squared
 Y_RESOLUTION = 64
-
-#: EM iterations at most per start, by default. Measured on three real tables
-#: (diamonds, CPS1988 and CPSSW8 from R's ggplot2 and AER, 22 000 to 49 000
-#: training rows, K = 3 to 6; tests/realdata.py): EM met tol=1e-7 after 175 to
-#: 1100 iterations (0.2 to 5.4 s on 2 cores), so 200 left 10 of 12 fits short
-#: (diamonds at K=4 by 0.0027 nats per row), and a split-merge move judged on
-#: an unfinished run made the result depend on the budget
-MAX_ITER = 2000
 
 #: An expert whose total responsibility falls below this share of the total
 #: weight is treated as empty (its previous parameters are kept).
@@ -227,11 +212,8 @@ class EMData:
     def _pass(self, alpha, beta, var, keep_resp, skip, stats=True):
         resp = self.resp if keep_resp else self.resp[:0]
         out = (self.stats, self.grad, self.info) if stats else (self.stats[:0], None, None)
-        bad = _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, resp, np.empty(0),
-                               *out, self.obj, self.chunk, self.n_threads, skip)
-        if bad:
-            raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite; "
-                                     "the parameters overflowed (rescale X or y).")
+        _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, resp, np.empty(0),
+                         *out, self.obj, self.chunk, self.n_threads, skip)
 
     def responsibilities(self, params) -> np.ndarray:
         """(n, K) responsibilities at params = (alpha, beta, var) (the params of
@@ -240,11 +222,8 @@ class EMData:
         split-merge moves ask for them."""
         if self.resp_at is not params:
             self.resp_at = None
-            bad = _kernels.em_pass(self.X, self.y, self.w, *params, self.resp, np.empty(0),
-                                   self.stats[:0], None, None, None, self.chunk,
-                                   self.n_threads)
-            if bad:
-                raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite.")
+            _kernels.em_pass(self.X, self.y, self.w, *params, self.resp, np.empty(0),
+                             self.stats[:0], None, None, None, self.chunk, self.n_threads)
             self.resp_at = params
         return self.resp
 
@@ -490,31 +469,43 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
 
 
 @single_threaded_blas
-def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = MAX_ITER,
-            tol: float = 1e-7, n_init: int = 1, init="random", reg_var: float = 1e-6,
-            gate_penalty: float = 0.0, penalty: str | None = None, l1_strength="auto",
-            init_iter: int | None = 20, gate_steps: int = 1, split_merge: bool = True,
+def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFAULTS.max_iter,
+            tol: float = EM_DEFAULTS.tol, n_init: int = EM_DEFAULTS.n_init,
+            init=EM_DEFAULTS.init, reg_var: float = EM_DEFAULTS.reg_var,
+            gate_penalty: float = EM_DEFAULTS.gate_penalty,
+            penalty: str | None = EM_DEFAULTS.penalty, l1_strength=EM_DEFAULTS.l1_strength,
+            init_iter: int | None = EM_DEFAULTS.init_iter,
+            gate_steps: int = EM_DEFAULTS.gate_steps,
+            split_merge: bool = EM_DEFAULTS.split_merge,
             random_state=None, n_threads: int | None = None) -> MoEFit:
     """Fit a Gaussian mixture of experts by EM (centralised).
 
     Parameters
     ----------
-    X : (n, d) covariates.
-    y : (n,) responses.
-    n_experts : number of experts K (1 <= K <= n).
-    sample_weight : (n,) non-negative weights (default ones).
-    max_iter : EM iterations at most per start.
-    tol : stop when the log-likelihood changes by less than ``tol * |loglik|``.
-    n_init : number of starts; the best log-likelihood is kept.
-    init_iter : with n_init > 1, every start first runs at most ``init_iter``
-        EM iterations and only the best of them then runs to convergence
-        (em-EM, Biernacki, Celeux and Govaert 2003): a start heading for a poor
-        optimum is dropped before it crawls there. None runs every start to
-        convergence and keeps the best. Measured on the authors' design
-        (N=1e6, 3 starts): 20 halved the centralised fit's time (141 s to
-        70 s) with the same model; 10 was too few for 62500-row shards (one
-        kept a poor start).
-    init : "random" (the default: experts fitted on the soft regions of random
+    X : array-like of shape (n, d)
+        Covariates.
+    y : array-like of shape (n,)
+        Responses.
+    n_experts : int
+        Number of experts K (1 <= K <= n).
+    sample_weight : array-like of shape (n,), optional
+        Non-negative weights (default ones).
+    max_iter : int, default=2000
+        EM iterations at most per start.
+    tol : float, default=1e-7
+        Stop when the log-likelihood changes by less than ``tol * |loglik|``.
+    n_init : int, default=1
+        Number of starts; the best log-likelihood is kept.
+    init_iter : int or None, default=20
+        With n_init > 1, every start first runs at most ``init_iter`` EM
+        iterations and only the best of them then runs to convergence (em-EM,
+        Biernacki, Celeux and Govaert 2003): a start heading for a poor optimum
+        is dropped before it crawls there. None runs every start to convergence
+        and keeps the best. Measured on the authors' design (N=1e6, 3 starts):
+        20 halved the centralised fit's time (141 s to 70 s) with the same
+        model; 10 was too few for 62500-row shards (one kept a poor start).
+    init : {"random", "kmeans"} or MoEParams, default="random"
+        "random" (the default: experts fitted on the soft regions of random
         gates, EM from uniform gates; see ``_random_regions``), "kmeans"
         (k-means on standardised X, per-cluster least squares, a few Newton
         steps for the gates: the authors' start), or a MoEParams to start from
@@ -522,51 +513,58 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = MAX_ITE
         finds the covariate clusters rather than the experts and EM stays in a
         poor optimum (the authors' fit of the reference data set B, 29%
         clustering error); random starts do not have that bias.
-    reg_var : variance floor, relative to the weighted variance of y.
-    gate_penalty : strength lambda of a ridge penalty on the gate slopes in
-        standard-deviation units: EM maximises the log-likelihood minus
-        lambda/2 sum_k sum_j (a_kj s_j)^2, with s_j the weighted standard
-        deviation of covariate j and a_kj the slope of gate k relative to the
-        last (reference) gate: a Gaussian prior N(0, 1/lambda) on each gate's
-        change of log-odds per standard deviation of a covariate. The
-        intercepts and the experts are not penalised. Its weight against the
-        log-likelihood falls as 1/n, so a fixed lambda matters only on small
-        samples, where the gates can be nearly separable and their MLE runs
-        off to infinity. 0 (the default) is the plain MLE; the local fits of
-        the distributed estimator use a positive default
-        (:func:`fastmoe.fit_local`).
-    penalty : None (the default) or "l1": the LASSO option. After the fit
-        above, EM continues on the log-likelihood minus
-        ``l1_strength * sum_k sum_j s_j (|b_kj| / sigma + |a_kj|)``, an L1
-        penalty on every expert slope b_kj (in noise standard deviations
-        sigma of the starting fit per standard deviation s_j of covariate j)
-        and every gate slope a_kj
-        relative to the last gate (log-odds per standard deviation);
-        intercepts and variances are free. Slopes the data do not support are
-        set to exactly zero. ``penalty`` of the result is the L1 term and
-        ``history`` the penalised objective (see :mod:`fastmoe._lasso`).
-    l1_strength : float >= 0 or "auto", default "auto"
-        The L1 strength lambda, in log-likelihood units. "auto" is the
-        universal threshold sqrt(2 (n / K) log p) over the p = (2K - 1) d
-        penalised slopes (n the total weight, n / K an expert's typical
-        share): its effect on an estimate shrinks like sqrt(log p / n), so
-        large samples are barely changed.
-    gate_steps : Newton steps on the gates per EM iteration.
-    split_merge : when two experts of the best start describe the same data
-        (their densities closer than ``DUPLICATE_KL``), merge them and split the
+    reg_var : float, default=1e-6
+        Variance floor, relative to the weighted variance of y.
+    gate_penalty : float, default=0.0
+        Strength lambda of a ridge penalty on the gate slopes in standard-
+        deviation units: EM maximises the log-likelihood minus lambda/2 sum_k
+        sum_j (a_kj s_j)^2, with s_j the weighted standard deviation of
+        covariate j and a_kj the slope of gate k relative to the last
+        (reference) gate: a Gaussian prior N(0, 1/lambda) on each gate's change
+        of log-odds per standard deviation of a covariate. The intercepts and
+        the experts are not penalised. Its weight against the log-likelihood
+        falls as 1/n, so a fixed lambda matters only on small samples, where the
+        gates can be nearly separable and their MLE runs off to infinity. 0 (the
+        default) is the plain MLE; the local fits of the distributed estimator
+        use a positive default (:func:`fastmoe.fit_local`).
+    penalty : None or "l1", default=None
+        None (the default) or "l1": the LASSO option. After the fit above, EM
+        continues on the log-likelihood minus ``l1_strength * sum_k sum_j s_j
+        (|b_kj| / sigma + |a_kj|)``, an L1 penalty on every expert slope b_kj
+        (in noise standard deviations sigma of the starting fit per standard
+        deviation s_j of covariate j) and every gate slope a_kj relative to the
+        last gate (log-odds per standard deviation); intercepts and variances
+        are free. Slopes the data do not support are set to exactly zero.
+        ``penalty`` of the result is the L1 term and ``history`` the penalised
+        objective (see :mod:`fastmoe._lasso`).
+    l1_strength : float >= 0 or "auto", default="auto"
+        The L1 strength lambda, in log-likelihood units. "auto" is the universal
+        threshold sqrt(2 (n / K) log p) over the p = (2K - 1) d penalised slopes
+        (n the total weight, n / K an expert's typical share): its effect on an
+        estimate shrinks like sqrt(log p / n), so large samples are barely
+        changed.
+    gate_steps : int, default=1
+        Newton steps on the gates per EM iteration.
+    split_merge : bool, default=True
+        When two experts of the best start describe the same data (their
+        densities closer than ``DUPLICATE_KL``), merge them and split the
         broadest expert in two (Ueda et al. 2000, "SMEM"), and keep the move if
         EM from it reaches a higher log-likelihood: once after the short runs
         (within ``init_iter`` iterations), and after convergence. EM alone
         cannot leave such an optimum; on the authors' design it caught 1 of 16
-        shards of the N=1e6 benchmark, whose poor local model cost the
-        aggregate 5% of test log-likelihood. Accepted moves are listed in
+        shards of the N=1e6 benchmark, whose poor local model cost the aggregate
+        5% of test log-likelihood. Accepted moves are listed in
         ``MoEFit.moves``. False runs plain EM.
-    random_state : None, int or numpy Generator.
-    n_threads : threads of the compiled kernels (None: all cores).
+    random_state : None, int or numpy Generator, default=None
+        Seeds the starts; the fit is reproducible from it.
+    n_threads : int, optional
+        Threads of the compiled kernels (None: all cores).
 
     Returns
     -------
     MoEFit
+        The best start's parameters, log-likelihood, iterations, convergence
+        and history, with the split-merge moves it accepted.
 
     Examples
     --------
@@ -583,26 +581,12 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = MAX_ITE
     if K > n:
         raise ValueError(f"n_experts={K} is more than the number of samples "
                          f"(n_samples = {n}); use n_experts <= n_samples.")
-    max_iter = check_int(max_iter, "max_iter")
-    n_init = check_int(n_init, "n_init")
-    gate_steps = check_int(gate_steps, "gate_steps")
-    if init_iter is not None:
-        init_iter = check_int(init_iter, "init_iter")
-    tol = check_float(tol, "tol", 0.0, inclusive=True)
-    reg_var = check_float(reg_var, "reg_var")
-    gate_penalty = check_float(gate_penalty, "gate_penalty", 0.0, inclusive=True)
-    if penalty not in (None, "l1"):
-        raise ValueError(f'penalty must be None or "l1"; got {penalty!r}.')
-    if isinstance(l1_strength, str):
-        check_choice(l1_strength, "l1_strength", ("auto",))
-    else:
-        l1_strength = check_float(l1_strength, "l1_strength", 0.0, inclusive=True)
-    split_merge = check_bool(split_merge, "split_merge")
-    if not isinstance(init, MoEParams):
-        check_choice(init, "init", INITS)
+    opts = EMOptions(max_iter=max_iter, tol=tol, n_init=n_init, init=init,
+                     init_iter=init_iter, reg_var=reg_var, gate_penalty=gate_penalty,
+                     penalty=penalty, l1_strength=l1_strength, gate_steps=gate_steps,
+                     split_merge=split_merge)
     n_threads = resolve_threads(n_threads)
     rng = check_random_state(random_state)
-
     if isinstance(init, MoEParams) and (init.n_experts != K or init.n_features != X.shape[1]):
         raise ValueError(f"init MoEParams has {init.n_experts} experts and "
                          f"{init.n_features} features; expected {K} and {X.shape[1]}.")
@@ -616,43 +600,19 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = MAX_ITE
                          "up to float64 rounding): a mixture of experts needs a response that "
                          "varies.")
     X, y = frame.X(X), frame.y(y)
-    if isinstance(init, MoEParams):
-        init = frame.params_in(init)
-    data = EMData(X, y, w, K, n_threads, gate_penalty)
+    data = EMData(X, y, w, K, n_threads, opts.gate_penalty)
     # relative to Var(y) (1 in the frame), and never below the square of what
     # float64 resolves at the response's magnitude
-    var_floor = max(reg_var * data.var_y, (resolution / frame.y_scale) ** 2)
-    short = n_init > 1 and init_iter is not None and init_iter < max_iter
-    em = dict(tol=tol, gate_steps=gate_steps, var_floor=var_floor)
-    runs = []
-    for _ in range(n_init):
-        start_rng = np.random.default_rng(int(rng.integers(2**63 - 1)))
-        alpha, beta, var = _initial_params(data, init, start_rng, var_floor)
-        runs.append(run_em(data, alpha, beta, var, max_iter=init_iter if short else max_iter,
-                           **em))
-    finals = [run.objective for run in runs]
-    best = runs[int(np.argmax(finals))]
-    moments = covariate_moments(data) if split_merge else None
-    moves: list[str] = []
-    if short and not best.converged:  # the best short run goes on to convergence
-        if split_merge:
-            best = _try_move(data, best, moments, moves, max_iter=init_iter, **em)
-        if not best.converged:
-            more = run_em(data, *best.params, max_iter=max_iter - best.n_iter, **em)
-            best = more._replace(n_iter=best.n_iter + more.n_iter,
-                                 history=np.concatenate([best.history, more.history[1:]]))
-    for _ in range(K - 1 if split_merge else 0):
-        done = len(moves)
-        best = _try_move(data, best, moments, moves, max_iter=max_iter, **em)
-        if len(moves) == done:
-            break
+    var_floor = max(opts.reg_var * data.var_y, (resolution / frame.y_scale) ** 2)
+    init = frame.params_in(opts.init) if isinstance(opts.init, MoEParams) else opts.init
+    best, finals, moves = _best_of_starts(data, opts, init, var_floor, rng)
     alpha, beta, var, ll, it, converged, history, notes, objective = best
     pen = ll - objective
     beta = beta.copy()
     beta[:, 0] += data.y_shift
     if not converged:
-        warnings.warn(f"EM did not converge in max_iter={max_iter} iterations (relative "
-                      f"change still above tol={tol:g}); increase max_iter or tol.",
+        warnings.warn(f"EM did not converge in max_iter={opts.max_iter} iterations (relative "
+                      f"change still above tol={opts.tol:g}); increase max_iter or tol.",
                       exceptions.ConvergenceWarning, stacklevel=2)
     if notes:
         warnings.warn("; ".join(notes) + ". Consider fewer experts or a larger reg_var.",
@@ -661,21 +621,62 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = MAX_ITE
     shift = frame.log_jacobian(data.total_weight)  # log f(y) = log f(v) - log(y_scale)
     ll, history, finals = ll + shift, history + shift, [f + shift for f in finals]
     history.setflags(write=False)
-    if penalty == "l1":
-        lam = auto_l1_strength(float(w.sum()), X.shape[1], K) if isinstance(l1_strength, str) \
-            else l1_strength
-        params, ll, pen, it, converged, history = lasso_em(
-            X, y, w, frame.params_in(params), lam, max_iter=max_iter, tol=tol,
-            reg_var=reg_var, n_threads=n_threads)
-        params = frame.params_out(params)
+    if opts.penalty == "l1":
+        params, ll, pen, it, converged, history = _l1_stage(X, y, w, frame, params, opts,
+                                                            n_threads)
         ll, history = ll + shift, history + shift
-        if not converged:
-            warnings.warn(f"the L1-penalised EM did not converge in max_iter={max_iter} "
-                          "iterations; increase max_iter or tol.",
-                          exceptions.ConvergenceWarning, stacklevel=2)
         history.setflags(write=False)
     return MoEFit(params.canonical(), ll, it, converged, history, tuple(finals), tuple(notes),
                   tuple(moves), pen)
+
+
+def _best_of_starts(data: EMData, opts: EMOptions, init, var_floor: float, rng):
+    """EM from ``opts.n_init`` starts (short runs first when
+    ``opts.short_runs``), the best run to convergence, then the split-merge
+    moves: (best run, every start's objective, the moves accepted)."""
+    K = data.K
+    em = dict(tol=opts.tol, gate_steps=opts.gate_steps, var_floor=var_floor)
+    short = opts.short_runs
+    runs = []
+    for _ in range(opts.n_init):
+        start_rng = np.random.default_rng(int(rng.integers(2**63 - 1)))
+        alpha, beta, var = _initial_params(data, init, start_rng, var_floor)
+        runs.append(run_em(data, alpha, beta, var,
+                           max_iter=opts.init_iter if short else opts.max_iter, **em))
+    finals = [run.objective for run in runs]
+    best = runs[int(np.argmax(finals))]
+    moments = covariate_moments(data) if opts.split_merge else None
+    moves: list[str] = []
+    if short and not best.converged:  # the best short run goes on to convergence
+        if opts.split_merge:
+            best = _try_move(data, best, moments, moves, max_iter=opts.init_iter, **em)
+        if not best.converged:
+            more = run_em(data, *best.params, max_iter=opts.max_iter - best.n_iter, **em)
+            best = more._replace(n_iter=best.n_iter + more.n_iter,
+                                 history=np.concatenate([best.history, more.history[1:]]))
+    for _ in range(K - 1 if opts.split_merge else 0):
+        done = len(moves)
+        best = _try_move(data, best, moments, moves, max_iter=opts.max_iter, **em)
+        if len(moves) == done:
+            break
+    return best, finals, moves
+
+
+def _l1_stage(X, y, w, frame: Frame, params: MoEParams, opts: EMOptions, n_threads: int):
+    """The LASSO option: EM on the L1-penalised log-likelihood from the
+    maximum-likelihood fit ``params`` (in the frame of X, y): (params in the
+    data's units, log-likelihood and penalty and history in the frame,
+    iterations, converged)."""
+    lam = auto_l1_strength(float(w.sum()), X.shape[1], params.n_experts) \
+        if isinstance(opts.l1_strength, str) else opts.l1_strength
+    params, ll, pen, it, converged, history = lasso_em(
+        X, y, w, frame.params_in(params), lam, max_iter=opts.max_iter, tol=opts.tol,
+        reg_var=opts.reg_var, n_threads=n_threads)
+    if not converged:
+        warnings.warn(f"the L1-penalised EM did not converge in max_iter={opts.max_iter} "
+                      "iterations; increase max_iter or tol.",
+                      exceptions.ConvergenceWarning, stacklevel=3)
+    return frame.params_out(params), ll, pen, it, converged, history
 
 
 def _try_move(data: EMData, run: EMRun, moments, moves: list, *, max_iter, tol, gate_steps,

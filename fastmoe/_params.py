@@ -113,10 +113,14 @@ class MoEParams:
     # -- shape -----------------------------------------------------------------
     @property
     def n_experts(self) -> int:
+        """Number of experts K.
+        """
         return self.expert_coef.shape[0]
 
     @property
     def n_features(self) -> int:
+        """Number of covariates d.
+        """
         return self.expert_coef.shape[1]
 
     @property
@@ -127,27 +131,60 @@ class MoEParams:
     # -- augmented (intercept in column 0) form used by the kernels ------------
     @property
     def gate_aug(self) -> np.ndarray:
+        """Gates as a (K, d + 1) array, the intercept in column 0 (a new copy).
+        """
         return np.ascontiguousarray(np.column_stack([self.gate_intercept, self.gate_coef]))
 
     @property
     def expert_aug(self) -> np.ndarray:
+        """Experts as a (K, d + 1) array, the intercept in column 0 (a new copy).
+        """
         return np.ascontiguousarray(np.column_stack([self.expert_intercept, self.expert_coef]))
 
     @classmethod
     def from_aug(cls, gate_aug, expert_aug, expert_var) -> MoEParams:
+        """Build from the augmented form (intercepts in column 0).
+
+        Parameters
+        ----------
+        gate_aug : array-like of shape (K, d + 1)
+            Gate intercepts and slopes (any gate may be the reference: the
+            constructor subtracts the last).
+        expert_aug : array-like of shape (K, d + 1)
+            Expert intercepts and slopes.
+        expert_var : array-like of shape (K,)
+            Expert noise variances.
+
+        Returns
+        -------
+        MoEParams
+            The model, checked as by the constructor.
+        """
         gate_aug = np.asarray(gate_aug)
         expert_aug = np.asarray(expert_aug)
         return cls(gate_aug[:, 1:], gate_aug[:, 0], expert_aug[:, 1:], expert_aug[:, 0],
                    expert_var)
 
     def rereference(self, reference: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(gate_coef (K, d), gate_intercept (K,)) with gate ``reference`` zero.
+        """The gates with gate ``reference`` as the zero reference.
 
         fastmoe stores the last gate as the zero reference; ``reference=0``
         gives the first-gate convention of ``nnet::multinom`` and flexmix.
         The model does not change: pass the result back to the constructor
         and the same MoEParams comes out. -inf intercepts (experts switched
         off) stay -inf; the reference must be an active expert.
+
+        Parameters
+        ----------
+        reference : int, default=0
+            Index of the gate whose coefficients become zero.
+
+        Returns
+        -------
+        gate_coef : ndarray of shape (K, d)
+            Gate slopes relative to gate ``reference``.
+        gate_intercept : ndarray of shape (K,)
+            Gate intercepts relative to gate ``reference``.
         """
         K = self.n_experts
         if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)) \
@@ -184,7 +221,13 @@ class MoEParams:
 
     def canonical(self) -> MoEParams:
         """Experts sorted by increasing intercept (ties by variance), gates
-        re-referenced to the new last expert (docs/method.rst, section 1)."""
+        re-referenced to the new last expert (docs/method.rst, section 1).
+
+        Returns
+        -------
+        MoEParams
+            The same model in canonical order.
+        """
         order = np.lexsort((self.expert_var, self.expert_intercept))
         if not np.isfinite(self.gate_intercept[order[-1]]):
             active = order[np.isfinite(self.gate_intercept[order])]
@@ -488,7 +531,14 @@ class MoEParams:
 
     # -- (de)serialisation -----------------------------------------------------
     def to_dict(self) -> dict:
-        """Versioned dict of plain Python lists; exact round trip via from_dict."""
+        """Versioned dict of plain Python lists; exact round trip via from_dict.
+
+        Returns
+        -------
+        dict
+            ``format``, ``version``, ``n_experts``, ``n_features`` and the five
+            parameter arrays as nested lists of floats (JSON-ready).
+        """
         out = {"format": FORMAT, "version": FORMAT_VERSION,
                "n_experts": self.n_experts, "n_features": self.n_features}
         for name in _FIELDS:
@@ -500,7 +550,18 @@ class MoEParams:
     @classmethod
     def from_dict(cls, data: dict) -> MoEParams:
         """Read a :meth:`to_dict` record (untrusted: every field is checked,
-        each failure is a ValueError of one line)."""
+        each failure is a ValueError of one line).
+
+        Parameters
+        ----------
+        data : dict
+            A record written by :meth:`to_dict`.
+
+        Returns
+        -------
+        MoEParams
+            The model it holds.
+        """
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} record (missing or wrong 'format' field).")
         if data.get("version") != FORMAT_VERSION:
@@ -532,7 +593,15 @@ class MoEParams:
                    arr("expert_var", (K,)))
 
     def save(self, path) -> None:
-        """Write to ``.json`` or ``.npz`` (chosen by the suffix)."""
+        """Write to ``.json`` or ``.npz`` (chosen by the suffix).
+
+        Written whole or not at all (a temporary file renamed into place).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write; the suffix, ``.json`` or ``.npz``, chooses the format.
+        """
         path = Path(path)
         if path.suffix == ".json":
             write_bytes(path, json.dumps(self.to_dict(), allow_nan=False).encode(), "model file")
@@ -549,7 +618,18 @@ class MoEParams:
     @classmethod
     def load(cls, path) -> MoEParams:
         """Read a file written by :meth:`save` (at most ``MAX_MODEL_BYTES``;
-        every field checked)."""
+        every field checked).
+
+        Parameters
+        ----------
+        path : str or path-like
+            A ``.json`` or ``.npz`` file written by :meth:`save`.
+
+        Returns
+        -------
+        MoEParams
+            The model it holds.
+        """
         path = Path(path)
         if path.suffix not in (".json", ".npz"):
             raise ValueError(f"unknown file type {path.suffix!r}; use .json or .npz.")

@@ -3,16 +3,15 @@
 :func:`aggregate` reduces the M*K local experts to K global experts by
 minimising the composite transportation divergence with an MM algorithm
 (``_reduction``), then refits the gates on the support (``_gate_refit``).
-The baselines (:func:`aligned_average`, :func:`naive_average`,
-:func:`medoid`) live in ``baselines`` and return the same
-:class:`AggregationResult`; they are importable from here too.
+The baselines (``aligned_average``, ``naive_average``, ``medoid``) live in
+:mod:`fastmoe.baselines` and return the same :class:`AggregationResult`.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,16 +26,12 @@ from ._gate_refit import (
 )
 from ._gating import fit_gates
 from ._params import MoEParams
-from ._reduction import (  # noqa: F401  (the reduction's internals, importable from here)
-    CACHE_BYTES,
+from ._reduction import (
     COSTS,
     INITS,
     VARIANCE_UPDATES,
     LargeMixture,
-    SupportCache,
     _check_support,
-    _run_mm,
-    _update,
     centred_start,
     large_mixture,
     mm_pass,
@@ -58,18 +53,115 @@ from ._validation import (
     check_X,
     check_y,
 )
-from .baselines import aligned_average, medoid, naive_average, transport_divergence
 from .exceptions import ConvergenceWarning, DegenerateExpertWarning, ExclusionLimitError
-from .health import FAILED_COST_FACTOR, AggregationResult, local_fit_issues
+from .health import FAILED_COST_FACTOR, aggregation_health, health_report, local_fit_issues
 
-__all__ = ["AggregationResult", "aggregate", "aligned_average", "medoid", "naive_average",
-           "transport_divergence"]
+__all__ = ["AggregationResult", "aggregate", "transport_divergence"]
 
 
 #: by default the models left out as failed local fits may hold at most this
 #: share of the rows (the sample-size weights); beyond it ``aggregate`` raises
 #: instead of losing data unasked
 MAX_EXCLUDED_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """Result of :func:`aggregate` and of the baselines.
+
+    Attributes
+    ----------
+    params : MoEParams
+        The aggregated K-expert model (canonical order).
+    objective : float
+        Transport divergence R from the large mixture to ``params`` on the
+        support (a sum over support points).
+    history : ndarray of shape (n_iter + 1,)
+        R at the start and after each MM iteration, over the support points
+        the iterations visited (all of them unless support x local experts
+        exceeds ``_reduction.MM_PAIRS``; see ``_reduction.mm_rows``).
+    n_iter : int
+        MM iterations of the best start.
+    converged : bool
+        Whether the best start's MM loop met its tolerance.
+    assignment : ndarray of shape (S, L), int16
+        The global expert k*(s, l) that receives local expert l at support
+        point s (the transport plan in compact form:
+        P_lks = w_l(x_s) 1{k = assignment[s, l]}).
+    local_mass : ndarray of shape (L, K)
+        sum_s P_lks, the mass each local expert sends to each global expert.
+    expert_mass : ndarray of shape (K,)
+        Total mass received by each global expert.
+    local_objective : ndarray of shape (L,)
+        Each local expert's share of R.
+    machine : ndarray of shape (L,)
+        Machine index of each local expert.
+    method : str
+        "ot-kl", "ot-w2", "aligned_average", "naive_average", "medoid" or
+        "greedy_merge".
+    timings : dict
+        Seconds per stage ("reduction", "gates", "total").
+    notes : tuple of str
+        What was repaired or left out on the way (re-seeded experts, ...).
+    excluded : tuple of int
+        Indices of input models left out, as failed local fits
+        (``exclude_failed``) or as inconsistent with the consensus
+        (:func:`fastmoe.aggregate_messages` with ``robust=True``); ``machine``
+        then numbers the models that were kept, in order.
+    implausible : tuple of int
+        Indices of input models whose claimed sample size is out of line with
+        the others' or with their own covariate sample
+        (:func:`fastmoe.aggregate_messages`); the reasons are in ``notes``.
+    inconsistent : tuple of int
+        Indices of input models left out by ``robust=True``; the reasons are
+        in ``notes``.
+    excluded_fraction : float
+        Share of the rows (by the sample sizes) that the ``excluded`` models
+        hold.
+    local_issues : dict
+        Machines whose local fits look degenerate, by kind
+        (:func:`fastmoe.health.local_fit_issues`):
+        {kind: {machine: description}}.
+    """
+
+    params: MoEParams
+    objective: float
+    history: np.ndarray = field(repr=False)
+    n_iter: int
+    converged: bool
+    assignment: np.ndarray = field(repr=False)
+    local_mass: np.ndarray = field(repr=False)
+    expert_mass: np.ndarray
+    local_objective: np.ndarray = field(repr=False)
+    machine: np.ndarray = field(repr=False)
+    method: str
+    timings: dict
+    notes: tuple = ()
+    excluded: tuple = ()
+    implausible: tuple = ()
+    inconsistent: tuple = ()
+    excluded_fraction: float = 0.0
+    local_issues: dict = field(default_factory=dict, repr=False)
+
+    def report(self) -> str:
+        """Aggregation health report (:func:`fastmoe.diagnostics.health_report`).
+
+        Returns
+        -------
+        str
+            The report, one line per finding.
+        """
+        return health_report(self)
+
+    def health(self) -> dict:
+        """Structured health of the aggregation.
+
+        Returns
+        -------
+        dict
+            As :func:`fastmoe.health.aggregation_health` describes it.
+        """
+        return aggregation_health(self)
 
 
 @single_threaded_blas
@@ -83,51 +175,71 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
 
     Parameters
     ----------
-    local_models : sequence of MoEParams (or fitted estimators, LocalMessages,
-        ``to_dict`` records); their numbers of experts may differ.
-    n_experts : K of the result (default: the common K of the local models).
-    sample_sizes : (M,) n_m; weights lambda_m = n_m / n (default equal).
-    X_support : (S, d) support covariates.
-    cost : "kl" or "w2", the cost between Gaussian experts.
-    init : "aligned" (the Hungarian-aligned average of the local models as the
-        first start, k-means for the others; needs equal K_m), "kmeans"
-        (k-means on the local expert coefficients for every start), or an
-        MoEParams with ``n_experts`` experts on the same features, whose
-        experts are the only start (a warm start: an earlier aggregate's
-        ``params`` when a few messages changed).
-    n_init : number of starts; the smallest objective is kept (unused when
-        ``init`` is an MoEParams).
-    max_iter, tol : MM stops when R changes by less than ``tol * R``.
-    gate_target : "assigned" (default), "kl", "plan" or "posterior"
-        (docs/method.rst, section 5); "posterior" needs ``y_support``.
-    y_support : (S,) responses at the support points, for "posterior" only.
-    variance_update : "exact" (the minimiser of R) or "published" (the
-        authors' code: plan-weighted mean of the local variances).
-    gate_max_iter : Newton steps at most in the gate refit.
-    exclude_failed : leave out the models that look like failed local fits
-        and reduce the others again, on the same support. A model is taken for
-        a failed fit when the aggregation health
+    local_models : sequence of MoEParams
+        The machines' models (fitted estimators, LocalMessages and ``to_dict``
+        records are accepted too); their numbers of experts may differ.
+    n_experts : int, optional
+        K of the result (default: the common K of the local models).
+    sample_sizes : array-like of shape (M,), optional
+        The machines' sizes n_m; weights lambda_m = n_m / n (default equal).
+    X_support : array-like of shape (S, d)
+        Support covariates.
+    cost : {"kl", "w2"}, default="kl"
+        The cost between Gaussian experts: closed-form KL or squared
+        Wasserstein-2.
+    init : {"aligned", "kmeans"} or MoEParams, default="aligned"
+        "aligned" (the Hungarian-aligned average of the local models as the
+        first start, k-means for the others; needs equal K_m), "kmeans" (k-means
+        on the local expert coefficients for every start), or an MoEParams with
+        ``n_experts`` experts on the same features, whose experts are the only
+        start (a warm start: an earlier aggregate's ``params`` when a few
+        messages changed).
+    n_init : int, default=3
+        Number of starts; the smallest objective is kept (unused when ``init``
+        is an MoEParams).
+    max_iter : int, default=300
+        MM iterations at most per start.
+    tol : float, default=1e-10
+        MM stops when R changes by less than ``tol * R``.
+    gate_target : {"assigned", "kl", "plan", "posterior"}, default="assigned"
+        "assigned" (default), "kl", "plan" or "posterior" (docs/method.rst,
+        section 5); "posterior" needs ``y_support``.
+    y_support : array-like of shape (S,), optional
+        Responses at the support points, for ``gate_target="posterior"`` only.
+    variance_update : {"exact", "published"}, default="exact"
+        "exact" (the minimiser of R) or "published" (the authors' code:
+        plan-weighted mean of the local variances).
+    gate_max_iter : int, default=100
+        Newton steps at most in the gate refit.
+    exclude_failed : bool, default=False
+        Leave out the models that look like failed local fits and reduce the
+        others again, on the same support. A model is taken for a failed fit
+        when the aggregation health
         (:func:`fastmoe.diagnostics.aggregation_health`, ``failed``) finds its
         experts collapsed onto fewer global experts than it has and its
         transport cost per unit mass above ``FAILED_COST_FACTOR`` times the
         median machine's. ``excluded`` lists the indices left out (with two
         models nothing can be excluded); ``machine`` then numbers the models
-        kept. Only a model with evidence of failure in itself is left out
-        (see ``failed`` there); a model that is merely different is kept and
-        reported as heterogeneous.
-    max_excluded : share of the weight (the rows, by ``sample_sizes``) that
+        kept. Only a model with evidence of failure in itself is left out (see
+        ``failed`` there); a model that is merely different is kept and reported
+        as heterogeneous.
+    max_excluded : float, default=MAX_EXCLUDED_FRACTION
+        Share of the weight (the rows, by ``sample_sizes``) that
         ``exclude_failed`` may leave out, default ``MAX_EXCLUDED_FRACTION``
         (0.05). If the failed models hold more, an ExclusionLimitError (a
-        ValueError) says which and
-        how much: pass a larger ``max_excluded`` to leave them out anyway, or
-        ``exclude_failed=False`` to keep them. ``excluded_fraction`` reports
-        the share left out.
-    random_state : None, int or Generator.
-    n_threads : threads of the compiled pass (None: all cores).
+        ValueError) says which and how much: pass a larger ``max_excluded`` to
+        leave them out anyway, or ``exclude_failed=False`` to keep them.
+        ``excluded_fraction`` reports the share left out.
+    random_state : None, int or numpy Generator, default=None
+        Seeds the k-means starts; the result is reproducible from it.
+    n_threads : int, optional
+        Threads of the compiled pass (None: all cores).
 
     Returns
     -------
     AggregationResult
+        The K-expert model (canonical order) with the transport divergence, its
+        history, the plan in compact form, the timings and what was left out.
     """
     exclude_failed = check_bool(exclude_failed, "exclude_failed")
     options = dict(cost=cost, init=init, n_init=n_init, max_iter=max_iter, tol=tol,
@@ -162,6 +274,64 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
         result = replace(result, excluded=tuple(failed), excluded_fraction=share,
                          notes=result.notes + (note,))
     return result_out(result, frame, cost)
+
+
+def transport_divergence(source, target: MoEParams, X, *, cost: str = "kl",
+                         source_weights=None, n_threads: int | None = None) -> float:
+    """The transport divergence R(source -> target) over the rows of X.
+
+    R = sum_s sum_l w_l(x_s) min_k c_lk(x_s): each source expert l, with its
+    gate weight at x_s, is sent whole to the target expert k that is cheapest
+    for it. Only the target's experts enter (the divergence does not involve
+    its gates).
+
+    Parameters
+    ----------
+    source : MoEParams or sequence of MoEParams
+        One model, or a weighted collection of models (the large mixture).
+    target : MoEParams
+        The model the source is transported to.
+    X : array-like of shape (S, d)
+        The support points.
+    cost : {"kl", "w2"}, default="kl"
+        The cost between two Gaussian linear experts at a support point.
+    source_weights : array-like of shape (M,), optional
+        Weights of the source models (default equal).
+    n_threads : int, optional
+        Threads of the compiled pass (None: all cores).
+
+    Returns
+    -------
+    float
+        R, a sum over the support points (not a mean).
+    """
+    if isinstance(source, MoEParams):
+        source = [source]
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {sorted(COSTS)}; got {cost!r}.")
+    mix = large_mixture(source, source_weights)
+    if target.n_features != mix.n_features:
+        raise ValueError(f"target has {target.n_features} features, the source "
+                         f"{mix.n_features}.")
+    X = check_X(X, mix.n_features)
+    beta = target.expert_aug
+    beta[:, 0] -= mix.shift
+    return mm_pass(mix, X, beta, target.expert_var, COSTS[cost],
+                   resolve_threads(n_threads)).objective
+
+
+def divergence_matrix(models, X, *, cost: str = "kl", n_threads: int | None = None):
+    """(M, M) D[i, j] = R(models[i] -> models[j]) over the rows of X (zero on
+    the diagonal): the pairwise transport divergences of the medoid and of
+    the robust filter (``fastmoe.protocol.inconsistent_machines``)."""
+    M = len(models)
+    D = np.zeros((M, M))
+    for i in range(M):
+        for j in range(M):
+            if i != j:
+                D[i, j] = transport_divergence(models[i], models[j], X, cost=cost,
+                                               n_threads=n_threads)
+    return D
 
 
 def reduction_frame(mix: LargeMixture, Xs: np.ndarray) -> Frame:

@@ -1,7 +1,7 @@
-"""The comparators of the aggregate: the transport divergence between models,
-the one-shot baselines (aligned average, naive average, medoid, greedy
-merging), which return the same AggregationResult as :func:`fastmoe.aggregate`,
-and FedAvg, which needs the machines for several rounds.
+"""The comparators of the aggregate: the one-shot baselines (aligned
+average, naive average, medoid, greedy merging), which return the same
+AggregationResult as :func:`fastmoe.aggregate`, and FedAvg, which needs the
+machines for several rounds.
 """
 
 from __future__ import annotations
@@ -30,44 +30,9 @@ from ._reduction import (
 from ._runtime import blas_single_thread as single_threaded_blas
 from ._runtime import resolve_threads
 from ._validation import check_int, check_random_state, check_X, check_X_y
-from .health import AggregationResult
+from .aggregation import AggregationResult, divergence_matrix
 
-
-def transport_divergence(source, target: MoEParams, X, *, cost: str = "kl",
-                         source_weights=None, n_threads: int | None = None) -> float:
-    """R(source -> target) = sum_s sum_l w_l(x_s) min_k c_lk(x_s) over the rows of X.
-
-    ``source`` is a MoEParams or a sequence of them (a weighted collection,
-    weights ``source_weights``, default equal); ``target`` a MoEParams. Only
-    the target's experts enter (the divergence does not involve its gates).
-    """
-    if isinstance(source, MoEParams):
-        source = [source]
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {sorted(COSTS)}; got {cost!r}.")
-    mix = large_mixture(source, source_weights)
-    if target.n_features != mix.n_features:
-        raise ValueError(f"target has {target.n_features} features, the source "
-                         f"{mix.n_features}.")
-    X = check_X(X, mix.n_features)
-    beta = target.expert_aug
-    beta[:, 0] -= mix.shift
-    return mm_pass(mix, X, beta, target.expert_var, COSTS[cost],
-                   resolve_threads(n_threads)).objective
-
-
-def divergence_matrix(models, X, *, cost: str = "kl", n_threads: int | None = None):
-    """(M, M) D[i, j] = R(models[i] -> models[j]) over the rows of X (zero on
-    the diagonal): the pairwise transport divergences of the medoid and of
-    the robust filter (``fastmoe.protocol.inconsistent_machines``)."""
-    M = len(models)
-    D = np.zeros((M, M))
-    for i in range(M):
-        for j in range(M):
-            if i != j:
-                D[i, j] = transport_divergence(models[i], models[j], X, cost=cost,
-                                               n_threads=n_threads)
-    return D
+__all__ = ["aligned_average", "naive_average", "medoid", "greedy_merge", "fedavg", "FedAvgResult"]
 
 
 def _baseline(mix: LargeMixture, X_support, params: MoEParams, method, cost, n_threads,
@@ -95,7 +60,28 @@ def aligned_average(local_models, *, sample_sizes=None, X_support, cost: str = "
                     n_threads: int | None = None) -> AggregationResult:
     """Align each local model to the one with the largest sample (Hungarian
     method on expert coefficients), then average all parameters with weights
-    lambda_m. ``X_support`` only serves to report the transport divergence."""
+    lambda_m. ``X_support`` only serves to report the transport divergence.
+
+    Parameters
+    ----------
+    local_models : sequence of MoEParams
+        The machines' models (fitted estimators and LocalMessages are
+        accepted too), all with the same number of experts.
+    sample_sizes : array-like of shape (M,), optional
+        n_m; weights lambda_m = n_m / n (default equal).
+    X_support : array-like of shape (S, d)
+        Support covariates (only for the reported divergence and transport plan).
+    cost : {"kl", "w2"}, default="kl"
+        The cost of the transport divergence reported in the result.
+    n_threads : int, optional
+        Threads of the compiled passes (None: all cores).
+
+    Returns
+    -------
+    AggregationResult
+        The averaged model, with the divergence and the plan from the local
+        models to it.
+    """
     t0 = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
     models = mix.models
@@ -107,7 +93,28 @@ def aligned_average(local_models, *, sample_sizes=None, X_support, cost: str = "
 def naive_average(local_models, *, sample_sizes=None, X_support, cost: str = "kl",
                   n_threads: int | None = None) -> AggregationResult:
     """Average the parameters of the local models in their given order (no
-    alignment): wrong under label switching, kept as the authors' baseline."""
+    alignment): wrong under label switching, kept as the authors' baseline.
+
+    Parameters
+    ----------
+    local_models : sequence of MoEParams
+        The machines' models (fitted estimators and LocalMessages are
+        accepted too), all with the same number of experts.
+    sample_sizes : array-like of shape (M,), optional
+        n_m; weights lambda_m = n_m / n (default equal).
+    X_support : array-like of shape (S, d)
+        Support covariates (only for the reported divergence and transport plan).
+    cost : {"kl", "w2"}, default="kl"
+        The cost of the transport divergence reported in the result.
+    n_threads : int, optional
+        Threads of the compiled passes (None: all cores).
+
+    Returns
+    -------
+    AggregationResult
+        The averaged model, with the divergence and the plan from the local
+        models to it.
+    """
     t0 = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
     models = mix.models
@@ -119,7 +126,28 @@ def naive_average(local_models, *, sample_sizes=None, X_support, cost: str = "kl
 def medoid(local_models, *, sample_sizes=None, X_support, cost: str = "kl",
            n_threads: int | None = None) -> AggregationResult:
     """The local model with the smallest weighted transport divergence from
-    the other local models: argmin_i sum_j lambda_j R(theta_j -> theta_i)."""
+    the other local models: argmin_i sum_j lambda_j R(theta_j -> theta_i).
+
+    Parameters
+    ----------
+    local_models : sequence of MoEParams
+        The machines' models (fitted estimators and LocalMessages are
+        accepted too), all with the same number of experts.
+    sample_sizes : array-like of shape (M,), optional
+        n_m; weights lambda_m = n_m / n (default equal).
+    X_support : array-like of shape (S, d)
+        Support covariates, over which the pairwise divergences are computed.
+    cost : {"kl", "w2"}, default="kl"
+        The cost of the transport divergence reported in the result.
+    n_threads : int, optional
+        Threads of the compiled passes (None: all cores).
+
+    Returns
+    -------
+    AggregationResult
+        The chosen local model (canonical order), with the divergence and
+        the plan from the local models to it.
+    """
     t0 = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
     models = mix.models
@@ -195,7 +223,9 @@ def greedy_merge(local_models, n_experts: int | None = None, *, sample_sizes=Non
 
     Parameters
     ----------
-    local_models : sequence of MoEParams (or fitted estimators, LocalMessages)
+    local_models : sequence of MoEParams
+        The machines' models (fitted estimators and LocalMessages are
+        accepted too).
     n_experts : int, optional
         K of the result (default: the common K of the local models).
     sample_sizes : array-like of shape (M,), optional
@@ -213,6 +243,8 @@ def greedy_merge(local_models, n_experts: int | None = None, *, sample_sizes=Non
     Returns
     -------
     AggregationResult
+        The merged K-expert model with its refitted gates, the divergence
+        and the plan from the local models to it.
     """
     t0 = time.perf_counter()
     mix = large_mixture(local_models, sample_sizes)
@@ -340,6 +372,8 @@ def fedavg(shards, n_experts: int, *, rounds: int = 10, local_iter: int = 5, ini
     Returns
     -------
     FedAvgResult
+        The last global model, the log-likelihood after each round and the
+        learning time.
     """
     pairs = [check_X_y(X, y)[:2] for X, y in shards]
     if not pairs:

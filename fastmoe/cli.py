@@ -34,6 +34,9 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(USAGE_ERROR)
 
 
+__all__ = ["main"]
+
+
 def _checked(convert, ok, expected: str):
     """An argparse type: ``convert(text)`` where ``ok`` holds of it, else a
     one-line error saying what was expected."""
@@ -100,22 +103,27 @@ def _load_model(path):
 # ----------------------------------------------------------------------------
 # demo: the main job
 # ----------------------------------------------------------------------------
-#: the demo table's columns: header, width, and the line that defines it
+#: the demo's output fits an 80-column terminal
+DEMO_WIDTH = 79
+
+#: the demo table's columns: header and the line that defines it
 _DEMO_COLUMNS = (
     ("learn s", "learning time in seconds: EM on all training rows; for a distributed fit "
-     "the slowest local fit plus the server's reduction (the paper's figure), and any "
-     "check or refinement round. Lower is better."),
+     "the slowest local fit plus the server's reduction (the paper's figure), and the "
+     "refinement rounds. Lower is better."),
     ("gates", "root mean squared error of the gate coefficients against the true model, "
      "after matching estimated to true experts. Lower is better."),
     ("experts", "the same for the experts' intercepts and slopes. Lower is better."),
-    ("variances", "the same for the experts' noise variances. Lower is better."),
-    ("pred. err", "relative prediction error on the test rows, sum (y - E[y|x])^2 / sum y^2. "
+    ("var", "the same for the experts' noise variances. Lower is better."),
+    ("RPE", "relative prediction error on the test rows, sum (y - E[y|x])^2 / sum y^2. "
      "Lower is better; the truth's is the noise floor."),
     ("ARI", "adjusted Rand index of each test row's most probable expert against the "
      "expert that drew it (1 is perfect). Higher is better."),
-    ("loglik/row", "mean log-likelihood of the test rows, in nats. Higher is better."),
-    ("sent kB", "kilobytes all machines sent to the server."),
+    ("loglik", "mean log-likelihood of a test row, in nats. Higher is better."),
+    ("sent kB", "kilobytes of the machines' one-shot messages, all machines together "
+     "(each round's statistics are counted in the notes below)."),
 )
+_CENTRAL = "centralised"
 
 
 def _demo_table(rows) -> str:
@@ -128,12 +136,38 @@ def _demo_table(rows) -> str:
                      for r in cells)
 
 
-def _progress(total: int):
-    """A tqdm bar over the demo's steps, shown on a terminal only."""
-    from tqdm.auto import tqdm
+class _Progress:
+    """A tqdm bar over the demo's steps, on a terminal only, whose clock keeps
+    ticking during a long step (a thread refreshes it every second)."""
 
-    return tqdm(total=total, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
-                bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}]")
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, file=sys.stderr, disable=not sys.stderr.isatty(),
+                        leave=False, bar_format="{desc} (step {n_fmt} of {total_fmt}, "
+                        "{elapsed} so far)")
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+
+    def _tick(self):
+        while not self._stop.wait(1.0):
+            self.bar.refresh()
+
+    def step(self, what: str):
+        """Show what runs now."""
+        self.bar.set_description_str(f"fitting: {what}")
+
+    def done(self):
+        self.bar.update()
+
+    def __enter__(self):
+        if not self.bar.disable:
+            self._ticker.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.bar.close()
 
 
 def cmd_demo(args) -> int:
@@ -144,17 +178,19 @@ def cmd_demo(args) -> int:
     from .datasets import make_moe_regression
     from .diagnostics import model_metrics
 
+    def say(text, **kw):
+        print(textwrap.fill(text, DEMO_WIDTH, break_on_hyphens=False, **kw), flush=True)
+
     X, y, truth, labels = make_moe_regression(args.n_samples, args.n_features, args.n_experts,
                                               design=args.design, random_state=args.seed)
     n_train = int(0.9 * len(y))
     Xtr, ytr, Xte, yte, lte = X[:n_train], y[:n_train], X[n_train:], y[n_train:], \
         labels[n_train:]
-    print(textwrap.fill(
-        f"fastmoe demo: the {args.design} design, d={args.n_features} covariates, "
+    say(f"fastmoe demo: the {args.design} design, d={args.n_features} covariates, "
         f"K={args.n_experts} experts; {n_train} training rows, fitted on one machine "
         f"(centralised EM) and split over M={args.n_machines} machines (one message each, "
-        f"optimal-transport aggregation, backend={args.backend}); {len(yte)} test rows.", 96),
-        flush=True)
+        f"optimal-transport aggregation, then refinement rounds; backend={args.backend}); "
+        f"{len(yte)} test rows.")
     rows, metrics, notes = [], {}, []
 
     def add(name, params, learn, sent):
@@ -167,34 +203,35 @@ def cmd_demo(args) -> int:
     from . import _kernels
 
     _kernels.warm_up(resolve_threads(None))  # the reduction kernel: JIT, untimed
-    times = {}
-    with warnings.catch_warnings(), _progress(1 + len(args.costs)) as bar:
+    times, fits = {}, {}
+    with warnings.catch_warnings(), _Progress(1 + len(args.costs)) as progress:
         warnings.simplefilter("ignore")  # convergence is reported in the table's numbers
-        bar.set_description("centralised EM")
+        progress.step("centralised EM on all training rows")
         t0 = time.perf_counter()
         central = fit_moe(Xtr, ytr, args.n_experts, n_init=args.n_init, random_state=args.seed)
-        times["centralised EM"] = time.perf_counter() - t0
-        bar.update()
-        add("centralised EM", central.params, times["centralised EM"], None)
+        times[_CENTRAL] = time.perf_counter() - t0
+        progress.done()
+        add(_CENTRAL, central.params, times[_CENTRAL], None)
         notes.append(f"centralised EM: {args.n_init} starts, {central.n_iter} iterations of "
-                     f"the best, {times['centralised EM']:.2f} s.")
-        excluded = set()
+                     f"the best, {times[_CENTRAL]:.2f} s.")
         for cost in args.costs:
-            name = f"distributed OT-{cost.upper()}"
-            bar.set_description(name)
+            name = f"distributed {cost.upper()}"
+            progress.step(f"{args.n_machines} local fits, the {cost.upper()} reduction and "
+                          "the rounds")
             t0 = time.perf_counter()
-            dist = DistributedMoERegressor(args.n_experts, args.n_machines, cost=cost,
-                                           backend=args.backend, n_init=args.n_init,
-                                           random_state=args.seed).fit(Xtr, ytr)
+            dist = fits[name] = DistributedMoERegressor(
+                args.n_experts, args.n_machines, cost=cost, backend=args.backend,
+                n_init=args.n_init, random_state=args.seed).fit(Xtr, ytr)
             wall = time.perf_counter() - t0
-            bar.update()
+            progress.done()
             times[name] = dist.learning_time_
-            excluded |= set(dist.excluded_shards_)
             add(name, dist.params_, dist.learning_time_, dist.message_bytes_.sum())
             rounds = dist.refine_history_
             refined = "" if not rounds else (
                 f" + {len(rounds)} refinement rounds "
-                f"{sum(r['machine_seconds'] + r['server_seconds'] for r in rounds):.2f} s")
+                f"{sum(r['machine_seconds'] + r['server_seconds'] for r in rounds):.2f} s "
+                f"(statistics of {_round_bytes(dist) / 1e3:.0f} kB per machine and model "
+                "tried)")
             notes.append(f"{name}: slowest local fit {dist.local_fit_times_.max():.2f} s + "
                          f"reduction {dist.reduction_time_:.2f} s{refined}; wall time "
                          f"{wall:.2f} s (with starting any worker processes).")
@@ -204,36 +241,54 @@ def cmd_demo(args) -> int:
     print()
     print("Columns (on the test rows; parameter errors against the true model):")
     for name, text in _DEMO_COLUMNS:
-        print(textwrap.fill(text, 96, initial_indent=f"  {name:<10}  ",
-                            subsequent_indent=" " * 14))
+        say(text, initial_indent=f"  {name:<8}  ", subsequent_indent=" " * 12)
     print()
     for note in notes:
-        print(textwrap.fill(note, 96, subsequent_indent="  "))
-    if excluded:
-        print(textwrap.fill(
-            f"Shard(s) {sorted(excluded)} ended in a poor local optimum and were left out of "
-            "the aggregate (DistributedMoERegressor(exclude_failed=True)).", 96))
+        say(note, subsequent_indent="  ")
     print()
-    print(textwrap.fill(_demo_verdict(args, metrics, times, len(yte)), 96, break_on_hyphens=False))
+    say(_demo_verdict(args, metrics, times, fits, len(yte)))
     return 0
 
 
-def _demo_verdict(args, metrics, times, n_test) -> str:
-    """One sentence: how close the distributed fit came, at what fraction of the time."""
-    name = f"distributed OT-{args.costs[0].upper()}"
-    central, dist = metrics["centralised EM"], metrics[name]
+def _round_bytes(dist) -> float:
+    """Bytes one machine's statistics take at the final model, as the file
+    path sends them (fastmoe.message.round_to_bytes), on average."""
+    from .message import round_to_bytes
+
+    sizes = [len(round_to_bytes(stats, dist.params_)) for _, stats in dist.round_statistics_]
+    return float(np.mean(sizes)) if sizes else 0.0
+
+
+def _demo_verdict(args, metrics, times, fits, n_test) -> str:
+    """What the distributed fit gave the user, and what it cost on this machine."""
+    name = f"distributed {args.costs[0].upper()}"
+    central, dist, est = metrics[_CENTRAL], metrics[name], fits[name]
     gap = (dist["loglik"] - central["loglik"]) / n_test
     closeness = (f"matched the centralised fit's test log-likelihood to {abs(gap):.1e} nats "
                  "per row" if abs(gap) < 5e-5 else
                  f"came within {abs(gap):.4f} nats per test row of the centralised fit "
                  f"({'above' if gap > 0 else 'below'} it)")
-    ratio = times[name] / times["centralised EM"]
-    return (f"Verdict: split over {args.n_machines} machines, the {name[12:]} aggregate "
-            f"{closeness}, with {dist['rpe'] / central['rpe']:.3f} times its prediction error, "
-            f"in {ratio:.2f} times its learning time" + (
-                " (with more machines than cores the local fits share the cores; the gain "
-                "comes when they run on machines of their own)."
-                if ratio > 1 and args.n_machines > (os.cpu_count() or 1) else "."))
+    rounds = len(est.refine_history_)
+    sent = (f"one message of {est.message_bytes_.mean() / 1e3:.0f} kB each"
+            + (f" and {rounds} rounds of statistics" if rounds else ""))
+    ratio = times[name] / times[_CENTRAL]
+    cores = os.cpu_count() or 1
+    if ratio <= 1:
+        cost = (f"It learned in {ratio:.2f} times the centralised fit's time (the slowest "
+                "local fit plus the server's work): each machine fits only its own rows.")
+    elif args.n_machines > cores or args.backend == "serial":
+        cost = (f"Its learning time was {ratio:.2f} times the centralised fit's: here the "
+                f"{args.n_machines} local fits shared this computer's {cores} cores"
+                + (" one after another" if args.backend == "serial" else "")
+                + ", each with its own EM starts; on machines of their own they run side "
+                "by side, each on a share of the rows, and no row is moved.")
+    else:
+        cost = (f"Its learning time was {ratio:.2f} times the centralised fit's: on rows "
+                "this few, the local fits' own starts and the rounds cost more than they "
+                "save; the gain is that no row left its machine.")
+    return (f"Verdict: with the rows kept on {args.n_machines} machines ({sent}), the "
+            f"{args.costs[0].upper()} fit {closeness}, with {dist['rpe'] / central['rpe']:.3f} "
+            f"times its prediction error. {cost}")
 
 
 # ----------------------------------------------------------------------------
@@ -241,7 +296,7 @@ def _demo_verdict(args, metrics, times, n_test) -> str:
 # ----------------------------------------------------------------------------
 def cmd_simulate(args) -> int:
     from .datasets import make_moe_regression
-    from .distributed import write_table
+    from .io import write_table
 
     out = _suffix(args.output, (".npz", ".csv", ".parquet"), "data file")
     if args.truth:
@@ -285,7 +340,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_fit_local(args) -> int:
-    from .distributed import fit_local
+    from .protocol import fit_local
 
     _suffix(args.output, (".npz", ".json"), "message file")
     X, y = _read(args.data)
@@ -298,7 +353,7 @@ def cmd_fit_local(args) -> int:
 
 
 def cmd_aggregate(args) -> int:
-    from .distributed import aggregate_messages
+    from .protocol import aggregate_messages
 
     _suffix(args.output, (".json", ".npz"), "model file")
     result = aggregate_messages(args.messages, args.n_experts, cost=args.cost,
@@ -454,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastmoe", description="Fast Gaussian mixture-of-experts regression, "
         "centralised and distributed (optimal-transport aggregation).")
     from . import __version__
+    from ._options import EM_DEFAULTS
 
     parser.add_argument("--version", action="version", version=f"fastmoe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -480,9 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "or 'auto': only where the gates diverge (see "
                                 "fastmoe.fit_local)")
         else:
-            p.add_argument("--n-init", type=_positive_int, default=3,
+            p.add_argument("--n-init", type=_positive_int, default=EM_DEFAULTS.n_init,
                            help="EM starts; the fit of highest log-likelihood is kept")
-            p.add_argument("--gate-penalty", type=_non_negative, default=0.0,
+            p.add_argument("--gate-penalty", type=_non_negative, default=EM_DEFAULTS.gate_penalty,
                            help="ridge penalty on the gate slopes in standard-deviation units "
                                 "(see fastmoe.fit_moe)")
         p.add_argument("--penalty", choices=["l1"], default=None,
@@ -491,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--l1-strength", type=_auto_or_non_negative, default="auto",
                        help="strength of --penalty l1 in log-likelihood units, or 'auto': "
                             "sqrt(2 (n / K) log p) over the p penalised slopes")
-        p.add_argument("--max-iter", type=_positive_int, default=2000,  # fastmoe._em.MAX_ITER
+        p.add_argument("--max-iter", type=_positive_int, default=EM_DEFAULTS.max_iter,
                        help="EM iterations per start")
         seed(p)
 
@@ -678,6 +734,19 @@ def _terminated(signum, frame):
 
 
 def main(argv=None) -> int:
+    """Run the ``fastmoe`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0, 2 for a user mistake (one line on stderr), 130
+        when interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     name = f"fastmoe {args.command}"

@@ -7,6 +7,8 @@ import numpy as np
 from ._params import MoEParams
 from ._validation import check_choice, check_int, check_random_state
 
+__all__ = ["make_moe_regression", "authors_truth"]
+
 DESIGNS = ("separated", "authors")
 
 
@@ -15,6 +17,20 @@ def authors_truth(n_features: int = 20, n_experts: int = 5, random_state=None) -
 
     Intercepts of the experts linspace(-5, 5, K); expert slopes and gate
     coefficients integers in [-5, 5]; variances drawn from {4, 5}.
+
+    Parameters
+    ----------
+    n_features : int, default=20
+        The number of covariates d.
+    n_experts : int, default=5
+        The number of experts K.
+    random_state : None, int or numpy.random.Generator
+        The seed.
+
+    Returns
+    -------
+    MoEParams
+        The true model.
     """
     rng = check_random_state(random_state)
     K, d = n_experts, n_features
@@ -32,21 +48,35 @@ def make_moe_regression(n_samples: int, n_features: int, n_experts: int, *,
 
     Parameters
     ----------
-    n_samples, n_features, n_experts : sizes n, d, K.
-    design :
+    n_samples : int
+        The number of rows n.
+    n_features : int
+        The number of covariates d.
+    n_experts : int
+        The number of experts K.
+    design : {"separated", "authors"}, default="separated"
         "separated": X ~ N(0, I); expert intercepts spread 4 apart, slopes
         N(0, 1), variances 0.25 to 0.5, gates with slopes of size 3 so that
         every expert owns a region of covariate space (an easy, identifiable
         problem for recovery tests).
         "authors": the authors' synthetic design (K-component Gaussian mixture
-        covariates with correlation ``4**-abs(i - j)``, integer coefficients, variances
-        4-5, X z-scored), docs/method.rst, section 7.
-    params : use these true parameters instead of drawing them.
-    random_state : None, int or Generator.
+        covariates with correlation ``4**-abs(i - j)``, integer coefficients,
+        variances 4-5, X z-scored), docs/method.rst, section 7.
+    params : MoEParams, optional
+        True parameters to use instead of drawing them.
+    random_state : None, int or numpy.random.Generator
+        The seed.
 
     Returns
     -------
-    X (n, d), y (n,), truth (MoEParams), labels (n,) latent expert of each row.
+    X : ndarray of shape (n, d)
+        The covariates.
+    y : ndarray of shape (n,)
+        The responses.
+    truth : MoEParams
+        The true model.
+    labels : ndarray of int, shape (n,)
+        The expert that drew each row.
     """
     n = check_int(n_samples, "n_samples")
     d = check_int(n_features, "n_features")

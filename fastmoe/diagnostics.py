@@ -30,3 +30,7 @@ from .studies import (  # noqa: F401
     consistency_study,
     loglog_slope,
 )
+
+__all__ = ["aggregation_health", "health_report", "align_to", "clustering_scores",
+           "model_metrics", "parameter_rmse", "relative_prediction_error", "stacked_mse",
+           "StudyResult", "authors_comparison", "consistency_study", "loglog_slope"]

@@ -25,7 +25,7 @@ from sklearn.utils.validation import validate_data
 
 from . import _backends, _kernels
 from ._backends import BACKENDS
-from ._em import MAX_ITER
+from ._options import EM_DEFAULTS as _EM
 from ._runtime import resolve_threads, split_cores
 from ._validation import (
     check_choice,
@@ -34,25 +34,18 @@ from ._validation import (
     check_random_state,
 )
 from .exceptions import ConvergenceWarning, ExclusionLimitError, ShardError
-from .io import read_npy, read_table, write_table
-from .message import MESSAGE_FORMAT, MESSAGE_VERSION, LocalMessage
-from .model_selection import select_n_experts
+from .io import read_npy, read_table
 from .moe import _MoEPredictMixin
 from .protocol import (
     SUPPORTS,
     aggregate_messages,
     fit_local,
-    pooled_support,
-    read_messages,
     recheck_local,
     round_statistics,
 )
 from .server import refine
 
-__all__ = ["BACKENDS", "MESSAGE_FORMAT", "MESSAGE_VERSION", "DistributedMoERegressor",
-           "LocalMessage", "ShardError", "aggregate_messages", "fit_local", "fit_shard",
-           "load_shard", "pooled_support", "read_messages", "read_table", "select_n_experts",
-           "write_table"]
+__all__ = ["DistributedMoERegressor"]
 
 # ----------------------------------------------------------------------------
 # shards
@@ -101,7 +94,9 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             msg = fit_local(X, y, n_experts, random_state=seed, **options)
-        msg.meta["warnings"] = sorted({str(w.message) for w in caught})
+        # a new message (validated again), not the fitted one changed
+        msg = replace(msg, meta={**msg.meta,
+                                 "warnings": sorted({str(w.message) for w in caught})})
         return index, msg
     except ShardError as exc:
         return index, exc
@@ -292,14 +287,23 @@ class _Plan(NamedTuple):
 
 
 class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
-    """Mixture of experts learned from shards in one communication step.
+    """Mixture of experts learned from shards: one communication step, then
+    rounds of exact distributed computation.
+
+    Each machine fits a local MoE on its shard and sends one small message;
+    the server reduces the M*K local experts to K by optimal transport
+    (:func:`fastmoe.aggregate_messages`), refits the gates, and then runs
+    refinement rounds on the machines' additive statistics until the
+    log-likelihood of all the rows stops rising (:func:`fastmoe.server.refine`).
 
     Parameters
     ----------
     n_experts : int, default=2
+        Number of global experts K (and of every local fit).
     n_machines : int, default=4
         Shards ``fit(X, y)`` splits the rows into (ignored by ``fit_shards``).
     cost : {"kl", "w2"}, default="kl"
+        The cost between Gaussian experts in the transport divergence.
     n_support : int, default=1000
         Covariate rows each machine sends (or the server draws per machine
         with ``support="gaussian"``).
@@ -307,144 +311,201 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Bound on the server's support, drawn evenly over the machines (see
         :func:`fastmoe.aggregate_messages`).
     support : {"sample", "gaussian"}, default="sample"
+        "sample": each machine sends ``n_support`` of its covariate rows;
+        "gaussian": it sends their mean and covariance and the server draws
+        the support from them.
     backend : {"local", "serial", "dask"}, default="local"
         "local": a process pool on this machine (joblib's loky: works from a
         plain script, ``python -`` or a notebook, with no main guard);
         "serial": one fit after another in this process; "dask": a
         dask.distributed Client (``client``, never closed by fastmoe, or a
         LocalCluster started and closed for the fit).
-    n_jobs : int or None
+    n_jobs : int, optional
         Worker processes of the "local" backend (None: min(shards, cores)).
-    client : dask.distributed.Client or None
+    client : dask.distributed.Client, optional
+        The cluster of the "dask" backend (None: a LocalCluster for the fit).
     on_shard_error : {"raise", "skip"}, default="raise"
         "skip" drops a failed shard with a warning, renormalises the weights
         over the others and records it in ``dropped_shards_``.
+    max_iter : int, default=2000
+        Local EM iterations at most per start (see :func:`fastmoe.fit_moe`).
+    tol : float, default=1e-7
+        Relative tolerance of the local fits and of the rounds. It is relative
+        to the log-likelihood of all the data, as for a centralised fit: each
+        of the M machines stops when its own log-likelihood changes by less
+        than ``tol * M`` of itself, the same absolute precision for equal
+        shards.
+    n_init : int or "auto", default="auto"
+        EM starts per machine (see :func:`fastmoe.fit_local`: at least three;
+        one local fit stuck in a poor optimum spoils the one-shot aggregate).
+    init : {"random", "kmeans"}, default="random"
+        The starts of the local fits (see :func:`fastmoe.fit_moe`).
+    init_iter : int or None, default=20
+        Short-run iterations of every start (see :func:`fastmoe.fit_moe`).
+    reg_var : float, default=1e-6
+        Variance floor of the local fits, relative to each shard's Var(y).
     gate_penalty : float or "auto", default="auto"
         Ridge penalty of the local fits' gate slopes ("auto": only on shards
         whose gates diverge; see :func:`fastmoe.fit_local`).
-    penalty, l1_strength : None or "l1", float or "auto"
-        The LASSO option of the local fits (see :func:`fastmoe.fit_moe`;
-        "auto" scales with each shard's size).
-    max_iter, tol, n_init, init, init_iter, reg_var, gate_steps, split_merge :
-        local EM options (see :func:`fastmoe.fit_moe`; ``n_init="auto"``, the
-        default, see :func:`fastmoe.fit_local`). At least three starts per machine: one
-        local fit stuck in a poor optimum spoils the aggregate (measured: 3 of
-        16 single-start fits of the authors' design did, and the test
-        log-likelihood of the aggregate fell by 8%). ``tol`` is relative to
-        the log-likelihood of all the data, as for a centralised fit: each of
-        the M machines stops when its own log-likelihood changes by less than
-        ``tol * M`` of itself, the same absolute precision for equal shards.
-        (A machine held to ``tol`` of its own 1/M share of the log-likelihood
-        is held to a precision M times finer than the centralised fit, and
-        spends most of its iterations there: measured on the authors' design,
-        62500 rows, 3 starts, local fits took 9 to 10 s instead of 15 to 25 s,
-        for test log-likelihoods equal to 0.05 in 22,800.)
-    agg_init, agg_n_init, agg_max_iter, gate_target, variance_update :
-        aggregation options (see :func:`fastmoe.aggregate`).
+    penalty : None or "l1", default=None
+        The LASSO option of the local fits (see :func:`fastmoe.fit_moe`).
+    l1_strength : float or "auto", default="auto"
+        Its strength ("auto" scales with each shard's size).
+    gate_steps : int, default=1
+        Newton steps on the gates per local EM iteration.
+    split_merge : bool, default=True
+        The split-merge move of the local fits (see :func:`fastmoe.fit_moe`).
+    agg_init : {"aligned", "kmeans"}, default="aligned"
+        Starts of the reduction (``init`` of :func:`fastmoe.aggregate`).
+    agg_n_init : int, default=3
+        Number of starts of the reduction.
+    agg_max_iter : int, default=300
+        MM iterations at most per start of the reduction.
+    gate_target : {"assigned", "kl", "plan", "posterior"}, default="assigned"
+        What the gates are refitted to (see :func:`fastmoe.aggregate`).
+    variance_update : {"exact", "published"}, default="exact"
+        The reduction's variance update (see :func:`fastmoe.aggregate`).
     exclude_failed : bool, default=True
-        Leave out local models that look like failed local fits and aggregate
-        the others again (see :func:`fastmoe.aggregate_messages`); the shards
-        left out are listed in ``excluded_shards_`` (their rows in
-        ``excluded_rows_``), with a warning. Only models with evidence of
-        failure in themselves are left out, and every machine first checks
-        its own fit (an unconverged fit or duplicated experts are fitted
-        again from fresh starts: ``messages_[i].meta["self_check"]``).
+        Leave out local models with evidence of failure in themselves
+        (diverged gates, collapsed, starved or duplicated experts, and far
+        from the others) from the one-shot aggregate (see
+        :func:`fastmoe.aggregate_messages`); a model that is merely different
+        is a population and stays. With refinement rounds their rows count
+        anyway; ``excluded_rows_`` counts only rows that no step used.
     max_excluded : float, default=0.05
         Share of the rows ``exclude_failed`` may leave out; beyond it the fit
         raises a ValueError that names the shards (see
         :func:`fastmoe.aggregate`).
     recheck_suspects : bool, default=True
-        After the aggregation, the shards whose models look failed or out of
-        line (a transport cost per unit mass over twice the median machine's)
-        run EM from the aggregate on their rows
-        (:func:`fastmoe.protocol.recheck_local`); a shard whose refit fits
-        its own rows better sends it instead (its first fit was a poor
-        optimum), and the server aggregates once more, on the same support,
-        from the first aggregate's experts (``init=``; measured on the
-        reference data B at 64 shards: 14 and 38 MM iterations against 81 and
-        45 from the aligned start, objectives 414.530 and 413.188 against
-        414.543 and 413.187). Listed in
-        ``rechecked_shards_``; ``recheck_time_`` (the slowest recheck) is in
-        ``learning_time_``. A shard whose refit does no better is a different
-        population, and is kept. On small shards noise alone puts a few
-        machines over the threshold (measured: 2 of 7 shards of 714 rows of
-        one population, neither replaced, 8 ms): the recheck then costs
-        their EM runs and changes nothing. Not run when automatic
-        refinement rounds follow (the default): the rounds, on every row
-        from the aggregate, repair what a poor
-        local optimum did to it (measured on the reference data A and B at 64
-        shards, seeds 0 and 1: errors within 0.01x of the centralised fit's
-        with and without the check round, which cost B a second
-        aggregation).
+        Without refinement rounds: after the aggregation, the shards whose
+        models look failed or out of line run EM from the aggregate on their
+        rows (:func:`fastmoe.protocol.recheck_local`); a shard whose refit fits
+        its own rows better sends it instead, and the server aggregates once
+        more from the first aggregate's experts. Listed in
+        ``rechecked_shards_``. Not run when refinement rounds follow: the
+        rounds, on every row, repair what a poor local optimum did.
     robust : bool, default=False
-        Leave out the shards whose local models are inconsistent with the
-        consensus beyond what their sample size explains (a corrupted or
-        lying machine; see :func:`fastmoe.aggregate_messages`); they are
-        listed in ``excluded_shards_`` and ``inconsistent_shards_``, with a
-        warning.
+        Leave out the shards whose rows do not come from the same model as
+        the others' (a corrupted or lying machine: mirrored or permuted
+        responses, a forged n or forged parameters; see
+        :func:`fastmoe.aggregate_messages` and the rounds' per-machine
+        log-likelihoods); they are listed in ``excluded_shards_`` and
+        ``inconsistent_shards_``, with their reasons, and a warning. Without
+        it the fit keeps them and the warning names them.
     refine_rounds : int or "auto", default="auto"
         Rounds of exact distributed computation after the one-shot aggregate
         (:func:`fastmoe.server.refine`): in each, every shard that was fitted
         (but not one left out by ``robust``) returns additive statistics of
         its rows at a few candidate models
         (:func:`fastmoe.protocol.round_statistics`: its log-likelihood, EM's
-        statistics, and the gradient and Hessian of its log-likelihood in
-        all P = K(d+2) + (K-1)(d+1) parameters): Newton, trust-region and
+        statistics, and the gradient and Hessian of its log-likelihood in all
+        P = K(d+2) + (K-1)(d+1) parameters): Newton, trust-region and
         over-relaxed EM steps from the current model. The server keeps the
         best, until the gain a Newton step expects is below
-        ``fastmoe.server.NEWTON_TOL`` times ``tol`` times the
-        log-likelihood (what a centralised EM leaves at its stop). "auto"
-        (the default): at most ``AUTO_REFINE_MAX_ROUNDS`` (30) rounds; an int:
-        at most that many; 0 keeps the one-shot estimator of the paper.
-        ``refine_history_`` lists the rounds, ``refine_converged_`` says
-        whether they converged, and ``standard_errors_`` come from the last
-        round's Hessian.
-    shard_timeout : float or None, default=None
+        ``fastmoe.server.NEWTON_TOL`` times ``tol`` times the log-likelihood
+        (what a centralised EM leaves at its stop). "auto" (the default): at
+        most ``AUTO_REFINE_MAX_ROUNDS`` rounds; an int: at most that many; 0
+        keeps the one-shot estimator of the paper.
+    shard_timeout : float, optional
         Seconds a shard's task (its loading and local fit, a round, a
         recheck) may take; a shard over it is a ``ShardError`` naming its
-        index (``on_shard_error`` decides; in a round it is raised). Its
-        work goes on in a daemon thread that nothing waits for.
-    random_state : None, int or Generator
-    n_threads : threads per local fit and of the reduction (None: cores / jobs)
+        index (``on_shard_error`` decides; in a round it is raised). Its work
+        goes on in a daemon thread that nothing waits for.
+    random_state : None, int or numpy Generator, default=None
+        Seeds the split of ``fit``, the local fits' starts and the reduction;
+        the result is reproducible from it, whatever the backend.
+    n_threads : int, optional
+        Threads per local fit and of the reduction (None: cores / jobs).
+    verbose : int, default=0
+        1 shows a progress bar over the shard fits (on a terminal, with tqdm).
 
     Attributes
     ----------
-    params_, gate_coef_, gate_intercept_, expert_coef_, expert_intercept_, expert_var_ :
-        the aggregated model.
-    n_iter_ : MM iterations of the reduction.
-    aggregation_ : the AggregationResult (``aggregation_.report()``).
-    messages_, local_models_ : the messages of the shards that were fitted.
-    shard_sizes_, dropped_shards_, dropped_rows_, excluded_shards_,
-    inconsistent_shards_, excluded_rows_, rechecked_shards_ : what each shard
-        contributed;
-        ``shard_sizes_.sum() + dropped_rows_`` is the number of rows given,
-        ``excluded_rows_`` of the fitted rows were left out of the aggregate.
-    local_fit_times_, reduction_time_, learning_time_, wall_time_,
-    message_bytes_ : the costs (``learning_time_`` includes the refinement
-        rounds).
-    refine_history_ : one dict per refinement round: the log-likelihood of
-        all rows at the model it kept, the step that gave that model, the
-        candidates it tried, the slowest machine's and the server's seconds.
-    refine_converged_ : whether the rounds converged.
-    round_statistics_ : list of (shard index, RoundStatistics) at the final
-        model: each machine's log-likelihood at it (``log_likelihood /
-        n`` per row) and its statistics.
+    params_ : MoEParams
+        The fitted model (after the rounds, when there are any).
+    gate_coef_ : ndarray of shape (K, d)
+        Gate slopes (the last gate is the zero reference).
+    gate_intercept_ : ndarray of shape (K,)
+        Gate intercepts.
+    expert_coef_ : ndarray of shape (K, d)
+        Expert slopes.
+    expert_intercept_ : ndarray of shape (K,)
+        Expert intercepts.
+    expert_var_ : ndarray of shape (K,)
+        Expert noise variances.
+    n_iter_ : int
+        MM iterations of the reduction.
+    aggregation_ : AggregationResult
+        The one-shot reduction (``aggregation_.report()``).
+    messages_ : list of LocalMessage
+        The messages of the shards that were fitted.
+    local_models_ : list of MoEParams
+        Their local models.
+    shard_sizes_ : ndarray of int
+        Rows of each fitted shard; ``shard_sizes_.sum() + dropped_rows_`` is
+        the number of rows given.
+    dropped_shards_ : list of int
+        Shards whose loading or local fit failed (``on_shard_error="skip"``).
+    dropped_rows_ : int
+        Their rows, when known.
+    excluded_shards_ : list of int
+        Shards left out of the one-shot aggregate (failed fits, or by
+        ``robust``).
+    inconsistent_shards_ : list of int
+        Shards named by the consistency checks (left out with ``robust``).
+    inconsistent_reasons_ : dict
+        Shard index -> why it was named.
+    excluded_rows_ : int
+        Rows that no step used (rows of a shard left out of the aggregate
+        and of every round).
+    rechecked_shards_ : list of int
+        Shards whose recheck replaced their model.
+    local_fit_times_ : ndarray of float
+        Seconds of each shard's local fit.
+    recheck_time_ : float
+        Seconds of the slowest recheck.
+    reduction_time_ : float
+        Seconds of the server's reduction.
+    learning_time_ : float
+        The slowest local fit plus the server's work plus the rounds: the
+        time the fit takes with every shard on its own machine.
+    wall_time_ : float
+        Seconds the fit took here.
+    message_bytes_ : ndarray of int
+        Bytes of each fitted shard's message.
+    refine_history_ : list of dict
+        One entry per refinement round: the log-likelihood of all rows at the
+        model it kept, the step that gave that model, the candidates it
+        tried, the slowest machine's and the server's seconds.
+    refine_converged_ : bool
+        Whether the rounds converged.
+    round_statistics_ : list of tuple
+        ``(shard index, RoundStatistics)`` at the final model: each machine's
+        log-likelihood at it and its statistics.
     standard_errors_ : MoEParams or None
         Standard errors from the observed information of all the rows, from
         the last round's summed Hessian (:mod:`fastmoe.inference`); None for
         the one-shot estimator (``refine_rounds=0``), which is not the
-        maximum-likelihood fit. ``robust_standard_errors_`` is None: the
-        sandwich needs a round of its own.
-    verbose : int, default=0
-        1 shows a progress bar over the shard fits (on a terminal, with tqdm).
+        maximum-likelihood fit.
+    robust_standard_errors_ : None
+        Always None here: the sandwich needs a round of its own (see
+        :attr:`GaussianMoERegressor.robust_standard_errors_`).
+    n_features_in_ : int
+        Number of covariates seen by ``fit``.
+
+    See Also
+    --------
+    GaussianMoERegressor : the centralised fit of the same model.
+    fastmoe.fit_local, fastmoe.aggregate_messages, fastmoe.server.refine :
+        the two halves, for machines fastmoe does not drive.
     """
 
     def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
                  max_support="auto", support="sample", backend="local", n_jobs=None, client=None,
-                 on_shard_error="raise", max_iter=MAX_ITER, tol=1e-7, n_init="auto", init="random",
-                 init_iter=20, reg_var=1e-6, gate_penalty="auto", penalty=None,
-                 l1_strength="auto", gate_steps=1,
-                 split_merge=True, agg_init="aligned",
+                 on_shard_error="raise", max_iter=_EM.max_iter, tol=_EM.tol, n_init="auto",
+                 init=_EM.init, init_iter=_EM.init_iter, reg_var=_EM.reg_var,
+                 gate_penalty="auto", penalty=_EM.penalty, l1_strength=_EM.l1_strength,
+                 gate_steps=_EM.gate_steps, split_merge=_EM.split_merge, agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
                  exclude_failed=True, max_excluded=0.05, recheck_suspects=True, robust=False,
                  refine_rounds="auto", shard_timeout=None,
@@ -486,8 +547,23 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.verbose = verbose
 
     def fit(self, X, y):
-        """Split the rows at random into ``n_machines`` disjoint shards (sizes
-        differ by at most one) and fit them; returns self."""
+        """Split the rows at random into ``n_machines`` shards and fit them.
+
+        The shards are disjoint and their sizes differ by at most one; the split
+        is seeded by ``random_state``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        y : array-like of shape (n,)
+            Responses.
+
+        Returns
+        -------
+        DistributedMoERegressor
+            The fitted estimator (self).
+        """
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         M = check_int(self.n_machines, "n_machines")
         n = X.shape[0]
@@ -505,10 +581,22 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         return self._fit(shards, rng)
 
     def fit_shards(self, shards):
-        """Fit shards the user already has: a list of (X, y) arrays, data file
-        paths (.npz, .csv, .parquet), pairs of .npy paths or callables, or a
-        Dask dataframe / (X, y) pair of Dask arrays whose partitions are the
-        machines; returns self."""
+        """Fit shards the user already has, one per machine.
+
+        Parameters
+        ----------
+        shards : list or Dask collection
+            One entry per machine: an (X, y) pair of arrays, a data file path
+            (.npz, .csv, .parquet), a pair of .npy paths, or a callable that
+            returns an (X, y) pair on the machine; or a Dask dataframe (its column
+            "y", or else its last column, the response) or an (X, y) pair of Dask arrays, whose
+            partitions are the machines.
+
+        Returns
+        -------
+        DistributedMoERegressor
+            The fitted estimator (self).
+        """
         parts = _dask_partitions(shards)
         if parts is not None:
             shards = [_DelayedShard(p) for p in parts]

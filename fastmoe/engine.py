@@ -200,12 +200,9 @@ def e_step(X, y, params: MoEParams, *, sample_weight=None,
     X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
     n, K = X.shape[0], params.n_experts
     log_resp, row_ll = np.empty((n, K)), np.empty(n)
-    bad = _kernels.e_step(X, y, w, params.gate_aug, params.expert_aug, params.expert_var,
-                          log_resp, row_ll, np.empty((0, 0, 0)), chunk_size(n),
-                          resolve_threads(n_threads))
-    if bad:
-        raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite at these "
-                                 "parameters.")
+    _kernels.e_step(X, y, w, params.gate_aug, params.expert_aug, params.expert_var,
+                    log_resp, row_ll, np.empty((0, 0, 0)), chunk_size(n),
+                    resolve_threads(n_threads))
     return EStep(float(w @ row_ll), np.exp(log_resp), row_ll)
 
 
@@ -228,10 +225,14 @@ class ExpertStatistics:
 
     @property
     def n_experts(self) -> int:
+        """Number of experts K.
+        """
         return self.gram.shape[0]
 
     @property
     def n_features(self) -> int:
+        """Number of covariates d.
+        """
         return self.gram.shape[1] - 2
 
     @property
@@ -670,9 +671,21 @@ class StepStatistics:
                               self.derivatives + other.derivatives if both else None)
 
     def moved(self, origin) -> StepStatistics:
-        """The same statistics centred at ``origin`` (d+1,) instead: Gram
-        matrices T G T^T and gate derivatives T g, T H T^T with T the shift
-        of (1, x, y) (``fastmoe._frame.shift_matrix``)."""
+        """The same statistics centred at ``origin`` instead.
+
+        Gram matrices become T G T^T and gate derivatives T g, T H T^T, with T
+        the shift of (1, x, y) (``fastmoe._frame.shift_matrix``).
+
+        Parameters
+        ----------
+        origin : array-like of shape (d + 1,)
+            The new origin of (x, y).
+
+        Returns
+        -------
+        StepStatistics
+            The moved statistics (self when ``origin`` is the current one).
+        """
         origin = np.asarray(origin, dtype=np.float64)
         delta = origin - self.origin
         if not np.any(delta):
@@ -694,16 +707,37 @@ class StepStatistics:
                               _frozen(origin.copy()), der)
 
     def at_own_mean(self, params: MoEParams):
-        """(statistics, frame, model): the statistics moved to their own mean
-        (:meth:`centred`), the frame that moves (x, y) there, and ``params``
-        written in it: where the server's solves are made."""
+        """The statistics, a frame and the model, all at the statistics' own mean.
+
+        Where the server's solves are made.
+
+        Parameters
+        ----------
+        params : MoEParams
+            The model at which the statistics were computed.
+
+        Returns
+        -------
+        stats : StepStatistics
+            The statistics moved to their own mean (:meth:`centred`).
+        frame : Frame
+            The frame that moves (x, y) there.
+        model : MoEParams
+            ``params`` written in that frame.
+        """
         stats = self.centred()
         frame = origin_frame(stats.origin)
         return stats, frame, frame.params_in(params)
 
     def centred(self) -> StepStatistics:
         """The statistics moved to their own weighted mean of (x, y): the
-        origin at which the server's solves are best conditioned."""
+        origin at which the server's solves are best conditioned.
+
+        Returns
+        -------
+        StepStatistics
+            The moved statistics (self when they carry no weight).
+        """
         total = self.experts.gram.sum(axis=0)
         if not total[0, 0] > 0:
             return self
@@ -736,12 +770,8 @@ def _fused_pass(X, y, w, params: MoEParams, n_threads, keep_resp: bool):
     stats, obj = np.empty((nc, K, q * (q + 1) // 2)), np.empty((nc, 2))
     grad = np.empty((nc, K - 1, p))
     info = np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2))
-    bad = _kernels.em_pass(X, y, w, alpha, params.expert_aug, params.expert_var, resp,
-                           np.empty(0), stats, grad, info, obj, chunk,
-                           resolve_threads(n_threads))
-    if bad:
-        raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite at these "
-                                 "parameters.")
+    _kernels.em_pass(X, y, w, alpha, params.expert_aug, params.expert_var, resp,
+                     np.empty(0), stats, grad, info, obj, chunk, resolve_threads(n_threads))
     G = unpack_sym(stats.sum(axis=0), q)
     if K == 1:
         gates = GateStatistics(0.0, _frozen(np.zeros(0)), _frozen(np.zeros((0, 0))))
@@ -1000,7 +1030,21 @@ class LocalExperts:
 
     @classmethod
     def from_models(cls, models: Sequence[MoEParams], sample_sizes=None) -> LocalExperts:
-        """Stack the local models (weights ``sample_sizes``, default equal)."""
+        """Stack the local models.
+
+        Parameters
+        ----------
+        models : sequence of MoEParams
+            The local models, on the same covariates; their numbers of experts
+            may differ.
+        sample_sizes : array-like of shape (M,), optional
+            Their weights (default equal).
+
+        Returns
+        -------
+        LocalExperts
+            The M*K local experts with their gates and machine weights.
+        """
         if isinstance(models, MoEParams) or len(models) == 0:
             raise ValueError("models must be a non-empty sequence of MoEParams.")
         models = [_check_params(m) for m in models]
@@ -1014,6 +1058,8 @@ class LocalExperts:
 
     @property
     def n_features(self) -> int:
+        """Number of covariates d.
+        """
         return self.expert_coef.shape[1]
 
     @functools.cached_property

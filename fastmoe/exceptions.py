@@ -13,8 +13,17 @@ import threading
 
 
 class ShardError(ValueError):
-    """A shard could not be fitted; ``index`` says which, ``reason`` why and
-    ``n_rows`` how many rows it held (0 when it could not be read)."""
+    """A shard could not be fitted.
+
+    Parameters
+    ----------
+    index : int
+        Which shard, in the caller's order.
+    reason : str
+        Why, in one line.
+    n_rows : int, default=0
+        The rows it held (0 when it could not be read).
+    """
 
     def __init__(self, index: int, reason: str, n_rows: int = 0):
         self.index = int(index)
@@ -27,8 +36,17 @@ class ShardError(ValueError):
 
 
 class ExclusionLimitError(ValueError):
-    """``exclude_failed`` would leave out the local models ``failed``, which
-    hold ``share`` of the rows, more than ``max_excluded`` allows."""
+    """``exclude_failed`` would leave out more rows than ``max_excluded`` allows.
+
+    Parameters
+    ----------
+    failed : list of int
+        The local models that look like failed fits.
+    share : float
+        The share of the rows they hold.
+    max_excluded : float
+        The share allowed.
+    """
 
     def __init__(self, failed, share: float, max_excluded: float):
         self.failed = [int(m) for m in failed]

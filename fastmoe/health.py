@@ -1,17 +1,15 @@
-"""The result of an aggregation and its health: which machines' experts
-went where, what it cost, and sentences naming the likely cause of anything
-out of line.
+"""The health of an aggregation: which machines' experts went where, what
+it cost, and sentences naming the likely cause of anything out of line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from ._em import duplicate_pair
-from ._params import MoEParams
 from ._reduction import mapped_one_to_one
+
+__all__ = ["aggregation_health", "health_report"]
 
 OUTLIER_FACTOR = 5.0
 #: a collapsed machine whose transport cost per unit mass exceeds this multiple
@@ -84,39 +82,49 @@ def aggregation_health(result) -> dict:
     """Structured health of an :class:`~fastmoe.AggregationResult`.
 
     Each local expert l is owned by the global expert a_l that receives most
-    of its mass. Returns
+    of its mass.
 
-    - ``counts`` (K, M): local experts of machine m owned by global expert k
-      (a healthy reduction of equal-K models owns about one per machine);
-    - ``mass`` (K,) and ``objective_share`` (K,): mass received and share of
-      the objective R of each global expert;
-    - ``machine_cost`` (M,): each machine's transport cost per unit of mass;
-    - ``collapsed`` : machines whose experts land on fewer distinct global
-      experts than they have (min(K_m, K));
-    - ``heterogeneous`` : machines whose cost per unit mass exceeds
-      ``OUTLIER_FACTOR`` times the median machine's, or collapsed machines
-      above ``FAILED_COST_FACTOR`` times it whose models show no evidence of
-      failure (a different population);
-    - ``failed`` : collapsed machines whose cost per unit mass exceeds
-      ``FAILED_COST_FACTOR`` times the median machine's and whose own model
-      shows evidence of failure (``FAILURE_EVIDENCE``: diverged gates,
-      collapsed, starved or duplicated experts), taken for failed local fits
-      (``exclude_failed``); a machine that is merely different (a confident
-      fit of another population) is reported as ``heterogeneous``, never
-      failed;
-    - ``suspect`` : machines above ``FAILED_COST_FACTOR`` times the median
-      cost, collapsed or not, failed or not: the machines
-      :func:`fastmoe.protocol.recheck_local` asks to look at their fits again
-      (a poor local optimum whose experts still map one-to-one is costly
-      too: on 64 shards of 1406 rows of the reference data set B, rechecking
-      the two such machines took the aggregate's variance error from 2.8 to
-      1.1 times the centralised fit's);
-    - ``implausible`` : input indices of machines whose claimed sample size
-      is out of line (``AggregationResult.implausible``);
-    - ``diverged_gates``, ``collapsed_experts``, ``starved_experts``,
-      ``duplicate_experts`` :
-      machines whose local fits look degenerate (:func:`local_fit_issues`);
-    - ``warnings`` : sentences naming the likely cause.
+    Parameters
+    ----------
+    result : AggregationResult
+        The aggregation to judge.
+
+    Returns
+    -------
+    dict
+        With the keys:
+
+        - ``counts`` (K, M): local experts of machine m owned by global expert k
+          (a healthy reduction of equal-K models owns about one per machine);
+        - ``mass`` (K,) and ``objective_share`` (K,): mass received and share of
+          the objective R of each global expert;
+        - ``machine_cost`` (M,): each machine's transport cost per unit of mass;
+        - ``collapsed`` : machines whose experts land on fewer distinct global
+          experts than they have (min(K_m, K));
+        - ``heterogeneous`` : machines whose cost per unit mass exceeds
+          ``OUTLIER_FACTOR`` times the median machine's, or collapsed machines
+          above ``FAILED_COST_FACTOR`` times it whose models show no evidence of
+          failure (a different population);
+        - ``failed`` : collapsed machines whose cost per unit mass exceeds
+          ``FAILED_COST_FACTOR`` times the median machine's and whose own model
+          shows evidence of failure (``FAILURE_EVIDENCE``: diverged gates,
+          collapsed, starved or duplicated experts), taken for failed local fits
+          (``exclude_failed``); a machine that is merely different (a confident
+          fit of another population) is reported as ``heterogeneous``, never
+          failed;
+        - ``suspect`` : machines above ``FAILED_COST_FACTOR`` times the median
+          cost, collapsed or not, failed or not: the machines
+          :func:`fastmoe.protocol.recheck_local` asks to look at their fits again
+          (a poor local optimum whose experts still map one-to-one is costly
+          too: on 64 shards of 1406 rows of the reference data set B, rechecking
+          the two such machines took the aggregate's variance error from 2.8 to
+          1.1 times the centralised fit's);
+        - ``implausible`` : input indices of machines whose claimed sample size
+          is out of line (``AggregationResult.implausible``);
+        - ``diverged_gates``, ``collapsed_experts``, ``starved_experts``,
+          ``duplicate_experts`` :
+          machines whose local fits look degenerate (:func:`local_fit_issues`);
+        - ``warnings`` : sentences naming the likely cause.
     """
     K = result.params.n_experts
     machine = np.asarray(result.machine)
@@ -130,30 +138,56 @@ def aggregation_health(result) -> dict:
     lam = np.array([result.local_mass[machine == m].sum() for m in range(M)])
     cost = np.array([result.local_objective[machine == m].sum() for m in range(M)]) / lam
     collapsed = np.flatnonzero(~mapped_one_to_one(owner, machine, K)).tolist()
-    med = float(np.median(cost))
-    notes = []
     issues = dict(getattr(result, "local_issues", {}) or {})
     # a model is left out only on evidence of failure, never for being different
     evidence = {m for kind in FAILURE_EVIDENCE for m in issues.get(kind, {})}
-    # costly: a poor optimum or a different population (the machine can tell);
-    # collapsed and costly with evidence of failure: failed
+    med, suspect, failed, hetero = _classify(cost, collapsed, evidence)
+    implausible = list(getattr(result, "implausible", ()))
+    notes = (_local_issue_notes(issues) + _machine_notes(cost, med, hetero, evidence,
+                                                        implausible, collapsed)
+             + _structure_notes(result, counts, collapsed))
+    return {"counts": counts, "mass": result.expert_mass.copy(), "objective_share": share,
+            "machine_cost": cost, "collapsed": collapsed, "heterogeneous": hetero,
+            "failed": failed, "suspect": suspect, "implausible": implausible,
+            **{kind: sorted(issues.get(kind, {})) for kind in FAILURE_EVIDENCE},
+            "warnings": notes}
+
+
+def _classify(cost, collapsed, evidence):
+    """(median cost, suspect, failed, heterogeneous) machines from their
+    transport costs per unit mass: costly is a poor optimum or a different
+    population (the machine can tell); collapsed and costly with evidence of
+    failure is failed."""
+    M = len(cost)
+    med = float(np.median(cost))
     costly = cost > FAILED_COST_FACTOR * med
     suspect = [m for m in range(M) if costly[m]]
     failed = [m for m in collapsed if costly[m] and m in evidence]
     hetero = [m for m in range(M) if M > 2 and (cost[m] > OUTLIER_FACTOR * max(med, 1e-300)
                                                 or (m in collapsed and costly[m]
                                                     and m not in evidence))]
-    for kind, what in (("diverged_gates", "local gates that diverged (nearly separable "
-                        "shards: fit them with a larger gate_penalty)"),
-                       ("collapsed_experts", "local experts whose variance collapsed"),
-                       ("starved_experts", "local experts their own gates give almost no "
-                        "weight (too many experts for the shard)"),
-                       ("duplicate_experts", "pairs of local experts that describe the same "
-                        "data (a poor EM optimum)")):
-        if issues.get(kind):
-            named = "; ".join(f"machine {m}: {why}" for m, why in issues[kind].items())
-            notes.append(f"{what}: {named}")
-    implausible = list(getattr(result, "implausible", ()))
+    return med, suspect, failed, hetero
+
+
+#: what each kind of local-fit issue means, for the health's warnings
+_ISSUE_TEXT = {
+    "diverged_gates": "local gates that diverged (nearly separable shards: fit them with a "
+                      "larger gate_penalty)",
+    "collapsed_experts": "local experts whose variance collapsed",
+    "starved_experts": "local experts their own gates give almost no weight (too many "
+                       "experts for the shard)",
+    "duplicate_experts": "pairs of local experts that describe the same data (a poor EM "
+                         "optimum)",
+}
+
+
+def _local_issue_notes(issues) -> list:
+    return [f"{what}: " + "; ".join(f"machine {m}: {why}" for m, why in issues[kind].items())
+            for kind, what in _ISSUE_TEXT.items() if issues.get(kind)]
+
+
+def _machine_notes(cost, med, hetero, evidence, implausible, collapsed) -> list:
+    notes = []
     if implausible:
         notes.append(f"machine(s) {implausible} claim sample sizes out of line with the others' "
                      "or with their own covariate samples: their weight in the aggregate may be "
@@ -172,6 +206,13 @@ def aggregation_health(result) -> dict:
         notes.append(f"machine(s) {collapsed} map their experts onto fewer global experts "
                      "than they have: too many experts locally (or too few globally), or "
                      "local fits that found duplicate experts")
+    return notes
+
+
+def _structure_notes(result, counts, collapsed) -> list:
+    """Warnings about the global experts and the support."""
+    K = counts.shape[0]
+    notes = []
     empty = [k for k in range(K) if counts[k].sum() == 0]
     if empty:
         notes.append(f"global expert(s) {empty} own no local expert: too many global experts "
@@ -186,17 +227,22 @@ def aggregation_health(result) -> dict:
         notes.append(f"the support has {S} points, fewer than {need} "
                      f"({SUPPORT_PER_GATE_PARAMETER} per free gate parameter): the gate "
                      "regression may be noisy; send larger covariate samples")
-    return {"counts": counts, "mass": result.expert_mass.copy(), "objective_share": share,
-            "machine_cost": cost, "collapsed": collapsed, "heterogeneous": hetero,
-            "failed": failed, "suspect": suspect, "implausible": implausible,
-            "diverged_gates": sorted(issues.get("diverged_gates", {})),
-            "collapsed_experts": sorted(issues.get("collapsed_experts", {})),
-            "starved_experts": sorted(issues.get("starved_experts", {})),
-            "duplicate_experts": sorted(issues.get("duplicate_experts", {})), "warnings": notes}
+    return notes
 
 
 def health_report(result) -> str:
-    """Human-readable aggregation health report (see :func:`aggregation_health`)."""
+    """Human-readable aggregation health report (see :func:`aggregation_health`).
+
+    Parameters
+    ----------
+    result : AggregationResult
+        The aggregation to judge.
+
+    Returns
+    -------
+    str
+        A table per machine and global expert, and the warnings, one per line.
+    """
     h = aggregation_health(result)
     K, M = h["counts"].shape
     lines = [f"Aggregation ({result.method}): {M} machines, {len(result.machine)} local "
@@ -215,71 +261,3 @@ def health_report(result) -> str:
     # what the server left out or repaired on the way (robust=True, exclude_failed, ...)
     lines += [f"NOTE: {n}." for n in result.notes]
     return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class AggregationResult:
-    """Result of :func:`aggregate` and of the baselines.
-
-    Attributes
-    ----------
-    params : MoEParams, the aggregated K-expert model (canonical order).
-    objective : transport divergence R from the large mixture to ``params`` on
-        the support (a sum over support points).
-    history : (n_iter + 1,) R at the start and after each MM iteration, over
-        the support points the iterations visited (all of them unless support
-        x local experts exceeds ``_reduction.MM_PAIRS``; see
-        ``_reduction.mm_rows``).
-    n_iter, converged : of the best start's MM loop.
-    assignment : (S, L) int16, the global expert k*(s, l) that receives local
-        expert l at support point s (the transport plan in compact form:
-        P_lks = w_l(x_s) 1{k = assignment[s, l]}).
-    local_mass : (L, K) sum_s P_lks, the mass each local expert sends to each
-        global expert.
-    expert_mass : (K,) total mass received by each global expert.
-    local_objective : (L,) each local expert's share of R.
-    machine : (L,) machine index of each local expert.
-    method : "ot-kl", "ot-w2", "aligned_average", "naive_average" or "medoid".
-    timings : seconds per stage ("reduction", "gates", "total").
-    notes : what was repaired on the way (re-seeded experts, ...).
-    excluded : indices of input models left out, as failed local fits
-        (``exclude_failed``) or as inconsistent with the consensus
-        (:func:`fastmoe.aggregate_messages` with ``robust=True``); ``machine``
-        then numbers the models that were kept, in order.
-    inconsistent : indices of input models left out by ``robust=True``; the
-        reasons are in ``notes``.
-    excluded_fraction : share of the rows (by the sample sizes) that the
-        ``excluded`` models hold.
-    implausible : indices of input models whose claimed sample size is out of
-        line with the others' or with their own covariate sample
-        (:func:`fastmoe.aggregate_messages`); the reasons are in ``notes``.
-    local_issues : machines whose local fits look degenerate, by kind
-        (:func:`local_fit_issues`): {kind: {machine: description}}.
-    """
-
-    params: MoEParams
-    objective: float
-    history: np.ndarray = field(repr=False)
-    n_iter: int
-    converged: bool
-    assignment: np.ndarray = field(repr=False)
-    local_mass: np.ndarray = field(repr=False)
-    expert_mass: np.ndarray
-    local_objective: np.ndarray = field(repr=False)
-    machine: np.ndarray = field(repr=False)
-    method: str
-    timings: dict
-    notes: tuple = ()
-    excluded: tuple = ()
-    implausible: tuple = ()
-    inconsistent: tuple = ()
-    excluded_fraction: float = 0.0
-    local_issues: dict = field(default_factory=dict, repr=False)
-
-    def report(self) -> str:
-        """Aggregation health report (:func:`fastmoe.diagnostics.health_report`)."""
-        return health_report(self)
-
-    def health(self) -> dict:
-        """Structured health (:func:`fastmoe.diagnostics.aggregation_health`)."""
-        return aggregation_health(self)

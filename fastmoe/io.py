@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["read_table", "write_table"]
+
 #: largest data file (and largest array in one) that fastmoe reads
 MAX_DATA_BYTES = 8 * 2**30
 #: largest JSON text fastmoe parses (models and messages written as .json)
@@ -254,10 +256,27 @@ def same_file(a, b) -> bool:
 # data tables
 # ----------------------------------------------------------------------------
 def read_table(path, max_bytes: int = MAX_DATA_BYTES) -> tuple[np.ndarray, np.ndarray | None]:
-    """(X, y) from a data file: ``.npz`` with arrays "X" and "y"; ``.csv`` (with
-    a header line) or ``.parquet`` with the response in the column named "y"
-    and covariates in all the others. y is None when the file has none.
-    Values are not checked here (``check_X`` does); shapes and sizes are."""
+    """(X, y) from a data file.
+
+    ``.npz`` with arrays "X" and "y"; ``.csv`` (with a header line) or
+    ``.parquet`` with the response in the column named "y" and covariates in
+    all the others. Values are not checked here (``check_X`` does); shapes and
+    sizes are, and a bad file is refused with one line that names it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    max_bytes : int, default=8 GiB
+        The largest file read.
+
+    Returns
+    -------
+    X : ndarray of shape (n, d)
+        The covariates.
+    y : ndarray of shape (n,) or None
+        The responses, or None when the file has none.
+    """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot read data file {str(path)!r}: it is a folder; name a .npz, "
@@ -404,7 +423,19 @@ def _read_parquet(path: Path):
 
 
 def write_table(path, X, y=None) -> None:
-    """Write (X, y) as read by :func:`read_table` (.npz, .csv or .parquet)."""
+    """Write (X, y) as read by :func:`read_table` (.npz, .csv or .parquet).
+
+    The file is written whole or not at all (a temporary file, then a rename).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; its suffix chooses the format.
+    X : ndarray of shape (n, d)
+        The covariates.
+    y : ndarray of shape (n,), optional
+        The responses (the column "y").
+    """
     path = Path(path)
     if path.suffix not in (".npz", ".csv", ".parquet"):
         raise ValueError(f"unknown data file type {path.suffix!r}; use .npz, .csv or .parquet.")

@@ -42,6 +42,8 @@ import numpy as np
 from ._params import MoEParams
 from .io import MAX_JSON_BYTES, check_file, parse_json, read_json, read_npz, write_bytes
 
+__all__ = ["LocalMessage", "round_to_bytes", "round_from_bytes", "save_round", "load_round"]
+
 MESSAGE_FORMAT = "fastmoe.LocalMessage"
 MESSAGE_VERSION = 1
 #: largest message (file, and arrays once decompressed) the server reads
@@ -183,7 +185,13 @@ class LocalMessage:
                 "meta": self.meta}
 
     def to_bytes(self) -> bytes:
-        """Compact binary form (a compressed .npz archive; nothing pickled)."""
+        """Compact binary form (a compressed .npz archive; nothing pickled).
+
+        Returns
+        -------
+        bytes
+            What :meth:`from_bytes` reads back.
+        """
         buf = io.BytesIO()
         header = self._fields()
         arrays = {"support_mean": self.support_mean, "support_cov": self.support_cov}
@@ -197,7 +205,18 @@ class LocalMessage:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LocalMessage:
-        """Read :meth:`to_bytes` output (checked: see the module docstring)."""
+        """Read :meth:`to_bytes` output (checked: see the module docstring).
+
+        Parameters
+        ----------
+        data : bytes
+            The archive.
+
+        Returns
+        -------
+        LocalMessage
+            The message, every field checked.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ValueError(f"a message must be bytes; got {type(data).__name__}.")
         # the moments' absence is reported with the header's missing fields
@@ -240,9 +259,16 @@ class LocalMessage:
                             float(self.fit_time), dict(self.meta))
 
     def digest(self) -> str:
-        """SHA-256 of what the message says (model, rows, covariate sample and
-        moments), not of its file's bytes: one machine's message saved twice,
-        as .npz and as .json, has one digest."""
+        """SHA-256 of what the message says, not of its file's bytes.
+
+        The model, the rows, the covariate sample and moments: one machine's
+        message saved twice, as .npz and as .json, has one digest.
+
+        Returns
+        -------
+        str
+            The hexadecimal digest.
+        """
         h = hashlib.sha256(model_digest(self.params).encode())
         for a in (self.support_mean, self.support_cov,
                   np.zeros((0, 0)) if self.support is None else self.support,
@@ -253,7 +279,13 @@ class LocalMessage:
         return h.hexdigest()
 
     def save(self, path) -> None:
-        """Write to ``.npz`` (binary) or ``.json``."""
+        """Write to ``.npz`` (binary) or ``.json``, whole or not at all.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file; its suffix chooses the format.
+        """
         path = Path(path)
         if path.suffix == ".npz":
             write_bytes(path, self.to_bytes(), "message file")
@@ -264,7 +296,18 @@ class LocalMessage:
 
     @classmethod
     def load(cls, path) -> LocalMessage:
-        """Read a file written by :meth:`save` (checked: see the module docstring)."""
+        """Read a file written by :meth:`save` (checked: see the module docstring).
+
+        Parameters
+        ----------
+        path : str or path-like
+            A ``.npz`` or ``.json`` message.
+
+        Returns
+        -------
+        LocalMessage
+            The message, every field checked.
+        """
         path = Path(path)
         if path.suffix not in (".npz", ".json"):
             raise ValueError(f"unknown message file type {path.suffix!r}; use .npz or .json.")
@@ -395,12 +438,26 @@ def _round_bytes_needed(params: MoEParams) -> int:
 
 
 def round_to_bytes(stats, params: MoEParams) -> bytes:
-    """A machine's refinement-round statistics
-    (:func:`fastmoe.protocol.round_statistics` at ``params``) as a compressed
-    .npz archive: a JSON header (the model's :func:`model_digest`, the row
-    count, the log-likelihood and the gate objective) and six float64
-    arrays (EM's statistics, the origin they are centred at, the
-    log-likelihood's gradient and Hessian); nothing pickled."""
+    """A machine's refinement-round statistics as a compressed .npz archive.
+
+    The statistics are :func:`fastmoe.protocol.round_statistics` at
+    ``params``: a JSON header (the model's digest, the row count, the
+    log-likelihood and the gate objective) and six float64 arrays (EM's
+    statistics, the origin they are centred at, the log-likelihood's gradient
+    and Hessian); nothing pickled.
+
+    Parameters
+    ----------
+    stats : StepStatistics
+        The machine's statistics, with derivatives.
+    params : MoEParams
+        The model they were computed at.
+
+    Returns
+    -------
+    bytes
+        The archive.
+    """
     header = {"format": ROUND_FORMAT, "version": ROUND_VERSION, "model": model_digest(params),
               "n": int(stats.n), "log_likelihood": float(stats.log_likelihood),
               "gate_objective": float(stats.gates.objective)}
@@ -416,13 +473,27 @@ def round_to_bytes(stats, params: MoEParams) -> bytes:
 
 
 def round_from_bytes(data: bytes, params: MoEParams):
-    """Read :func:`round_to_bytes` output as the statistics of a round at
-    ``params``, checked: the archive within the size the model's statistics
-    need, computed at this model (its digest), the row count in [1, MAX_N],
-    every value finite, each expert's Gram matrix symmetric with weights that
-    sum to the row count (responsibilities sum to one per row), the gate
-    Hessian symmetric negative semi-definite and the objectives at most 0.
-    Each failure is a ValueError of one line."""
+    """Read :func:`round_to_bytes` output as the statistics of a round at ``params``.
+
+    Checked: the archive within the size the model's statistics need, computed
+    at this model (its digest), the row count in [1, MAX_N], every value
+    finite, each expert's Gram matrix positive semi-definite with weights that
+    sum to the row count, the gate gradient and Hessian within what the rows
+    allow, and the log-likelihood no higher than the model allows. Each failure
+    is a ValueError of one line.
+
+    Parameters
+    ----------
+    data : bytes
+        The archive.
+    params : MoEParams
+        The model the round was run at.
+
+    Returns
+    -------
+    StepStatistics
+        The machine's statistics, with derivatives.
+    """
     from ._information import Derivatives
     from .engine import ExpertStatistics, GateStatistics, StepStatistics
 
@@ -517,7 +588,22 @@ def round_digest(stats) -> str:
 
 
 def save_round(path, stats, params: MoEParams) -> int:
-    """Write :func:`round_to_bytes` to a ``.npz`` file; the bytes written."""
+    """Write :func:`round_to_bytes` to a ``.npz`` file, whole or not at all.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    stats : StepStatistics
+        The machine's statistics, with derivatives.
+    params : MoEParams
+        The model they were computed at.
+
+    Returns
+    -------
+    int
+        The bytes written.
+    """
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"unknown round statistics file type {path.suffix!r}; use .npz.")
@@ -525,8 +611,22 @@ def save_round(path, stats, params: MoEParams) -> int:
 
 
 def load_round(path, params: MoEParams):
-    """Read a file written by :func:`save_round`, checked as by
-    :func:`round_from_bytes` (the file's size first)."""
+    """Read a file written by :func:`save_round`, checked as by :func:`round_from_bytes`.
+
+    The file's size is checked first.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    params : MoEParams
+        The model the round was run at.
+
+    Returns
+    -------
+    StepStatistics
+        The machine's statistics, with derivatives.
+    """
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"unknown round statistics file type {path.suffix!r}; use .npz.")

@@ -8,6 +8,9 @@ import numpy as np
 
 from ._params import MoEParams
 
+__all__ = ["align_to", "parameter_rmse", "stacked_mse", "relative_prediction_error",
+           "clustering_scores", "model_metrics"]
+
 
 def _check_same_shape(estimate: MoEParams, reference: MoEParams):
     if estimate.n_experts != reference.n_experts:
@@ -35,15 +38,44 @@ def alignment(estimate: MoEParams, reference: MoEParams) -> np.ndarray:
 
 
 def align_to(estimate: MoEParams, reference: MoEParams) -> MoEParams:
-    """``estimate`` with its experts reordered to match ``reference`` (and its
-    gates re-referenced to the matched last expert)."""
+    """``estimate`` with its experts reordered to match ``reference``.
+
+    The gates are re-referenced to the expert matched to the reference's last
+    one.
+
+    Parameters
+    ----------
+    estimate : MoEParams
+        The model to reorder.
+    reference : MoEParams
+        The model whose expert order is wanted (same K and d).
+
+    Returns
+    -------
+    MoEParams
+        ``estimate`` with its experts in the matched order.
+    """
     return estimate.permute(alignment(estimate, reference))
 
 
 def parameter_rmse(estimate: MoEParams, reference: MoEParams) -> dict:
-    """Root mean squared error per block after alignment:
-    sqrt(mean((theta_hat - theta)^2)) over the gates (K, d+1), the experts
-    (K, d+1) and the variances (K,)."""
+    """Root mean squared error per block of parameters, after alignment.
+
+    ``sqrt(mean((theta_hat - theta)^2))`` over the gates (K, d+1), the
+    experts (K, d+1) and the variances (K,).
+
+    Parameters
+    ----------
+    estimate : MoEParams
+        The estimated model.
+    reference : MoEParams
+        The reference (true) model, with the same K and d.
+
+    Returns
+    -------
+    dict
+        ``"gates"``, ``"experts"`` and ``"variances"``: the RMSE of each block.
+    """
     est = align_to(estimate, reference)
 
     def rmse(a, b):
@@ -57,9 +89,24 @@ def parameter_rmse(estimate: MoEParams, reference: MoEParams) -> dict:
 
 
 def stacked_mse(estimate: MoEParams, reference: MoEParams) -> float:
-    """The authors' parameter MSE: mean over the stacked vector
-    (expert coefficients, variances, gate coefficients) of the squared
-    difference after alignment, ||theta_hat - theta||^2 / dim(theta)."""
+    """The authors' parameter MSE, after alignment.
+
+    The mean over the stacked vector (expert coefficients, variances, gate
+    coefficients) of the squared difference, ``||theta_hat - theta||^2 /
+    dim(theta)``.
+
+    Parameters
+    ----------
+    estimate : MoEParams
+        The estimated model.
+    reference : MoEParams
+        The reference (true) model, with the same K and d.
+
+    Returns
+    -------
+    float
+        The mean squared difference.
+    """
     est = align_to(estimate, reference)
     a = np.concatenate([est.expert_aug.ravel(), est.expert_var, est.gate_aug[:-1].ravel()])
     b = np.concatenate([reference.expert_aug.ravel(), reference.expert_var,
@@ -68,7 +115,20 @@ def stacked_mse(estimate: MoEParams, reference: MoEParams) -> float:
 
 
 def relative_prediction_error(y, y_pred) -> float:
-    """sum (y - y_pred)^2 / sum y^2."""
+    """The relative prediction error ``sum (y - y_pred)^2 / sum y^2``.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        The responses.
+    y_pred : array-like of shape (n,)
+        The predictions.
+
+    Returns
+    -------
+    float
+        The relative error (0 for a perfect prediction).
+    """
     y, y_pred = _same_length(y, y_pred, "y", "y_pred")
     return float(np.sum((y - y_pred) ** 2) / np.sum(y**2))
 
@@ -92,9 +152,25 @@ def _same_length(a, b, na, nb):
 
 
 def clustering_scores(labels_true, labels_pred) -> dict:
-    """Rand index, adjusted Rand index (scikit-learn) and clustering error:
-    the share of points misclassified under the best one-to-one matching of
-    predicted to true labels (Hungarian method on the confusion matrix)."""
+    """Rand index, adjusted Rand index and clustering error of a labelling.
+
+    The clustering error is the share of points misclassified under the best
+    one-to-one matching of predicted to true labels (the Hungarian method on
+    the confusion matrix); the Rand indices are scikit-learn's.
+
+    Parameters
+    ----------
+    labels_true : array-like of int, shape (n,)
+        The true labels.
+    labels_pred : array-like of int, shape (n,)
+        The predicted labels.
+
+    Returns
+    -------
+    dict
+        ``"rand"`` (the Rand index), ``"ari"`` (the adjusted Rand index) and
+        ``"clustering_error"``.
+    """
     from sklearn.metrics import adjusted_rand_score, confusion_matrix, rand_score
 
     t = np.asarray(labels_true).ravel()
@@ -112,10 +188,28 @@ def clustering_scores(labels_true, labels_pred) -> dict:
 
 def model_metrics(params: MoEParams, X, y, *, truth: MoEParams | None = None,
                   labels=None) -> dict:
-    """Every metric the authors report for one model on test data (X, y):
-    log-likelihood, relative prediction error, correlation, and with the truth
-    the parameter RMSE per block and the stacked MSE, with true labels the
-    clustering scores of the MAP labels."""
+    """Every metric the authors report for one model on test data.
+
+    Parameters
+    ----------
+    params : MoEParams
+        The fitted model.
+    X : ndarray of shape (n, d)
+        Test covariates.
+    y : ndarray of shape (n,)
+        Test responses.
+    truth : MoEParams, optional
+        The true model: adds the parameter RMSE per block and the stacked MSE.
+    labels : array-like of int, shape (n,), optional
+        The true expert of each row: adds the clustering scores of the MAP
+        labels.
+
+    Returns
+    -------
+    dict
+        The log-likelihood per row, the relative prediction error and the
+        correlation, and the metrics that ``truth`` and ``labels`` add.
+    """
     y_pred = params.predict_mean(X)
     out = {"loglik": params.log_likelihood(X, y),
            "rpe": relative_prediction_error(y, y_pred),

@@ -14,6 +14,8 @@ from ._validation import check_choice, check_int, check_random_state
 from .aggregation import AggregationResult, aggregate
 from .protocol import aggregate_messages, pooled_support, read_messages
 
+__all__ = ["ModelSelection", "select_n_experts"]
+
 
 @dataclass(frozen=True)
 class ModelSelection:
@@ -28,6 +30,8 @@ class ModelSelection:
 
     @property
     def best(self) -> AggregationResult:
+        """The aggregate with the chosen number of experts.
+        """
         return self.results[self.n_experts]
 
 
@@ -52,15 +56,30 @@ def select_n_experts(messages, candidates, *, criterion: str = "bic", random_sta
                      **aggregate_options) -> ModelSelection:
     """Choose the number of global experts at the server.
 
-    criterion="bic": ``messages`` is one list; aggregate it to every K in
-        ``candidates`` and pick the smallest BIC = -2 L_K + k_K log n, with
-        L_K the :func:`expected_loglik` of the K-expert aggregate and k_K its
-        number of free parameters. Needs nothing beyond the usual messages.
-    criterion="heldout": ``messages`` is a dict {K: list of messages from
-        local fits with K experts, made with ``fit_local(..., heldout=f)``};
-        pick the K whose local models have the largest total held-out
-        log-likelihood (the one extra number each message carries), and
-        aggregate the messages of every K.
+    Parameters
+    ----------
+    messages : list or dict
+        With ``criterion="bic"``, one list of messages (LocalMessage, bytes or
+        paths). With ``criterion="heldout"``, a dict {K: list of messages from
+        local fits with K experts, made with ``fit_local(..., heldout=f)``}.
+    candidates : sequence of int
+        The numbers of global experts K to compare.
+    criterion : {"bic", "heldout"}, default="bic"
+        "bic": aggregate the messages to every K and pick the smallest
+        BIC = -2 L_K + k_K log n, with L_K the :func:`expected_loglik` of the
+        K-expert aggregate and k_K its number of free parameters; it needs
+        nothing beyond the usual messages. "heldout": pick the K whose local
+        models have the largest total held-out log-likelihood (the one extra
+        number each message carries), and aggregate the messages of every K.
+    random_state : None, int or numpy.random.Generator
+        Seeds every aggregation.
+    **aggregate_options
+        Passed to :func:`fastmoe.aggregate_messages`.
+
+    Returns
+    -------
+    ModelSelection
+        The chosen K, every candidate's score and aggregate.
     """
     check_choice(criterion, "criterion", ("bic", "heldout"))
     rng = check_random_state(random_state)

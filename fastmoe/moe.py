@@ -6,9 +6,12 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._em import MAX_ITER, fit_moe
+from ._em import fit_moe
+from ._options import EM_DEFAULTS as _EM
 from ._params import MoEParams
 from ._validation import check_X, check_y
+
+__all__ = ["GaussianMoERegressor"]
 
 
 class _MoEPredictMixin:
@@ -128,8 +131,9 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     Parameters
     ----------
     n_experts : int, default=2
+        Number of experts K.
     max_iter : int, default=2000
-        EM iterations at most per start (see :data:`fastmoe._em.MAX_ITER`).
+        EM iterations at most per start (see :data:`fastmoe._options.MAX_ITER`).
     tol : float, default=1e-7
         Stop when the log-likelihood changes by less than ``tol * |loglik|``.
     n_init : int, default=1
@@ -148,25 +152,43 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         "l1": the LASSO option on the expert and gate slopes, of strength
         ``l1_strength`` (see :func:`fastmoe.fit_moe`).
     l1_strength : float or "auto", default="auto"
+        The L1 strength in log-likelihood units ("auto": the universal
+        threshold, see :func:`fastmoe.fit_moe`).
     gate_steps : int, default=1
         Newton steps on the gates per EM iteration.
     split_merge : bool, default=True
         Merge duplicated experts and split the broadest one when EM has
         found two experts with the same density (see :func:`fastmoe.fit_moe`).
-    random_state : None, int or numpy Generator
-    n_threads : int or None
+    random_state : None, int or numpy Generator, default=None
+        Seeds the starts; the fit is reproducible from it.
+    n_threads : int, optional
         Threads of the compiled kernels (None: all cores).
 
     Attributes
     ----------
     params_ : MoEParams
-    gate_coef_ (K, d), gate_intercept_ (K,), expert_coef_ (K, d),
-    expert_intercept_ (K,), expert_var_ (K,)
-    log_likelihood_ : float, training log-likelihood
+        The fitted model.
+    gate_coef_ : ndarray of shape (K, d)
+        Gate slopes (the last gate is the zero reference).
+    gate_intercept_ : ndarray of shape (K,)
+        Gate intercepts.
+    expert_coef_ : ndarray of shape (K, d)
+        Expert slopes.
+    expert_intercept_ : ndarray of shape (K,)
+        Expert intercepts.
+    expert_var_ : ndarray of shape (K,)
+        Expert noise variances.
+    log_likelihood_ : float
+        Training log-likelihood.
     n_iter_ : int
+        EM iterations of the kept start.
     converged_ : bool
-    history_ : ``(n_iter_ + 1,)`` log-likelihood per iteration (less the gate
-        penalty, when there is one)
+        Whether EM met ``tol`` within ``max_iter``.
+    history_ : ndarray of shape (n_iter + 1,)
+        Log-likelihood per iteration (less the gate penalty, when there is
+        one).
+    fit_ : MoEFit
+        The full result of :func:`fastmoe.fit_moe` (starts, moves, notes).
     standard_errors_ : MoEParams
         Standard errors of every parameter from the observed information
         (:mod:`fastmoe.inference`): the last gate's are zero, variances in
@@ -175,6 +197,7 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     robust_standard_errors_ : MoEParams
         The sandwich estimate, for a misspecified model.
     n_features_in_ : int
+        Number of covariates seen by ``fit``.
 
     Examples
     --------
@@ -186,10 +209,11 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     True
     """
 
-    def __init__(self, n_experts=2, *, max_iter=MAX_ITER, tol=1e-7, n_init=1, init="random",
-                 init_iter=20, reg_var=1e-6, gate_penalty=0.0, penalty=None,
-                 l1_strength="auto", gate_steps=1, split_merge=True, random_state=None,
-                 n_threads=None):
+    def __init__(self, n_experts=2, *, max_iter=_EM.max_iter, tol=_EM.tol, n_init=_EM.n_init,
+                 init=_EM.init, init_iter=_EM.init_iter, reg_var=_EM.reg_var,
+                 gate_penalty=_EM.gate_penalty, penalty=_EM.penalty,
+                 l1_strength=_EM.l1_strength, gate_steps=_EM.gate_steps,
+                 split_merge=_EM.split_merge, random_state=None, n_threads=None):
         self.n_experts = n_experts
         self.max_iter = max_iter
         self.tol = tol
@@ -206,7 +230,22 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.n_threads = n_threads
 
     def fit(self, X, y, sample_weight=None):
-        """Fit by EM; returns self."""
+        """Fit by EM.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        y : array-like of shape (n,)
+            Responses.
+        sample_weight : array-like of shape (n,), optional
+            Non-negative weights of the rows (default ones).
+
+        Returns
+        -------
+        GaussianMoERegressor
+            The fitted estimator (self).
+        """
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         fit = fit_moe(X, y, self.n_experts, sample_weight=sample_weight,
                       max_iter=self.max_iter, tol=self.tol, n_init=self.n_init,

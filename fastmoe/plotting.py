@@ -35,7 +35,9 @@ def _axes(ax):
         return ax
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(6, 4))[1]
+    # constrained layout: tick labels, axis labels and colour bars stay inside
+    # the figure at its default size
+    return plt.subplots(figsize=(6, 4), layout="constrained")[1]
 
 
 def _feature_grid(params, X, feature, n_points):
@@ -155,11 +157,18 @@ def plot_health(result, *, ax=None):
     """Which machines' experts went to which global expert, and what each
     machine's models cost: an image of machines by global experts.
 
-    Cell (m, k) is the share of machine m's mass sent to global expert k,
-    annotated with the number of machine m's local experts that global expert
-    k owns (a healthy reduction of equal-K models owns one per cell of a
-    permutation). Each machine's label carries its transport cost per unit
-    mass and a mark where the health report flags it.
+    Cell (m, k) is shaded by the share of machine m's mass that went to
+    global expert k (the colour bar). The number written in a cell is how
+    many of machine m's local experts global expert k owns (receives most of
+    their mass); an empty cell owns none. A healthy reduction of equal-K
+    models writes a 1 in one cell of each row and each column (a
+    permutation); a 2 means two of the machine's experts merged into one
+    global expert (the health report calls the machine collapsed). Each row
+    is labelled with the machine's index and its transport cost per unit
+    mass (how far its models are from the aggregate; compare it with the
+    other rows'), and "(!)" marks a machine the health report flags
+    (collapsed, heterogeneous, failed, or a degenerate local fit: see
+    :func:`fastmoe.diagnostics.aggregation_health`).
 
     Parameters
     ----------
@@ -251,6 +260,9 @@ def plot_study(study_result, kind="error", *, ax=None):
             pts = sorted((s["n_machines"], s["learning_time"]) for s in summary
                          if s["estimator"] == est and s["n"] == n)
             ax.plot(*zip(*pts), marker="o", label=est)
+        ms = sorted({s["n_machines"] for s in summary if s["n"] == n})
+        ax.set_xticks(ms, [str(m) for m in ms])  # the study's M, whole machines
+        ax.set_xticks([], minor=True)
         ax.set_xlabel(f"M (machines), N={n}")
         ax.set_ylabel("learning time (s)")
     ax.legend(fontsize=7)

@@ -26,10 +26,12 @@ from ._validation import (
     check_random_state,
     check_X_y,
 )
-from .aggregation import AggregationResult, aggregate
-from .baselines import divergence_matrix
+from .aggregation import AggregationResult, aggregate, divergence_matrix
 from .health import DIVERGED_GATE_SLOPE, steepest_gate_slope
 from .message import LocalMessage
+
+__all__ = ["fit_local", "aggregate_messages", "read_messages", "recheck_local", "round_statistics",
+           "refine_step"]
 
 SUPPORTS = ("sample", "gaussian")
 #: the default bound on the server's support (support_size): points per free
@@ -96,6 +98,8 @@ def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sa
     Returns
     -------
     LocalMessage
+        The machine's one message: its model, row count, covariate sample
+        or moments, and facts about the fit.
     """
     X, y, _ = check_X_y(X, y)
     check_choice(support, "support", SUPPORTS)
@@ -249,10 +253,23 @@ MAX_TOTAL_SUPPORT_BYTES = 512 * 2**20
 
 def read_messages(messages, n_experts: int | None = None, *,
                   mixed_experts: bool = False) -> list[LocalMessage]:
-    """Messages (LocalMessages, bytes or file paths) read and validated, with
-    the same number of covariates (and of experts, unless ``n_experts`` is
-    given or ``mixed_experts`` is set, to reduce models of different sizes);
-    errors name the message."""
+    """Messages read and validated, with errors that name the message.
+
+    Parameters
+    ----------
+    messages : list of LocalMessage, bytes or str paths
+        One message per machine.
+    n_experts : int, optional
+        K of the aggregate: local models may then have any number of experts.
+    mixed_experts : bool, default=False
+        Accept local models of different sizes without ``n_experts``.
+
+    Returns
+    -------
+    list of LocalMessage
+        The messages, with the same number of covariates (and of experts,
+        unless ``n_experts`` or ``mixed_experts`` says otherwise).
+    """
     if isinstance(messages, (str, os.PathLike, bytes, LocalMessage)) \
             or not hasattr(messages, "__iter__"):
         raise ValueError("messages must be a list of LocalMessages, message bytes or file "
@@ -425,12 +442,14 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
         is inconsistent too: use it where machines may be corrupted or lie,
         not to summarise heterogeneous data.
     random_state : None, int or Generator
+        Seeds the support drawn and the reduction's starts.
     **aggregate_options
         Passed to :func:`fastmoe.aggregate`.
 
     Returns
     -------
     AggregationResult
+        The aggregate, the support it was fitted on, and its health.
     """
     msgs = read_messages(messages, n_experts)
     exclude_failed = check_bool(exclude_failed, "exclude_failed")
@@ -506,6 +525,7 @@ def recheck_local(X, y, message: LocalMessage, params: MoEParams,
     Returns
     -------
     LocalMessage
+        ``message``, or a message with the better fit.
     """
     X, y, _ = check_X_y(X, y)
     if message.heldout_n:
@@ -544,21 +564,58 @@ RoundStatistics = engine.StepStatistics
 
 
 def round_statistics(X, y, params, *, n_threads: int | None = None) -> RoundStatistics:
-    """A machine's half of a refinement round: the E-step at the global
-    ``params``, the additive statistics of the M-step, and the gradient and
-    Hessian of its log-likelihood (:func:`fastmoe.engine.step_statistics`
-    with ``derivatives=True``), centred at its rows' mean."""
+    """A machine's half of a refinement round.
+
+    The E-step at the global ``params``, the additive statistics of the
+    M-step, and the gradient and Hessian of its log-likelihood
+    (:func:`fastmoe.engine.step_statistics` with ``derivatives=True``),
+    centred at its rows' mean.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+        The machine's covariates.
+    y : array-like of shape (n,)
+        The machine's responses.
+    params : MoEParams
+        The global model.
+    n_threads : int, optional
+        Threads of the compiled kernels (None: all cores).
+
+    Returns
+    -------
+    StepStatistics
+        Additive over machines: ``+`` sums them.
+    """
     return engine.step_statistics(X, y, params, n_threads=n_threads, derivatives=True)
 
 
 def refine_step(params, stats: RoundStatistics, *, reg_var: float = 1e-6,
                 gate_step: float = 1.0):
-    """The server's half: the experts' closed-form M-step and one Newton step
-    (times ``gate_step``) on the gates, from the machines' summed statistics.
-    With all machines' statistics this is one EM iteration of
-    :func:`fastmoe.engine.em_step` on all the rows. The solves are made at
-    the statistics' own mean (x, y) (``StepStatistics.centred``), so large
-    offsets of the covariates or of the response cost no precision."""
+    """The server's half of an EM round, from the machines' summed statistics.
+
+    The experts' closed-form M-step and one Newton step (times
+    ``gate_step``) on the gates. With all machines' statistics this is one EM
+    iteration of :func:`fastmoe.engine.em_step` on all the rows. The solves are
+    made at the statistics' own mean (x, y) (``StepStatistics.centred``), so
+    large offsets of the covariates or of the response cost no precision.
+
+    Parameters
+    ----------
+    params : MoEParams
+        The model the round was run at.
+    stats : StepStatistics
+        The machines' statistics at ``params``, summed.
+    reg_var : float, default=1e-6
+        Variance floor, relative to the response's variance.
+    gate_step : float, default=1.0
+        Multiple of the gates' Newton step.
+
+    Returns
+    -------
+    MoEParams
+        The next model.
+    """
     stats, frame, local = stats.at_own_mean(params)
     coef, intercept, var = engine.update_experts(
         stats.experts, reg_var=reg_var,

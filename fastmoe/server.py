@@ -44,6 +44,8 @@ from . import engine
 from ._information import params_of, theta_of
 from ._params import MoEParams
 
+__all__ = ["Refinement", "refine"]
+
 
 @dataclass(frozen=True)
 class Refinement:
@@ -257,6 +259,7 @@ def refine(params: MoEParams, evaluate: Callable, *, tol: float = 1e-7, max_roun
     Returns
     -------
     Refinement
+        The last model accepted, its statistics, the rounds' history and whether they converged.
     """
     starts = [params, *alternatives]
     results, seconds = evaluate(starts)

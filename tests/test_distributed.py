@@ -16,7 +16,7 @@ from fastmoe import (
     fit_local,
 )
 from fastmoe.datasets import make_moe_regression
-from fastmoe.distributed import write_table
+from fastmoe.io import write_table
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,40 @@ def test_predict_checks_width(fitted):
     model, X, _, _ = fitted
     with pytest.raises(ValueError, match="expecting 2 features"):
         model.predict(np.ones((3, 5)))
+
+
+def test_the_em_defaults_are_said_once():
+    """fit_moe, both estimators and the command line take their EM options'
+    defaults from one place (fastmoe._options.EM_DEFAULTS); the distributed
+    estimator differs only where its local fits need to (n_init and
+    gate_penalty "auto": see fastmoe.fit_local)."""
+    import dataclasses
+    import inspect
+
+    from fastmoe import DistributedMoERegressor, GaussianMoERegressor, fit_moe
+    from fastmoe._options import EM_DEFAULTS
+    from fastmoe.cli import build_parser
+
+    defaults = dataclasses.asdict(EM_DEFAULTS)
+    for func, own in ((fit_moe, {}), (GaussianMoERegressor, {}),
+                      (DistributedMoERegressor, {"n_init": "auto", "gate_penalty": "auto"})):
+        params = inspect.signature(func).parameters
+        for name, value in defaults.items():
+            assert params[name].default == own.get(name, value), (func.__name__, name)
+    fit = build_parser().parse_args(["fit", "--n-experts", "2", "--data", "d.npz",
+                                     "--output", "m.json"])
+    for name in ("max_iter", "n_init", "gate_penalty", "penalty", "l1_strength"):
+        assert getattr(fit, name) == defaults[name], name
+
+
+@pytest.mark.parametrize("option, value", [("max_iter", 0), ("tol", -1.0), ("n_init", 1.5),
+                                           ("init", "best"), ("init_iter", 0),
+                                           ("reg_var", 0.0), ("gate_penalty", -1.0),
+                                           ("penalty", "l2"), ("l1_strength", "big"),
+                                           ("gate_steps", 0), ("split_merge", "yes")])
+def test_a_bad_em_option_is_one_line_naming_it(option, value):
+    from fastmoe._options import EMOptions
+
+    with pytest.raises(ValueError, match=option) as err:
+        EMOptions(**{option: value})
+    assert "\n" not in str(err.value)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from fastmoe import _kernels
+from fastmoe import MoEParams, _kernels
 from fastmoe._linalg import chunk_size, n_chunks, solve_psd, unpack_sym
 
 SHAPES = [(1, 1, 1), (1, 3, 2), (7, 1, 3), (50, 2, 1), (2500, 3, 4)]
@@ -144,10 +144,23 @@ def test_e_step_minus_inf_gate(rng, kernel_path):
 
 
 def test_e_step_reports_non_finite_rows(rng, kernel_path):
+    """The compiled kernels count the rows whose log-likelihood is not finite;
+    their one binding (fastmoe._kernels) answers with one FloatingPointError."""
+    from fastmoe._kernels import _estep
+
     X, y, w, alpha, beta, var, _ = _problem(rng, 10, 2, 2)
     alpha = np.full_like(alpha, -np.inf)
     lr, ll = np.empty((10, 2)), np.empty(10)
-    assert _kernels.e_step(X, y, w, alpha, beta, var, lr, ll, np.empty((0, 0, 0)), 10, 1) == 10
+    assert _estep.e_step(X, y, w, alpha, beta, var, lr, ll, np.empty((0, 0, 0)), 10, 1) == 10
+    with pytest.raises(FloatingPointError, match="10 row"):
+        _kernels.e_step(X, y, w, alpha, beta, var, lr, ll, np.empty((0, 0, 0)), 10, 1)
+    resp, row_ll, stats, grad, info, obj = _em_buffers(10, 2, 2)
+    with pytest.raises(FloatingPointError, match="10 row"):
+        _kernels.em_pass(X, y, w, alpha, beta, var, resp, row_ll, stats, grad, info, obj, 10, 1)
+    # the model's own E-step too (responses that overflow the density)
+    model = MoEParams(np.zeros((2, 2)), np.zeros(2), np.ones((2, 2)), np.zeros(2), np.ones(2))
+    with pytest.raises(FloatingPointError, match="2 row"):
+        model.e_step(np.zeros((3, 2)), np.array([0.0, 1e200, 1e300]))
 
 
 @pytest.mark.parametrize("n,d,K", SHAPES)

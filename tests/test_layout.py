@@ -56,3 +56,19 @@ def test_the_engine_layer_imports_nothing_above_it():
     for low in ("engine", "_em", "_gating", "_reduction", "_gate_refit", "_params", "_kernels",
                 "_linalg", "_runtime", "_validation", "io", "message", "metrics"):
         assert not edges["fastmoe." + low] & above, low
+
+
+#: the most decisions one function may hold (radon's cyclomatic complexity):
+#: beyond it a reader cannot keep the function in their head
+MAX_COMPLEXITY = 25
+
+
+def test_no_function_is_too_complex_to_read():
+    import pytest
+
+    cc_visit = pytest.importorskip("radon.complexity").cc_visit
+    over = [f"{f.relative_to(ROOT)}: {block.fullname} ({block.complexity})"
+            for f in sorted(ROOT.rglob("*.py"))
+            for block in cc_visit(f.read_text())
+            if block.complexity > MAX_COMPLEXITY]
+    assert over == []

@@ -78,6 +78,28 @@ def test_plot_health(dist, tmp_path):
     assert_drawn(render(ax, tmp_path / "health.png"))
 
 
+def test_plot_health_at_its_default_size_shows_every_label_whole(dist):
+    """Nothing is clipped: the y tick labels, the axis labels and the colour
+    bar lie inside the figure as drawn at its default size."""
+    import matplotlib.pyplot as plt
+
+    ax = plotting.plot_health(dist.aggregation_)
+    fig = ax.figure
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.bbox
+        texts = [*ax.get_yticklabels(), *ax.get_xticklabels(), ax.yaxis.label, ax.xaxis.label,
+                 ax.title]
+        for text in texts:
+            extent = text.get_window_extent(renderer)
+            assert (extent.x0 >= box.x0 - 0.5 and extent.x1 <= box.x1 + 0.5
+                    and extent.y0 >= box.y0 - 0.5 and extent.y1 <= box.y1 + 0.5), \
+                text.get_text()
+    finally:
+        plt.close(fig)
+
+
 @pytest.mark.parametrize("kind", ["error", "time"])
 def test_plot_study(tmp_path, kind):
     from fastmoe.diagnostics import consistency_study
@@ -88,6 +110,8 @@ def test_plot_study(tmp_path, kind):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     if kind == "error":
         assert any("slope" in text for text in labels)
+    else:  # whole machines on the axis: the study's M and the centralised fit's 1
+        assert list(ax.get_xticks()) == [1, 2]
     assert_drawn(render(ax, tmp_path / "study.png"))
     paths = res.plot(str(tmp_path / "s"))
     assert [p.rsplit("_", 2)[-2:] for p in paths] == [["vs", "n.png"], ["vs", "m.png"]]

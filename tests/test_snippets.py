@@ -5,7 +5,7 @@ share one namespace, as a reader who pastes them one after another would.
 A block that imports an optional engine that is not installed (matplotlib,
 Dask) is skipped with its reason, and so is a later block that needs a name
 only the skipped one defines. The Spark and Ray patterns need a running
-session or cluster: tests/test_engines.py runs them as they stand."""
+session or cluster: tests/test_cluster_patterns.py runs them as they stand."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ OPTIONAL = {"matplotlib": "plot", "dask": "dask", "distributed": "dask", "pyspar
 
 CASES = [(path, i) for path in DOCUMENTS for i in range(len(blocks_of(path)))]
 _scopes: dict[Path, dict] = {}
-#: the first lines of the blocks that tests/test_engines.py runs
+#: the first lines of the blocks that tests/test_cluster_patterns.py runs
 ENGINE_PATTERNS = ("# Spark", "# Ray")
 
 
@@ -46,7 +46,8 @@ def test_block_runs_as_written(path, index, folders, monkeypatch):
     scope = _scopes.setdefault(path, {"__name__": "__snippet__", "_skipped": []})
     code = blocks_of(path)[index]
     if code.startswith(ENGINE_PATTERNS):
-        pytest.skip("an engine pattern: tests/test_engines.py runs it against a local engine")
+        pytest.skip("an engine pattern: tests/test_cluster_patterns.py runs it against a "
+                    "local engine")
     monkeypatch.chdir(folders[path])
     monkeypatch.setenv("MPLBACKEND", "Agg")
     try:

@@ -15,8 +15,6 @@ import numpy as np
 
 from . import _estep, _reduce
 from ._estep import (
-    e_step,
-    em_pass,
     expert_log_density,
     gate_log_proba,
     gate_newton_stats,
@@ -34,6 +32,31 @@ def __getattr__(name: str):
 
         return local_support
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _check_rows(bad: int) -> int:
+    """The one answer to a pass whose rows' log-likelihoods are not finite
+    (returns 0, the kernel's status, when every row's is)."""
+    if bad:
+        raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite at these "
+                                 "parameters (they overflowed: rescale X or y, or start "
+                                 "elsewhere).")
+    return 0
+
+
+def e_step(X, y, w, gate_aug, expert_aug, expert_var, log_resp, row_ll, scratch, chunk,
+           n_threads) -> int:
+    """The E-step kernel (``_estep.e_step``): writes the log responsibilities
+    and the rows' log-likelihoods; raises FloatingPointError where a row's
+    log-likelihood is not finite."""
+    return _check_rows(_estep.e_step(X, y, w, gate_aug, expert_aug, expert_var, log_resp, row_ll,
+                                     scratch, chunk, n_threads))
+
+
+def em_pass(*args) -> int:
+    """The fused EM pass (``_estep.em_pass``; its arguments are the kernel's):
+    raises FloatingPointError where a row's log-likelihood is not finite."""
+    return _check_rows(_estep.em_pass(*args))
 
 
 def set_simd(flag: bool) -> bool:
