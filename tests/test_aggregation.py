@@ -1,5 +1,7 @@
 """OT reduction: kernel against the naive tensors, properties, known answers."""
 
+import functools
+
 import naive
 import numpy as np
 import pytest
@@ -49,16 +51,11 @@ def test_local_support_against_naive(rng):
 @pytest.mark.parametrize("S,d,Ks,K", [(1, 1, (1,), 1), (7, 2, (2, 3), 2), (2500, 3, (3, 3, 2), 2),
                                       (700, 9, (5, 4, 6), 6), (600, 21, (5,) * 8, 5)])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_mm_pass_against_naive_tensors(rng, kernel_path, cost, S, d, Ks, K, n_threads):
+def test_mm_pass_against_naive_tensors(kernel_path, cost, S, d, Ks, K, n_threads):
     # shapes cover the kernel's edges: one target, L not a multiple of 8,
     # K not a multiple of 4, p past several column blocks of 8, chunks of rows
-    models = [random_model(rng, k, d) for k in Ks]
-    lam = rng.uniform(1, 3, len(Ks))
-    lam /= lam.sum()
-    Xs = rng.standard_normal((S, d))
-    Xs.setflags(write=False)
-    beta = rng.standard_normal((K, d + 1))
-    var = rng.uniform(0.3, 2.0, K)
+    (models, lam, Xs, beta, var, W, ML), refs = _mm_reference(cost, S, d, Ks, K)
+    obj, P, g_ref, l_ref, s_ref, assign_ref = refs
     expert = np.vstack([m.expert_aug for m in models])
     vl = np.concatenate([m.expert_var for m in models])
     L, p = expert.shape[0], d + 1
@@ -68,11 +65,8 @@ def test_mm_pass_against_naive_tensors(rng, kernel_path, cost, S, d, Ks, K, n_th
     lin, scal = np.empty((nc, K, p)), np.empty((nc, K, 2))
     mass, lobj = np.empty((nc, K, L)), np.empty((nc, L))
     assign = np.empty((S, L), dtype=np.int16)
-    W = naive.local_weights(models, lam, Xs)
-    ML = naive.xt(Xs) @ expert.T
     _kernels.mm_pass(Xs, W, ML, vl, (beta, var), _kernels.KL if cost == "kl" else _kernels.W2,
                      chunk, (gram, lin, scal, mass, lobj, assign), n_threads=n_threads)
-    obj, P, g_ref, l_ref, s_ref = naive.mm_pass(models, lam, Xs, beta, var, cost)
     np.testing.assert_allclose(lobj.sum(), obj, rtol=1e-10)
     np.testing.assert_allclose(unpack_sym(gram.sum(axis=0), p), g_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(lin.sum(axis=0), l_ref, rtol=1e-10, atol=1e-12)
@@ -82,8 +76,32 @@ def test_mm_pass_against_naive_tensors(rng, kernel_path, cost, S, d, Ks, K, n_th
     np.testing.assert_allclose(mass.T @ vl, s_ref[:, 2], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(mass.T @ np.sqrt(vl), s_ref[:, 3], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(mass, P.sum(axis=0), rtol=1e-10, atol=1e-12)
-    np.testing.assert_array_equal(
-        assign, np.argmin(naive.cost_tensor(models, Xs, beta, var, cost), axis=2))
+    np.testing.assert_array_equal(assign, assign_ref)
+
+
+@functools.cache
+def _mm_reference(cost, S, d, Ks, K):
+    """The problem of test_mm_pass_against_naive_tensors and its slow
+    references (tests/naive.py), once per shape and cost, not again in every
+    cell of the kernel path and thread count grid; every array read-only,
+    since every cell shares them."""
+    rng = np.random.default_rng([S, d, K, *Ks])
+    models = [random_model(rng, k, d) for k in Ks]
+    lam = rng.uniform(1, 3, len(Ks))
+    lam /= lam.sum()
+    Xs = rng.standard_normal((S, d))
+    beta = rng.standard_normal((K, d + 1))
+    var = rng.uniform(0.3, 2.0, K)
+    expert = np.vstack([m.expert_aug for m in models])
+    W = naive.local_weights(models, lam, Xs)
+    ML = naive.xt(Xs) @ expert.T
+    refs = (*naive.mm_pass(models, lam, Xs, beta, var, cost),
+            np.argmin(naive.cost_tensor(models, Xs, beta, var, cost), axis=2))
+    problem = (models, lam, Xs, beta, var, W, ML)
+    for a in (*problem, *refs):
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
+    return problem, refs
 
 
 def test_mm_pass_with_and_without_cache_agree(rng, monkeypatch):

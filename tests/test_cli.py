@@ -67,6 +67,7 @@ def test_malformed_message_file(tmp_path, capsys):
     assert code == 2 and "not a fastmoe.LocalMessage" in err
 
 
+@pytest.mark.integration
 def test_help_of_every_command(tmp_path):
     # run outside the source tree, so that the installed package is the one imported
     for cmd in ["demo", "simulate", "fit", "fit-local", "aggregate", "predict", "evaluate",

@@ -16,6 +16,9 @@ from docblocks import blocks_of
 from fastmoe import aggregate_messages, fit_local
 from fastmoe.datasets import make_moe_regression
 
+#: they start worker processes, engines or subprocesses
+pytestmark = pytest.mark.integration
+
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "user_guide" / "distributed.rst"
 N_SHARDS = 3
 

@@ -47,6 +47,7 @@ DASK_NOISE = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExcepti
               pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
 
+@pytest.mark.integration
 @DASK_NOISE[0]
 @DASK_NOISE[1]
 def test_backends_give_identical_models(data):
@@ -183,6 +184,7 @@ class _DieOnce:
         return self.X, self.y
 
 
+@pytest.mark.integration
 @DASK_NOISE[0]
 @DASK_NOISE[1]
 def test_dask_retries_a_dead_worker(tmp_path, data):

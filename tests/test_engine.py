@@ -263,6 +263,7 @@ def test_rereference_round_trips(data):
         truth.rereference(3)
 
 
+@pytest.mark.integration
 def test_engine_import_loads_no_sklearn_dask_matplotlib_or_numba(tmp_path):
     code = ("import sys, fastmoe.engine; print(sorted(m for m in ('sklearn', 'dask', "
             "'matplotlib', 'numba', 'pandas') if m in sys.modules))")

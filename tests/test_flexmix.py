@@ -72,6 +72,7 @@ cat("GATES", parameters(fm, which = "concomitant"), "\n")
 """
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(_r_ready() is not None, reason=str(_r_ready()))
 def test_flexmix_with_fastmoe_drivers_matches_its_own_fit(tmp_path):
     env = dict(os.environ, RETICULATE_PYTHON=sys.executable, FASTMOE_DRIVERS=str(DRIVERS))

@@ -1,5 +1,7 @@
 """Every compiled kernel against tests/naive.py."""
 
+import functools
+
 import naive
 import numpy as np
 import pytest
@@ -28,6 +30,35 @@ def _problem(rng, n, d, K, readonly=False):
     return arrays
 
 
+def _frozen(arrays):
+    """The arrays made read-only: a cached problem or reference is shared by
+    every cell of a test's grid, so no cell may change it."""
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
+    return tuple(arrays)
+
+
+# The slow references (tests/naive.py) depend on the problem only, so each is
+# computed once per shape, not again in every cell of the kernel path, thread
+# count and read-only grid; the problem is the one the ``rng`` fixture's seed
+# draws.
+@functools.cache
+def _e_step_reference(n, d, K):
+    problem = _problem(np.random.default_rng(12345), n, d, K)
+    X, y, w, alpha, beta, var, _ = problem
+    return _frozen(problem), _frozen(naive.e_step(X, y, w, alpha, beta, var))
+
+
+@functools.cache
+def _gate_reference(n, d, K):
+    problem = _problem(np.random.default_rng(12345), n, d, K)
+    X, _, w, alpha, _, _, R = problem
+    R[0] *= 0.5  # rows need not sum to one
+    refs = (*naive.gate_newton(X, w, R, alpha), naive.gate_objective(X, w, R, alpha))
+    return _frozen(problem), _frozen(refs)
+
+
 def _assert_information_blocks(info, info_ref, K, p):
     """The kernels' per-chunk packed blocks a <= b against the dense matrix."""
     blocks = unpack_sym(info.sum(axis=0), p)
@@ -42,15 +73,16 @@ def _assert_information_blocks(info, info_ref, K, p):
 @pytest.mark.parametrize("n,d,K", SHAPES)
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
-def test_e_step(rng, kernel_path, n, d, K, n_threads, readonly):
-    X, y, w, alpha, beta, var, _ = _problem(rng, n, d, K, readonly)
+def test_e_step(kernel_path, n, d, K, n_threads, readonly):
+    (X, y, w, alpha, beta, var, _), (lr_ref, ll_ref, gram_ref) = _e_step_reference(n, d, K)
+    if not readonly:
+        X, y, w, alpha, beta, var = (a.copy() for a in (X, y, w, alpha, beta, var))
     chunk = chunk_size(n)
     q = d + 2
     log_resp = np.empty((n, K))
     row_ll = np.empty(n)
     stats = np.empty((n_chunks(n, chunk), K, q * (q + 1) // 2))
     bad = _kernels.e_step(X, y, w, alpha, beta, var, log_resp, row_ll, stats, chunk, n_threads)
-    lr_ref, ll_ref, gram_ref = naive.e_step(X, y, w, alpha, beta, var)
     assert bad == 0
     np.testing.assert_allclose(log_resp, lr_ref, rtol=RTOL, atol=1e-12)
     np.testing.assert_allclose(row_ll, ll_ref, rtol=RTOL)
@@ -65,6 +97,19 @@ def _log_partition(X, alpha):
     return np.array([logsumexp([Z[i] @ a for a in alpha]) for i in range(X.shape[0])])
 
 
+@functools.cache
+def _em_reference(n, d, K, weights):
+    """The problem of test_em_pass and its slow references, once per shape
+    and weights."""
+    X, y, w, alpha, beta, var, _ = _problem(np.random.default_rng(12345), n, d, K)
+    if weights == "ones":
+        w = np.ones(n)
+    lr_ref, ll_ref, gram_ref = naive.e_step(X, y, w, alpha, beta, var)
+    R = np.exp(lr_ref)
+    refs = (R, ll_ref, gram_ref, *naive.gate_newton(X, w, R, alpha), _log_partition(X, alpha))
+    return _frozen((X, y, w, alpha, beta, var)), _frozen(refs)
+
+
 # n=2503: several chunks and a short block of buffered rows; d=20, K=5: Gram
 # accumulators beyond FM_PAIRED_BYTES (one column at a time on the AVX2 path);
 # unit weights take the logs of products of the rows' sums, other weights a
@@ -73,27 +118,22 @@ def _log_partition(X, alpha):
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
 @pytest.mark.parametrize("weights", ["random", "ones"])
-def test_em_pass(rng, kernel_path, n, d, K, n_threads, readonly, weights):
-    X, y, w, alpha, beta, var, _ = _problem(rng, n, d, K)
-    if weights == "ones":
-        w = np.ones(n)
-    if readonly:
-        for a in (X, y, w, alpha, beta, var):
-            a.setflags(write=False)
+def test_em_pass(kernel_path, n, d, K, n_threads, readonly, weights):
+    (X, y, w, alpha, beta, var), (R, ll_ref, gram_ref, q_ref, grad_ref, info_ref, log_z) = \
+        _em_reference(n, d, K, weights)
+    if not readonly:
+        X, y, w, alpha, beta, var = (a.copy() for a in (X, y, w, alpha, beta, var))
     resp, row_ll, stats, grad, info, obj = _em_buffers(n, d, K)
     q, p = d + 2, d + 1
     bad = _kernels.em_pass(X, y, w, alpha, beta, var, resp, row_ll, stats, grad, info, obj,
                            chunk_size(n), n_threads)
-    lr_ref, ll_ref, gram_ref = naive.e_step(X, y, w, alpha, beta, var)
-    R = np.exp(lr_ref)
-    q_ref, grad_ref, info_ref = naive.gate_newton(X, w, R, alpha)
     assert bad == 0
     np.testing.assert_allclose(resp, R, rtol=RTOL, atol=1e-14)
     np.testing.assert_allclose(row_ll, ll_ref, rtol=RTOL)
     np.testing.assert_allclose(obj[:, 0].sum(), w @ ll_ref, rtol=RTOL)
     gram = unpack_sym(stats.sum(axis=0), q)
     np.testing.assert_allclose(gram, gram_ref, rtol=RTOL, atol=1e-12)
-    np.testing.assert_allclose(obj[:, 1].sum(), w @ _log_partition(X, alpha), rtol=RTOL)
+    np.testing.assert_allclose(obj[:, 1].sum(), w @ log_z, rtol=RTOL)
     # the gate objective from the Gram matrices' first rows and the log-partition
     np.testing.assert_allclose(np.sum(alpha * gram[:, 0, :p]) - obj[:, 1].sum(), q_ref,
                                rtol=RTOL, atol=1e-10)
@@ -177,10 +217,11 @@ def test_gate_log_proba_and_expert_density(rng, kernel_path, n, d, K, n_threads)
 @pytest.mark.parametrize("n,d,K", [s for s in SHAPES if s[2] > 1])
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("readonly", [False, True])
-def test_gate_newton_stats(rng, kernel_path, n, d, K, n_threads, readonly):
-    X, _, w, alpha, _, _, R = _problem(rng, n, d, K, readonly)
-    R = R.copy()
-    R[0] *= 0.5  # rows need not sum to one
+def test_gate_newton_stats(kernel_path, n, d, K, n_threads, readonly):
+    (X, _, w, alpha, _, _, R), (obj_ref, grad_ref, info_ref, gate_obj_ref) = \
+        _gate_reference(n, d, K)
+    if not readonly:
+        X, w, alpha, R = (a.copy() for a in (X, w, alpha, R))
     p = d + 1
     chunk = chunk_size(n)
     nc = n_chunks(n, chunk)
@@ -188,13 +229,12 @@ def test_gate_newton_stats(rng, kernel_path, n, d, K, n_threads, readonly):
     info = np.empty((nc, (K - 1) * K // 2, p * (p + 1) // 2))
     obj = np.empty(nc)
     _kernels.gate_newton_stats(X, w, R, alpha, chunk, grad, info, obj, n_threads=n_threads)
-    obj_ref, grad_ref, info_ref = naive.gate_newton(X, w, R, alpha)
     np.testing.assert_allclose(obj.sum(), obj_ref, rtol=RTOL)
     np.testing.assert_allclose(grad.sum(axis=0), grad_ref, rtol=RTOL, atol=1e-11)
     _assert_information_blocks(info, info_ref, K, p)
     obj2 = np.empty(nc)
     _kernels.gate_objective(X, w, R, alpha, chunk, obj2, n_threads=n_threads)
-    np.testing.assert_allclose(obj2.sum(), naive.gate_objective(X, w, R, alpha), rtol=RTOL)
+    np.testing.assert_allclose(obj2.sum(), gate_obj_ref, rtol=RTOL)
 
 
 def _em_buffers(n, d, K):

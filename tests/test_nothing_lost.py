@@ -120,6 +120,7 @@ def test_a_constant_response_is_named(data):
         fit_moe(X, np.full(len(X), 3.0), 2)
 
 
+@pytest.mark.integration
 def test_n_jobs_follows_scikit_learn(data):
     X, y, _ = data
     with warnings.catch_warnings():
@@ -193,6 +194,7 @@ def test_fits_in_two_threads_leave_blas_as_they_found_it(data):
     assert after == before
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["serial", "local"])
 def test_a_shard_that_hangs_is_a_shard_error_after_its_timeout(data, backend):
     import functools
@@ -220,6 +222,7 @@ def test_a_sparse_or_binary_csv_is_refused_in_bounded_memory(tmp_path):
         read_table(long)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
 def test_sigterm_to_the_command_line_leaves_no_worker(tmp_path):
     """A SIGTERM to ``fastmoe demo`` (local process pool) ends its workers too."""

@@ -38,6 +38,7 @@ def test_a_round_on_shards_is_one_em_iteration_on_all_rows(data):
     assert total.n_bytes == 8 * (3 * 4 * 4 + 2 * 3 + 36 + 3 + 3 + 18 + 18 * 18)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["serial", "local"])
 def test_rounds_climb_to_the_centralised_fit(data, backend):
     X, y, _ = data
@@ -67,6 +68,7 @@ def test_rounds_climb_to_the_centralised_fit(data, backend):
     assert once.refine_history_ == [] and not once.refine_converged_
 
 
+@pytest.mark.integration
 def test_rounds_on_every_backend_give_the_same_model(data):
     X, y, _ = data
     with warnings.catch_warnings():

@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from docblocks import blocks_of
 
+#: they start worker processes, engines or subprocesses
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "quickstart.rst",
              *sorted((ROOT / "docs" / "user_guide").glob("*.rst"))]

@@ -239,6 +239,7 @@ def _faulty(X, y):
     return [(X[:2000], y[:2000]), (X[:0], y[:0]), (bad, y[:100]), (X[2000:4000], y[2000:4000])]
 
 
+@pytest.mark.integration
 @DASK_NOISE[0]
 @DASK_NOISE[1]
 @pytest.mark.parametrize("backend", ["serial", "local", "dask"])
@@ -254,6 +255,7 @@ def test_shard_failures_on_every_backend(backend):
     assert m.n_iter_ == m.aggregation_.n_iter >= 1
 
 
+@pytest.mark.integration
 @DASK_NOISE[0]
 @DASK_NOISE[1]
 def test_concurrent_dask_fits_on_one_client_are_isolated():
@@ -287,6 +289,7 @@ def _quickstart() -> str:
     return block.group(1)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["script", "stdin"])
 def test_readme_quickstart_runs_without_a_main_guard(tmp_path, how):
     code = _quickstart()
