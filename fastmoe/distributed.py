@@ -43,7 +43,7 @@ from .protocol import (
     recheck_local,
     round_statistics,
 )
-from .server import refine
+from .server import message_fit, refine
 
 __all__ = ["DistributedMoERegressor"]
 
@@ -464,11 +464,15 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Seconds of each shard's local fit.
     recheck_time_ : float
         Seconds of the slowest recheck.
+    start_time_ : float
+        Seconds the server spent on its own start for the rounds
+        (:func:`fastmoe.server.message_fit`).
     reduction_time_ : float
         Seconds of the server's reduction.
     learning_time_ : float
-        The slowest local fit plus the server's work plus the rounds: the
-        time the fit takes with every shard on its own machine.
+        The slowest local fit plus the server's work (the reduction, the
+        start of the rounds) plus the rounds: the time the fit takes with
+        every shard on its own machine.
     wall_time_ : float
         Seconds the fit took here.
     message_bytes_ : ndarray of int
@@ -664,12 +668,12 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         fitted, messages, failed = self._fit_locals(shards, rng, plan)
         first_fit_times = np.array([m.fit_time for m in messages])
         agg, reduction_time = self._one_shot(shards, fitted, messages, rng, plan)
-        refinement, inconsistent = self._rounds(shards, fitted, messages, agg, plan)
+        refinement, inconsistent = self._rounds(shards, fitted, messages, agg, rng, plan)
         self._record(agg, refinement, inconsistent, fitted, messages, failed, plan)
         self.local_fit_times_ = first_fit_times
         self.reduction_time_ = reduction_time
         self.learning_time_ = (float(self.local_fit_times_.max()) + reduction_time
-                               + self.recheck_time_
+                               + self.recheck_time_ + self.start_time_
                                + sum(r["machine_seconds"] + r["server_seconds"]
                                      for r in self.refine_history_))
         self.message_bytes_ = np.array([len(m.to_bytes()) for m in messages])
@@ -801,22 +805,29 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             reduction_time += time.perf_counter() - t0
         return agg, reduction_time
 
-    def _rounds(self, shards, fitted, messages, agg, plan: _Plan):
+    def _rounds(self, shards, fitted, messages, agg, rng, plan: _Plan):
         """The refinement rounds from the aggregate, and the shards whose
         rows do not look like the others' (without them again with
         ``robust``): (Refinement or None, {shard index: reason})."""
         self.standard_errors_ = self.robust_standard_errors_ = None
         self.refine_converged_, self.round_statistics_ = False, []
+        self.start_time_ = 0.0
         if not plan.rounds:
             return None, {}
         trusted = [i for j, i in enumerate(fitted) if j not in agg.inconsistent]
-        # the first round also tries the trusted machines' own models, the
-        # largest shards' first (ROUND_STARTS at most)
-        own = sorted((j for j, i in enumerate(fitted) if j not in agg.inconsistent),
-                     key=lambda j: -messages[j].n)[:ROUND_STARTS]
+        # the first round also tries the server's own fit to the trusted
+        # machines' messages, and their own models, the largest shards' first
+        # (ROUND_STARTS at most)
+        kept = [j for j in range(len(fitted)) if j not in agg.inconsistent]
+        t0 = time.perf_counter()
+        start = message_fit([messages[j] for j in kept], agg.params, random_state=rng,
+                            n_threads=plan.threads)
+        self.start_time_ = time.perf_counter() - t0
+        own = sorted(kept, key=lambda j: -messages[j].n)[:ROUND_STARTS]
+        alternatives = [start] * (start is not None) + [messages[j].params for j in own]
         refinement, self.round_statistics_ = self._refine(
             agg.params, [(i, shards[i]) for i in trusted], plan.rounds, plan.n_jobs,
-            plan.threads, plan.tol, alternatives=[messages[j].params for j in own])
+            plan.threads, plan.tol, alternatives=alternatives)
         own = {i: messages[j].meta.get("log_likelihood") for j, i in enumerate(fitted)}
         inconsistent = rows_inconsistent(self.round_statistics_, own)
         if inconsistent and self.robust:  # the rounds again, without them

@@ -227,6 +227,13 @@ def pooled_support(messages, n_support: int | None = None, random_state=None,
     With ``max_support``, each machine gives at most ceil(max_support / M)
     of its points (a random subset, in their order), so that the support,
     and the reduction's cost, stop growing with M."""
+    parts = support_parts(messages, n_support, random_state, max_support)
+    return np.ascontiguousarray(np.vstack(parts))
+
+
+def support_parts(messages, n_support: int | None = None, random_state=None,
+                  max_support: int | None = None) -> list:
+    """Each message's part of :func:`pooled_support`, in order."""
     rng = check_random_state(random_state)
     sizes = [m.support.shape[0] for m in messages if m.support is not None]
     draw = n_support or (max(sizes) if sizes else 1000)
@@ -243,7 +250,7 @@ def pooled_support(messages, n_support: int | None = None, random_state=None,
             parts.append(m.support[rows])
         else:
             parts.append(m.support)
-    return np.ascontiguousarray(np.vstack(parts))
+    return parts
 
 
 #: the most bytes of covariate samples the server holds over all messages (a

@@ -39,7 +39,7 @@ def test_split_keeps_every_row(data):
     assert m.dropped_shards_ == [] and m.dropped_rows_ == 0 and m.excluded_shards_ == []
     rounds = sum(h["machine_seconds"] + h["server_seconds"] for h in m.refine_history_)
     assert m.learning_time_ == pytest.approx(m.local_fit_times_.max() + m.reduction_time_
-                                             + m.recheck_time_ + rounds)
+                                             + m.recheck_time_ + m.start_time_ + rounds)
     assert len(m.local_models_) == 7 and np.all(m.message_bytes_ > 0)
 
 
