@@ -187,7 +187,7 @@ def saddle_free_step(gradient: np.ndarray, hessian: np.ndarray) -> np.ndarray:
     """The saddle-free Newton step (Dauphin et al. 2014).
 
     The Newton step with every eigenvalue of the information replaced by its
-    absolute value, |H|^-1 g, on the scale of the information's diagonal.
+    absolute value, ``|H|^-1 g``, on the scale of the information's diagonal.
     Where the log-likelihood curves upwards along a direction (the
     information is indefinite: a saddle region of the mixture, where the
     Newton step does not exist and trust-region steps are held to their
