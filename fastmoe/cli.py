@@ -388,28 +388,123 @@ def cmd_round(args) -> int:
 
 
 def cmd_refine(args) -> int:
-    from .message import load_round, round_digest
-    from .protocol import refine_step
+    """The server's half of the rounds: start them, or take one round's
+    statistics, with the estimator's server loop (fastmoe.server.Rounds)."""
+    from .server import Rounds
 
-    _suffix(args.output, (".json", ".npz"), "model file")
-    params = _load_model(args.model)
-    total, seen = None, {}
-    for path in args.statistics:
-        stats = load_round(path, params)  # checked, the file's size first
-        digest = round_digest(stats)  # of the numbers: a re-saved file is the same
-        if digest in seen:
-            raise ValueError(f"{path!r} holds the same statistics as {seen[digest]!r}: "
-                             "each machine's round counts once.")
-        seen[digest] = path
-        total = stats if total is None else total + stats
-    if not np.isfinite(total.log_likelihood):
-        raise ValueError("the machines' log-likelihoods do not sum to a finite number.")
-    new = refine_step(params, total)
-    new.save(args.output)
-    print(f"{len(args.statistics)} machines, {total.n} rows: log-likelihood "
-          f"{total.log_likelihood:.6f} at {args.model} ({total.log_likelihood / total.n:.6f} "
-          f"nats per row); one EM iteration taken, model written to {args.output}")
+    out = _suffix(args.output, (".json",), "rounds state file")
+    if args.start:
+        if args.statistics or args.state:
+            raise ValueError("--start begins the rounds: give no --state and no statistics "
+                             "files with it.")
+        models = [_load_model(path) for path in [args.start, *args.also]]
+        rounds = Rounds.start(models[0], models[1:], tol=args.tol, max_rounds=args.max_rounds)
+        print(f"rounds started at {args.start}" + (f" and {len(args.also)} other model(s)"
+                                                   if args.also else ""))
+    else:
+        if not (args.state and args.statistics):
+            raise ValueError("give --start MODEL to begin the rounds, or --state and the "
+                             "machines' round statistics files to take a round.")
+        if Path(args.state).resolve() == Path(out).resolve():
+            raise ValueError("--output must differ from --state: an input is never "
+                             "overwritten.")
+        rounds = _read_state(args.state)
+        if not rounds.pending:
+            raise ValueError(f"{args.state!r} holds rounds that are over; nothing to take.")
+        totals = _round_totals(rounds, args.statistics)
+        before = len(rounds.history)
+        rounds.receive(totals, 0.0)
+        last = rounds.history[-1]
+        print(f"round {before + 1}: {len(args.statistics)} files, {last['rows']} rows; "
+              f"log-likelihood {last['log_likelihood']:.6f} "
+              f"({last['log_likelihood'] / last['rows']:.6f} nats per row), kept: "
+              f"{last['step']}")
+        if args.model:
+            rounds.params.save(args.model)
+            print(f"model kept so far written to {args.model}")
+    _write_state(rounds, out)
+    if rounds.pending:
+        stem = str(Path(out).with_suffix(""))
+        for j, model in enumerate(rounds.models()):
+            model.save(f"{stem}.candidate_{j}.json")
+        print(f"next round: every machine runs `fastmoe round` on its shard at each of the "
+              f"{len(rounds.pending)} models {stem}.candidate_0.json ... "
+              f"{stem}.candidate_{len(rounds.pending) - 1}.json; then `fastmoe refine "
+              f"--state {out}` on all their files")
+    else:
+        print(f"rounds over after {len(rounds.history)} rounds ("
+              + ("converged" if rounds.converged else f"not converged: --max-rounds "
+                 f"{rounds.max_rounds} reached") + f"); the model kept is in {out}"
+              + (f" and {args.model}" if args.model else ""))
     return 0
+
+
+def _read_state(path):
+    from .io import check_file
+    from .server import Rounds
+
+    check_file(path, "rounds state file", MAX_STATE_BYTES)
+    try:
+        data = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path!r} is not a rounds state file (not JSON: {exc}).") from None
+    try:
+        return Rounds.from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{path!r}: {exc}") from None
+
+
+def _write_state(rounds, path) -> None:
+    from .io import write_bytes
+
+    write_bytes(path, json.dumps(rounds.to_dict(), allow_nan=False).encode(),
+                "rounds state file")
+
+
+def _round_totals(rounds, paths) -> list:
+    """The machines' statistics summed per pending model: each file is
+    matched to the model it was computed at, counted once, and every model
+    must have the same machines' rows."""
+    from .message import OtherModelError, load_round, round_digest
+
+    models = rounds.models()
+    totals, files, seen = [None] * len(models), [0] * len(models), {}
+    for path in paths:
+        for j, model in enumerate(models):
+            try:
+                stats = load_round(path, model)
+            except OtherModelError:
+                continue
+            break
+        else:
+            raise ValueError(f"{path!r} was computed at none of this round's "
+                             f"{len(models)} models; every machine must run the round at the "
+                             "candidate files the last refine wrote.")
+        digest = round_digest(stats)
+        if digest in seen:
+            raise ValueError(f"{path!r} holds the same statistics as {seen[digest]!r}: each "
+                             "machine's round counts once.")
+        seen[digest] = path
+        totals[j] = stats if totals[j] is None else totals[j] + stats
+        files[j] += 1
+    missing = [j for j, t in enumerate(totals) if t is None]
+    if missing:
+        raise ValueError(f"no statistics for candidate(s) {missing}: every machine runs the "
+                         "round at every candidate model.")
+    if len(set(files)) > 1 or len({t.n for t in totals}) > 1:
+        raise ValueError(f"the candidates have statistics from different machines (files "
+                         f"{files}, rows {[t.n for t in totals]}): every machine runs the "
+                         "round at every candidate model.")
+    if rounds.history and totals[0].n != rounds.history[0]["rows"]:
+        raise ValueError(f"these files hold {totals[0].n} rows, the first round's "
+                         f"{rounds.history[0]['rows']}: a machine is missing or extra.")
+    if not all(np.isfinite(t.log_likelihood) for t in totals):
+        raise ValueError("the machines' log-likelihoods do not sum to a finite number.")
+    return totals
+
+
+#: the largest rounds state file read (its candidates and history)
+MAX_STATE_BYTES = 16 * 2**20
 
 
 def cmd_predict(args) -> int:
@@ -510,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         "centralised and distributed (optimal-transport aggregation).")
     from . import __version__
     from ._options import EM_DEFAULTS
+    from .server import MAX_ROUNDS
 
     parser.add_argument("--version", action="version", version=f"fastmoe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -638,16 +734,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine")
     p.add_argument("--output", required=True, help="round statistics file to write (.npz)")
 
-    p = add("refine", cmd_refine, "the server's half of a refinement round",
-            "The server's half of a refinement round: sum the machines' round statistics "
-            "(each checked, and computed at --model) and take one EM iteration on all their "
-            "rows; print the log-likelihood at --model. Repeat (round on every machine, then "
-            "refine) until the log-likelihood per row rises by less than about 1e-4 nats from "
-            "one refine to the next (DistributedMoERegressor runs its rounds itself).")
-    p.add_argument("statistics", nargs="+", help="round statistics files, one per machine")
-    p.add_argument("--model", required=True,
-                   help="the model the rounds were run at (.json or .npz)")
-    p.add_argument("--output", required=True, help="the next model to write (.json or .npz)")
+    p = add("refine", cmd_refine, "the server's half of the refinement rounds",
+            "The server's half of the refinement rounds, the same loop as "
+            "DistributedMoERegressor's (fastmoe.server.Rounds: Newton, trust-region, "
+            "saddle-free and EM steps, the best kept). --start MODEL begins them and writes "
+            "the first round's candidate models beside --output; each machine then runs "
+            "`fastmoe round` on its shard at every candidate, and `fastmoe refine --state` "
+            "takes all their files (each checked, matched to its candidate, counted once), "
+            "keeps the best candidate and writes the next round's candidates and state, "
+            "until the rounds converge.")
+    p.add_argument("statistics", nargs="*", help="round statistics files: every machine's, "
+                   "at every candidate of the round")
+    p.add_argument("--start", default=None, help="begin the rounds from this model "
+                   "(.json or .npz), e.g. the one-shot aggregate")
+    p.add_argument("--also", nargs="*", default=[], help="with --start: other models the "
+                   "first round also evaluates (e.g. machines' own models); the best starts")
+    p.add_argument("--state", default=None, help="the rounds state the last refine wrote")
+    p.add_argument("--output", required=True,
+                   help="the rounds state to write (.json); the next round's candidate models "
+                        "are written beside it, as <output>.candidate_<j>.json")
+    p.add_argument("--model", default=None,
+                   help="also write the model kept so far to this file (.json or .npz)")
+    p.add_argument("--tol", type=_non_negative, default=EM_DEFAULTS.tol,
+                   help="with --start: the rounds stop when the Newton step expects to gain "
+                        "less than 100 tol times the log-likelihood")
+    p.add_argument("--max-rounds", type=_positive_int, default=MAX_ROUNDS,
+                   help="with --start: rounds at most, the first included")
 
     p = add("predict", cmd_predict, "predict E[y|x] and Var[y|x] for a data file")
     p.add_argument("--model", required=True, help="model file (.json or .npz)")

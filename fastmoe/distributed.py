@@ -43,7 +43,7 @@ from .protocol import (
     recheck_local,
     round_statistics,
 )
-from .server import message_fit, refine
+from .server import MAX_ROUNDS, message_fit, refine
 
 __all__ = ["DistributedMoERegressor"]
 
@@ -110,7 +110,7 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
 #: the local fits' ``tol``), at most this many. Measured on three real tables
 #: (tests/realdata.py) split at random into 16 and 64 machines and by their
 #: group column: see docs/user_guide/performance.rst
-AUTO_REFINE_MAX_ROUNDS = 30
+AUTO_REFINE_MAX_ROUNDS = MAX_ROUNDS
 #: the MM tolerance of the aggregation that the automatic rounds start from
 #: (``aggregate``'s default is 1e-10): its result is only EM's start. Measured
 #: at 64 machines of the reference data, seed 0: one aggregation takes 28 MM

@@ -504,7 +504,7 @@ def round_from_bytes(data: bytes, params: MoEParams):
     _check_format(fields, ROUND_FORMAT, ROUND_VERSION)
     digest = model_digest(params)
     if fields.get("model") != digest:
-        raise ValueError(f"these round statistics were computed at another model (digest "
+        raise OtherModelError(f"these round statistics were computed at another model (digest "
                          f"{str(fields.get('model'))[:12]!r}, not {digest[:12]!r}); every "
                          "machine must run the round at the model being refined.")
     field_ = "round statistics field"
@@ -577,6 +577,11 @@ def _check_gate_bounds(grad: np.ndarray, hess: np.ndarray, total: np.ndarray, n:
         raise ValueError("round statistics: a gate Hessian entry is larger than the rows allow.")
 
 
+class OtherModelError(ValueError):
+    """Round statistics that were computed at another model than the one
+    given (the server tells the candidates of a round apart by it)."""
+
+
 def round_digest(stats) -> str:
     """SHA-256 of a round's numbers (not of its file's bytes): the same
     statistics saved twice, or re-compressed, have one digest."""
@@ -633,5 +638,5 @@ def load_round(path, params: MoEParams):
     check_file(path, "round statistics file", _round_bytes_needed(params))
     try:
         return round_from_bytes(path.read_bytes(), params)
-    except ValueError as exc:
-        raise ValueError(f"{str(path)!r}: {exc}") from None
+    except ValueError as exc:  # the same kind of error (OtherModelError stays one)
+        raise type(exc)(f"{str(path)!r}: {exc}") from None

@@ -29,7 +29,8 @@ The machines are reached through a callable (``evaluate`` of
 :func:`refine`), so any engine that can run
 :func:`fastmoe.protocol.round_statistics` on its shards can drive this loop;
 the estimator does so on its backends. The command line's ``fastmoe refine``
-takes EM's step only: a round file carries the statistics of one model.
+takes the same steps one round at a time, saving the loop's state between
+rounds (:class:`Rounds`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from . import engine
 from ._information import params_of, theta_of
 from ._params import MoEParams
 
-__all__ = ["Refinement", "message_fit", "refine", "saddle_free_step"]
+__all__ = ["Refinement", "Rounds", "message_fit", "refine", "saddle_free_step"]
 
 
 @dataclass(frozen=True)
@@ -314,39 +315,252 @@ def refine(params: MoEParams, evaluate: Callable, *, tol: float = 1e-7, max_roun
     Refinement
         The last model accepted, its statistics, the rounds' history and whether they converged.
     """
-    starts = [params, *alternatives]
-    results, seconds = evaluate(starts)
-    first = int(np.argmax([r.log_likelihood for r in results]))
-    params, stats = starts[first], results[first]
-    history = [{**_entry(stats, "start", np.nan, seconds, 0.0), "start": first,
-                "candidates": len(starts)}]
-    converged, radius, overrelax = False, FIRST_RADIUS, FIRST_OVERRELAX
-    for _ in range(max_rounds - 1):
+    rounds = Rounds.start(params, alternatives, tol=tol, max_rounds=max_rounds,
+                          reg_var=reg_var)
+    while rounds.pending:
+        rounds.receive(*evaluate(rounds.models()))
+    return Refinement(rounds.params, rounds.statistics, rounds.history, rounds.converged)
+
+
+#: rounds at most by default (the estimator's ``refine_rounds="auto"``, the
+#: command line's ``fastmoe refine --max-rounds``), the first included
+MAX_ROUNDS = 30
+
+#: the steps a round may take, as the history names them
+STEP_KINDS = ("start", "newton", "trust", "em", "rejected")
+
+
+@dataclass
+class Rounds:
+    """The server's side of the refinement rounds, one round at a time.
+
+    :func:`refine` drives it with a callable that reaches the machines; the
+    command line (``fastmoe refine --state``) drives it with files, saving
+    it between rounds (:meth:`to_dict`). Either way the same steps are
+    taken: ``models()`` are the models the machines evaluate next,
+    ``receive`` takes their summed statistics at each and plans the next
+    round, until ``pending`` is empty.
+
+    Attributes
+    ----------
+    params : MoEParams
+        The last model accepted (the first start before any round).
+    log_likelihood : float
+        Its log-likelihood on all the rows (-inf before the first round).
+    statistics : StepStatistics or None
+        The machines' summed statistics at ``params`` (None before the
+        first round, and after :meth:`from_dict`).
+    history : list of dict
+        One entry per round, as in :class:`Refinement`.
+    converged : bool
+        Whether the rounds converged.
+    pending : list of tuple
+        The candidates of the next round: (model, kind, expected gain, step
+        length, over-relaxation); empty when the rounds are over.
+    radius, overrelax : float
+        The next round's trust radius and EM over-relaxation.
+    tol, reg_var : float
+        As in :func:`refine`.
+    max_rounds : int
+        As in :func:`refine`.
+    """
+
+    params: MoEParams
+    log_likelihood: float
+    statistics: object
+    history: list
+    converged: bool
+    pending: list
+    radius: float
+    overrelax: float
+    tol: float
+    reg_var: float
+    max_rounds: int
+    _server: float = 0.0
+
+    @classmethod
+    def start(cls, params: MoEParams, alternatives: Sequence[MoEParams] = (), *,
+              tol: float = 1e-7, max_rounds: int = 50, reg_var: float = 1e-6) -> Rounds:
+        """The rounds before the first: it evaluates ``params`` and the
+        ``alternatives``.
+
+        Parameters
+        ----------
+        params : MoEParams
+            The start (the one-shot aggregate).
+        alternatives : sequence of MoEParams, default=()
+            Other starts the first round evaluates.
+        tol : float, default=1e-7
+            As in :func:`refine`.
+        max_rounds : int, default=50
+            As in :func:`refine`.
+        reg_var : float, default=1e-6
+            As in :func:`refine`.
+
+        Returns
+        -------
+        Rounds
+            The state, with the starts pending.
+        """
+        starts = [params, *alternatives]
+        return cls(params, -np.inf, None, [], False,
+                   [(m, "start", np.nan, np.nan, np.nan) for m in starts],
+                   FIRST_RADIUS, FIRST_OVERRELAX, float(tol), float(reg_var), int(max_rounds))
+
+    def models(self) -> list:
+        """The models the machines evaluate in the next round.
+
+        Returns
+        -------
+        list of MoEParams
+            Empty when the rounds are over.
+        """
+        return [o[0] for o in self.pending]
+
+    def receive(self, results: Sequence, seconds: float) -> None:
+        """Take the machines' summed statistics at every pending model, keep
+        the best, and plan the next round (or end the rounds).
+
+        Parameters
+        ----------
+        results : sequence of StepStatistics
+            The summed statistics, with derivatives, at each of
+            :meth:`models`, in order.
+        seconds : float
+            The slowest machine's seconds in this round.
+        """
+        if len(results) != len(self.pending) or not self.pending:
+            raise ValueError(f"the round evaluated {len(self.pending)} models; got statistics "
+                             f"for {len(results)}.")
+        lls = [float(r.log_likelihood) for r in results]
+        best = int(np.argmax(lls))
+        model, kind, gain = self.pending[best][:3]
+        entry = {**_entry(results[best], kind, gain, seconds, self._server),
+                 "candidates": len(self.pending)}
+        if kind == "start":
+            entry["start"] = best
+        elif lls[best] < self.log_likelihood:  # nothing gains: at the optimum
+            self.history.append({**entry, "step": "rejected"})
+            self.converged, self.pending = True, []
+            return
+        gained = lls[best] - self.log_likelihood
+        if kind != "start":
+            self.radius, self.overrelax = _adapt(self.pending, results, self.radius,
+                                                 self.overrelax)
+        self.params, self.statistics, self.log_likelihood = model, results[best], lls[best]
+        self.history.append(entry)
+        if kind not in ("start", "newton") and gained <= self.tol * abs(lls[best]):
+            self.converged, self.pending = True, []  # (Newton: judged by its decrement)
+            return
+        self._plan()
+
+    def _plan(self) -> None:
+        """The next round's candidates, or the end of the rounds."""
+        self.pending = []
+        if len(self.history) >= self.max_rounds:
+            return
         t0 = time.perf_counter()
-        options = candidates(params, stats, radius, overrelax, reg_var=reg_var)
+        options = candidates(self.params, self.statistics, self.radius, self.overrelax,
+                             reg_var=self.reg_var)
         kind, gain = options[0][1], options[0][2]
-        if kind == "newton" and 0 <= gain <= NEWTON_TOL * tol * abs(stats.log_likelihood):
-            converged = True
-            history[-1]["server_seconds"] += time.perf_counter() - t0
-            break
-        server = time.perf_counter() - t0
-        results, seconds = evaluate([o[0] for o in options])
-        best = int(np.argmax([r.log_likelihood for r in results]))
-        gained = results[best].log_likelihood - stats.log_likelihood
-        model, kind, gain = options[best][:3]
-        if gained < 0:  # nothing gains: the statistics are at the optimum
-            converged = True
-            history.append({**_entry(results[best], "rejected", gain, seconds, server),
-                            "candidates": len(options)})
-            break
-        params, stats = model, results[best]
-        radius, overrelax = _adapt(options, results, radius, overrelax)
-        history.append({**_entry(stats, kind, gain, seconds, server),
-                        "candidates": len(options)})
-        if gained <= tol * abs(stats.log_likelihood) and kind != "newton":
-            converged = True  # (a Newton step is judged by its decrement, above)
-            break
-    return Refinement(params, stats, history, converged)
+        self._server = time.perf_counter() - t0
+        if kind == "newton" and 0 <= gain <= NEWTON_TOL * self.tol * abs(self.log_likelihood):
+            self.converged = True
+            self.history[-1]["server_seconds"] += self._server
+            return
+        self.pending = options
+
+    def to_dict(self) -> dict:
+        """The state as plain JSON-ready values (for the command line's
+        state file; the statistics are not kept: each round plans the next
+        before the state is saved).
+
+        Returns
+        -------
+        dict
+            ``format``, ``version``, the model, the pending candidates and
+            every number the next round needs.
+        """
+        def num(v):
+            return None if v is None or not np.isfinite(v) else float(v)
+
+        return {"format": STATE_FORMAT, "version": 1, "model": self.params.to_dict(),
+                "log_likelihood": num(self.log_likelihood),
+                "radius": self.radius, "overrelax": self.overrelax, "tol": self.tol,
+                "reg_var": self.reg_var, "max_rounds": self.max_rounds,
+                "converged": self.converged,
+                "history": [{k: (num(v) if isinstance(v, float) else v) for k, v in h.items()}
+                            for h in self.history],
+                "pending": [{"model": m.to_dict(), "kind": k, "gain": num(g),
+                             "length": num(n), "factor": num(f)}
+                            for m, k, g, n, f in self.pending]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Rounds:
+        """Read a :meth:`to_dict` record (untrusted: every field is checked;
+        each failure is a ValueError of one line).
+
+        Parameters
+        ----------
+        data : dict
+            The record.
+
+        Returns
+        -------
+        Rounds
+            The state, without statistics.
+        """
+        from ._validation import check_bool, check_float, check_int
+
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a fastmoe rounds state (format {STATE_FORMAT!r}).")
+        if data.get("version") != 1:
+            raise ValueError(f"rounds state version {data.get('version')!r} is not supported "
+                             "(this fastmoe reads version 1).")
+
+        def real(v, name, allow_none=True):
+            if v is None and allow_none:
+                return np.nan
+            return check_float(v, name, -np.inf, inclusive=True)
+
+        def items(v, name, limit):
+            if not isinstance(v, list) or len(v) > limit:
+                raise ValueError(f"rounds state field {name} must be a list of at most {limit}.")
+            if not all(isinstance(e, dict) for e in v):
+                raise ValueError(f"rounds state field {name} must hold records.")
+            return v
+
+        params = MoEParams.from_dict(data.get("model"))
+        ll = real(data.get("log_likelihood"), "log_likelihood")
+        pending = []
+        for c in items(data.get("pending"), "pending", 64):
+            kind = c.get("kind")
+            if not isinstance(kind, str) or kind.split(" ")[0] not in (
+                    *STEP_KINDS, "saddle-free") or len(kind) > 40:
+                raise ValueError(f"rounds state: unknown candidate kind {kind!r}.")
+            model = MoEParams.from_dict(c.get("model"))
+            if (model.n_experts, model.n_features) != (params.n_experts, params.n_features):
+                raise ValueError("rounds state: a candidate's shape differs from the model's.")
+            pending.append((model, kind, real(c.get("gain"), "gain"),
+                            real(c.get("length"), "length"), real(c.get("factor"), "factor")))
+        history = []
+        for h in items(data.get("history"), "history", 10000):
+            if not all(isinstance(k, str) and (v is None or isinstance(v, (int, float, str)))
+                       for k, v in h.items()) or len(h) > 20:
+                raise ValueError("rounds state: a history entry holds something other than "
+                                 "numbers and names.")
+            history.append({k: np.nan if v is None else v for k, v in h.items()})
+        return cls(params, -np.inf if np.isnan(ll) else ll, None, history,
+                   check_bool(data.get("converged"), "converged"), pending,
+                   check_float(data.get("radius"), "radius"),
+                   check_float(data.get("overrelax"), "overrelax"),
+                   check_float(data.get("tol"), "tol", 0.0, inclusive=True),
+                   check_float(data.get("reg_var"), "reg_var"),
+                   check_int(data.get("max_rounds"), "max_rounds"))
+
+
+#: the format name of a saved :class:`Rounds`
+STATE_FORMAT = "fastmoe-rounds"
 
 
 #: the most points of the server's own start (:func:`message_fit`), drawn

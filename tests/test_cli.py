@@ -5,7 +5,7 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
+import warnings
 
 import numpy as np
 import pytest
@@ -166,60 +166,82 @@ def test_simulate_from_truth_draws_from_that_truth(tmp_path, capsys):
 
 
 def test_refinement_rounds_by_files(tmp_path, capsys):
-    """`fastmoe round` on every shard and `fastmoe refine` at the server take
-    the EM iteration that refine_step takes on the summed statistics."""
-    from fastmoe.protocol import refine_step, round_statistics
+    """`fastmoe refine` at the server and `fastmoe round` on every shard at
+    every candidate run the estimator's server loop (fastmoe.server.refine)
+    and reach the same model in the same rounds; bad files are refused with
+    one line."""
+    from fastmoe.protocol import round_statistics
+    from fastmoe.server import refine
 
     d = tmp_path
     code, _, _ = run(capsys, "simulate", "--n-samples", "4000", "--n-features", "2",
                      "--n-experts", "2", "--shards", "4", "--output", str(d / "data.npz"))
     assert code == 0
     shards = [str(d / f"data_{m}.npz") for m in range(4)]
-    for m, shard in enumerate(shards):
-        assert run(capsys, "fit-local", "--data", shard, "--n-experts", "2", "--seed", str(m),
-                   "--output", str(d / f"msg_{m}.npz"))[0] == 0
-    assert run(capsys, "aggregate", *[str(d / f"msg_{m}.npz") for m in range(4)],
-               "--output", str(d / "m0.json"))[0] == 0
-    stats = [str(d / f"s_{m}.npz") for m in range(4)]
-    for shard, out in zip(shards, stats):
-        code, out_text, _ = run(capsys, "round", "--data", shard, "--model", str(d / "m0.json"),
-                                "--output", out)
-        assert code == 0 and "n=1000" in out_text
-    code, out, _ = run(capsys, "refine", *stats, "--model", str(d / "m0.json"),
-                       "--output", str(d / "m1.json"))
-    assert code == 0 and "4 machines, 4000 rows" in out
+    # a poor start (three EM iterations on one shard): several rounds, of
+    # every kind of step
+    with warnings.catch_warnings():  # unconverged on purpose
+        warnings.simplefilter("ignore")
+        assert run(capsys, "fit", "--data", shards[0], "--n-experts", "2", "--max-iter", "3",
+                   "--output", str(d / "m0.json"))[0] == 0
     start = MoEParams.load(d / "m0.json")
-    parts = []
+
+    # the estimator's loop in Python, over the same shards in the same order
+    data = []
     for shard in shards:
         with np.load(shard) as z:
-            parts.append(round_statistics(z["X"], z["y"], start))
-    total = parts[0] + parts[1] + parts[2] + parts[3]
-    want = refine_step(start, total)
-    got = MoEParams.load(d / "m1.json")
-    np.testing.assert_array_equal(got.expert_aug, want.expert_aug)
-    np.testing.assert_array_equal(got.gate_aug, want.gate_aug)
-    np.testing.assert_array_equal(got.expert_var, want.expert_var)
-    assert f"log-likelihood {total.log_likelihood:.6f}" in out
+            data.append((z["X"], z["y"]))
 
-    # statistics from another model, or one machine's twice: refused, one line
-    code, _, err = run(capsys, "refine", *stats, "--model", str(d / "m1.json"),
-                       "--output", str(d / "m2.json"))
-    assert code == 2 and "another model" in err and err.count("\n") == 1
-    code, _, err = run(capsys, "refine", stats[0], stats[0], "--model", str(d / "m0.json"),
-                       "--output", str(d / "m2.json"))
-    assert code == 2 and "counts once" in err and err.count("\n") == 1
-    # the same statistics re-saved with other bytes are the same machine
-    from fastmoe.message import load_round, save_round
+    def evaluate(models):
+        totals = []
+        for model in models:
+            parts = [round_statistics(X, y, model) for X, y in data]
+            totals.append(parts[0] + parts[1] + parts[2] + parts[3])
+        return totals, 0.0
 
-    again = load_round(stats[0], start)
-    with np.load(stats[0]) as z:
-        np.savez(d / "resaved.npz", **{k: z[k] for k in z.files})  # uncompressed
-    assert (d / "resaved.npz").read_bytes() != Path(stats[0]).read_bytes()
-    code, _, err = run(capsys, "refine", stats[0], str(d / "resaved.npz"), "--model",
-                       str(d / "m0.json"), "--output", str(d / "m2.json"))
-    assert code == 2 and "counts once" in err and err.count("\n") == 1
-    assert save_round(d / "again.npz", again, start) > 0
-    assert not (d / "m2.json").exists()
+    want = refine(start, evaluate, max_rounds=30)
+
+    code, out, _ = run(capsys, "refine", "--start", str(d / "m0.json"),
+                       "--output", str(d / "r0.json"))
+    assert code == 0 and (d / "r0.candidate_0.json").exists()
+    k, stats = 0, []
+    while "rounds over" not in out:
+        candidates = sorted(d.glob(f"r{k}.candidate_*.json"))
+        stats = []
+        for m, shard in enumerate(shards):
+            for j, cand in enumerate(candidates):
+                stats.append(str(d / f"s{k}_{m}_{j}.npz"))
+                assert run(capsys, "round", "--data", shard, "--model", str(cand),
+                           "--output", stats[-1])[0] == 0
+        code, out, _ = run(capsys, "refine", *stats, "--state", str(d / f"r{k}.json"),
+                           "--output", str(d / f"r{k + 1}.json"), "--model", str(d / "m.json"))
+        assert code == 0, out
+        k += 1
+    assert k == len(want.history) >= 4 and "converged" in out
+    got = MoEParams.load(d / "m.json")
+    np.testing.assert_array_equal(got.expert_aug, want.params.expert_aug)
+    np.testing.assert_array_equal(got.gate_aug, want.params.gate_aug)
+    np.testing.assert_array_equal(got.expert_var, want.params.expert_var)
+
+    # refused, one line each, and nothing written
+    state = str(d / f"r{k - 1}.json")
+    for args, words in [((*stats, "--state", state, "--output", state), "never"),
+                        ((*stats, "--state", str(d / f"r{k}.json"), "--output",
+                          str(d / "x.json")), "over"),
+                        ((*stats, stats[0], "--state", state, "--output", str(d / "x.json")),
+                         "counts once"),
+                        ((*stats[1:], "--state", state, "--output", str(d / "x.json")),
+                         "machine"),
+                        ((str(d / "s0_0_0.npz"), "--state", state, "--output",
+                          str(d / "x.json")), "none of this round"),
+                        (("--output", str(d / "x.json")), "--start")]:
+        code, _, err = run(capsys, "refine", *args)
+        assert code == 2 and words in err and err.count("\n") == 1, (words, err)
+    assert not (d / "x.json").exists()
+    (d / "bad.json").write_text('{"format": "fastmoe-rounds", "version": 1, "model": 3}')
+    code, _, err = run(capsys, "refine", *stats, "--state", str(d / "bad.json"),
+                       "--output", str(d / "x.json"))
+    assert code == 2 and "bad.json" in err and err.count("\n") == 1
 
 
 def test_fit_local_defaults_are_those_of_fit_local():

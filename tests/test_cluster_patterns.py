@@ -56,6 +56,30 @@ def test_joblib_pattern(shards, serial):
     assert_same_model(scope["result"], serial)
 
 
+def test_joblib_rounds_pattern(shards, serial):
+    """The guide's rounds through joblib take the estimator's server loop to
+    the same model as the same loop over the shards in this process."""
+    from fastmoe.protocol import round_statistics
+    from fastmoe.server import refine
+
+    scope = {"shards": shards}
+    exec(snippet("# joblib"), scope)
+    exec(snippet("# Rounds with joblib"), scope)
+
+    def evaluate(models):
+        totals = []
+        for model in models:
+            parts = [round_statistics(X, y, model) for X, y in shards]
+            totals.append(sum(parts[1:], parts[0]))
+        return totals, 0.0
+
+    want = refine(serial.params, evaluate)
+    got = scope["refined"]
+    assert got.converged and len(got.history) == len(want.history)
+    for name in ("gate_aug", "expert_aug", "expert_var"):
+        np.testing.assert_array_equal(getattr(got.params, name), getattr(want.params, name))
+
+
 @pytest.fixture(scope="module")
 def elsewhere(tmp_path_factory):
     """Start the engines away from the repository's root: their workers put
