@@ -233,7 +233,8 @@ def cmd_demo(args) -> int:
                 f"(statistics of {_round_bytes(dist) / 1e3:.0f} kB per machine and model "
                 "tried)")
             notes.append(f"{name}: slowest local fit {dist.local_fit_times_.max():.2f} s + "
-                         f"reduction {dist.reduction_time_:.2f} s{refined}; wall time "
+                         f"reduction {dist.reduction_time_:.2f} s + the server's start of the "
+                         f"rounds {dist.start_time_:.2f} s{refined}; wall time "
                          f"{wall:.2f} s (with starting any worker processes).")
     add("truth", truth, None, None)
     print()
