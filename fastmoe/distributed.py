@@ -814,11 +814,11 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.start_time_ = 0.0
         if not plan.rounds:
             return None, {}
-        trusted = [i for j, i in enumerate(fitted) if j not in agg.inconsistent]
         # the first round also tries the server's own fit to the trusted
         # machines' messages, and their own models, the largest shards' first
         # (ROUND_STARTS at most)
         kept = [j for j in range(len(fitted)) if j not in agg.inconsistent]
+        trusted = [fitted[j] for j in kept]
         t0 = time.perf_counter()
         start = message_fit([messages[j] for j in kept], agg.params, random_state=rng,
                             n_threads=plan.threads)

@@ -36,14 +36,17 @@ rounds (:class:`Rounds`).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import engine
+from ._em import fit_moe
 from ._information import params_of, theta_of
 from ._params import MoEParams
+from ._validation import check_bool, check_float, check_int, check_random_state
 
 __all__ = ["Refinement", "Rounds", "message_fit", "refine", "saddle_free_step"]
 
@@ -133,6 +136,15 @@ def em_metric(stats: engine.StepStatistics, local: MoEParams) -> np.ndarray | No
     return B
 
 
+def _on_diagonal_scale(info: np.ndarray):
+    """(scale, A): the square roots of the information's diagonal (1 where
+    it is zero) and the information divided by them on both sides, the
+    coordinates in which trust_step and saddle_free_step work."""
+    scale = np.sqrt(np.abs(np.diagonal(info)))
+    scale = np.where(scale > 0, scale, 1.0)
+    return scale, info / scale[:, None] / scale[None, :]
+
+
 def trust_step(gradient: np.ndarray, hessian: np.ndarray, radius: float | None,
                metric: np.ndarray | None = None):
     """(step, expected gain, length) maximising the quadratic model of the
@@ -145,9 +157,7 @@ def trust_step(gradient: np.ndarray, hessian: np.ndarray, radius: float | None,
     Measured on three real tables (asv_bench/real_tables.py), EM's metric
     took 6 to 16 rounds where the diagonal took 7 to 19."""
     info = -hessian
-    scale = np.sqrt(np.abs(np.diagonal(info)))
-    scale = np.where(scale > 0, scale, 1.0)
-    A = info / scale[:, None] / scale[None, :]
+    scale, A = _on_diagonal_scale(info)
     lam = None
     if metric is not None:  # lengths in the metric: -H Q = M Q Lambda, Q^T M Q = I
         import scipy.linalg
@@ -209,10 +219,7 @@ def saddle_free_step(gradient: np.ndarray, hessian: np.ndarray) -> np.ndarray:
         The step; Newton's step where the information -H is positive
         definite.
     """
-    info = -hessian
-    scale = np.sqrt(np.abs(np.diagonal(info)))
-    scale = np.where(scale > 0, scale, 1.0)
-    A = info / scale[:, None] / scale[None, :]
+    scale, A = _on_diagonal_scale(-hessian)
     lam, Q = np.linalg.eigh((A + A.T) / 2)
     top = max(float(np.max(np.abs(lam))), 1e-300)
     c = Q.T @ (gradient / scale)
@@ -510,8 +517,6 @@ class Rounds:
         Rounds
             The state, without statistics.
         """
-        from ._validation import check_bool, check_float, check_int
-
         if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
             raise ValueError(f"not a fastmoe rounds state (format {STATE_FORMAT!r}).")
         if data.get("version") != 1:
@@ -606,10 +611,6 @@ def message_fit(messages, start: MoEParams, *, random_state=None,
     MoEParams or None
         The fitted model; None where EM cannot fit the drawn responses.
     """
-    import warnings
-
-    from ._em import fit_moe
-    from ._validation import check_random_state
     from .protocol import support_parts
 
     rng = check_random_state(random_state)

@@ -23,6 +23,15 @@ def reference(name: str) -> np.ndarray:
     return np.load(path)
 
 
+def read_only(arrays) -> tuple:
+    """The arrays made read-only: a cached problem or reference is shared by
+    every cell of a test's grid, so no cell may change it."""
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
+    return tuple(arrays)
+
+
 @pytest.fixture(params=["simd", "plain"])
 def kernel_path(request):
     """Run a test on the AVX2/FMA path of the C kernels (where the CPU has it)

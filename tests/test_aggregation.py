@@ -5,7 +5,7 @@ import functools
 import naive
 import numpy as np
 import pytest
-from conftest import reference
+from conftest import read_only, reference
 from scipy import integrate
 from scipy.stats import norm
 
@@ -97,11 +97,7 @@ def _mm_reference(cost, S, d, Ks, K):
     ML = naive.xt(Xs) @ expert.T
     refs = (*naive.mm_pass(models, lam, Xs, beta, var, cost),
             np.argmin(naive.cost_tensor(models, Xs, beta, var, cost), axis=2))
-    problem = (models, lam, Xs, beta, var, W, ML)
-    for a in (*problem, *refs):
-        if isinstance(a, np.ndarray):
-            a.setflags(write=False)
-    return problem, refs
+    return read_only((models, lam, Xs, beta, var, W, ML)), read_only(refs)
 
 
 def test_mm_pass_with_and_without_cache_agree(rng, monkeypatch):

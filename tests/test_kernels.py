@@ -5,6 +5,7 @@ import functools
 import naive
 import numpy as np
 import pytest
+from conftest import read_only
 from scipy.special import logsumexp
 
 from fastmoe import MoEParams, _kernels
@@ -30,15 +31,6 @@ def _problem(rng, n, d, K, readonly=False):
     return arrays
 
 
-def _frozen(arrays):
-    """The arrays made read-only: a cached problem or reference is shared by
-    every cell of a test's grid, so no cell may change it."""
-    for a in arrays:
-        if isinstance(a, np.ndarray):
-            a.setflags(write=False)
-    return tuple(arrays)
-
-
 # The slow references (tests/naive.py) depend on the problem only, so each is
 # computed once per shape, not again in every cell of the kernel path, thread
 # count and read-only grid; the problem is the one the ``rng`` fixture's seed
@@ -47,7 +39,7 @@ def _frozen(arrays):
 def _e_step_reference(n, d, K):
     problem = _problem(np.random.default_rng(12345), n, d, K)
     X, y, w, alpha, beta, var, _ = problem
-    return _frozen(problem), _frozen(naive.e_step(X, y, w, alpha, beta, var))
+    return read_only(problem), read_only(naive.e_step(X, y, w, alpha, beta, var))
 
 
 @functools.cache
@@ -56,7 +48,7 @@ def _gate_reference(n, d, K):
     X, _, w, alpha, _, _, R = problem
     R[0] *= 0.5  # rows need not sum to one
     refs = (*naive.gate_newton(X, w, R, alpha), naive.gate_objective(X, w, R, alpha))
-    return _frozen(problem), _frozen(refs)
+    return read_only(problem), read_only(refs)
 
 
 def _assert_information_blocks(info, info_ref, K, p):
@@ -107,7 +99,7 @@ def _em_reference(n, d, K, weights):
     lr_ref, ll_ref, gram_ref = naive.e_step(X, y, w, alpha, beta, var)
     R = np.exp(lr_ref)
     refs = (R, ll_ref, gram_ref, *naive.gate_newton(X, w, R, alpha), _log_partition(X, alpha))
-    return _frozen((X, y, w, alpha, beta, var)), _frozen(refs)
+    return read_only((X, y, w, alpha, beta, var)), read_only(refs)
 
 
 # n=2503: several chunks and a short block of buffered rows; d=20, K=5: Gram

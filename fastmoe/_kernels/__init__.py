@@ -44,13 +44,10 @@ def _check_rows(bad: int) -> int:
     return 0
 
 
-def e_step(X, y, w, gate_aug, expert_aug, expert_var, log_resp, row_ll, scratch, chunk,
-           n_threads) -> int:
-    """The E-step kernel (``_estep.e_step``): writes the log responsibilities
-    and the rows' log-likelihoods; raises FloatingPointError where a row's
-    log-likelihood is not finite."""
-    return _check_rows(_estep.e_step(X, y, w, gate_aug, expert_aug, expert_var, log_resp, row_ll,
-                                     scratch, chunk, n_threads))
+def e_step(*args) -> int:
+    """The E-step kernel (``_estep.e_step``; its arguments are the kernel's):
+    raises FloatingPointError where a row's log-likelihood is not finite."""
+    return _check_rows(_estep.e_step(*args))
 
 
 def em_pass(*args) -> int:
