@@ -24,7 +24,7 @@ from small_shards import _load  # asv_bench/small_shards.py, beside this script
 
 from fastmoe import DistributedMoERegressor
 from fastmoe.distributed import AUTO_REFINE_MM_TOL
-from fastmoe.protocol import aggregate_messages
+from fastmoe.server import aggregate_messages
 
 MACHINES = (16, 64)
 

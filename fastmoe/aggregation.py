@@ -323,7 +323,7 @@ def transport_divergence(source, target: MoEParams, X, *, cost: str = "kl",
 def divergence_matrix(models, X, *, cost: str = "kl", n_threads: int | None = None):
     """(M, M) D[i, j] = R(models[i] -> models[j]) over the rows of X (zero on
     the diagonal): the pairwise transport divergences of the medoid and of
-    the robust filter (``fastmoe.protocol.inconsistent_machines``)."""
+    the robust filter (``fastmoe.server.inconsistent_machines``)."""
     M = len(models)
     D = np.zeros((M, M))
     for i in range(M):

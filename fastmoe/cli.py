@@ -341,7 +341,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_fit_local(args) -> int:
-    from .protocol import fit_local
+    from .machine import fit_local
 
     _suffix(args.output, (".npz", ".json"), "message file")
     X, y = _read(args.data)
@@ -354,7 +354,7 @@ def cmd_fit_local(args) -> int:
 
 
 def cmd_aggregate(args) -> int:
-    from .protocol import aggregate_messages
+    from .server import aggregate_messages
 
     _suffix(args.output, (".json", ".npz"), "model file")
     result = aggregate_messages(args.messages, args.n_experts, cost=args.cost,
@@ -374,8 +374,8 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_round(args) -> int:
+    from .machine import round_statistics
     from .message import save_round
-    from .protocol import round_statistics
 
     out = _suffix(args.output, (".npz",), "round statistics file")
     params = _load_model(args.model)

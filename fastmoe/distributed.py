@@ -35,15 +35,9 @@ from ._validation import (
 )
 from .exceptions import ConvergenceWarning, ExclusionLimitError, ShardError
 from .io import read_npy, read_table
+from .machine import SUPPORTS, fit_local, recheck_local, round_statistics
 from .moe import _MoEPredictMixin
-from .protocol import (
-    SUPPORTS,
-    aggregate_messages,
-    fit_local,
-    recheck_local,
-    round_statistics,
-)
-from .server import MAX_ROUNDS, message_fit, refine
+from .server import MAX_ROUNDS, aggregate_messages, message_fit, refine
 
 __all__ = ["DistributedMoERegressor"]
 
@@ -134,7 +128,7 @@ def _check_refine_rounds(value):
 
 def recheck_shard(index: int, shard, message, params, options: dict):
     """One suspect shard's second look at its fit from the aggregate
-    (:func:`fastmoe.protocol.recheck_local`): (index, LocalMessage, seconds,
+    (:func:`fastmoe.machine.recheck_local`): (index, LocalMessage, seconds,
     replaced), or (index, ShardError). ``replaced`` is decided here: on a
     process or Dask backend the message comes back as a copy, so the caller
     cannot tell by identity whether it is the one it sent."""
@@ -379,7 +373,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     recheck_suspects : bool, default=True
         Without refinement rounds: after the aggregation, the shards whose
         models look failed or out of line run EM from the aggregate on their
-        rows (:func:`fastmoe.protocol.recheck_local`); a shard whose refit fits
+        rows (:func:`fastmoe.machine.recheck_local`); a shard whose refit fits
         its own rows better sends it instead, and the server aggregates once
         more from the first aggregate's experts. Listed in
         ``rechecked_shards_``. Not run when refinement rounds follow: the
@@ -397,7 +391,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         (:func:`fastmoe.server.refine`): in each, every shard that was fitted
         (but not one left out by ``robust``) returns additive statistics of
         its rows at a few candidate models
-        (:func:`fastmoe.protocol.round_statistics`: its log-likelihood, EM's
+        (:func:`fastmoe.machine.round_statistics`: its log-likelihood, EM's
         statistics, and the gradient and Hessian of its log-likelihood in all
         P = K(d+2) + (K-1)(d+1) parameters): Newton, trust-region and
         over-relaxed EM steps from the current model. The server keeps the

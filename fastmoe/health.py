@@ -114,7 +114,7 @@ def aggregation_health(result) -> dict:
           failed;
         - ``suspect`` : machines above ``FAILED_COST_FACTOR`` times the median
           cost, collapsed or not, failed or not: the machines
-          :func:`fastmoe.protocol.recheck_local` asks to look at their fits again
+          :func:`fastmoe.machine.recheck_local` asks to look at their fits again
           (a poor local optimum whose experts still map one-to-one is costly
           too: on 64 shards of 1406 rows of the reference data set B, rechecking
           the two such machines took the aggregate's variance error from 2.8 to

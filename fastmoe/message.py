@@ -440,7 +440,7 @@ def _round_bytes_needed(params: MoEParams) -> int:
 def round_to_bytes(stats, params: MoEParams) -> bytes:
     """A machine's refinement-round statistics as a compressed .npz archive.
 
-    The statistics are :func:`fastmoe.protocol.round_statistics` at
+    The statistics are :func:`fastmoe.machine.round_statistics` at
     ``params``: a JSON header (the model's digest, the row count, the
     log-likelihood and the gate objective) and six float64 arrays (EM's
     statistics, the origin they are centred at, the log-likelihood's gradient

@@ -12,7 +12,7 @@ from ._gate_refit import GH_NODES, _kl_targets
 from ._reduction import large_mixture
 from ._validation import check_choice, check_int, check_random_state
 from .aggregation import AggregationResult, aggregate
-from .protocol import aggregate_messages, pooled_support, read_messages
+from .server import aggregate_messages, pooled_support, read_messages
 
 __all__ = ["ModelSelection", "select_n_experts"]
 

@@ -15,8 +15,8 @@ from .aggregation import aggregate
 from .baselines import aligned_average, fedavg, greedy_merge, medoid, naive_average
 from .datasets import authors_truth, make_moe_regression
 from .distributed import DistributedMoERegressor
+from .machine import fit_local
 from .metrics import model_metrics, stacked_mse
-from .protocol import fit_local
 
 __all__ = ["StudyResult", "consistency_study", "authors_comparison", "loglog_slope"]
 

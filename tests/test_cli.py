@@ -170,7 +170,7 @@ def test_refinement_rounds_by_files(tmp_path, capsys):
     every candidate run the estimator's server loop (fastmoe.server.refine)
     and reach the same model in the same rounds; bad files are refused with
     one line."""
-    from fastmoe.protocol import round_statistics
+    from fastmoe.machine import round_statistics
     from fastmoe.server import refine
 
     d = tmp_path

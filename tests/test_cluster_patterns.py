@@ -59,7 +59,7 @@ def test_joblib_pattern(shards, serial):
 def test_joblib_rounds_pattern(shards, serial):
     """The guide's rounds through joblib take the estimator's server loop to
     the same model as the same loop over the shards in this process."""
-    from fastmoe.protocol import round_statistics
+    from fastmoe.machine import round_statistics
     from fastmoe.server import refine
 
     scope = {"shards": shards}

@@ -322,7 +322,7 @@ ROUND_ARRAYS = ["expert_gram", "gate_gradient", "gate_hessian"]
 
 @pytest.fixture(scope="module")
 def round_at():
-    from fastmoe.protocol import round_statistics
+    from fastmoe.machine import round_statistics
 
     X, y, _, _ = make_moe_regression(2000, 2, 3, random_state=3)
     params = aggregate_messages([fit_local(X[i::2], y[i::2], 3, n_support=100, random_state=i)
@@ -338,7 +338,7 @@ def round_at():
                       max_size=3))
 def test_mutated_round_statistics_are_read_or_refused(round_at, edits, array_edit, flips):
     from fastmoe.message import round_from_bytes, round_to_bytes
-    from fastmoe.protocol import refine_step
+    from fastmoe.server import refine_step
 
     params, stats = round_at
     with np.load(io.BytesIO(round_to_bytes(stats, params))) as z:

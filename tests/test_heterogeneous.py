@@ -12,7 +12,7 @@ from conftest import reference
 import fastmoe.distributed as distributed
 from fastmoe import DistributedMoERegressor, MoEParams, aggregate_messages, fit_local
 from fastmoe.datasets import make_moe_regression
-from fastmoe.protocol import recheck_local
+from fastmoe.machine import recheck_local
 
 
 def _second_population(truth: MoEParams) -> MoEParams:

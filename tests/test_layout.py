@@ -50,9 +50,9 @@ def test_no_import_circle():
 
 def test_the_engine_layer_imports_nothing_above_it():
     edges = _imports()
-    above = {"fastmoe." + m for m in ("aggregation", "baselines", "protocol", "distributed",
-                                      "model_selection", "moe", "studies", "diagnostics",
-                                      "cli", "health")}
+    above = {"fastmoe." + m for m in ("aggregation", "baselines", "server", "machine",
+                                      "distributed", "model_selection", "moe", "studies",
+                                      "diagnostics", "cli", "health")}
     for low in ("engine", "_em", "_gating", "_reduction", "_gate_refit", "_params", "_kernels",
                 "_linalg", "_runtime", "_validation", "io", "message", "metrics"):
         assert not edges["fastmoe." + low] & above, low
@@ -72,3 +72,26 @@ def test_no_function_is_too_complex_to_read():
             for block in cc_visit(f.read_text())
             if block.complexity > MAX_COMPLEXITY]
     assert over == []
+
+
+def test_the_protocol_is_split_by_side():
+    """What runs on a machine is in fastmoe.machine, what runs on the server
+    in fastmoe.server; the machine's side needs nothing of the server's, and
+    the old fastmoe.protocol names still resolve, with a warning naming
+    their new home."""
+    import pytest
+
+    import fastmoe.machine
+    import fastmoe.protocol
+    import fastmoe.server
+
+    edges = _imports()
+    assert "fastmoe.server" not in edges["fastmoe.machine"]
+    for name in fastmoe.machine.__all__:
+        with pytest.warns(DeprecationWarning, match=f"fastmoe.machine.{name}"):
+            assert getattr(fastmoe.protocol, name) is getattr(fastmoe.machine, name)
+    for name in ("aggregate_messages", "read_messages", "refine_step", "pooled_support"):
+        with pytest.warns(DeprecationWarning, match=f"fastmoe.server.{name}"):
+            assert getattr(fastmoe.protocol, name) is getattr(fastmoe.server, name)
+    with pytest.raises(AttributeError):
+        fastmoe.protocol.no_such_name

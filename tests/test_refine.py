@@ -12,8 +12,9 @@ import pytest
 from fastmoe import DistributedMoERegressor, MoEParams, distributed, engine, fit_moe
 from fastmoe.datasets import make_moe_regression
 from fastmoe.distributed import AUTO_REFINE_MAX_ROUNDS, AUTO_REFINE_MM_TOL
+from fastmoe.machine import round_statistics
 from fastmoe.message import load_round, round_from_bytes, round_to_bytes, save_round
-from fastmoe.protocol import aggregate_messages, refine_step, round_statistics
+from fastmoe.server import aggregate_messages, refine_step
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from fastmoe import DistributedMoERegressor, MoEParams, aggregate_messages, fit_local
 from fastmoe.datasets import make_moe_regression
-from fastmoe.protocol import inconsistent_machines, pooled_support
+from fastmoe.server import inconsistent_machines, pooled_support
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from fastmoe import MoEParams, aggregate, aggregate_messages, fit_local, fit_moe
+from fastmoe._em import LOCAL_GATE_PENALTY
 from fastmoe.datasets import make_moe_regression
 from fastmoe.diagnostics import parameter_rmse
 from fastmoe.health import DIVERGED_GATE_SLOPE
-from fastmoe.protocol import LOCAL_GATE_PENALTY, pooled_support, support_size
+from fastmoe.server import pooled_support, support_size
 
 
 @pytest.fixture(scope="module")

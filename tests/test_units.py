@@ -14,7 +14,8 @@ import pytest
 from fastmoe import DistributedMoERegressor, GaussianMoERegressor, aggregate, engine, fit_moe
 from fastmoe._frame import Frame
 from fastmoe.datasets import make_moe_regression
-from fastmoe.protocol import refine_step, round_statistics
+from fastmoe.machine import round_statistics
+from fastmoe.server import refine_step
 
 AFFINE = [(1.0, 5e8), (1.0, 1e6), (1e-6, 0.0), (1e4, 0.0), (1e-3, -3e5)]
 
