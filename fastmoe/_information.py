@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ._params import MoEParams
 
@@ -93,74 +92,45 @@ def derivatives(X, y, w, params: MoEParams, *, meat: bool = False) -> Derivative
 
 
 def _block(X, y, w, params: MoEParams, meat: bool) -> Derivatives:
+    """One row block's sums: the per-row coefficients from the compiled
+    kernel (``fastmoe._kernels.derivative_coefficients``), their products
+    with the features by :func:`_assemble`."""
+    from ._kernels import derivative_coefficients
+
     n, d = X.shape
-    K, p = params.n_experts, d + 1
+    K = params.n_experts
     V = 2 * K - 1
+    DVV, DVT, TT = np.empty((n, V, V)), np.empty((n, V, K)), np.zeros((K, K))
+    gw, row_ll = np.empty((n, V + K)), np.empty(n)
+    derivative_coefficients(X, y, w, params.gate_aug, params.expert_aug, params.expert_var,
+                            DVV, DVT, TT, gw, row_ll)
     Xt = np.column_stack([np.ones(n), X])
-    eta = Xt @ params.gate_aug.T
-    log_pi = eta - logsumexp(eta, axis=1, keepdims=True)
-    pi = np.exp(log_pi)
-    var = params.expert_var
-    e = y[:, None] - Xt @ params.expert_aug.T  # (n, K) residuals
-    q = e * e / var  # squared standardised residuals
-    log_c = log_pi - 0.5 * (np.log(2 * np.pi) + np.log(var) + q)
-    row_ll = logsumexp(log_c, axis=1)
-    r = np.exp(log_c - row_ll[:, None])
-    # the complete-data scores' coefficients over the 3K-1 blocks (K-1 gates,
-    # K experts, K taus): for component k, (delta_jk - pi_j) on gate j,
-    # a_k = e_k / v_k on expert k and b_k = (q_k - 1) / 2 on tau k, so
-    # sum_k r_k s_k s_k^T is built block by block in O(K^2) per row
-    B, J = V + K, K - 1
-    ra, rb = r * (e / var), r * (0.5 * (q - 1.0))
-    eye = np.eye(K)[None, :J, :]  # delta_jk for the free gates
-    D = np.zeros((n, B, B))
-    gg = pi[:, :J, None] * pi[:, None, :J] - r[:, :J, None] * pi[:, None, :J] \
-        - pi[:, :J, None] * r[:, None, :J]
-    gg[:, np.arange(J), np.arange(J)] += r[:, :J]
-    D[:, :J, :J] = gg
-    D[:, :J, J:V] = (eye - pi[:, :J, None]) * ra[:, None, :]
-    D[:, :J, V:] = (eye - pi[:, :J, None]) * rb[:, None, :]
-    D[:, J:V, :J] = D[:, :J, J:V].transpose(0, 2, 1)
-    D[:, V:, :J] = D[:, :J, V:].transpose(0, 2, 1)
-    ks = np.arange(K)
-    D[:, J + ks, J + ks] = ra * (e / var)
-    D[:, J + ks, V + ks] = D[:, V + ks, J + ks] = ra * (0.5 * (q - 1.0))
-    D[:, V + ks, V + ks] = rb * (0.5 * (q - 1.0))
-    g = np.concatenate([r[:, :J] - pi[:, :J], ra, rb], axis=1)  # the row's score
-    D -= g[:, :, None] * g[:, None, :]
-    # the complete-data Hessians, posterior-weighted: gates (the same for
-    # every component), expert-expert, expert-tau and tau-tau
-    D[:, :J, :J] -= (pi[:, :J, None] * (np.eye(J)[None] - pi[:, None, :J]))
-    # d2 c_k / d beta_k^2 = -(1, x)(1, x)^T / v_k, d2 c_k / d beta_k d tau_k =
-    # -e_k / v_k (1, x), d2 c_k / d tau_k^2 = -q_k / 2
-    D[:, K - 1 + ks, K - 1 + ks] -= r / var
-    D[:, K - 1 + ks, V + ks] -= r * e / var
-    D[:, V + ks, K - 1 + ks] -= r * e / var
-    D[:, V + ks, V + ks] -= 0.5 * r * q
-    D *= w[:, None, None]
-    hess = _assemble(D, Xt, V, K, p)
-    gw = g * w[:, None]
+    hess = _assemble(DVV, DVT, TT, Xt)
     grad = np.concatenate([(gw[:, :V].T @ Xt).ravel(), gw[:, V:].sum(axis=0)])
     out_meat = None
     if meat:
-        out_meat = _assemble(gw[:, :, None] * gw[:, None, :], Xt, V, K, p)
+        gv, gt = gw[:, :V], gw[:, V:]
+        out_meat = _assemble(gv[:, :, None] * gv[:, None, :], gv[:, :, None] * gt[:, None, :],
+                             gt.T @ gt, Xt)
     return Derivatives(float(w @ row_ll), grad, hess, out_meat)
 
 
-def _assemble(D, Xt, V: int, K: int, p: int) -> np.ndarray:
-    """(P, P) sum_i of the coefficient matrices D_i (B x B) times the features:
-    (1, x)(1, x)^T between two vector blocks, (1, x) between a vector block
-    and a tau, 1 between two taus."""
-    n = Xt.shape[0]
+def _assemble(DVV, DVT, TT, Xt) -> np.ndarray:
+    """(P, P) sum over rows i of the coefficient matrices D_i times the
+    features: DVV (n, V, V) times (1, x)(1, x)^T between two vector blocks,
+    DVT (n, V, K) times (1, x) between a vector block and a log-variance,
+    and TT (K, K), the log-variances' block, already summed."""
+    n, p = Xt.shape
+    V, K = DVT.shape[1:]
     P = V * p + K
     out = np.empty((P, P))
     XX = (Xt[:, :, None] * Xt[:, None, :]).reshape(n, p * p)
-    vv = (D[:, :V, :V].reshape(n, V * V).T @ XX).reshape(V, V, p, p)
+    vv = (DVV.reshape(n, V * V).T @ XX).reshape(V, V, p, p)
     out[:V * p, :V * p] = vv.transpose(0, 2, 1, 3).reshape(V * p, V * p)
-    vt = (D[:, :V, V:].reshape(n, V * K).T @ Xt).reshape(V, K, p)
+    vt = (DVT.reshape(n, V * K).T @ Xt).reshape(V, K, p)
     out[:V * p, V * p:] = vt.transpose(0, 2, 1).reshape(V * p, K)
     out[V * p:, :V * p] = out[:V * p, V * p:].T
-    out[V * p:, V * p:] = D[:, V:, V:].sum(axis=0)
+    out[V * p:, V * p:] = TT
     return out
 
 

@@ -148,6 +148,7 @@ def shard_round(index: int, shard, models, n_threads: int):
     each of ``models``], seconds), or (index, ShardError)."""
     try:
         X, y = load_shard(shard)
+        _kernels.warm_up()  # the derivatives' JIT kernel, loaded once per process, untimed
         t0 = time.perf_counter()
         stats = [round_statistics(X, y, m, n_threads=n_threads) for m in models]
         return index, stats, time.perf_counter() - t0

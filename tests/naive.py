@@ -283,3 +283,61 @@ def flat_errors(se):
     return np.concatenate([np.column_stack([se.gate_intercept, se.gate_coef])[:-1].ravel(),
                            np.column_stack([se.expert_intercept, se.expert_coef]).ravel(),
                            se.expert_var])
+
+
+def derivatives_numpy(X, y, w, params):
+    """The observed-data log-likelihood, gradient and Hessian in theta
+    (fastmoe._information's layout) by numpy over (n, B, B) temporaries: the
+    reference of the compiled coefficients (Louis' identity, written out
+    block by block)."""
+    from fastmoe._information import _assemble
+
+    n, d = X.shape
+    K = params.n_experts
+    V = 2 * K - 1
+    Xt = np.column_stack([np.ones(n), X])
+    eta = Xt @ params.gate_aug.T
+    log_pi = eta - logsumexp(eta, axis=1, keepdims=True)
+    pi = np.exp(log_pi)
+    var = params.expert_var
+    e = y[:, None] - Xt @ params.expert_aug.T  # (n, K) residuals
+    q = e * e / var  # squared standardised residuals
+    log_c = log_pi - 0.5 * (np.log(2 * np.pi) + np.log(var) + q)
+    row_ll = logsumexp(log_c, axis=1)
+    r = np.exp(log_c - row_ll[:, None])
+    # the complete-data scores' coefficients over the 3K-1 blocks (K-1 gates,
+    # K experts, K taus): for component k, (delta_jk - pi_j) on gate j,
+    # a_k = e_k / v_k on expert k and b_k = (q_k - 1) / 2 on tau k, so
+    # sum_k r_k s_k s_k^T is built block by block in O(K^2) per row
+    B, J = V + K, K - 1
+    ra, rb = r * (e / var), r * (0.5 * (q - 1.0))
+    eye = np.eye(K)[None, :J, :]  # delta_jk for the free gates
+    D = np.zeros((n, B, B))
+    gg = pi[:, :J, None] * pi[:, None, :J] - r[:, :J, None] * pi[:, None, :J] \
+        - pi[:, :J, None] * r[:, None, :J]
+    gg[:, np.arange(J), np.arange(J)] += r[:, :J]
+    D[:, :J, :J] = gg
+    D[:, :J, J:V] = (eye - pi[:, :J, None]) * ra[:, None, :]
+    D[:, :J, V:] = (eye - pi[:, :J, None]) * rb[:, None, :]
+    D[:, J:V, :J] = D[:, :J, J:V].transpose(0, 2, 1)
+    D[:, V:, :J] = D[:, :J, V:].transpose(0, 2, 1)
+    ks = np.arange(K)
+    D[:, J + ks, J + ks] = ra * (e / var)
+    D[:, J + ks, V + ks] = D[:, V + ks, J + ks] = ra * (0.5 * (q - 1.0))
+    D[:, V + ks, V + ks] = rb * (0.5 * (q - 1.0))
+    g = np.concatenate([r[:, :J] - pi[:, :J], ra, rb], axis=1)  # the row's score
+    D -= g[:, :, None] * g[:, None, :]
+    # the complete-data Hessians, posterior-weighted: gates (the same for
+    # every component), expert-expert, expert-tau and tau-tau
+    D[:, :J, :J] -= (pi[:, :J, None] * (np.eye(J)[None] - pi[:, None, :J]))
+    # d2 c_k / d beta_k^2 = -(1, x)(1, x)^T / v_k, d2 c_k / d beta_k d tau_k =
+    # -e_k / v_k (1, x), d2 c_k / d tau_k^2 = -q_k / 2
+    D[:, K - 1 + ks, K - 1 + ks] -= r / var
+    D[:, K - 1 + ks, V + ks] -= r * e / var
+    D[:, V + ks, K - 1 + ks] -= r * e / var
+    D[:, V + ks, V + ks] -= 0.5 * r * q
+    D *= w[:, None, None]
+    hess = _assemble(D[:, :V, :V], D[:, :V, V:], D[:, V:, V:].sum(axis=0), Xt)
+    gw = g * w[:, None]
+    grad = np.concatenate([(gw[:, :V].T @ Xt).ravel(), gw[:, V:].sum(axis=0)])
+    return float(w @ row_ll), grad, hess

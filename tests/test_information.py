@@ -42,6 +42,22 @@ def test_derivatives_match_finite_differences(case):
                                atol=1e-9)
 
 
+def test_the_compiled_coefficients_match_numpys(case):
+    """The kernel's per-row coefficients against the numpy reference's
+    (tests/naive.py), here and where a gate or an expert is far off (tiny
+    posteriors and gate probabilities: their logarithms are kept exact)."""
+    X, y, w, theta, d, K = case
+    for shift in (0.0, 30.0):
+        far = theta.copy()
+        far[:d + 1] += shift  # the first free gate's intercept
+        p = params_of(far, d, K)
+        got = derivatives(X, y, w, p)
+        ll, grad, H = naive.derivatives_numpy(X, y, w, p)
+        assert got.log_likelihood == pytest.approx(ll, rel=1e-12)
+        np.testing.assert_allclose(got.gradient, grad, rtol=1e-9, atol=1e-9 * np.abs(grad).max())
+        np.testing.assert_allclose(got.hessian, H, rtol=1e-9, atol=1e-9 * np.abs(H).max())
+
+
 def test_derivatives_add_over_row_blocks(case):
     X, y, w, theta, d, K = case
     p = params_of(theta, d, K)

@@ -94,4 +94,4 @@ def test_the_protocol_is_split_by_side():
         with pytest.warns(DeprecationWarning, match=f"fastmoe.server.{name}"):
             assert getattr(fastmoe.protocol, name) is getattr(fastmoe.server, name)
     with pytest.raises(AttributeError):
-        fastmoe.protocol.no_such_name
+        _ = fastmoe.protocol.no_such_name

@@ -110,3 +110,24 @@ def timeraw_import_engine():
     return """
     import fastmoe.engine
     """
+
+
+class RoundStatistics:
+    """A machine's half of a refinement round at one candidate model:
+    the E-step, EM's statistics and the observed-data gradient and Hessian
+    (``fastmoe.machine.round_statistics``)."""
+
+    params = [[16384], [3, 5]]
+    param_names = ["rows", "K"]
+    timeout = 600
+
+    def setup(self, n, K):
+        from fastmoe._kernels import warm_up
+
+        self.X, self.y, self.truth = problem(n, 4, K)
+        warm_up()
+
+    def time_round_statistics(self, n, K):
+        from fastmoe.machine import round_statistics
+
+        round_statistics(self.X, self.y, self.truth)

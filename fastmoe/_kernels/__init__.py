@@ -7,7 +7,9 @@ pass), ``gate_newton_stats``, ``gate_objective``, ``gate_log_proba``
 the reduction's assignment step (``_reduce.h``). Cython: ``expert_log_density``,
 ``spd_solve`` (the fast path of ``_linalg.solve_psd`` for small systems).
 numba (cached JIT): ``local_support``, the local weights and means on the
-support, run only at the server.
+support, run only at the server; ``derivative_coefficients``, the per-row
+coefficients of the observed information, run by the machines in the
+refinement rounds.
 Each kernel has exactly one implementation; module docstrings say why which.
 """
 
@@ -25,12 +27,16 @@ from ._reduce import KL, W2, mm_pass, simd_available
 
 
 def __getattr__(name: str):
-    # the numba kernel is imported on first use (PEP 562): numba loads only
-    # where the reduction runs, not with the engine's E-step
+    # the numba kernels are imported on first use (PEP 562): numba loads only
+    # where the reduction or a refinement round runs, not with the engine's E-step
     if name == "local_support":
         from ._support import local_support
 
         return local_support
+    if name == "derivative_coefficients":
+        from ._derivatives import derivative_coefficients
+
+        return derivative_coefficients
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -65,18 +71,24 @@ def set_simd(flag: bool) -> bool:
 
 
 def warm_up(n_threads: int = 1) -> None:
-    """Compile, or load from numba's disk cache, the numba kernel for
-    ``n_threads`` (serial for 1) on the array types fastmoe passes it, so that
-    a timed reduction pays no JIT cost. The other kernels are compiled ahead of
-    time and need no warm-up."""
+    """Compile, or load from numba's disk cache, the numba kernels (the local
+    support's for ``n_threads``, serial for 1) on the array types fastmoe
+    passes them, so that a timed reduction or round pays no JIT cost. The
+    other kernels are compiled ahead of time and need no warm-up."""
+    from ._derivatives import derivative_coefficients
     from ._support import local_support
+
+    derivative_coefficients(np.zeros((1, 1)), np.zeros(1), np.ones(1), np.zeros((2, 2)),
+                            np.zeros((2, 2)), np.ones(2), np.empty((1, 3, 3)),
+                            np.empty((1, 3, 2)), np.zeros((2, 2)), np.empty((1, 5)),
+                            np.empty(1))
 
     X, alpha = np.zeros((2, 1)), np.zeros((2, 2))
     local_support(X, alpha, alpha.copy(), np.array([0, 2], dtype=np.int64), np.ones(1),
                   np.empty((2, 2)), np.empty((2, 2)), n_threads=n_threads)
 
 
-__all__ = [  # noqa: F822 (local_support: PEP 562)
+__all__ = [  # noqa: F822 (local_support, derivative_coefficients: PEP 562)
     "warm_up",
     "KL",
     "W2",
@@ -84,6 +96,7 @@ __all__ = [  # noqa: F822 (local_support: PEP 562)
     "set_simd",
     "simd_available",
     "local_support",
+    "derivative_coefficients",
     "e_step",
     "em_pass",
     "expert_log_density",

@@ -47,3 +47,9 @@ def _renamed(func, suffix: str):
 
 def jit_pair(body) -> JitPair:
     return JitPair(body)
+
+
+def jit_serial(body):
+    """``body`` compiled serial only, with the same flags (for kernels whose
+    callers fix the order of their sums)."""
+    return numba.njit(parallel=False, **_FLAGS)(body)
