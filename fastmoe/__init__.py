@@ -36,6 +36,8 @@ _PUBLIC = {
     "DegenerateExpertWarning": "exceptions",
     "ShardError": "exceptions",
     "GaussianMoERegressor": "moe",
+    "MoERegressor": "moe",
+    "MoEClassifier": "moe",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

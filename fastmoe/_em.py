@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
 from . import _kernels, exceptions
+from ._fit import EMPTY_SHARE, START_GATE_SCALE, MoEFit
 from ._frame import Frame, robust_scale
 from ._gating import (
     assemble_newton,
@@ -56,14 +56,12 @@ from ._linalg import (
     unpack_sym,
 )
 from ._options import EM_DEFAULTS, EMOptions
-from ._params import MoEParams
+from ._params import MoEParams, _offset
 from ._validation import check_int, check_random_state, check_X_y
+from .families import get_family
 
 #: Newton steps on the gates of a k-means start (hard labels).
 INIT_GATE_STEPS = 5
-#: standard deviation of a random start's gate logits over the covariates
-#: (init="random"); see _random_regions
-START_GATE_SCALE = 3.0
 #: Two experts whose conditional densities are closer than this (symmetric
 #: KL divergence averaged over the covariates) duplicate each other; see
 #: _split_move. Measured: duplicated pairs 0.25 (a 62500-row shard of the authors'
@@ -87,45 +85,6 @@ LOCAL_GATE_PENALTY = 0.01
 #: expert's variance goes below that resolution squared
 Y_RESOLUTION = 64
 
-#: An expert whose total responsibility falls below this share of the total
-#: weight is treated as empty (its previous parameters are kept).
-EMPTY_SHARE = 1e-10
-
-
-@dataclass(frozen=True)
-class MoEFit:
-    """Result of :func:`fit_moe`.
-
-    Attributes
-    ----------
-    params : the fitted MoEParams of the best start, experts in canonical order
-        (increasing intercept, MoEParams.canonical).
-    log_likelihood : weighted log-likelihood of ``params`` on the data.
-    n_iter : EM iterations of the best start.
-    converged : whether the best start met ``tol`` before ``max_iter``.
-    history : (n_iter + 1,) log-likelihood at the start and after each iteration.
-    init_log_likelihoods : log-likelihood of every start, in order, at the end
-        of its run (its short run with ``init_iter``).
-    degenerate : messages about experts that collapsed in the best start.
-    moves : messages about the split-merge moves that were accepted (see
-        :func:`fit_moe`, ``split_merge``); after one, ``history`` and ``n_iter``
-        are those of the EM run from the move.
-    penalty : the penalty at ``params``: the gate penalty (``gate_penalty``)
-        or, with ``penalty="l1"``, the L1 term; 0 without one. ``history``
-        (and, for the gate penalty, ``init_log_likelihoods``) then hold the
-        penalised log-likelihood EM maximised, and ``log_likelihood -
-        penalty`` is the last entry of ``history``.
-    """
-
-    params: MoEParams
-    log_likelihood: float
-    n_iter: int
-    converged: bool
-    history: np.ndarray = field(repr=False)
-    init_log_likelihoods: tuple
-    degenerate: tuple = ()
-    moves: tuple = ()
-    penalty: float = 0.0
 
 
 class EMData:
@@ -477,8 +436,10 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
             init_iter: int | None = EM_DEFAULTS.init_iter,
             gate_steps: int = EM_DEFAULTS.gate_steps,
             split_merge: bool = EM_DEFAULTS.split_merge,
+            family: str = "gaussian", offset=None,
             random_state=None, n_threads: int | None = None) -> MoEFit:
-    """Fit a Gaussian mixture of experts by EM (centralised).
+    """Fit a mixture of experts by EM (centralised): Gaussian experts, or
+    Poisson, Bernoulli or Gamma ones (``family``).
 
     Parameters
     ----------
@@ -554,7 +515,18 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
         cannot leave such an optimum; on the authors' design it caught 1 of 16
         shards of the N=1e6 benchmark, whose poor local model cost the aggregate
         5% of test log-likelihood. Accepted moves are listed in
-        ``MoEFit.moves``. False runs plain EM.
+        ``MoEFit.moves``. False runs plain EM. Gaussian experts only (the
+        other families run plain EM).
+    family : {"gaussian", "poisson", "bernoulli", "gamma"}, default="gaussian"
+        The experts' family (:mod:`fastmoe.families`): Poisson (log link) for
+        counts, Bernoulli (logit) for a 0/1 response, Gamma (log link, a shape
+        per expert) for a positive one. Their M-step is generalised EM (one
+        IRLS step per expert, see ``fastmoe._glm``); ``reg_var``, ``penalty``
+        and ``split_merge`` serve Gaussian experts alone.
+    offset : array-like of shape (n,), optional
+        A known term added to every expert's linear predictor: the log
+        exposure of Poisson counts (for Gaussian experts, the model is that of
+        y - offset).
     random_state : None, int or numpy Generator, default=None
         Seeds the starts; the fit is reproducible from it.
     n_threads : int, optional
@@ -575,18 +547,28 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
     >>> fit.converged
     True
     """
+    opts = EMOptions(max_iter=max_iter, tol=tol, n_init=n_init, init=init,
+                     init_iter=init_iter, reg_var=reg_var, gate_penalty=gate_penalty,
+                     penalty=penalty, l1_strength=l1_strength, gate_steps=gate_steps,
+                     split_merge=split_merge)
+    if get_family(family).name != "gaussian":
+        from ._glm import fit_glm_moe
+
+        return fit_glm_moe(X, y, n_experts, family=family, sample_weight=sample_weight,
+                           offset=offset, options=opts, random_state=random_state,
+                           n_threads=n_threads)
     X, y, w = check_X_y(X, y, sample_weight)
+    if offset is not None:
+        y = y - _offset(offset, X.shape[0])
     K = check_int(n_experts, "n_experts")
     n = X.shape[0]
     if K > n:
         raise ValueError(f"n_experts={K} is more than the number of samples "
                          f"(n_samples = {n}); use n_experts <= n_samples.")
-    opts = EMOptions(max_iter=max_iter, tol=tol, n_init=n_init, init=init,
-                     init_iter=init_iter, reg_var=reg_var, gate_penalty=gate_penalty,
-                     penalty=penalty, l1_strength=l1_strength, gate_steps=gate_steps,
-                     split_merge=split_merge)
     n_threads = resolve_threads(n_threads)
     rng = check_random_state(random_state)
+    if isinstance(init, MoEParams):
+        init.require_gaussian("init of family='gaussian'")
     if isinstance(init, MoEParams) and (init.n_experts != K or init.n_features != X.shape[1]):
         raise ValueError(f"init MoEParams has {init.n_experts} experts and "
                          f"{init.n_features} features; expected {K} and {X.shape[1]}.")

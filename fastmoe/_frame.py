@@ -83,7 +83,7 @@ class Frame:
         gi = p.gate_intercept + p.gate_coef @ self.x_mean
         ec = p.expert_coef * self.x_scale / self.y_scale
         ei = (p.expert_intercept + p.expert_coef @ self.x_mean - self.y_mean) / self.y_scale
-        return MoEParams(gc, gi, ec, ei, p.expert_var / self.y_scale**2)
+        return MoEParams(gc, gi, ec, ei, p.expert_var / self.y_scale**2, p.family)
 
     def params_out(self, p: MoEParams) -> MoEParams:
         """The model of (x, y) given the model ``p`` of (u, v); a ValueError
@@ -95,7 +95,7 @@ class Frame:
             ei = p.expert_intercept * self.y_scale + self.y_mean - ec @ self.x_mean
             ev = p.expert_var * self.y_scale**2
         try:
-            return MoEParams(gc, gi, ec, ei, ev)
+            return MoEParams(gc, gi, ec, ei, ev, p.family)
         except ValueError:
             raise ValueError("the fitted model cannot be written in the units of X and y: its "
                              "coefficients or variances overflow or underflow float64; "

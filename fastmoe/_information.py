@@ -80,6 +80,7 @@ class Derivatives(NamedTuple):
 def derivatives(X, y, w, params: MoEParams, *, meat: bool = False) -> Derivatives:
     """The log-likelihood, gradient and Hessian in theta of validated,
     C-contiguous float64 arrays (X (n, d), y (n,), weights w (n,))."""
+    params.require_gaussian("the observed information")
     n, d = X.shape
     K, p = params.n_experts, d + 1
     V = 2 * K - 1  # blocks of (1, x): the free gates, then the experts

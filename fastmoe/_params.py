@@ -1,7 +1,11 @@
-"""MoEParams: the parameters of a softmax-gated Gaussian mixture of experts.
+"""MoEParams: the parameters of a softmax-gated mixture of experts.
 
-    f(y | x) = sum_k pi_k(x) N(y; b_k + x . c_k, v_k),
+    f(y | x) = sum_k pi_k(x) f_k(y; h(b_k + x . c_k), v_k),
     pi_k(x)  = softmax_k(g_k + x . a_k),   (a_K, g_K) = 0  (the reference gate)
+
+with f_k the experts' family (:mod:`fastmoe.families`): Gaussian by default
+(f_k = N(y; b_k + x . c_k, v_k)), or Poisson, Bernoulli or Gamma experts, v_k
+then their dispersion.
 
 Immutable; arrays are stored as read-only float64 copies. The serialised form
 is a versioned dict of plain lists (JSON) or arrays (.npz) that round-trips
@@ -20,10 +24,15 @@ import numpy as np
 from . import _kernels
 from ._linalg import chunk_size, resolve_threads
 from ._validation import check_level, check_random_state, check_X, check_X_y
+from .families import FAMILIES, get_family
 from .io import read_json, read_npz, write_bytes
 
 FORMAT = "fastmoe.MoEParams"
 FORMAT_VERSION = 1
+#: the version of records whose experts are not Gaussian (they name their
+#: family; a reader of version 1 alone refuses them instead of reading them
+#: as Gaussian)
+FAMILY_FORMAT_VERSION = 2
 #: largest model file read by MoEParams.load
 MAX_MODEL_BYTES = 64 * 2**20
 #: largest n_experts or n_features a record may declare
@@ -56,15 +65,19 @@ def _frozen(a) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class MoEParams:
-    """Parameters of a K-expert Gaussian MoE on d covariates.
+    """Parameters of a K-expert MoE on d covariates.
 
     Parameters
     ----------
     gate_coef : (K, d) gate slopes.
     gate_intercept : (K,) gate intercepts; -inf switches an expert off.
-    expert_coef : (K, d) expert slopes.
+    expert_coef : (K, d) expert slopes (of the linear predictor).
     expert_intercept : (K,) expert intercepts.
-    expert_var : (K,) noise variances, > 0.
+    expert_var : (K,) dispersions, > 0: the noise variances of Gaussian
+        experts, 1/shape of Gamma experts (Var = v mu^2), and 1 for Poisson
+        and Bernoulli experts, which have none.
+    family : {"gaussian", "poisson", "bernoulli", "gamma"}, default "gaussian"
+        The experts' family (:mod:`fastmoe.families`).
 
     The gates are re-referenced on construction so that the last gate is zero
     (softmax is invariant to a common shift, so the model is unchanged): gates
@@ -78,6 +91,7 @@ class MoEParams:
     expert_coef: np.ndarray
     expert_intercept: np.ndarray
     expert_var: np.ndarray
+    family: str = "gaussian"
 
     def __post_init__(self):
         gc = np.array(self.gate_coef, dtype=np.float64)
@@ -102,6 +116,9 @@ class MoEParams:
                              "(-inf switches an expert off).")
         if not np.all(np.isfinite(ev)) or np.any(ev <= 0):
             raise ValueError(f"expert_var must be finite and > 0; got {ev}.")
+        if not get_family(self.family).has_dispersion and np.any(ev != 1.0):
+            raise ValueError(f"{self.family} experts have no dispersion: expert_var must be "
+                             f"1; got {ev}.")
         if not np.isfinite(gi[-1]):
             raise ValueError("the last gate (the reference) must have a finite intercept; "
                              "reorder the experts so that an active one is last.")
@@ -125,8 +142,30 @@ class MoEParams:
 
     @property
     def n_parameters(self) -> int:
-        """Free parameters (:func:`free_parameters`)."""
-        return free_parameters(self.n_features, self.n_experts)
+        """Free parameters (:func:`free_parameters`, less the K dispersions
+        of a family without them)."""
+        fixed = 0 if get_family(self.family).has_dispersion else self.n_experts
+        return free_parameters(self.n_features, self.n_experts) - fixed
+
+    def require_gaussian(self, what: str) -> MoEParams:
+        """``self``, or a ValueError of one line naming ``what`` when the
+        experts are not Gaussian (for the paths that serve Gaussian experts
+        alone).
+
+        Parameters
+        ----------
+        what : str
+            What needs Gaussian experts (named in the error).
+
+        Returns
+        -------
+        MoEParams
+            ``self``.
+        """
+        if self.family != "gaussian":
+            raise ValueError(f"{what} serves Gaussian experts only; this model's experts are "
+                             f"{self.family}.")
+        return self
 
     # -- augmented (intercept in column 0) form used by the kernels ------------
     @property
@@ -142,7 +181,7 @@ class MoEParams:
         return np.ascontiguousarray(np.column_stack([self.expert_intercept, self.expert_coef]))
 
     @classmethod
-    def from_aug(cls, gate_aug, expert_aug, expert_var) -> MoEParams:
+    def from_aug(cls, gate_aug, expert_aug, expert_var, family: str = "gaussian") -> MoEParams:
         """Build from the augmented form (intercepts in column 0).
 
         Parameters
@@ -153,7 +192,9 @@ class MoEParams:
         expert_aug : array-like of shape (K, d + 1)
             Expert intercepts and slopes.
         expert_var : array-like of shape (K,)
-            Expert noise variances.
+            Expert dispersions (noise variances of Gaussian experts).
+        family : str, default "gaussian"
+            The experts' family.
 
         Returns
         -------
@@ -163,7 +204,7 @@ class MoEParams:
         gate_aug = np.asarray(gate_aug)
         expert_aug = np.asarray(expert_aug)
         return cls(gate_aug[:, 1:], gate_aug[:, 0], expert_aug[:, 1:], expert_aug[:, 0],
-                   expert_var)
+                   expert_var, family)
 
     def rereference(self, reference: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The gates with gate ``reference`` as the zero reference.
@@ -217,7 +258,7 @@ class MoEParams:
                              f"got {order}.")
         return MoEParams(self.gate_coef[order], self.gate_intercept[order],
                          self.expert_coef[order], self.expert_intercept[order],
-                         self.expert_var[order])
+                         self.expert_var[order], self.family)
 
     def canonical(self) -> MoEParams:
         """Experts sorted by increasing intercept (ties by variance), gates
@@ -276,29 +317,58 @@ class MoEParams:
         """
         return np.exp(self.gate_log_proba(X, n_threads=n_threads))
 
-    def expert_mean(self, X) -> np.ndarray:
-        """Expert means b_k + x . c_k.
+    def expert_linear(self, X, offset=None) -> np.ndarray:
+        """Experts' linear predictors b_k + x . c_k (+ the row's offset).
 
         Parameters
         ----------
         X : array-like of shape (n, d)
             Covariates.
+        offset : array-like of shape (n,), optional
+            A known term added to every expert's linear predictor (the log
+            exposure of Poisson counts).
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            eta_k(x_i).
+        """
+        X = self._prep(X)
+        eta = X @ self.expert_coef.T + self.expert_intercept
+        if offset is not None:
+            eta += _offset(offset, X.shape[0])[:, None]
+        return eta
+
+    def expert_mean(self, X, offset=None) -> np.ndarray:
+        """Expert means h(b_k + x . c_k), h the family's inverse link.
+
+        The identity for Gaussian experts, exp for Poisson and Gamma, the
+        logistic function for Bernoulli.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        offset : array-like of shape (n,), optional
+            Added to the linear predictors (:meth:`expert_linear`).
 
         Returns
         -------
         ndarray of shape (n, K)
             The mean of each expert at each row.
         """
-        X = self._prep(X)
-        return X @ self.expert_coef.T + self.expert_intercept
+        eta = self.expert_linear(X, offset)
+        return eta if self.family == "gaussian" else get_family(self.family).mean(eta)
 
-    def predict_mean(self, X, *, n_threads: int | None = None) -> np.ndarray:
-        """Predictive mean E[y | x] = sum_k pi_k(x) (b_k + x . c_k).
+    def predict_mean(self, X, *, offset=None, n_threads: int | None = None) -> np.ndarray:
+        """Predictive mean E[y | x] = sum_k pi_k(x) mu_k(x).
 
         Parameters
         ----------
         X : array-like of shape (n, d)
             Covariates.
+        offset : array-like of shape (n,), optional
+            Added to the experts' linear predictors (:meth:`expert_linear`).
         n_threads : int, optional
             Threads of the compiled kernel (default: all cores).
 
@@ -308,6 +378,10 @@ class MoEParams:
             E[y | x_i].
         """
         X = self._prep(X)
+        if offset is not None:
+            off = _offset(offset, X.shape[0])
+            return np.sum(self.gate_proba(X, n_threads=n_threads)
+                          * self.expert_mean(X, off), axis=1)
         return self._by_rows(X, lambda B: np.sum(self.gate_proba(B, n_threads=n_threads)
                                                  * self.expert_mean(B), axis=1))
 
@@ -321,13 +395,18 @@ class MoEParams:
             return per_block(X)
         return np.concatenate([per_block(X[i:i + rows]) for i in range(0, X.shape[0], rows)])
 
-    def predict_var(self, X, *, n_threads: int | None = None) -> np.ndarray:
-        """Predictive variance Var[y | x] = sum_k pi_k (v_k + m_k^2) - E[y | x]^2.
+    def predict_var(self, X, *, offset=None, n_threads: int | None = None) -> np.ndarray:
+        """Predictive variance Var[y | x] = sum_k pi_k (V_k + m_k^2) - E[y | x]^2.
+
+        V_k is the expert's own variance: v_k for Gaussian experts, m_k for
+        Poisson, m_k (1 - m_k) for Bernoulli, v_k m_k^2 for Gamma.
 
         Parameters
         ----------
         X : array-like of shape (n, d)
             Covariates.
+        offset : array-like of shape (n,), optional
+            Added to the experts' linear predictors (:meth:`expert_linear`).
         n_threads : int, optional
             Threads of the compiled kernel (default: all cores).
 
@@ -336,13 +415,19 @@ class MoEParams:
         ndarray of shape (n,)
             Var[y | x_i].
         """
-        def block(B):
-            pi = self.gate_proba(B, n_threads=n_threads)
-            m = self.expert_mean(B)
-            mean = np.sum(pi * m, axis=1)
-            return np.maximum(np.sum(pi * (self.expert_var + m * m), axis=1) - mean * mean, 0.0)
+        fam = get_family(self.family)
 
-        return self._by_rows(self._prep(X), block)
+        def block(B, off=None):
+            pi = self.gate_proba(B, n_threads=n_threads)
+            m = self.expert_mean(B, off)
+            mean = np.sum(pi * m, axis=1)
+            own = fam.variance(m, self.expert_var)
+            return np.maximum(np.sum(pi * (own + m * m), axis=1) - mean * mean, 0.0)
+
+        X = self._prep(X)
+        if offset is not None:
+            return block(X, _offset(offset, X.shape[0]))
+        return self._by_rows(X, block)
 
     def predict_quantile(self, X, q, *, n_threads: int | None = None) -> np.ndarray:
         """Quantiles of the predictive mixture f(y | x) at each row of X.
@@ -366,6 +451,7 @@ class MoEParams:
         ndarray of shape (n,) for a scalar ``q``, else (n, m)
             The quantiles.
         """
+        self.require_gaussian("predict_quantile")
         levels = np.asarray(q, dtype=np.float64)
         if levels.ndim > 1 or levels.size == 0 or not np.all((levels > 0) & (levels < 1)):
             raise ValueError(f"q must be a level or a 1-D array of levels in (0, 1); got {q!r}.")
@@ -417,7 +503,8 @@ class MoEParams:
         return self.predict_quantile(X, [(1 - level) / 2, (1 + level) / 2],
                                      n_threads=n_threads)
 
-    def e_step(self, X, y, *, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def e_step(self, X, y, *, offset=None,
+               n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-row log-likelihood and log responsibilities.
 
         Parameters
@@ -426,6 +513,8 @@ class MoEParams:
             Covariates.
         y : array-like of shape (n,)
             Responses.
+        offset : array-like of shape (n,), optional
+            Added to the experts' linear predictors (:meth:`expert_linear`).
         n_threads : int, optional
             Threads of the compiled kernel (default: all cores).
 
@@ -438,6 +527,10 @@ class MoEParams:
         """
         X, y, _ = check_X_y(X, y, n_features=self.n_features)
         n = X.shape[0]
+        if self.family != "gaussian":
+            return self._family_e_step(X, y, offset, n_threads)
+        if offset is not None:
+            y = y - _offset(offset, n)
         log_resp = np.empty((n, self.n_experts))
         row_ll = np.empty(n)
         _kernels.e_step(X, y, np.ones(n), self.gate_aug, self.expert_aug, self.expert_var,
@@ -445,7 +538,20 @@ class MoEParams:
                         resolve_threads(n_threads))
         return row_ll, log_resp
 
-    def score_samples(self, X, y, *, n_threads: int | None = None) -> np.ndarray:
+    def _family_e_step(self, X, y, offset, n_threads):
+        """e_step for the experts of a family other than Gaussian."""
+        fam = get_family(self.family)
+        fam.check_y(y)
+        log_c = self.gate_log_proba(X, n_threads=n_threads) + fam.log_density(
+            y[:, None], self.expert_linear(X, offset), self.expert_var)
+        top = np.max(log_c, axis=1, keepdims=True)
+        row_ll = (top + np.log(np.sum(np.exp(log_c - top), axis=1, keepdims=True)))[:, 0]
+        if not np.all(np.isfinite(row_ll)):
+            raise FloatingPointError(f"the log-likelihood of {int(np.sum(~np.isfinite(row_ll)))}"
+                                     " row(s) is not finite at these parameters.")
+        return row_ll, log_c - row_ll[:, None]
+
+    def score_samples(self, X, y, *, offset=None, n_threads: int | None = None) -> np.ndarray:
         """Per-row log-likelihood log f(y_i | x_i).
 
         Parameters
@@ -454,6 +560,8 @@ class MoEParams:
             Covariates.
         y : array-like of shape (n,)
             Responses.
+        offset : array-like of shape (n,), optional
+            Added to the experts' linear predictors (:meth:`expert_linear`).
         n_threads : int, optional
             Threads of the compiled kernel (default: all cores).
 
@@ -462,9 +570,9 @@ class MoEParams:
         ndarray of shape (n,)
             log f(y_i | x_i).
         """
-        return self.e_step(X, y, n_threads=n_threads)[0]
+        return self.e_step(X, y, offset=offset, n_threads=n_threads)[0]
 
-    def log_likelihood(self, X, y, *, n_threads: int | None = None) -> float:
+    def log_likelihood(self, X, y, *, offset=None, n_threads: int | None = None) -> float:
         """Log-likelihood sum_i log f(y_i | x_i).
 
         Parameters
@@ -473,6 +581,8 @@ class MoEParams:
             Covariates.
         y : array-like of shape (n,)
             Responses.
+        offset : array-like of shape (n,), optional
+            Added to the experts' linear predictors (:meth:`expert_linear`).
         n_threads : int, optional
             Threads of the compiled kernel (default: all cores).
 
@@ -481,9 +591,9 @@ class MoEParams:
         float
             The log-likelihood of the rows.
         """
-        return float(np.sum(self.score_samples(X, y, n_threads=n_threads)))
+        return float(np.sum(self.score_samples(X, y, offset=offset, n_threads=n_threads)))
 
-    def posterior(self, X, y, *, n_threads: int | None = None) -> np.ndarray:
+    def posterior(self, X, y, *, offset=None, n_threads: int | None = None) -> np.ndarray:
         """Posterior responsibilities P(z = k | x, y).
 
         Parameters
@@ -492,6 +602,8 @@ class MoEParams:
             Covariates.
         y : array-like of shape (n,)
             Responses.
+        offset : array-like of shape (n,), optional
+            Added to the experts' linear predictors (:meth:`expert_linear`).
         n_threads : int, optional
             Threads of the compiled kernel (default: all cores).
 
@@ -500,9 +612,9 @@ class MoEParams:
         ndarray of shape (n, K)
             Rows sum to 1.
         """
-        return np.exp(self.e_step(X, y, n_threads=n_threads)[1])
+        return np.exp(self.e_step(X, y, offset=offset, n_threads=n_threads)[1])
 
-    def sample(self, X, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, X, random_state=None, *, offset=None) -> tuple[np.ndarray, np.ndarray]:
         """Draw y ~ f(. | x) for each row of X.
 
         Parameters
@@ -511,6 +623,8 @@ class MoEParams:
             Covariates.
         random_state : None, int or numpy Generator
             Seeds the draw.
+        offset : array-like of shape (n,), optional
+            Added to the experts' linear predictors (:meth:`expert_linear`).
 
         Returns
         -------
@@ -525,9 +639,11 @@ class MoEParams:
         cum = np.cumsum(pi, axis=1)
         u = rng.random(X.shape[0])[:, None]
         labels = np.minimum(np.sum(cum < u * cum[:, -1:], axis=1), self.n_experts - 1)
-        mean = np.einsum("ij,ij->i", X, self.expert_coef[labels]) + self.expert_intercept[labels]
-        y = mean + np.sqrt(self.expert_var[labels]) * rng.standard_normal(X.shape[0])
-        return y, labels
+        eta = np.einsum("ij,ij->i", X, self.expert_coef[labels]) + self.expert_intercept[labels]
+        if offset is not None:
+            eta = eta + _offset(offset, X.shape[0])
+        fam = get_family(self.family)
+        return fam.draw(fam.mean(eta), self.expert_var[labels], rng), labels
 
     # -- (de)serialisation -----------------------------------------------------
     def to_dict(self) -> dict:
@@ -541,6 +657,8 @@ class MoEParams:
         """
         out = {"format": FORMAT, "version": FORMAT_VERSION,
                "n_experts": self.n_experts, "n_features": self.n_features}
+        if self.family != "gaussian":  # a Gaussian record stays readable by version 1 readers
+            out.update(version=FAMILY_FORMAT_VERSION, family=self.family)
         for name in _FIELDS:
             out[name] = getattr(self, name).tolist()
         # JSON has no infinity: a switched-off gate (-inf) is written "-inf"
@@ -564,9 +682,17 @@ class MoEParams:
         """
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} record (missing or wrong 'format' field).")
-        if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{FORMAT} version {data.get('version')!r} is not supported by this "
-                             f"fastmoe (reads version {FORMAT_VERSION}); upgrade fastmoe.")
+        version = data.get("version")
+        if version not in (FORMAT_VERSION, FAMILY_FORMAT_VERSION) or isinstance(version, bool):
+            raise ValueError(f"{FORMAT} version {version!r} is not supported by this fastmoe "
+                             f"(reads versions {FORMAT_VERSION} and {FAMILY_FORMAT_VERSION}); "
+                             "upgrade fastmoe.")
+        family = "gaussian"
+        if version == FAMILY_FORMAT_VERSION:
+            family = data.get("family")
+            if not isinstance(family, str) or family not in FAMILIES:
+                raise ValueError(f"{FORMAT} field family must be one of {FAMILIES}; got "
+                                 f"{family!r:.40}.")
         missing = [f for f in ("n_experts", "n_features", *_FIELDS) if f not in data]
         if missing:
             raise ValueError(f"{FORMAT} record lacks fields {missing}.")
@@ -590,7 +716,7 @@ class MoEParams:
 
         return cls(arr("gate_coef", (K, d)), arr("gate_intercept", (K,)),
                    arr("expert_coef", (K, d)), arr("expert_intercept", (K,)),
-                   arr("expert_var", (K,)))
+                   arr("expert_var", (K,)), family)
 
     def save(self, path) -> None:
         """Write to ``.json`` or ``.npz`` (chosen by the suffix).
@@ -608,8 +734,9 @@ class MoEParams:
         elif path.suffix == ".npz":
             d = self.to_dict()
             buf = io.BytesIO()
-            np.savez(buf, format=np.array(FORMAT), version=np.array(FORMAT_VERSION),
-                     **{f: getattr(self, f) for f in _FIELDS},
+            extra = {} if self.family == "gaussian" else {"family": np.array(self.family)}
+            np.savez(buf, format=np.array(FORMAT), version=np.array(d["version"]),
+                     **{f: getattr(self, f) for f in _FIELDS}, **extra,
                      n_experts=np.array(d["n_experts"]), n_features=np.array(d["n_features"]))
             write_bytes(path, buf.getvalue(), "model file")
         else:
@@ -646,4 +773,15 @@ class MoEParams:
             raise ValueError(f"model file {str(path)!r}: {exc}") from None
 
     def __repr__(self) -> str:
-        return f"MoEParams(n_experts={self.n_experts}, n_features={self.n_features})"
+        family = "" if self.family == "gaussian" else f", family={self.family!r}"
+        return f"MoEParams(n_experts={self.n_experts}, n_features={self.n_features}{family})"
+
+
+def _offset(offset, n: int) -> np.ndarray:
+    """A per-row offset checked: (n,) finite float64."""
+    off = np.asarray(offset, dtype=np.float64)
+    if off.shape != (n,):
+        raise ValueError(f"offset must have shape ({n},) to match X; got {off.shape}.")
+    if not np.all(np.isfinite(off)):
+        raise ValueError("offset must be finite; got NaN or inf.")
+    return off

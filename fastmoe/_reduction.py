@@ -87,16 +87,16 @@ class LargeMixture:
 
 
 def _as_params(model, index: int) -> MoEParams:
-    if isinstance(model, MoEParams):
-        return model
+    params = model
     if isinstance(model, dict):
         try:
-            return MoEParams.from_dict(model)
+            params = MoEParams.from_dict(model)
         except ValueError as exc:
             raise ValueError(f"local_models[{index}]: {exc}") from None
-    params = getattr(model, "params_", None) or getattr(model, "params", None)
+    elif not isinstance(model, MoEParams):
+        params = getattr(model, "params_", None) or getattr(model, "params", None)
     if isinstance(params, MoEParams):
-        return params
+        return params.require_gaussian(f"the reduction (local_models[{index}])")
     raise ValueError(f"local_models[{index}] is a {type(model).__name__}; expected MoEParams, "
                      "a fitted estimator, a LocalMessage or a MoEParams.to_dict() record.")
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from ._params import MoEParams
 from ._validation import check_choice, check_int, check_random_state
+from .families import get_family
 
 __all__ = ["make_moe_regression", "authors_truth"]
 
@@ -43,8 +44,8 @@ def authors_truth(n_features: int = 20, n_experts: int = 5, random_state=None) -
 
 def make_moe_regression(n_samples: int, n_features: int, n_experts: int, *,
                         design: str = "separated", params: MoEParams | None = None,
-                        random_state=None):
-    """Draw (X, y) from a Gaussian mixture of experts.
+                        family: str = "gaussian", random_state=None):
+    """Draw (X, y) from a mixture of experts (Gaussian unless ``family`` says).
 
     Parameters
     ----------
@@ -63,7 +64,14 @@ def make_moe_regression(n_samples: int, n_features: int, n_experts: int, *,
         covariates with correlation ``4**-abs(i - j)``, integer coefficients,
         variances 4-5, X z-scored), docs/method.rst, section 7.
     params : MoEParams, optional
-        True parameters to use instead of drawing them.
+        True parameters to use instead of drawing them (their family is the
+        data's).
+    family : {"gaussian", "poisson", "bernoulli", "gamma"}, default="gaussian"
+        The experts' family of the drawn truth (design "separated"): the
+        gates as above; Poisson experts with log-means spread over [0, 2.5]
+        and slopes N(0, 0.3^2); Bernoulli experts with log-odds spread over
+        [-2.5, 2.5] and slopes N(0, 1); Gamma experts as the Poisson ones,
+        with shapes 2 to 5.
     random_state : None, int or numpy.random.Generator
         The seed.
 
@@ -82,6 +90,10 @@ def make_moe_regression(n_samples: int, n_features: int, n_experts: int, *,
     d = check_int(n_features, "n_features")
     K = check_int(n_experts, "n_experts")
     check_choice(design, "design", DESIGNS)
+    family = get_family(family).name
+    if family != "gaussian" and design != "separated" and params is None:
+        raise ValueError(f"design={design!r} draws Gaussian experts; use design='separated' "
+                         f"or params for family={family!r}.")
     rng = check_random_state(random_state)
     if design == "authors":
         truth = params if params is not None else authors_truth(d, K, rng)
@@ -96,9 +108,7 @@ def make_moe_regression(n_samples: int, n_features: int, n_experts: int, *,
             directions /= np.linalg.norm(directions, axis=1, keepdims=True)
             gate_coef = 3.0 * directions
             gate_coef -= gate_coef[-1]
-            truth = MoEParams(gate_coef, np.zeros(K), rng.standard_normal((K, d)),
-                              4.0 * (np.arange(K) - (K - 1) / 2.0),
-                              rng.uniform(0.25, 0.5, size=K))
+            truth = _separated_experts(gate_coef, family, K, d, rng)
         else:
             truth = params
         X = rng.standard_normal((n, d))
@@ -107,3 +117,17 @@ def make_moe_regression(n_samples: int, n_features: int, n_experts: int, *,
                          f"features; expected {K} and {d}.")
     y, labels = truth.sample(X, rng)
     return X, y, truth, labels
+
+
+def _separated_experts(gate_coef, family: str, K: int, d: int, rng) -> MoEParams:
+    """The "separated" design's truth for ``family`` (see make_moe_regression)."""
+    spread = np.linspace(0.0, 1.0, K) if K > 1 else np.zeros(1)
+    if family == "gaussian":
+        return MoEParams(gate_coef, np.zeros(K), rng.standard_normal((K, d)),
+                         4.0 * (np.arange(K) - (K - 1) / 2.0), rng.uniform(0.25, 0.5, size=K))
+    if family == "bernoulli":
+        return MoEParams(gate_coef, np.zeros(K), rng.standard_normal((K, d)),
+                         5.0 * spread - 2.5, np.ones(K), family)
+    slopes = 0.3 * rng.standard_normal((K, d))
+    var = 1.0 / rng.uniform(2.0, 5.0, size=K) if family == "gamma" else np.ones(K)
+    return MoEParams(gate_coef, np.zeros(K), slopes, 2.5 * spread, var, family)

@@ -111,7 +111,7 @@ def _check_params(params) -> MoEParams:
         raise TypeError(f"params must be a fastmoe.MoEParams; got {type(params).__name__}. "
                         "Build one with MoEParams(gate_coef, gate_intercept, expert_coef, "
                         "expert_intercept, expert_var).")
-    return params
+    return params.require_gaussian("fastmoe.engine")
 
 
 def _check_matrix(a, n: int, name: str, columns: int | None = None) -> np.ndarray:

@@ -341,3 +341,67 @@ def derivatives_numpy(X, y, w, params):
     gw = g * w[:, None]
     grad = np.concatenate([(gw[:, :V].T @ Xt).ravel(), gw[:, V:].sum(axis=0)])
     return float(w @ row_ll), grad, hess
+
+
+# ----------------------------------------------------------------------------
+# experts of other families (fastmoe.families, fastmoe._glm)
+# ----------------------------------------------------------------------------
+def family_log_density(family, y, eta, phi):
+    """(n, K) log f(y_i; eta_ik, phi_k) from scipy.stats' distributions."""
+    from scipy import stats
+
+    y, phi = np.asarray(y, dtype=float)[:, None], np.asarray(phi, dtype=float)[None, :]
+    if family == "poisson":
+        return stats.poisson.logpmf(y, np.exp(eta))
+    if family == "bernoulli":
+        return stats.bernoulli.logpmf(y, 1.0 / (1.0 + np.exp(-eta)))
+    if family == "gamma":
+        return stats.gamma.logpdf(y, 1.0 / phi, scale=np.exp(eta) * phi)
+    return norm.logpdf(y, eta, np.sqrt(phi))
+
+
+def family_log_likelihood(params, X, y, offset=None):
+    """(n,) log f(y_i | x_i) of a model of any family, by scipy.stats."""
+    eta = xt(X) @ params.expert_aug.T + (0.0 if offset is None else offset[:, None])
+    joint = gate_log_proba(X, params.gate_aug) + family_log_density(
+        params.family, y, eta, params.expert_var)
+    return np.array([logsumexp(joint[i]) for i in range(X.shape[0])])
+
+
+def family_em(X, y, params, n_iter, offset=None):
+    """EM with exact M-steps by scipy's BFGS (every expert's weighted
+    log-likelihood, its dispersion, and the gates), from ``params``: the
+    slow reference of fastmoe._glm. Returns the model after n_iter
+    iterations."""
+    from scipy.optimize import minimize
+
+    from fastmoe import MoEParams
+
+    fam, K, d = params.family, params.n_experts, params.n_features
+    Z = xt(X)
+    off = np.zeros(len(y)) if offset is None else offset
+    alpha, beta, phi = params.gate_aug, params.expert_aug, params.expert_var.copy()
+    for _ in range(n_iter):
+        eta = Z @ beta.T + off[:, None]
+        joint = gate_log_proba(X, alpha) + family_log_density(fam, y, eta, phi)
+        R = np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
+        for k in range(K):
+            def nll(v, k=k, r=R[:, k]):
+                b, p = v[:d + 1], (np.exp(v[-1]) if fam == "gamma" else phi[k])
+                e = (Z @ b + off)[:, None]
+                return -r @ family_log_density(fam, y, e, [p])[:, 0]
+            start = np.r_[beta[k], np.log(phi[k])] if fam == "gamma" else beta[k]
+            with np.errstate(all="ignore"):  # BFGS's trial points may overflow
+                v = minimize(nll, start, method="BFGS", options={"gtol": 1e-10}).x
+            beta[k] = v[:d + 1]
+            if fam == "gamma":
+                phi[k] = np.exp(v[-1])
+        if K > 1:
+            def gate_loss(theta, R=R):
+                a = np.vstack([theta.reshape(K - 1, d + 1), np.zeros(d + 1)])
+                logits = Z @ a.T
+                return -np.sum(R * (logits - logsumexp(logits, axis=1, keepdims=True)))
+            theta = minimize(gate_loss, (alpha[:-1] - alpha[-1]).ravel(), method="BFGS",
+                             options={"gtol": 1e-10}).x
+            alpha = np.vstack([theta.reshape(K - 1, d + 1), np.zeros(d + 1)])
+    return MoEParams.from_aug(alpha, beta, phi, fam)

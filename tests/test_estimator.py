@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from fastmoe import DistributedMoERegressor, GaussianMoERegressor
+from fastmoe import DistributedMoERegressor, GaussianMoERegressor, MoEClassifier, MoERegressor
 from fastmoe.datasets import make_moe_regression
 
 #: checks expected to fail, each with its reason
@@ -25,6 +25,8 @@ EXPECTED_FAILED = {
 # The distributed estimator runs on one machine here: the checks fit data sets
 # of 10 rows on up to 10 features, and a shard needs K(d+1) rows (fit says so).
 @parametrize_with_checks([GaussianMoERegressor(n_experts=2, random_state=0, max_iter=500),
+                          MoERegressor(n_experts=2, random_state=0, max_iter=500),
+                          MoEClassifier(n_experts=2, random_state=0, max_iter=500),
                           DistributedMoERegressor(n_experts=2, n_machines=1, n_init=1,
                                                   backend="serial", random_state=0)],
                          expected_failed_checks=lambda est: EXPECTED_FAILED)

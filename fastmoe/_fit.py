@@ -1,0 +1,54 @@
+"""What every EM fit shares, whatever its experts' family: the result
+(:class:`MoEFit`) and the constants of its starts and empty experts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._params import MoEParams
+
+#: standard deviation of a random start's gate logits over the covariates
+#: (init="random"); see fastmoe._em._random_regions
+START_GATE_SCALE = 3.0
+
+#: An expert whose total responsibility falls below this share of the total
+#: weight is treated as empty (its previous parameters are kept).
+EMPTY_SHARE = 1e-10
+
+
+@dataclass(frozen=True)
+class MoEFit:
+    """Result of :func:`fit_moe`.
+
+    Attributes
+    ----------
+    params : the fitted MoEParams of the best start, experts in canonical order
+        (increasing intercept, MoEParams.canonical).
+    log_likelihood : weighted log-likelihood of ``params`` on the data.
+    n_iter : EM iterations of the best start.
+    converged : whether the best start met ``tol`` before ``max_iter``.
+    history : (n_iter + 1,) log-likelihood at the start and after each iteration.
+    init_log_likelihoods : log-likelihood of every start, in order, at the end
+        of its run (its short run with ``init_iter``).
+    degenerate : messages about experts that collapsed in the best start.
+    moves : messages about the split-merge moves that were accepted (see
+        :func:`fit_moe`, ``split_merge``); after one, ``history`` and ``n_iter``
+        are those of the EM run from the move.
+    penalty : the penalty at ``params``: the gate penalty (``gate_penalty``)
+        or, with ``penalty="l1"``, the L1 term; 0 without one. ``history``
+        (and, for the gate penalty, ``init_log_likelihoods``) then hold the
+        penalised log-likelihood EM maximised, and ``log_likelihood -
+        penalty`` is the last entry of ``history``.
+    """
+
+    params: MoEParams
+    log_likelihood: float
+    n_iter: int
+    converged: bool
+    history: np.ndarray = field(repr=False)
+    init_log_likelihoods: tuple
+    degenerate: tuple = ()
+    moves: tuple = ()
+    penalty: float = 0.0

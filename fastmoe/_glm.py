@@ -1,0 +1,244 @@
+"""EM for softmax-gated mixtures of GLM experts: Poisson, Bernoulli and Gamma
+(docs/method.rst, section 11).
+
+The E-step is the Gaussian one with the family's log-density
+(:mod:`fastmoe.families`). The M-step is generalised EM: each expert takes
+one iteratively reweighted least-squares step (Fisher scoring on its
+posterior-weighted log-likelihood; Newton's step for the canonical links of
+Poisson and Bernoulli) with step halving until that log-likelihood does not
+decrease, a Gamma expert's shape is then its maximum-likelihood value given
+the new means, and the gates take the Gaussian path's Newton step with step
+halving (:func:`fastmoe._gating.fit_gates`). Every part of the M-step
+increases its part of EM's objective, so the log-likelihood never decreases.
+
+EM runs on standardised covariates (fastmoe._frame), so the fit does not
+depend on their units or offsets; a Gamma response is divided by its mean
+(the model of c y is that of y with every expert intercept plus log c).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from . import _kernels, exceptions
+from ._fit import EMPTY_SHARE, START_GATE_SCALE, MoEFit
+from ._frame import Frame
+from ._gating import fit_gates
+from ._linalg import resolve_threads, solve_psd
+from ._options import EMOptions
+from ._params import MoEParams, _offset
+from ._validation import check_int, check_random_state, check_X_y
+from .families import get_family
+
+#: ridge on each expert's slopes (standardised covariates), relative to the
+#: expert's total weight: keeps an expert finite where its rows are
+#: separable (a Bernoulli expert whose rows are all 1 above a threshold),
+#: and moves an unpenalised fit by about this relative amount
+EXPERT_RIDGE = 1e-9
+#: IRLS steps of every expert at a start (from the pooled GLM's intercept)
+START_IRLS = 25
+#: step halvings of an expert's IRLS step at most
+MAX_HALVINGS = 30
+
+
+class _Data:
+    """Validated data in the fitting frame."""
+
+    def __init__(self, X, y, w, offset, family, K, n_threads):
+        self.family, self.K, self.n_threads = family, K, n_threads
+        self.n, self.d = X.shape
+        self.X, self.y, self.w, self.offset = X, y, w, offset
+        self.y1 = y[:, None]
+        self.Z = np.column_stack([np.ones(self.n), X])
+        self.total_weight = float(w.sum())
+
+    def linear(self, beta):
+        return self.Z @ beta.T + self.offset[:, None]
+
+    def e_step(self, alpha, beta, phi):
+        """(weighted log-likelihood, responsibilities (n, K), eta (n, K))."""
+        log_pi = np.empty((self.n, self.K))
+        _kernels.gate_log_proba(self.X, alpha, log_pi, self.n_threads)
+        eta = self.linear(beta)
+        log_c = log_pi + self.family.log_density(self.y1, eta, phi)
+        top = np.max(log_c, axis=1, keepdims=True)
+        with np.errstate(under="ignore"):
+            row = top[:, 0] + np.log(np.sum(np.exp(log_c - top), axis=1))
+            R = np.exp(log_c - row[:, None])
+        if not np.all(np.isfinite(row)):
+            raise FloatingPointError("the log-likelihood of a row is not finite at these "
+                                     "parameters.")
+        return float(self.w @ row), R, eta
+
+    def expert_objective(self, a, b, phi_k) -> float:
+        """sum_i a_i log f(y_i; Z_i b + offset_i, phi_k)."""
+        eta = self.Z @ b + self.offset
+        with np.errstate(over="ignore", invalid="ignore"):
+            val = float(a @ self.family.log_density(self.y, eta, phi_k))
+        return val if np.isfinite(val) else -np.inf
+
+
+def _irls_step(data: _Data, a, b, phi_k, eta_k):
+    """One scoring step of one expert with row weights ``a``, halved until
+    its weighted log-likelihood does not decrease: the new coefficients."""
+    z, W = data.family.working(data.y, eta_k)
+    aw = a * W
+    Z = data.Z
+    G = Z.T @ (Z * aw[:, None])
+    ridge = EXPERT_RIDGE * float(a.sum())
+    G[1:, 1:] += ridge * np.eye(data.d)
+    target = solve_psd(G, Z.T @ (aw * (z - data.offset)))
+    step = target - b
+    old = data.expert_objective(a, b, phi_k)
+    t = 1.0
+    for _ in range(MAX_HALVINGS):
+        trial = b + t * step
+        if data.expert_objective(a, trial, phi_k) >= old:
+            return trial
+        t *= 0.5
+    return b
+
+
+def _m_step(data: _Data, alpha, beta, phi, R, eta, gate_steps: int, gate_l2: float):
+    """Generalised M-step: (alpha, beta, phi)."""
+    fam = data.family
+    W = data.w[:, None] * R
+    mass = W.sum(axis=0)
+    live = mass > EMPTY_SHARE * data.total_weight
+    beta = beta.copy()
+    for k in np.flatnonzero(live):
+        beta[k] = _irls_step(data, W[:, k], beta[k], phi[k], eta[:, k])
+    if fam.has_dispersion:
+        phi = phi.copy()
+        new = fam.dispersion(data.y1, fam.mean(data.linear(beta)), W)
+        phi[live] = new[live]
+    if data.K > 1:
+        alpha = fit_gates(data.X, R, data.w, alpha, max_iter=gate_steps, tol=0.0,
+                          n_threads=data.n_threads, l2=gate_l2).alpha
+    return alpha, beta, phi
+
+
+def _start(data: _Data, init, rng):
+    """(alpha, beta, phi) of one start: the experts fitted by IRLS on soft
+    random regions of the covariates (as the Gaussian path's random start,
+    fastmoe._em._random_regions), the gates uniform; or ``init``."""
+    K, d, fam = data.K, data.d, data.family
+    if isinstance(init, MoEParams):
+        return init.gate_aug.copy(), init.expert_aug.copy(), init.expert_var.copy()
+    if init == "kmeans":
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=K, n_init=1, random_state=int(rng.integers(2**31 - 1)))
+        labels = km.fit(data.X, sample_weight=data.w).labels_
+        R = np.zeros((data.n, K))
+        R[np.arange(data.n), labels] = 1.0
+    else:
+        A = rng.standard_normal((K, d)) * (START_GATE_SCALE / np.sqrt(d))
+        logits = data.X @ A.T
+        R = np.exp(logits - logits.max(axis=1, keepdims=True))
+        R /= R.sum(axis=1, keepdims=True)
+    pooled = float(np.average(fam.link(data.y) - data.offset, weights=data.w))
+    beta = np.zeros((K, d + 1))
+    beta[:, 0] = pooled
+    phi = np.ones(K)
+    W = data.w[:, None] * R
+    for k in range(K):
+        for _ in range(START_IRLS):
+            b = _irls_step(data, W[:, k], beta[k], phi[k], data.Z @ beta[k] + data.offset)
+            done = np.allclose(b, beta[k], rtol=1e-10, atol=1e-12)
+            beta[k] = b
+            if done:
+                break
+    if fam.has_dispersion:
+        phi = fam.dispersion(data.y1, fam.mean(data.linear(beta)), W)
+    return np.zeros((K, d + 1)), beta, phi
+
+
+def _run(data: _Data, alpha, beta, phi, *, max_iter, tol, gate_steps, gate_l2):
+    """EM from one start: (alpha, beta, phi, loglik, iterations, converged,
+    history)."""
+    ll, R, eta = data.e_step(alpha, beta, phi)
+    history = [ll]
+    converged, it = False, 0
+    for it in range(1, max_iter + 1):
+        alpha, beta, phi = _m_step(data, alpha, beta, phi, R, eta, gate_steps, gate_l2)
+        new, R, eta = data.e_step(alpha, beta, phi)
+        history.append(new)
+        gain, ll = new - ll, new
+        if gain <= tol * abs(ll):
+            converged = True
+            break
+    return alpha, beta, phi, ll, it, converged, np.array(history)
+
+
+def _empty_experts(data: _Data, alpha, beta, phi) -> list:
+    """The experts that hold no rows at these parameters."""
+    _, R, _ = data.e_step(alpha, beta, phi)
+    mass = (data.w[:, None] * R).sum(axis=0)
+    return [int(k) for k in np.flatnonzero(mass <= EMPTY_SHARE * data.total_weight)]
+
+
+def fit_glm_moe(X, y, n_experts: int, *, family, sample_weight=None, offset=None,
+                options: EMOptions, random_state=None, n_threads: int | None = None) -> MoEFit:
+    """EM for a mixture of ``family`` experts (see :func:`fastmoe.fit_moe`,
+    which calls this for every family but the Gaussian)."""
+    fam = get_family(family)
+    X, y, w = check_X_y(X, y, sample_weight)
+    fam.check_y(y[w > 0])
+    K = check_int(n_experts, "n_experts")
+    n, d = X.shape
+    if K > n:
+        raise ValueError(f"n_experts={K} is more than the number of samples "
+                         f"(n_samples = {n}); use n_experts <= n_samples.")
+    if options.penalty is not None:
+        raise ValueError(f"penalty={options.penalty!r} serves Gaussian experts only.")
+    off = np.zeros(n) if offset is None else _offset(offset, n)
+    init = options.init
+    if isinstance(init, MoEParams):
+        if init.family != fam.name or init.n_experts != K or init.n_features != d:
+            raise ValueError(f"init is a model of {init.n_experts} {init.family} experts on "
+                             f"{init.n_features} features; expected {K} {fam.name} experts on "
+                             f"{d}.")
+    frame = Frame.of(X, None, w)
+    y_scale = float(np.average(y, weights=w)) if fam.name == "gamma" else 1.0
+    shift = np.log(y_scale)
+    if isinstance(init, MoEParams):
+        inside = frame.params_in(init)
+        init = MoEParams(inside.gate_coef, inside.gate_intercept, inside.expert_coef,
+                         inside.expert_intercept - shift, inside.expert_var, fam.name)
+    data = _Data(frame.X(X), y / y_scale, w, off, fam, K, resolve_threads(n_threads))
+    gate_l2 = options.gate_penalty
+    rng = check_random_state(random_state)
+    em = dict(tol=options.tol, gate_steps=options.gate_steps, gate_l2=gate_l2)
+    starts = 1 if isinstance(init, MoEParams) else options.n_init
+    short = options.short_runs and starts > 1
+    runs = []
+    for _ in range(starts):
+        alpha, beta, phi = _start(data, init, rng)
+        runs.append(_run(data, alpha, beta, phi, max_iter=options.init_iter if short
+                         else options.max_iter, **em))
+    finals = [r[3] for r in runs]
+    best = runs[int(np.argmax(finals))]
+    if short:
+        best = _run(data, *best[:3], max_iter=options.max_iter, **em)
+    alpha, beta, phi, ll, it, converged, history = best
+    empty = _empty_experts(data, alpha, beta, phi)
+    if not converged:
+        warnings.warn(f"EM did not converge in max_iter={options.max_iter} iterations "
+                      f"(relative change still above tol={options.tol:g}); increase max_iter "
+                      "or tol.", exceptions.ConvergenceWarning, stacklevel=3)
+    notes = tuple(f"expert {k} holds no rows" for k in empty)
+    if notes:
+        warnings.warn("; ".join(notes) + ". Consider fewer experts.",
+                      exceptions.DegenerateExpertWarning, stacklevel=3)
+    beta = beta.copy()
+    beta[:, 0] += shift
+    # log f(y) of a Gamma response = log f(y / c) - log c per row
+    jac = -data.total_weight * shift
+    params = frame.params_out(MoEParams.from_aug(alpha, beta, phi, fam.name))
+    history = history + jac
+    history.setflags(write=False)
+    return MoEFit(params.canonical(), ll + jac, it, converged, history,
+                  tuple(f + jac for f in finals), notes, (), 0.0)

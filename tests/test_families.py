@@ -1,0 +1,238 @@
+"""Experts of other families (fastmoe.families, fastmoe._glm): Poisson,
+Bernoulli and Gamma experts against statsmodels' GLM (one expert), scipy's
+densities, a slow EM with exact M-steps (tests/naive.py), known truth, and
+the estimators MoERegressor and MoEClassifier."""
+
+import json
+
+import naive
+import numpy as np
+import pytest
+from conftest import read_only
+
+from fastmoe import MoEClassifier, MoEParams, MoERegressor, aggregate, engine, fit_moe
+from fastmoe.datasets import make_moe_regression
+from fastmoe.families import FAMILIES, get_family
+
+GLM_FAMILIES = ("poisson", "bernoulli", "gamma")
+
+
+def _glm_data(family, n=4000, seed=0, offset=None):
+    """One GLM's rows, with covariates of large offsets and odd scales."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3)) * [1.0, 1e3, 1e-3] + [0.0, 1e6, -5.0]
+    eta = 0.3 + ((X - X.mean(0)) / X.std(0)) @ np.array([0.5, -0.3, 0.2])
+    if offset is not None:
+        eta = eta + offset
+    fam = get_family(family)
+    y = fam.draw(fam.mean(eta), np.full(n, 0.5), rng)
+    return X, y
+
+
+def _statsmodels_family(family):
+    sm = pytest.importorskip("statsmodels.api")
+    return {"poisson": sm.families.Poisson(), "bernoulli": sm.families.Binomial(),
+            "gamma": sm.families.Gamma(sm.families.links.Log())}[family]
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_one_expert_is_statsmodels_glm(family):
+    sm = pytest.importorskip("statsmodels.api")
+    X, y = _glm_data(family)
+    fit = fit_moe(X, y, 1, family=family, random_state=0)
+    ref = sm.GLM(y, sm.add_constant(X), family=_statsmodels_family(family)).fit(tol=1e-13)
+    ours = np.r_[fit.params.expert_intercept, fit.params.expert_coef[0]]
+    np.testing.assert_allclose(ours, ref.params, rtol=1e-6)
+    if family != "gamma":  # statsmodels' Gamma llf uses its moment scale, not the MLE
+        assert fit.log_likelihood == pytest.approx(ref.llf, rel=1e-9)
+
+
+def test_a_poisson_offset_is_statsmodels_offset():
+    sm = pytest.importorskip("statsmodels.api")
+    rng = np.random.default_rng(3)
+    exposure = np.log(rng.uniform(0.5, 20.0, 3000))
+    X, y = _glm_data("poisson", n=3000, offset=exposure)
+    fit = fit_moe(X, y, 1, family="poisson", offset=exposure, random_state=0)
+    ref = sm.GLM(y, sm.add_constant(X), family=sm.families.Poisson(), offset=exposure).fit(
+        tol=1e-13)
+    np.testing.assert_allclose(np.r_[fit.params.expert_intercept, fit.params.expert_coef[0]],
+                               ref.params, rtol=1e-6)
+    # the fitted mean carries the offset, as statsmodels' does
+    np.testing.assert_allclose(fit.params.predict_mean(X, offset=exposure),
+                               ref.predict(sm.add_constant(X), offset=exposure), rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_score_samples_is_scipys_density(family):
+    X, y, truth, _ = make_moe_regression(400, 2, 3, family=family, random_state=1)
+    off = np.linspace(-0.2, 0.2, 400) if family != "gaussian" else None
+    got = truth.score_samples(X, y, offset=off)
+    np.testing.assert_allclose(got, naive.family_log_likelihood(truth, X, y, off), rtol=1e-10,
+                               atol=1e-10)
+    R = truth.posterior(X, y, offset=off)
+    np.testing.assert_allclose(R.sum(axis=1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_em_ends_at_a_fixed_point_of_the_slow_exact_em(family):
+    """fastmoe's generalised EM (one IRLS step per iteration) ends where a
+    slow EM with exact M-steps by BFGS (tests/naive.py) does not move: at a
+    fixed point of EM, not one of its own shortcuts."""
+    X, y, truth, _ = make_moe_regression(300, 1, 2, family=family, random_state=2)
+    ours = fit_moe(X, y, 2, family=family, random_state=0, tol=1e-13, max_iter=20000).params
+    slow = naive.family_em(X, y, ours, 3)
+    assert slow.log_likelihood(X, y) <= ours.log_likelihood(X, y) + 1e-7 * len(y)
+    np.testing.assert_allclose(slow.predict_mean(X), ours.predict_mean(X), rtol=1e-4,
+                               atol=1e-4 * np.abs(y).mean())
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_em_never_lowers_the_log_likelihood(family):
+    X, y, _, _ = make_moe_regression(2000, 2, 3, family=family, random_state=4)
+    fit = fit_moe(X, y, 3, family=family, random_state=0, n_init=2)
+    assert np.all(np.diff(fit.history) >= -1e-9 * np.abs(fit.history[1:]))
+    assert fit.log_likelihood == pytest.approx(fit.params.log_likelihood(X, y), rel=1e-10)
+
+
+@pytest.mark.parametrize("family", ("poisson", "gamma"))
+def test_the_truth_is_recovered_ever_closer(family):
+    errors = []
+    for n in (3000, 48000):
+        X, y, truth, _ = make_moe_regression(n, 2, 3, family=family, random_state=5)
+        fit = fit_moe(X, y, 3, family=family, random_state=0)
+        assert fit.converged
+        assert fit.log_likelihood >= truth.log_likelihood(X, y)  # the MLE fits at least as well
+        est, true = fit.params, truth.canonical()
+        errors.append(max(np.abs(est.expert_aug - true.expert_aug).max(),
+                          np.abs(est.gate_aug - true.gate_aug).max()))
+    assert errors[1] < 0.1
+    assert errors[1] < errors[0] / 2  # 16 times the rows: about a quarter of the error
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_the_fit_ignores_the_covariates_units(family):
+    X, y, _, _ = make_moe_regression(1500, 2, 2, family=family, random_state=6)
+    a = fit_moe(X, y, 2, family=family, random_state=0).params
+    b = fit_moe(X * [1e4, 1e-3] + [1e8, -7.0], y, 2, family=family, random_state=0).params
+    np.testing.assert_allclose(a.predict_mean(X), b.predict_mean(X * [1e4, 1e-3] + [1e8, -7.0]),
+                               rtol=1e-6)
+
+
+def test_a_gamma_fit_follows_the_units_of_y():
+    X, y, _, _ = make_moe_regression(1500, 2, 2, family="gamma", random_state=7)
+    a = fit_moe(X, y, 2, family="gamma", random_state=0)
+    b = fit_moe(X, 1e6 * y, 2, family="gamma", random_state=0)
+    np.testing.assert_allclose(b.params.expert_intercept, a.params.expert_intercept + np.log(1e6),
+                               rtol=1e-7)
+    np.testing.assert_allclose(b.params.expert_var, a.params.expert_var, rtol=1e-6)
+    assert b.log_likelihood == pytest.approx(a.log_likelihood - len(y) * np.log(1e6), rel=1e-8)
+
+
+def test_inputs_are_not_modified():
+    X, y, _, _ = make_moe_regression(500, 2, 2, family="poisson", random_state=8)
+    off = np.zeros(500)
+    X, y, off = read_only(X), read_only(y), read_only(off)
+    fit_moe(X, y, 2, family="poisson", offset=off, random_state=0)
+    MoERegressor(2, family="poisson", random_state=0).fit(X, y, offset=off)
+
+
+@pytest.mark.parametrize("family,y,message", [
+    ("poisson", [0.0, 1.0, -1.0], "y >= 0"),
+    ("bernoulli", [0.0, 1.0, 2.0], "y in {0, 1}"),
+    ("gamma", [1.0, 2.0, 0.0], "y > 0"),
+])
+def test_responses_outside_the_support_are_refused(family, y, message):
+    X = np.arange(3.0)[:, None]
+    with pytest.raises(ValueError, match=message):
+        fit_moe(X, np.array(y), 1, family=family)
+
+
+def test_bad_family_and_dispersion_are_refused():
+    with pytest.raises(ValueError, match="family must be one of"):
+        fit_moe(np.zeros((3, 1)), np.zeros(3), 1, family="tweedie")
+    with pytest.raises(ValueError, match="no dispersion"):
+        MoEParams(np.zeros((1, 1)), [0.0], np.zeros((1, 1)), [0.0], [2.0], "poisson")
+    with pytest.raises(ValueError, match="offset must have shape"):
+        fit_moe(np.zeros((3, 1)), np.ones(3), 1, family="poisson", offset=np.zeros(2))
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_a_model_file_names_its_family(tmp_path, family):
+    _, _, truth, _ = make_moe_regression(10, 2, 2, family=family, random_state=0)
+    for suffix in (".json", ".npz"):
+        truth.save(tmp_path / f"m{suffix}")
+        back = MoEParams.load(tmp_path / f"m{suffix}")
+        assert back.family == family
+        np.testing.assert_array_equal(back.expert_aug, truth.expert_aug)
+    record = truth.to_dict()
+    assert record["version"] == 2 and record["family"] == family
+    record["family"] = "tweedie"
+    with pytest.raises(ValueError, match="family must be one of"):
+        MoEParams.from_dict(record)
+
+
+def test_a_gaussian_file_of_version_one_still_loads(tmp_path):
+    _, _, truth, _ = make_moe_regression(10, 2, 2, random_state=0)
+    record = truth.to_dict()
+    assert record["version"] == 1 and "family" not in record
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(record))
+    assert MoEParams.load(path).family == "gaussian"
+
+
+def test_the_gaussian_only_paths_refuse_other_families():
+    X, y, truth, _ = make_moe_regression(200, 2, 2, family="poisson", random_state=0)
+    with pytest.raises(ValueError, match="Gaussian experts only"):
+        aggregate([truth, truth], X_support=X)
+    with pytest.raises(ValueError, match="Gaussian experts only"):
+        engine.e_step(X, y, truth)
+    with pytest.raises(ValueError, match="Gaussian experts only"):
+        truth.predict_quantile(X, 0.5)
+
+
+def test_moe_regressor_fits_counts_and_predicts_them():
+    X, y, truth, _ = make_moe_regression(6000, 2, 2, family="poisson", random_state=9)
+    model = MoERegressor(2, family="poisson", random_state=0).fit(X, y)
+    assert model.params_.family == "poisson" and model.converged_
+    assert model.expert_coef_.shape == (2, 2) and model.expert_intercept_.shape == (2,)
+    np.testing.assert_allclose(model.score_samples(X, y),
+                               naive.family_log_likelihood(model.params_, X, y), rtol=1e-10)
+    assert np.all(model.predict(X) > 0)
+    assert model.log_likelihood(X, y) > truth.log_likelihood(X, y)
+    assert model.standard_errors_ is None
+    with pytest.raises(ValueError, match="Gaussian experts only so far"):
+        model.summary()
+    # a K=2 mixture is clearly above the Poisson GLM on mixture data
+    glm = MoERegressor(1, family="poisson").fit(X, y)
+    assert model.bic(X, y) < glm.bic(X, y) - 100
+
+
+def test_moe_regressor_with_gaussian_experts_is_the_gaussian_estimator():
+    from fastmoe import GaussianMoERegressor
+
+    X, y, _, _ = make_moe_regression(1000, 2, 2, random_state=0)
+    a = MoERegressor(2, random_state=0).fit(X, y)
+    b = GaussianMoERegressor(2, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    assert a.standard_errors_ is not None
+
+
+def test_moe_classifier_speaks_scikit_learns_language():
+    X, y, truth, _ = make_moe_regression(4000, 2, 2, family="bernoulli", random_state=10)
+    labels = np.where(y > 0, "spam", "ham")
+    model = MoEClassifier(2, random_state=0).fit(X, labels)
+    assert model.classes_.tolist() == ["ham", "spam"]
+    proba = model.predict_proba(X)
+    assert proba.shape == (4000, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(proba[:, 1], model.params_.predict_mean(X))
+    assert set(model.predict(X)) <= {"ham", "spam"}
+    assert model.score(X, labels) > 0.7
+    np.testing.assert_allclose(model.score_samples(X[:50], labels[:50]),
+                               naive.family_log_likelihood(model.params_, X[:50], y[:50]),
+                               rtol=1e-10)
+    assert model.predict_posterior(X[:5], labels[:5]).shape == (5, 2)
+    with pytest.raises(ValueError, match="outside classes_"):
+        model.score_samples(X[:2], ["ham", "eggs"])
+    with pytest.raises(ValueError, match="Only binary classification"):
+        MoEClassifier(2).fit(X[:3], ["a", "b", "c"])
