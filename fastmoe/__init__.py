@@ -38,6 +38,8 @@ _PUBLIC = {
     "GaussianMoERegressor": "moe",
     "MoERegressor": "moe",
     "MoEClassifier": "moe",
+    "fit_many": "many",
+    "ManyResult": "many",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -15,6 +15,8 @@ cps1988    28 155    log weekly wage    education, experience,          region (
                                         ethnicity, smsa, part time (5)
 cpssw8     61 395    log hourly         age, education, gender (3)      region (4)
                      earnings
+doctor-    5 190     doctor visits in   age, income, illness, reduced   gender (2)
+visits               two weeks (count)  activity days, health score (5)
 =========  ========  =================  ==============================  =========
 """
 
@@ -34,8 +36,12 @@ _R_SOURCES = {
     "diamonds": ("ggplot2", "as.data.frame(ggplot2::diamonds)"),
     "cps1988": ("AER", 'local({data("CPS1988", package = "AER"); CPS1988})'),
     "cpssw8": ("AER", 'local({data("CPSSW8", package = "AER"); CPSSW8})'),
+    "doctorvisits": ("AER", 'local({data("DoctorVisits", package = "AER"); DoctorVisits})'),
 }
-TABLES = tuple(_R_SOURCES)
+#: the tables of a real response (Gaussian experts)
+TABLES = ("diamonds", "cps1988", "cpssw8")
+#: the tables of counts (Poisson experts)
+COUNT_TABLES = ("doctorvisits",)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,10 @@ def load(name: str) -> Table | None:
                              np.array(col("smsa")) == "yes",
                              np.array(col("parttime")) == "yes"]).astype(float)
         y, group = np.log(num("wage")), col("region")
+    elif name == "doctorvisits":
+        X = np.column_stack([num("age"), num("income"), num("illness"), num("reduced"),
+                             num("health")])
+        y, group = num("visits"), col("gender")
     else:
         X = np.column_stack([num("age"), num("education"),
                              np.array(col("gender")) == "female"]).astype(float)
