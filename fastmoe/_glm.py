@@ -51,6 +51,8 @@ class _Data:
         self.n, self.d = X.shape
         self.X, self.y, self.w, self.offset = X, y, w, offset
         self.y1 = y[:, None]
+        self.base = family.base(y)  # the terms of log f of y alone, once
+        self.base_total = float(w @ self.base)
         self.Z = np.column_stack([np.ones(self.n), X])
         self.total_weight = float(w.sum())
 
@@ -62,7 +64,7 @@ class _Data:
         log_pi = np.empty((self.n, self.K))
         _kernels.gate_log_proba(self.X, alpha, log_pi, self.n_threads)
         eta = self.linear(beta)
-        log_c = log_pi + self.family.log_density(self.y1, eta, phi)
+        log_c = log_pi + self.family.log_kernel(self.y1, eta, phi)
         top = np.max(log_c, axis=1, keepdims=True)
         with np.errstate(under="ignore"):
             row = top[:, 0] + np.log(np.sum(np.exp(log_c - top), axis=1))
@@ -70,13 +72,13 @@ class _Data:
         if not np.all(np.isfinite(row)):
             raise FloatingPointError("the log-likelihood of a row is not finite at these "
                                      "parameters.")
-        return float(self.w @ row), R, eta
+        return float(self.w @ row) + self.base_total, R, eta
 
     def expert_objective(self, a, b, phi_k) -> float:
         """sum_i a_i log f(y_i; Z_i b + offset_i, phi_k)."""
         eta = self.Z @ b + self.offset
-        with np.errstate(over="ignore", invalid="ignore"):
-            val = float(a @ self.family.log_density(self.y, eta, phi_k))
+        with np.errstate(over="ignore", invalid="ignore"):  # the base is a constant here
+            val = float(a @ self.family.log_kernel(self.y, eta, phi_k))
         return val if np.isfinite(val) else -np.inf
 
 

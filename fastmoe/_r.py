@@ -40,3 +40,26 @@ def gates(x, t, w, n: int, d: int, k: int, init=None) -> list:
         init = (B[:, 1:], B[:, 0])
     fit = engine.fit_gates(X, T, sample_weight=w, init=init, reference=0)
     return np.column_stack([fit.gate_intercept, fit.gate_coef]).ravel().tolist()
+
+
+def glm_expert(x, y, w, n: int, d: int, family: str, start=None) -> list:
+    """One expert of ``family`` ("poisson") fitted to the rows with weights w:
+    the weighted GLM's maximum-likelihood coefficients by IRLS,
+    [intercept, coef_1..coef_d], from ``start`` (the previous EM iteration's
+    coefficients, in that order) where given."""
+    import warnings
+
+    from ._em import fit_moe
+    from ._params import MoEParams
+
+    X, y, w = _array(x, n, d), _array(y, n, 0), _array(w, n, 0)
+    init = "random"
+    if start is not None:
+        b = np.asarray(start, dtype=np.float64)
+        if b.shape == (d + 1,) and np.all(np.isfinite(b)):
+            init = MoEParams(np.zeros((1, d)), [0.0], b[None, 1:], b[:1], [1.0], family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one expert: converged IRLS, nothing to report
+        fit = fit_moe(X, y, 1, family=family, sample_weight=w, tol=1e-12, init=init,
+                      n_threads=1)
+    return [float(fit.params.expert_intercept[0])] + fit.params.expert_coef[0].tolist()

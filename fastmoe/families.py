@@ -115,7 +115,43 @@ class Family:
         ndarray
             The log-densities.
         """
+        return self.log_kernel(y, eta, phi) + self.base(y)
+
+    def log_kernel(self, y: np.ndarray, eta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """log f(y | eta, phi) less :meth:`base` (the terms of y alone, which
+        EM computes once per fit).
+
+        Parameters
+        ----------
+        y : ndarray
+            Responses.
+        eta : ndarray
+            Linear predictors.
+        phi : ndarray
+            Dispersions, one per column of ``eta``.
+
+        Returns
+        -------
+        ndarray
+            The log-densities less the terms of y alone.
+        """
         raise NotImplementedError
+
+    def base(self, y: np.ndarray) -> np.ndarray:
+        """The terms of log f that depend on y alone (log y! for Poisson,
+        -log y for Gamma, 0 otherwise).
+
+        Parameters
+        ----------
+        y : ndarray
+            Responses.
+
+        Returns
+        -------
+        ndarray
+            Of y's shape.
+        """
+        return np.zeros(np.shape(y))
 
     def working(self, y: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """IRLS's working response z and weight W at ``eta`` (Fisher
@@ -206,7 +242,7 @@ class _Gaussian(Family):
     def variance(self, mu, phi):
         return np.broadcast_to(phi, np.shape(mu)).astype(np.float64)
 
-    def log_density(self, y, eta, phi):
+    def log_kernel(self, y, eta, phi):
         return -0.5 * (np.log(2.0 * np.pi * phi) + (y - eta) ** 2 / phi)
 
     def working(self, y, eta):
@@ -235,10 +271,13 @@ class _Poisson(Family):
     def variance(self, mu, phi):
         return np.array(mu, dtype=np.float64)
 
-    def log_density(self, y, eta, phi):
+    def log_kernel(self, y, eta, phi):
         eta = np.minimum(eta, MAX_ETA)
-        # y log mu - mu - log y!, with 0 log 0 = 0 where mu underflows
-        return np.where(y > 0, y * eta, 0.0) - np.exp(eta) - gammaln(y + 1.0)
+        # y log mu - mu, with 0 log 0 = 0 where mu underflows
+        return np.where(y > 0, y * eta, 0.0) - np.exp(eta)
+
+    def base(self, y):
+        return -gammaln(np.asarray(y, dtype=np.float64) + 1.0)
 
     def working(self, y, eta):
         mu = self.mean(eta)
@@ -264,7 +303,7 @@ class _Bernoulli(Family):
     def variance(self, mu, phi):
         return mu * (1.0 - mu)
 
-    def log_density(self, y, eta, phi):
+    def log_kernel(self, y, eta, phi):
         return y * eta - np.logaddexp(0.0, eta)
 
     def working(self, y, eta):
@@ -293,11 +332,14 @@ class _Gamma(Family):
     def variance(self, mu, phi):
         return phi * mu * mu
 
-    def log_density(self, y, eta, phi):
+    def log_kernel(self, y, eta, phi):
         nu = 1.0 / phi
         eta = np.clip(eta, -MAX_ETA, MAX_ETA)
         # shape nu, mean mu: nu log(nu y / mu) - nu y / mu - log y - log Gamma(nu)
-        return nu * (np.log(nu * y) - eta) - nu * y * np.exp(-eta) - np.log(y) - gammaln(nu)
+        return nu * (np.log(nu * y) - eta) - nu * y * np.exp(-eta) - gammaln(nu)
+
+    def base(self, y):
+        return -np.log(np.asarray(y, dtype=np.float64))
 
     def working(self, y, eta):
         eta = np.clip(eta, -MAX_ETA, MAX_ETA)

@@ -94,3 +94,39 @@ def test_flexmix_with_fastmoe_drivers_matches_its_own_fit(tmp_path):
     np.testing.assert_allclose(fm[:, 3], own[:, 3], rtol=2e-3)
     gates_own, gates_fm = (np.array(p) for p in rows["GATES"])
     np.testing.assert_allclose(gates_fm, gates_own, atol=5e-3)
+
+
+R_POISSON = r"""
+source(Sys.getenv("FASTMOE_DRIVERS"))
+sim <- reticulate::py_run_string(local = TRUE, code = "
+from fastmoe.datasets import make_moe_regression
+X, y, _, _ = make_moe_regression(4000, 2, 2, family='poisson', random_state=3)
+x1, x2, y = X[:, 0].tolist(), X[:, 1].tolist(), y.tolist()")
+d <- data.frame(x1 = unlist(sim$x1), x2 = unlist(sim$x2), y = unlist(sim$y))
+set.seed(1)
+start <- kmeans(scale(as.matrix(d)), centers = 2, nstart = 1)$cluster
+own <- flexmix(y ~ x1 + x2, data = d, k = 2, cluster = start,
+               model = FLXMRglm(family = "poisson"), concomitant = FLXPmultinom(~ x1 + x2))
+fm <- flexmix(y ~ x1 + x2, data = d, k = 2, cluster = start,
+              model = FLXMRfastmoe(family = "poisson"), concomitant = FLXPfastmoe(~ x1 + x2))
+cat("LOGLIK", as.numeric(logLik(own)), as.numeric(logLik(fm)), "\n")
+cat("EXPERTS", parameters(own), "\n")
+cat("EXPERTS", parameters(fm), "\n")
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(_r_ready() is not None, reason=str(_r_ready()))
+def test_flexmix_with_fastmoes_poisson_experts_reaches_its_own_fit(tmp_path):
+    env = dict(os.environ, RETICULATE_PYTHON=sys.executable, FASTMOE_DRIVERS=str(DRIVERS))
+    run = subprocess.run(["Rscript", "-e", R_POISSON], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {}
+    for line in run.stdout.splitlines():
+        key, *values = line.split()
+        rows.setdefault(key, []).append([float(v) for v in values])
+    (ll_own, ll_fm), = rows["LOGLIK"]
+    assert ll_fm == pytest.approx(ll_own, rel=1e-7)
+    own, fm = (np.array(p) for p in rows["EXPERTS"])
+    np.testing.assert_allclose(fm, own, atol=1e-4)

@@ -9,6 +9,12 @@
 ##   maximum-likelihood variance sum_i w_i r_i^2 / sum_i w_i (flexmix's own
 ##   FLXMRglm() divides by n - rank instead, so its fit sits slightly below the
 ##   likelihood's optimum).
+## FLXMRfastmoe(family = "poisson"): Poisson experts (log link), the weighted
+##   GLM of each component fitted by fastmoe's IRLS (fastmoe.fit_moe with one
+##   expert), as FLXMRglm(family = "poisson") fits it by glm.fit. The
+##   "binomial" (a two-column y of successes and failures) and "Gamma" (the
+##   inverse link) families of FLXMRglm are not served yet: fastmoe's
+##   Bernoulli experts take a 0/1 response and its Gamma experts the log link.
 ## FLXPfastmoe(formula): the softmax (multinomial-logistic) concomitant model.
 ##   Its M-step is fastmoe.engine.fit_gates: Newton/IRLS with step halving on
 ##   the soft targets, warm-started from the previous EM iteration, instead of
@@ -52,7 +58,9 @@ suppressPackageStartupMessages({
   cache
 }
 
-FLXMRfastmoe <- function(formula = . ~ .) {
+FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson")) {
+  family <- match.arg(family)
+  if (family == "poisson") return(.fastmoe_glm_driver(formula, family))
   z <- FLXMRglm(formula = formula, family = "gaussian")
   z@name <- "FLXMRfastmoe"
   cache <- new.env()  # the covariates and the response as bytes
@@ -75,6 +83,33 @@ FLXMRfastmoe <- function(formula = . ~ .) {
       v <- out[d + 2L]
     }
     z@defineComponent(para = list(coef = coef, df = ncol(x) + 1, sigma = sqrt(v)))
+  }
+  z
+}
+
+.fastmoe_glm_driver <- function(formula, family) {
+  z <- FLXMRglm(formula = formula, family = family)
+  z@name <- paste("FLXMRfastmoe", family, sep = ":")
+  cache <- new.env()
+  z@fit <- function(x, y, w, component) {
+    design <- .fastmoe_design(cache, x, "FLXMRfastmoe")
+    if (!identical(cache$y, y)) {
+      cache$y <- y
+      cache$y_bytes <- .fastmoe_bytes(y)
+    }
+    d <- length(design$names)
+    coef <- setNames(numeric(ncol(x)), colnames(x))
+    if (d == 0L) {  # intercept only: the log of the weighted mean count
+      coef[] <- log(sum(w * y) / sum(w))
+    } else {
+      start <- component$coef
+      start <- if (length(start) == ncol(x)) as.double(start[c("(Intercept)", design$names)])
+      out <- unlist(.fastmoe_py()$glm_expert(design$bytes, cache$y_bytes, .fastmoe_bytes(w),
+                                             nrow(x), d, family, start))
+      coef["(Intercept)"] <- out[1]
+      coef[design$names] <- out[2:(d + 1L)]
+    }
+    z@defineComponent(para = list(coef = coef, df = ncol(x)))
   }
   z
 }
