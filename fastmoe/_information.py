@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._params import MoEParams
+from .families import get_family
 
 #: rows per block of the derivative sums (their temporaries are
 #: rows x (3K)^2 and rows x (d+1)^2)
@@ -133,6 +134,77 @@ def _assemble(DVV, DVT, TT, Xt) -> np.ndarray:
     out[V * p:, :V * p] = out[:V * p, V * p:].T
     out[V * p:, V * p:] = TT
     return out
+
+
+def family_derivatives(X, y, w, params: MoEParams, offset=None, *,
+                       meat: bool = False) -> Derivatives:
+    """:func:`derivatives` for experts of any family (fastmoe.families), by
+    numpy over blocks of rows: theta holds the free gates, the experts'
+    coefficients and, for a family with a dispersion, tau_k = log phi_k.
+    Louis' identity as in :func:`derivatives`, with the expert's derivatives
+    in its linear predictor (``Family.eta_derivatives``) and in tau
+    (``Family.tau_derivatives``); for Gaussian experts this is
+    :func:`derivatives` (tested)."""
+    fam = get_family(params.family)
+    n, d = X.shape
+    K, p = params.n_experts, d + 1
+    V, T = 2 * K - 1, K if fam.has_dispersion else 0
+    P = V * p + T
+    off = np.zeros(n) if offset is None else np.asarray(offset, dtype=np.float64)
+    total = Derivatives(0.0, np.zeros(P), np.zeros((P, P)), np.zeros((P, P)) if meat else None)
+    for start in range(0, n, ROWS):
+        rows = slice(start, start + ROWS)
+        total = total + _family_block(X[rows], y[rows], w[rows], off[rows], params, fam, meat)
+    return total
+
+
+def _family_block(X, y, w, off, params: MoEParams, fam, meat: bool) -> Derivatives:
+    n = X.shape[0]
+    K = params.n_experts
+    J, V = K - 1, 2 * K - 1
+    T = K if fam.has_dispersion else 0
+    Xt = np.column_stack([np.ones(n), X])
+    logits = Xt @ params.gate_aug.T
+    top = logits.max(axis=1, keepdims=True)
+    log_pi = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    pi = np.exp(log_pi)
+    eta = Xt @ params.expert_aug.T + off[:, None]
+    phi, y1 = params.expert_var, y[:, None]
+    log_c = log_pi + fam.log_density(y1, eta, phi)
+    top = log_c.max(axis=1, keepdims=True)
+    row_ll = (top + np.log(np.exp(log_c - top).sum(axis=1, keepdims=True)))[:, 0]
+    r = np.exp(log_c - row_ll[:, None])
+    a, h = fam.eta_derivatives(y1, eta, phi)
+    ks, eye = np.arange(K), np.eye(K)[None, :J, :]
+    D = np.zeros((n, V + T, V + T))
+    # sum_k r_k s_k s_k^T block by block (the experts' blocks are diagonal in k)
+    D[:, :J, :J] = (pi[:, :J, None] * pi[:, None, :J] - r[:, :J, None] * pi[:, None, :J]
+                    - pi[:, :J, None] * r[:, None, :J])
+    D[:, np.arange(J), np.arange(J)] += r[:, :J]
+    D[:, :J, J:V] = (eye - pi[:, :J, None]) * (r * a)[:, None, :]
+    D[:, J + ks, J + ks] = r * a * a + r * h  # with the complete-data Hessian
+    g = [r[:, :J] - pi[:, :J], r * a]
+    if T:
+        s_, tt, et = fam.tau_derivatives(y1, eta, phi)
+        D[:, :J, V:] = (eye - pi[:, :J, None]) * (r * s_)[:, None, :]
+        D[:, J + ks, V + ks] = r * a * s_ + r * et
+        D[:, V + ks, V + ks] = r * s_ * s_ + r * tt
+        g.append(r * s_)
+    upper = np.triu_indices(V + T, 1)
+    D[:, upper[1], upper[0]] = D[:, upper[0], upper[1]]
+    g = np.concatenate(g, axis=1)
+    D -= g[:, :, None] * g[:, None, :]
+    D[:, :J, :J] -= pi[:, :J, None] * (np.eye(J)[None] - pi[:, None, :J])
+    D *= w[:, None, None]
+    hess = _assemble(D[:, :V, :V], D[:, :V, V:], D[:, V:, V:].sum(axis=0), Xt)
+    gw = g * w[:, None]
+    grad = np.concatenate([(gw[:, :V].T @ Xt).ravel(), gw[:, V:].sum(axis=0)])
+    out_meat = None
+    if meat:
+        gv, gt = gw[:, :V], gw[:, V:]
+        out_meat = _assemble(gv[:, :, None] * gv[:, None, :], gv[:, :, None] * gt[:, None, :],
+                             gt.T @ gt, Xt)
+    return Derivatives(float(w @ row_ll), grad, hess, out_meat)
 
 
 def origin_jacobian(delta: np.ndarray, K: int) -> np.ndarray:

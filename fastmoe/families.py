@@ -194,6 +194,44 @@ class Family:
         """
         return np.ones(mu.shape[1])
 
+    def eta_derivatives(self, y, eta, phi) -> tuple[np.ndarray, np.ndarray]:
+        """First and second derivatives of log f in the linear predictor.
+
+        Parameters
+        ----------
+        y : ndarray of shape (n, 1)
+            Responses.
+        eta : ndarray of shape (n, K)
+            Linear predictors.
+        phi : ndarray of shape (K,)
+            Dispersions.
+
+        Returns
+        -------
+        a, h : ndarray of shape (n, K)
+            d log f / d eta and d2 log f / d eta2.
+        """
+        raise NotImplementedError
+
+    def tau_derivatives(self, y, eta, phi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Derivatives of log f in tau = log phi (families with a dispersion).
+
+        Parameters
+        ----------
+        y : ndarray of shape (n, 1)
+            Responses.
+        eta : ndarray of shape (n, K)
+            Linear predictors.
+        phi : ndarray of shape (K,)
+            Dispersions.
+
+        Returns
+        -------
+        s, tt, et : ndarray of shape (n, K)
+            d log f / d tau, d2 log f / d tau2 and d2 log f / d eta d tau.
+        """
+        raise NotImplementedError
+
     def link(self, y: np.ndarray) -> np.ndarray:
         """The responses mapped to the scale of the linear predictor, kept
         finite (for starts).
@@ -251,6 +289,13 @@ class _Gaussian(Family):
     def dispersion(self, y, mu, weight):
         return np.sum(weight * (y - mu) ** 2, axis=0) / np.sum(weight, axis=0)
 
+    def eta_derivatives(self, y, eta, phi):
+        return (y - eta) / phi, np.broadcast_to(-1.0 / phi, np.shape(eta))
+
+    def tau_derivatives(self, y, eta, phi):
+        q = (y - eta) ** 2 / phi
+        return 0.5 * (q - 1.0), -0.5 * q, -(y - eta) / phi
+
     def link(self, y):
         return np.array(y, dtype=np.float64)
 
@@ -283,6 +328,10 @@ class _Poisson(Family):
         mu = self.mean(eta)
         return eta + (y - mu) / mu, mu
 
+    def eta_derivatives(self, y, eta, phi):
+        mu = self.mean(eta)
+        return y - mu, -mu
+
     def link(self, y):
         return np.log(np.asarray(y, dtype=np.float64) + 0.5)
 
@@ -310,6 +359,10 @@ class _Bernoulli(Family):
         mu = expit(eta)
         W = np.maximum(mu * (1.0 - mu), 1e-12)
         return eta + (y - mu) / W, W
+
+    def eta_derivatives(self, y, eta, phi):
+        mu = expit(eta)
+        return y - mu, -mu * (1.0 - mu)
 
     def link(self, y):
         p = 0.25 + 0.5 * np.asarray(y, dtype=np.float64)
@@ -345,6 +398,19 @@ class _Gamma(Family):
         eta = np.clip(eta, -MAX_ETA, MAX_ETA)
         return eta + y * np.exp(-eta) - 1.0, np.ones(np.broadcast_shapes(np.shape(y),
                                                                           np.shape(eta)))
+
+    def eta_derivatives(self, y, eta, phi):
+        nu, ratio = 1.0 / phi, y * np.exp(-np.clip(eta, -MAX_ETA, MAX_ETA))
+        return nu * (ratio - 1.0), -nu * ratio
+
+    def tau_derivatives(self, y, eta, phi):
+        # tau = log phi, nu = exp(-tau): d/dtau = -nu d/dnu
+        nu = 1.0 / phi
+        eta = np.clip(eta, -MAX_ETA, MAX_ETA)
+        ratio = y * np.exp(-eta)
+        d_nu = np.log(nu * y) + 1.0 - eta - ratio - psi(nu)
+        d2_nu = 1.0 / nu - polygamma(1, nu)
+        return -nu * d_nu, nu * d_nu + nu * nu * d2_nu, -nu * (ratio - 1.0)
 
     def dispersion(self, y, mu, weight):
         # the shape's likelihood equation: log nu - psi(nu) = s, s >= 0 the

@@ -20,14 +20,15 @@ import numpy as np
 from scipy.stats import norm
 
 from ._frame import Frame
-from ._information import covariance, derivatives
+from ._information import covariance, derivatives, family_derivatives
 from ._params import MoEParams
 from ._validation import check_X_y
+from .families import get_family
 
 __all__ = ["standard_errors", "summary"]
 
 
-def standard_errors(params: MoEParams, X, y, *, sample_weight=None,
+def standard_errors(params: MoEParams, X, y, *, sample_weight=None, offset=None,
                     robust: bool = False) -> MoEParams:
     """Standard errors of a model fitted by maximum likelihood to (X, y).
 
@@ -42,6 +43,8 @@ def standard_errors(params: MoEParams, X, y, *, sample_weight=None,
         The responses.
     sample_weight : array-like of shape (n,), optional
         The row weights of the fit.
+    offset : array-like of shape (n,), optional
+        The offset of the fit (experts of a family other than Gaussian).
     robust : bool, default False
         The sandwich (Huber-White) estimate instead of the inverse observed
         information.
@@ -50,7 +53,8 @@ def standard_errors(params: MoEParams, X, y, *, sample_weight=None,
     -------
     MoEParams
         The standard error of every parameter, in the fields of ``params``
-        (the last gate's are zero).
+        (the last gate's are zero; for Poisson and Bernoulli experts, which
+        have no dispersion, ``expert_var`` holds the smallest positive float).
 
     Examples
     --------
@@ -63,15 +67,22 @@ def standard_errors(params: MoEParams, X, y, *, sample_weight=None,
     >>> bool(se.expert_coef.max() < 0.2)
     True
     """
-    return _both(params, X, y, sample_weight, robust)[1 if robust else 0]
+    return _both(params, X, y, sample_weight, robust, offset)[1 if robust else 0]
 
 
-def _both(params: MoEParams, X, y, sample_weight=None, robust: bool = True):
+def _both(params: MoEParams, X, y, sample_weight=None, robust: bool = True, offset=None):
     """(standard errors, sandwich standard errors or None) from one pass."""
     X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
-    frame = Frame.of(X, y, w)
-    local = frame.params_in(params)
-    der = derivatives(frame.X(X), frame.y(y), w, local, meat=robust)
+    if params.family == "gaussian":
+        if offset is not None:
+            y = y - np.asarray(offset, dtype=np.float64)
+        frame = Frame.of(X, y, w)
+        local = frame.params_in(params)
+        der = derivatives(frame.X(X), frame.y(y), w, local, meat=robust)
+    else:  # the response keeps its units: only the covariates are standardised
+        frame = Frame.of(X, None, w)
+        local = frame.params_in(params)
+        der = family_derivatives(frame.X(X), y, w, local, offset, meat=robust)
     plain = errors_in_units(frame, local, covariance(der.hessian))
     sandwich = errors_in_units(frame, local, covariance(der.hessian, der.meat)) if robust \
         else None
@@ -91,7 +102,7 @@ def errors_in_units(frame: Frame, local: MoEParams, cov: np.ndarray) -> MoEParam
     gates = np.zeros((K, p))
     gates[:-1] = se[:(K - 1) * p].reshape(K - 1, p)
     experts = se[(K - 1) * p:(2 * K - 1) * p].reshape(K, p)
-    var = se[(2 * K - 1) * p:]
+    var = se[(2 * K - 1) * p:] if se.size > (2 * K - 1) * p else np.zeros(K)
     return MoEParams(gates[:, 1:], gates[:, 0], experts[:, 1:], experts[:, 0],
                      np.maximum(var, np.finfo(float).tiny))
 
@@ -106,13 +117,15 @@ def jacobian_out(frame: Frame, local: MoEParams) -> np.ndarray:
     block[0, 0] = 1.0
     block[0, 1:] = -frame.x_mean / frame.x_scale
     block[1:, 1:] = np.diag(1.0 / frame.x_scale)
-    P = (2 * K - 1) * p + K
+    T = K if get_family(local.family).has_dispersion else 0
+    P = (2 * K - 1) * p + T
     J = np.zeros((P, P))
     for b in range(2 * K - 1):
         rows = slice(b * p, (b + 1) * p)
         J[rows, rows] = block * (1.0 if b < K - 1 else frame.y_scale)
-    var_user = local.expert_var * frame.y_scale**2
-    J[(2 * K - 1) * p:, (2 * K - 1) * p:] = np.diag(var_user)
+    if T:
+        var_user = local.expert_var * frame.y_scale**2
+        J[(2 * K - 1) * p:, (2 * K - 1) * p:] = np.diag(var_user)
     return J
 
 
@@ -162,5 +175,9 @@ def summary(params: MoEParams, se: MoEParams, feature_names=None) -> str:
         est = np.concatenate([[params.expert_intercept[k]], params.expert_coef[k]])
         err = np.concatenate([[se.expert_intercept[k]], se.expert_coef[k]])
         lines += [row(n, e, s) for n, e, s in zip(names, est, err)]
-        lines += [row("variance", params.expert_var[k], se.expert_var[k], test=False), ""]
+        if params.family == "gaussian":
+            lines.append(row("variance", params.expert_var[k], se.expert_var[k], test=False))
+        elif get_family(params.family).has_dispersion:
+            lines.append(row("dispersion", params.expert_var[k], se.expert_var[k], test=False))
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"

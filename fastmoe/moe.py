@@ -116,9 +116,6 @@ class _MoEPredictMixin:
         from .inference import summary
 
         se = self.robust_standard_errors_ if robust else self.standard_errors_
-        if se is None and self._params().family != "gaussian":
-            raise ValueError("no standard errors: they are computed for Gaussian experts only "
-                             f"so far; these experts are {self._params().family}.")
         if se is None:
             raise ValueError("no standard errors: " + (
                 "this fit kept no sandwich (robust) estimate" if robust else
@@ -269,13 +266,10 @@ def _fit_em(est, X, y, sample_weight, family: str, offset):
                   split_merge=getattr(est, "split_merge", True),
                   random_state=est.random_state, n_threads=est.n_threads)
     est._set_params_attributes(fit.params)
-    est.standard_errors_ = est.robust_standard_errors_ = None
-    if family == "gaussian":
-        from .inference import _both
+    from .inference import _both
 
-        y_fit = y if offset is None else y - np.asarray(offset, dtype=np.float64)
-        est.standard_errors_, est.robust_standard_errors_ = _both(
-            fit.params, X, y_fit, sample_weight)
+    est.standard_errors_, est.robust_standard_errors_ = _both(
+        fit.params, X, y, sample_weight, offset=offset)
     est.log_likelihood_ = fit.log_likelihood
     est.n_iter_ = fit.n_iter
     est.converged_ = fit.converged
@@ -348,11 +342,11 @@ class MoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Log-likelihood per iteration.
     fit_ : MoEFit
         The full result of :func:`fastmoe.fit_moe`.
-    standard_errors_ : MoEParams or None
-        Standard errors from the observed information (Gaussian experts; None
-        for the other families so far).
-    robust_standard_errors_ : MoEParams or None
-        The sandwich estimate (Gaussian experts; None otherwise).
+    standard_errors_ : MoEParams
+        Standard errors from the observed information (:mod:`fastmoe.inference`;
+        Gamma dispersions in dispersion units).
+    robust_standard_errors_ : MoEParams
+        The sandwich estimate, for a misspecified model.
     n_features_in_ : int
         Number of covariates seen by ``fit``.
 

@@ -405,3 +405,47 @@ def family_em(X, y, params, n_iter, offset=None):
                              options={"gtol": 1e-10}).x
             alpha = np.vstack([theta.reshape(K - 1, d + 1), np.zeros(d + 1)])
     return MoEParams.from_aug(alpha, beta, phi, fam)
+
+
+def family_theta(params):
+    """theta of fastmoe._information.family_derivatives: the free gates, the
+    experts, and log phi for a family with a dispersion."""
+    from fastmoe.families import get_family
+
+    alpha, beta = params.gate_aug, params.expert_aug
+    parts = [(alpha[:-1] - alpha[-1]).ravel(), beta.ravel()]
+    if get_family(params.family).has_dispersion:
+        parts.append(np.log(params.expert_var))
+    return np.concatenate(parts)
+
+
+def family_params(theta, like):
+    """The model of ``theta`` (the inverse of family_theta), shaped as ``like``."""
+    from fastmoe import MoEParams
+
+    K, p = like.n_experts, like.n_features + 1
+    alpha = np.zeros((K, p))
+    alpha[:-1] = theta[:(K - 1) * p].reshape(K - 1, p)
+    beta = theta[(K - 1) * p:(2 * K - 1) * p].reshape(K, p)
+    rest = theta[(2 * K - 1) * p:]
+    phi = np.exp(rest) if rest.size else np.ones(K)
+    return MoEParams.from_aug(alpha, beta, phi, like.family)
+
+
+def family_finite_differences(params, X, y, w, offset=None, h=1e-4):
+    """(gradient, Hessian) in family_theta of the weighted log-likelihood
+    (scipy's densities), by central differences."""
+    theta = family_theta(params)
+
+    def ll(t):
+        return float(w @ family_log_likelihood(family_params(t, params), X, y, offset))
+
+    P = theta.size
+    E = np.eye(P) * h
+    grad = np.array([(ll(theta + E[i]) - ll(theta - E[i])) / (2 * h) for i in range(P)])
+    H = np.empty((P, P))
+    for i in range(P):
+        for j in range(i, P):
+            H[i, j] = H[j, i] = (ll(theta + E[i] + E[j]) - ll(theta + E[i] - E[j])
+                                 - ll(theta - E[i] + E[j]) + ll(theta - E[i] - E[j])) / (4 * h * h)
+    return grad, H

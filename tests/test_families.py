@@ -199,9 +199,7 @@ def test_moe_regressor_fits_counts_and_predicts_them():
                                naive.family_log_likelihood(model.params_, X, y), rtol=1e-10)
     assert np.all(model.predict(X) > 0)
     assert model.log_likelihood(X, y) > truth.log_likelihood(X, y)
-    assert model.standard_errors_ is None
-    with pytest.raises(ValueError, match="Gaussian experts only so far"):
-        model.summary()
+    assert np.all(model.standard_errors_.expert_coef > 0)
     # a K=2 mixture is clearly above the Poisson GLM on mixture data
     glm = MoERegressor(1, family="poisson").fit(X, y)
     assert model.bic(X, y) < glm.bic(X, y) - 100
@@ -236,3 +234,52 @@ def test_moe_classifier_speaks_scikit_learns_language():
         model.score_samples(X[:2], ["ham", "eggs"])
     with pytest.raises(ValueError, match="Only binary classification"):
         MoEClassifier(2).fit(X[:3], ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_the_information_matches_finite_differences(family):
+    from fastmoe._information import family_derivatives
+
+    X, y, truth, _ = make_moe_regression(300, 1, 2, family=family, random_state=11)
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.5, 2.0, 300)
+    off = rng.uniform(-0.3, 0.3, 300)
+    # away from the truth, so that the gradient is not near zero
+    params = naive.family_params(naive.family_theta(truth) + 0.1 * rng.standard_normal(
+        naive.family_theta(truth).size), truth)
+    got = family_derivatives(X, y, w, params, off, meat=True)
+    grad, H = naive.family_finite_differences(params, X, y, w, off)
+    np.testing.assert_allclose(got.gradient, grad, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(got.hessian, H, rtol=1e-4, atol=1e-4 * np.abs(H).max())
+    assert got.log_likelihood == pytest.approx(
+        float(w @ naive.family_log_likelihood(params, X, y, off)), rel=1e-12)
+
+
+def test_the_generic_information_is_the_gaussian_one():
+    from fastmoe._information import derivatives, family_derivatives
+
+    X, y, truth, _ = make_moe_regression(500, 2, 3, random_state=12)
+    w = np.random.default_rng(1).uniform(0.5, 2.0, 500)
+    a, b = derivatives(X, y, w, truth, meat=True), family_derivatives(X, y, w, truth, meat=True)
+    np.testing.assert_allclose(b.hessian, a.hessian, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(b.meat, a.meat, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_one_experts_standard_errors_are_statsmodels(family):
+    """With one expert the observed information is the GLM's (statsmodels'
+    bse; for Gamma, whose log link is not canonical, its Newton fit's observed
+    information at the maximum-likelihood shape, not its moment scale)."""
+    sm = pytest.importorskip("statsmodels.api")
+    X, y = _glm_data(family, n=3000, seed=4)
+    model = MoERegressor(1, family=family).fit(X, y)
+    se = model.standard_errors_
+    ours = np.r_[se.expert_intercept, se.expert_coef[0]]
+    fam = _statsmodels_family(family)
+    if family == "gamma":
+        ref = sm.GLM(y, sm.add_constant(X), family=fam).fit(
+            method="newton", tol=1e-13, scale=float(model.expert_var_[0]))
+    else:
+        ref = sm.GLM(y, sm.add_constant(X), family=fam).fit(tol=1e-13)
+    np.testing.assert_allclose(ours, ref.bse, rtol=1e-5)
+    assert "expert 0" in model.summary()
