@@ -106,7 +106,13 @@ def _block(X, y, w, params: MoEParams, meat: bool) -> Derivatives:
     gw, row_ll = np.empty((n, V + K)), np.empty(n)
     derivative_coefficients(X, y, w, params.gate_aug, params.expert_aug, params.expert_var,
                             DVV, DVT, TT, gw, row_ll)
-    Xt = np.column_stack([np.ones(n), X])
+    return _sums(DVV, DVT, TT, gw, float(w @ row_ll), np.column_stack([np.ones(n), X]), meat)
+
+
+def _sums(DVV, DVT, TT, gw, log_likelihood: float, Xt, meat: bool) -> Derivatives:
+    """A row block's Derivatives from its weighted coefficient matrices (see
+    :func:`_assemble`) and weighted scores ``gw`` (n, B)."""
+    V = DVV.shape[1]
     hess = _assemble(DVV, DVT, TT, Xt)
     grad = np.concatenate([(gw[:, :V].T @ Xt).ravel(), gw[:, V:].sum(axis=0)])
     out_meat = None
@@ -114,7 +120,7 @@ def _block(X, y, w, params: MoEParams, meat: bool) -> Derivatives:
         gv, gt = gw[:, :V], gw[:, V:]
         out_meat = _assemble(gv[:, :, None] * gv[:, None, :], gv[:, :, None] * gt[:, None, :],
                              gt.T @ gt, Xt)
-    return Derivatives(float(w @ row_ll), grad, hess, out_meat)
+    return Derivatives(log_likelihood, grad, hess, out_meat)
 
 
 def _assemble(DVV, DVT, TT, Xt) -> np.ndarray:
@@ -196,15 +202,8 @@ def _family_block(X, y, w, off, params: MoEParams, fam, meat: bool) -> Derivativ
     D -= g[:, :, None] * g[:, None, :]
     D[:, :J, :J] -= pi[:, :J, None] * (np.eye(J)[None] - pi[:, None, :J])
     D *= w[:, None, None]
-    hess = _assemble(D[:, :V, :V], D[:, :V, V:], D[:, V:, V:].sum(axis=0), Xt)
-    gw = g * w[:, None]
-    grad = np.concatenate([(gw[:, :V].T @ Xt).ravel(), gw[:, V:].sum(axis=0)])
-    out_meat = None
-    if meat:
-        gv, gt = gw[:, :V], gw[:, V:]
-        out_meat = _assemble(gv[:, :, None] * gv[:, None, :], gv[:, :, None] * gt[:, None, :],
-                             gt.T @ gt, Xt)
-    return Derivatives(float(w @ row_ll), grad, hess, out_meat)
+    return _sums(D[:, :V, :V], D[:, :V, V:], D[:, V:, V:].sum(axis=0), g * w[:, None],
+                 float(w @ row_ll), Xt, meat)
 
 
 def origin_jacobian(delta: np.ndarray, K: int) -> np.ndarray:

@@ -67,6 +67,22 @@ def _log_gates(alpha, U, i, out):
 
 
 @jit_serial
+def _normalise_row(R, i):
+    """R[i] <- softmax(R[i]); returns the log of the sum of exp(R[i])."""
+    K = R.shape[1]
+    top = -np.inf
+    for k in range(K):
+        top = max(top, R[i, k])
+    tot = 0.0
+    for k in range(K):
+        R[i, k] = math.exp(R[i, k] - top)
+        tot += R[i, k]
+    for k in range(K):
+        R[i, k] /= tot
+    return top + math.log(tot)
+
+
+@jit_serial
 def _e_step(U, v, alpha, beta, var, R):
     """R (n, K) posteriors at the parameters; returns the log-likelihood."""
     n, d = U.shape
@@ -75,21 +91,13 @@ def _e_step(U, v, alpha, beta, var, R):
     ll = 0.0
     for i in range(n):
         _log_gates(alpha, U, i, lp)
-        cmax = -np.inf
         for k in range(K):
             m = beta[k, 0]
             for j in range(d):
                 m += beta[k, j + 1] * U[i, j]
             e = v[i] - m
             R[i, k] = lp[k] - 0.5 * (_LOG_2PI + math.log(var[k]) + e * e / var[k])
-            cmax = max(cmax, R[i, k])
-        csum = 0.0
-        for k in range(K):
-            R[i, k] = math.exp(R[i, k] - cmax)
-            csum += R[i, k]
-        for k in range(K):
-            R[i, k] /= csum
-        ll += cmax + math.log(csum)
+        ll += _normalise_row(R, i)
     return ll
 
 
@@ -197,19 +205,12 @@ def _fit_one(U, v, gate_dirs, max_iter, tol, var_floor, alpha_out, beta_out, var
         # the experts fitted on the soft regions of random gates, EM from
         # uniform gates (fastmoe._em._random_regions)
         for i in range(n):
-            top = -np.inf
             for k in range(K):
                 t = 0.0
                 for j in range(d):
                     t += gate_dirs[s, k, j] * U[i, j]
                 R[i, k] = t
-                top = max(top, t)
-            tot = 0.0
-            for k in range(K):
-                R[i, k] = math.exp(R[i, k] - top)
-                tot += R[i, k]
-            for k in range(K):
-                R[i, k] /= tot
+            _normalise_row(R, i)
         alpha = np.zeros((K, p))
         beta = np.zeros((K, p))
         var = np.ones(K)
