@@ -51,9 +51,10 @@ autosummary_ignore_module_all = False
 # named tuples
 autodoc_default_options = {"members": True,
                            "inherited-members": "BaseEstimator, RegressorMixin, "
-                           "BaseException, tuple, object",
+                           "ClassifierMixin, BaseException, tuple, object",
                            "exclude-members": "set_fit_request, set_score_request, "
-                           "set_predict_request, score, get_metadata_routing"}
+                           "set_predict_request, set_predict_proba_request, score, "
+                           "get_metadata_routing"}
 autodoc_typehints = "none"
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
