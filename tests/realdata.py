@@ -17,6 +17,9 @@ cpssw8     61 395    log hourly         age, education, gender (3)      region (
                      earnings
 doctor-    5 190     doctor visits in   age, income, illness, reduced   gender (2)
 visits               two weeks (count)  activity days, health score (5)
+credit-    1 319     credit card        age, income, derogatory         owner (2)
+card                 granted (0/1)      reports, months at address,
+                                        active accounts (5)
 =========  ========  =================  ==============================  =========
 """
 
@@ -37,11 +40,14 @@ _R_SOURCES = {
     "cps1988": ("AER", 'local({data("CPS1988", package = "AER"); CPS1988})'),
     "cpssw8": ("AER", 'local({data("CPSSW8", package = "AER"); CPSSW8})'),
     "doctorvisits": ("AER", 'local({data("DoctorVisits", package = "AER"); DoctorVisits})'),
+    "creditcard": ("AER", 'local({data("CreditCard", package = "AER"); CreditCard})'),
 }
 #: the tables of a real response (Gaussian experts)
 TABLES = ("diamonds", "cps1988", "cpssw8")
 #: the tables of counts (Poisson experts)
 COUNT_TABLES = ("doctorvisits",)
+#: the tables of a binary response (Bernoulli experts)
+BINARY_TABLES = ("creditcard",)
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,10 @@ def load(name: str) -> Table | None:
                              np.array(col("smsa")) == "yes",
                              np.array(col("parttime")) == "yes"]).astype(float)
         y, group = np.log(num("wage")), col("region")
+    elif name == "creditcard":
+        X = np.column_stack([num("age"), num("income"), num("reports"), num("months"),
+                             num("active")])
+        y, group = (np.array(col("card")) == "yes").astype(float), col("owner")
     elif name == "doctorvisits":
         X = np.column_stack([num("age"), num("income"), num("illness"), num("reduced"),
                              num("health")])
