@@ -142,6 +142,32 @@ def _assemble(DVV, DVT, TT, Xt) -> np.ndarray:
     return out
 
 
+def family_theta_of(params: MoEParams) -> np.ndarray:
+    """theta of :func:`family_derivatives`: the free gates, the experts'
+    coefficients and, for a family with a dispersion, log phi."""
+    alpha, beta = params.gate_aug, params.expert_aug
+    parts = [(alpha[:-1] - alpha[-1]).ravel(), beta.ravel()]
+    if get_family(params.family).has_dispersion:
+        parts.append(np.log(params.expert_var))
+    return np.concatenate(parts)
+
+
+#: the log dispersions a step may reach (a Gamma shape in [1e-8, 1e8])
+_LOG_PHI = 18.42
+
+
+def family_params_of(theta: np.ndarray, like: MoEParams) -> MoEParams:
+    """The model of ``theta`` (:func:`family_theta_of`'s inverse), with the
+    shape and family of ``like``; log dispersions kept within +-_LOG_PHI."""
+    K, p = like.n_experts, like.n_features + 1
+    alpha = np.zeros((K, p))
+    alpha[:-1] = theta[:(K - 1) * p].reshape(K - 1, p)
+    beta = theta[(K - 1) * p:(2 * K - 1) * p].reshape(K, p)
+    rest = theta[(2 * K - 1) * p:]
+    phi = np.exp(np.clip(rest, -_LOG_PHI, _LOG_PHI)) if rest.size else np.ones(K)
+    return MoEParams.from_aug(alpha, beta, phi, like.family)
+
+
 def family_derivatives(X, y, w, params: MoEParams, offset=None, *,
                        meat: bool = False) -> Derivatives:
     """:func:`derivatives` for experts of any family (fastmoe.families), by

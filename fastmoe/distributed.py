@@ -34,6 +34,7 @@ from ._validation import (
     check_random_state,
 )
 from .exceptions import ConvergenceWarning, ExclusionLimitError, ShardError
+from .families import get_family
 from .io import read_npy, read_table
 from .machine import SUPPORTS, fit_local, recheck_local, round_statistics
 from .moe import _MoEPredictMixin
@@ -117,6 +118,9 @@ AUTO_REFINE_MM_TOL = 1e-6
 #: the machines' own models the first round evaluates besides the one-shot
 #: aggregate (each costs every machine one pass over its rows)
 ROUND_STARTS = 16
+#: experts of families without a reduction: the server fits the messages from
+#: the models of this many of the largest shards
+FAMILY_SERVER_STARTS = 4
 
 
 def _check_refine_rounds(value):
@@ -205,10 +209,16 @@ def rows_inconsistent(parts, own) -> dict:
 
 def _standard_errors(params, stats):
     """Standard errors of ``params`` from the machines' summed statistics at
-    it (their Hessian, at the origin of their pooled mean)."""
+    it (their Hessian, at the origin of their pooled mean; for experts of
+    other families, at the covariates' origin)."""
+    from ._frame import Frame
     from ._information import covariance
     from .inference import errors_in_units
 
+    if params.family != "gaussian":
+        d = params.n_features
+        return errors_in_units(Frame(np.zeros(d), np.ones(d)), params,
+                               covariance(stats.derivatives.hessian))
     stats, frame, local = stats.at_own_mean(params)
     return errors_in_units(frame, local, covariance(stats.derivatives.hessian))
 
@@ -297,6 +307,16 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Number of global experts K (and of every local fit).
     n_machines : int, default=4
         Shards ``fit(X, y)`` splits the rows into (ignored by ``fit_shards``).
+    family : {"gaussian", "poisson", "bernoulli", "gamma"}, default="gaussian"
+        The experts' family (:mod:`fastmoe.families`). Gaussian experts take
+        the path described here. Experts of the other families have no
+        optimal-transport reduction yet: the server starts from its own fit
+        to the messages (:func:`fastmoe.server.message_fit`, EM from the
+        largest shard's model on responses each machine's model draws at its
+        covariate sample), and the refinement rounds, which such a fit always
+        runs, take Newton and trust-region steps on the machines' summed
+        log-likelihood derivatives (no EM step: their experts' M-step has no
+        closed form). ``aggregation_`` is then None.
     cost : {"kl", "w2"}, default="kl"
         The cost between Gaussian experts in the transport divergence.
     n_support : int, default=1000
@@ -499,7 +519,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         the two halves, for machines fastmoe does not drive.
     """
 
-    def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
+    def __init__(self, n_experts=2, n_machines=4, *, family="gaussian", cost="kl", n_support=1000,
                  max_support="auto", support="sample", backend="local", n_jobs=None, client=None,
                  on_shard_error="raise", max_iter=_EM.max_iter, tol=_EM.tol, n_init="auto",
                  init=_EM.init, init_iter=_EM.init_iter, reg_var=_EM.reg_var,
@@ -511,6 +531,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                  random_state=None, n_threads=None, verbose=0):
         self.n_experts = n_experts
         self.n_machines = n_machines
+        self.family = family
         self.cost = cost
         self.n_support = n_support
         self.max_support = max_support
@@ -662,7 +683,11 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         plan = self._plan(len(shards))
         fitted, messages, failed = self._fit_locals(shards, rng, plan)
         first_fit_times = np.array([m.fit_time for m in messages])
-        agg, reduction_time = self._one_shot(shards, fitted, messages, rng, plan)
+        if plan.options["family"] == "gaussian":
+            agg, reduction_time = self._one_shot(shards, fitted, messages, rng, plan)
+        else:  # no reduction for these experts: the rounds start from the messages
+            agg, reduction_time = None, 0.0
+            self.rechecked_shards_, self.recheck_time_ = [], 0.0
         refinement, inconsistent = self._rounds(shards, fitted, messages, agg, rng, plan)
         self._record(agg, refinement, inconsistent, fitted, messages, failed, plan)
         self.local_fit_times_ = first_fit_times
@@ -700,7 +725,13 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         else:  # a Dask worker's own core
             n_jobs, threads = 1, resolve_threads(self.n_threads or 1)
         tol = check_float(self.tol, "tol", 0.0, inclusive=True)
-        options = dict(n_support=self.n_support, support=self.support, max_iter=self.max_iter,
+        family = get_family(self.family).name
+        if family != "gaussian" and not rounds:
+            raise ValueError(f"refine_rounds=0 (the one-shot estimator) needs the "
+                             f"optimal-transport reduction, which serves Gaussian experts "
+                             f"only; family={family!r} needs refinement rounds.")
+        options = dict(family=family, n_support=self.n_support, support=self.support,
+                       max_iter=self.max_iter,
                        tol=tol * M, n_init=self.n_init, init=self.init,
                        init_iter=self.init_iter, reg_var=self.reg_var,
                        gate_penalty=self.gate_penalty, penalty=self.penalty,
@@ -812,16 +843,25 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         # the first round also tries the server's own fit to the trusted
         # machines' messages, and their own models, the largest shards' first
         # (ROUND_STARTS at most)
-        kept = [j for j in range(len(fitted)) if j not in agg.inconsistent]
+        kept = [j for j in range(len(fitted)) if agg is None or j not in agg.inconsistent]
         trusted = [fitted[j] for j in kept]
-        t0 = time.perf_counter()
-        start = message_fit([messages[j] for j in kept], agg.params, random_state=rng,
-                            n_threads=plan.threads)
-        self.start_time_ = time.perf_counter() - t0
+        # without a reduction (experts of other families) the largest shard's
+        # model is the start of the server's fit, and the rounds' first start
+        first = agg.params if agg is not None else \
+            messages[max(kept, key=lambda j: messages[j].n)].params
         own = sorted(kept, key=lambda j: -messages[j].n)[:ROUND_STARTS]
-        alternatives = [start] * (start is not None) + [messages[j].params for j in own]
+        # without a reduction, the server's fit from each of the largest
+        # shards' models (FAMILY_SERVER_STARTS): their likelihoods have several
+        # optima, and the rounds' Newton steps climb the nearest
+        inits = [first] if agg is not None else \
+            [messages[j].params for j in own[:FAMILY_SERVER_STARTS]]
+        t0 = time.perf_counter()
+        starts = [message_fit([messages[j] for j in kept], init, random_state=rng,
+                              n_threads=plan.threads) for init in inits]
+        self.start_time_ = time.perf_counter() - t0
+        alternatives = [s for s in starts if s is not None] + [messages[j].params for j in own]
         refinement, self.round_statistics_ = self._refine(
-            agg.params, [(i, shards[i]) for i in trusted], plan.rounds, plan.n_jobs,
+            first, [(i, shards[i]) for i in trusted], plan.rounds, plan.n_jobs,
             plan.threads, plan.tol, alternatives=alternatives)
         own = {i: messages[j].meta.get("log_likelihood") for j, i in enumerate(fitted)}
         inconsistent = rows_inconsistent(self.round_statistics_, own)
@@ -845,7 +885,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             self._set_params_attributes(agg.params)
             self.refine_history_ = []
         self.aggregation_ = agg
-        self.n_iter_ = int(agg.n_iter)
+        self.n_iter_ = 0 if agg is None else int(agg.n_iter)
         self.messages_ = messages
         self.local_models_ = [m.params for m in messages]
         self.shard_sizes_ = np.array([m.n + m.heldout_n for m in messages])

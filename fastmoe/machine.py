@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from . import engine
 from ._em import LOCAL_GATE_PENALTY, duplicate_pair, fit_moe
+from ._information import Derivatives, family_derivatives
 from ._params import MoEParams
 from ._validation import check_choice, check_float, check_int, check_random_state, check_X_y
 from .health import DIVERGED_GATE_SLOPE, steepest_gate_slope
@@ -147,6 +148,8 @@ def _doubt(fit, moments) -> str | None:
     covariates' ``moments``)."""
     if not fit.converged:
         return "EM did not converge"
+    if fit.params.family != "gaussian":  # the duplicate test is the Gaussian KL's
+        return None
     pair = duplicate_pair(fit.params.expert_aug, fit.params.expert_var, moments)
     if pair is not None:
         return f"experts {pair[1]} and {pair[0]} are near-duplicates (KL {pair[2]:.3g})"
@@ -276,8 +279,44 @@ def round_statistics(X, y, params, *, n_threads: int | None = None) -> RoundStat
 
     Returns
     -------
-    StepStatistics
-        Additive over machines: ``+`` sums them.
+    StepStatistics or FamilyStatistics
+        Additive over machines: ``+`` sums them. For experts of a family
+        other than Gaussian, the log-likelihood and its derivatives alone
+        (:class:`FamilyStatistics`: such experts have no closed-form EM
+        step to send statistics for).
     """
+    if params.family != "gaussian":
+        X, y, w = check_X_y(X, y, n_features=params.n_features)
+        der = family_derivatives(X, y, w, params)
+        return FamilyStatistics(X.shape[0], der.log_likelihood, der)
     return engine.step_statistics(X, y, params, n_threads=n_threads, derivatives=True)
+
+
+@dataclass(frozen=True)
+class FamilyStatistics:
+    """A machine's half of a refinement round for experts of a family other
+    than Gaussian: its rows, their log-likelihood at the global model, and
+    the log-likelihood's gradient and Hessian in
+    ``fastmoe._information.family_theta_of`` (at the origin of the
+    covariates). Additive: ``a + b`` adds two machines'.
+
+    Attributes
+    ----------
+    n : int
+        The rows.
+    log_likelihood : float
+        Their log-likelihood.
+    derivatives : Derivatives
+        Its gradient and Hessian.
+    """
+
+    n: int
+    log_likelihood: float
+    derivatives: Derivatives
+
+    def __add__(self, other):  # noqa: D105
+        if not isinstance(other, FamilyStatistics):
+            return NotImplemented
+        return FamilyStatistics(self.n + other.n, self.log_likelihood + other.log_likelihood,
+                                self.derivatives + other.derivatives)
 

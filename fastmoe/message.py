@@ -141,7 +141,6 @@ class LocalMessage:
             raise ValueError(f"message params must be MoEParams; got "
                              f"{type(self.params).__name__}.")
         p = self.params
-        p.require_gaussian("a LocalMessage (the distributed protocol)")
         K, d = p.n_experts, p.n_features
         if K > MAX_EXPERTS or d > MAX_FEATURES:
             raise ValueError(f"message model has {K} experts on {d} covariates; at most "

@@ -54,7 +54,7 @@ import numpy as np
 from . import engine
 from ._em import fit_moe
 from ._gating import newton_direction
-from ._information import params_of, theta_of
+from ._information import family_params_of, family_theta_of, params_of, theta_of
 from ._params import MoEParams
 from ._validation import check_bool, check_choice, check_float, check_int, check_random_state
 from .aggregation import AggregationResult, aggregate, divergence_matrix
@@ -601,7 +601,11 @@ def candidates(params: MoEParams, stats: engine.StepStatistics, radius: float,
     step is no longer than ``radius`` (near the optimum), only it and EM's
     step: a round then costs the machines two evaluations, not nine. Where
     the information is indefinite (no Newton step), also the saddle-free
-    Newton step times SADDLE_FREE."""
+    Newton step times SADDLE_FREE. Experts of a family other than Gaussian
+    have no closed-form EM step: their rounds try the other steps alone
+    (:func:`_family_candidates`)."""
+    if params.family != "gaussian":
+        return _family_candidates(params, stats, radius)
     out = []
     em = propose(params, stats, reg_var=reg_var, use_em=True)[0]
     if stats.derivatives is not None:
@@ -620,6 +624,34 @@ def candidates(params: MoEParams, stats: engine.StepStatistics, radius: float,
     for factor in (overrelax, 2 * overrelax):
         out.append((params_of(start + factor * direction, params.n_features, params.n_experts),
                     f"em x{factor:g}", np.nan, np.nan, factor))
+    return out
+
+
+def _family_candidates(params: MoEParams, stats, radius: float) -> list:
+    """:func:`candidates` for experts of a family other than Gaussian: the
+    Newton step, trust-region steps and, where the information is
+    indefinite, saddle-free steps, in ``family_theta_of`` (the statistics'
+    derivatives are at the origin of the covariates)."""
+    der = stats.derivatives
+    theta = family_theta_of(params)
+
+    def model(step):
+        return family_params_of(theta + step, params)
+
+    out = []
+    step, gain, length = trust_step(der.gradient, der.hessian, None)
+    if step is not None:
+        out.append((model(step), "newton", gain, length, np.nan))
+        if length <= radius:
+            return out
+    for r in radius * RADII:
+        step_r, gain_r, length_r = trust_step(der.gradient, der.hessian, r)
+        out.append((model(step_r), "trust", gain_r, length_r, np.nan))
+    if step is None:
+        for f in SADDLE_FREE:
+            s = f * saddle_free_step(der.gradient, der.hessian)
+            gain_f = float(der.gradient @ s + 0.5 * s @ (der.hessian @ s))
+            out.append((model(s), f"saddle-free x{f:g}", gain_f, np.nan, np.nan))
     return out
 
 
@@ -983,7 +1015,7 @@ def message_fit(messages, start: MoEParams, *, random_state=None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a start: the rounds judge it
             return fit_moe(np.vstack(parts), y, start.n_experts, sample_weight=w, init=start,
-                           max_iter=MESSAGE_FIT_ITER, random_state=rng,
+                           max_iter=MESSAGE_FIT_ITER, random_state=rng, family=start.family,
                            n_threads=n_threads).params
     except (ValueError, FloatingPointError):
         return None
@@ -999,6 +1031,8 @@ def _adapt(options, results, radius: float, overrelax: float):
     if steps:
         radius = max(float(options[max(steps, key=ll.__getitem__)][3]), 1e-6)
     em = [i for i, o in enumerate(options) if np.isfinite(o[4])]
+    if not em:  # experts without an EM step (fastmoe.families)
+        return radius, overrelax
     factor = options[max(em, key=ll.__getitem__)][4]
     if factor > overrelax:
         return radius, 2 * overrelax
