@@ -28,6 +28,7 @@ _PUBLIC = {
     "naive_average": "baselines",
     "transport_divergence": "aggregation",
     "DistributedMoERegressor": "distributed",
+    "DistributedMoEClassifier": "distributed",
     "LocalMessage": "message",
     "aggregate_messages": "server",
     "fit_local": "machine",

@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import validate_data
 
 from . import _backends, _kernels
@@ -37,10 +37,10 @@ from .exceptions import ConvergenceWarning, ExclusionLimitError, ShardError
 from .families import get_family
 from .io import read_npy, read_table
 from .machine import SUPPORTS, fit_local, recheck_local, round_statistics
-from .moe import _MoEPredictMixin
+from .moe import _BinaryMixin, _MoEPredictMixin
 from .server import MAX_ROUNDS, aggregate_messages, message_fit, refine
 
-__all__ = ["DistributedMoERegressor"]
+__all__ = ["DistributedMoERegressor", "DistributedMoEClassifier"]
 
 # ----------------------------------------------------------------------------
 # shards
@@ -924,3 +924,82 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         if health["warnings"]:
             warnings.warn("aggregation health: " + "; ".join(health["warnings"])
                           + ". See aggregation_.report().", UserWarning, stacklevel=4)
+
+
+class DistributedMoEClassifier(_BinaryMixin, ClassifierMixin, DistributedMoERegressor):
+    """The distributed fit of a mixture of logistic-regression experts for a
+    binary response: :class:`DistributedMoERegressor` with Bernoulli experts
+    (``family="bernoulli"``), labels in and out as :class:`fastmoe.MoEClassifier`'s.
+
+    ``fit(X, y)`` takes any two labels; ``fit_shards`` takes shards whose
+    responses are 0 and 1 (``classes_`` is then [0, 1]).
+    """
+
+    family = "bernoulli"  # not a parameter: the experts of a binary response
+
+    def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
+                 max_support="auto", support="sample", backend="local", n_jobs=None, client=None,
+                 on_shard_error="raise", max_iter=_EM.max_iter, tol=_EM.tol, n_init="auto",
+                 init=_EM.init, init_iter=_EM.init_iter, reg_var=_EM.reg_var,
+                 gate_penalty="auto", penalty=_EM.penalty, l1_strength=_EM.l1_strength,
+                 gate_steps=_EM.gate_steps, split_merge=_EM.split_merge, agg_init="aligned",
+                 agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
+                 exclude_failed=True, max_excluded=0.05, recheck_suspects=True, robust=False,
+                 refine_rounds="auto", shard_timeout=None,
+                 random_state=None, n_threads=None, verbose=0):
+        options = dict(locals())  # every parameter, stored as given (scikit-learn's rule)
+        options.pop("self")
+        options.pop("__class__", None)
+        for name, value in options.items():
+            setattr(self, name, value)
+
+    def fit(self, X, y):
+        """Split the rows at random into ``n_machines`` shards and fit them.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        y : array-like of shape (n,)
+            Two labels (any two values).
+
+        Returns
+        -------
+        DistributedMoEClassifier
+            The fitted estimator (self).
+        """
+        events = self._set_classes(np.asarray(y))
+        return super().fit(X, events)
+
+    def fit_shards(self, shards):
+        """Fit shards the user already has, one per machine, whose responses
+        are 0 and 1 (see :meth:`DistributedMoERegressor.fit_shards`).
+
+        Parameters
+        ----------
+        shards : sequence
+            As for :meth:`DistributedMoERegressor.fit_shards`.
+
+        Returns
+        -------
+        DistributedMoEClassifier
+            The fitted estimator (self).
+        """
+        self.classes_ = np.array([0.0, 1.0])
+        return super().fit_shards(shards)
+
+
+def _classifier_doc() -> str:
+    """The classifier's docstring: its own summary, then the regressor's
+    parameters and attributes less ``family``."""
+    doc = DistributedMoERegressor.__doc__
+    params = doc[doc.index("    Parameters\n"):]
+    start = params.index("    family : ")
+    end = params.index("\n    cost : ", start)
+    params = params[:start] + params[end + 1:]
+    if "    Examples\n" in params:
+        params = params[:params.index("    Examples\n")]
+    return DistributedMoEClassifier.__doc__.rstrip() + "\n\n" + params
+
+
+DistributedMoEClassifier.__doc__ = _classifier_doc()

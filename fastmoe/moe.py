@@ -404,96 +404,29 @@ class MoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         return _fit_em(self, X, y, sample_weight, family, offset)
 
 
-class MoEClassifier(_MoEPredictMixin, ClassifierMixin, BaseEstimator):
-    """Softmax-gated mixture of logistic-regression experts for a binary
-    response, fitted by EM (Bernoulli experts, :mod:`fastmoe.families`).
-
-    ``predict_proba(X)`` gives the class probabilities sum_k pi_k(x)
-    mu_k(x) of ``classes_``, as scikit-learn's classifiers do; the experts'
-    posteriors are :meth:`predict_posterior`.
-
-    Parameters
-    ----------
-    n_experts : int, default=2
-        Number of experts K.
-    max_iter : int, default=2000
-        EM iterations at most per start.
-    tol : float, default=1e-7
-        Stop when the log-likelihood changes by less than ``tol * |loglik|``.
-    n_init : int, default=1
-        Starts; the best log-likelihood is kept.
-    init : {"random", "kmeans"} or MoEParams, default="random"
-        See :func:`fastmoe.fit_moe` (a MoEParams of Bernoulli experts).
-    init_iter : int or None, default=20
-        With n_init > 1, EM iterations of every start before only the best
-        goes on; None: every start to the end.
-    gate_penalty : float, default=0.0
-        Ridge penalty on the gate slopes in standard-deviation units; 0 is
-        the plain MLE.
-    gate_steps : int, default=1
-        Newton steps on the gates per EM iteration.
-    random_state : None, int or numpy Generator, default=None
-        Seeds the starts; the fit is reproducible from it.
-    n_threads : int, optional
-        Threads of the compiled kernels (None: all cores).
-
-    Attributes
-    ----------
-    classes_ : ndarray of shape (2,)
-        The two labels; the second is the event the experts model (y = 1).
-    params_ : MoEParams
-        The fitted model (``family="bernoulli"``).
-    gate_coef_ : ndarray of shape (K, d)
-        Gate slopes (the last gate is the zero reference).
-    gate_intercept_ : ndarray of shape (K,)
-        Gate intercepts.
-    expert_coef_ : ndarray of shape (K, d)
-        Expert slopes (log-odds of ``classes_[1]``).
-    expert_intercept_ : ndarray of shape (K,)
-        Expert intercepts (log-odds).
-    log_likelihood_ : float
-        Training log-likelihood.
-    n_iter_ : int
-        EM iterations of the kept start.
-    converged_ : bool
-        Whether EM met ``tol`` within ``max_iter``.
-    history_ : ndarray of shape (n_iter + 1,)
-        Log-likelihood per iteration.
-    fit_ : MoEFit
-        The full result of :func:`fastmoe.fit_moe`.
-    n_features_in_ : int
-        Number of covariates seen by ``fit``.
-
-    Examples
-    --------
-    >>> from fastmoe import MoEClassifier
-    >>> from fastmoe.datasets import make_moe_regression
-    >>> X, y, _, _ = make_moe_regression(3000, 2, 2, family="bernoulli", random_state=0)
-    >>> model = MoEClassifier(n_experts=2, random_state=0).fit(X, y)
-    >>> model.predict_proba(X[:3]).shape
-    (3, 2)
-    """
-
-    def __init__(self, n_experts=2, *, max_iter=_EM.max_iter, tol=_EM.tol, n_init=_EM.n_init,
-                 init=_EM.init, init_iter=_EM.init_iter, gate_penalty=_EM.gate_penalty,
-                 gate_steps=_EM.gate_steps, random_state=None, n_threads=None):
-        self.n_experts = n_experts
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_init = n_init
-        self.init = init
-        self.init_iter = init_iter
-        self.gate_penalty = gate_penalty
-        self.gate_steps = gate_steps
-        self.random_state = random_state
-        self.n_threads = n_threads
-
-    reg_var = _EM.reg_var  # not a parameter: Bernoulli experts have no variance
+class _BinaryMixin:
+    """The label handling of the binary classifiers (Bernoulli experts):
+    ``classes_``, class probabilities, labels in and out."""
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = False
+        tags.regressor_tags = None
         return tags
+
+    def _set_classes(self, y) -> np.ndarray:
+        """``classes_`` from the labels y (exactly two); the events (y = classes_[1])."""
+        from sklearn.utils.multiclass import type_of_target
+
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
+        if kind != "binary":
+            raise ValueError(f"Only binary classification is supported ({type(self).__name__} "
+                             f"needs exactly two classes); the type of the target is {kind}.")
+        self.classes_ = np.unique(y)
+        if self.classes_.size != 2:
+            raise ValueError(f"Only binary classification is supported ({type(self).__name__} "
+                             "needs exactly two classes); y has 1 class.")
+        return self._events(y)
 
     def _events(self, y) -> np.ndarray:
         """(n,) 1.0 where y is ``classes_[1]``, 0.0 where it is ``classes_[0]``."""
@@ -503,38 +436,6 @@ class MoEClassifier(_MoEPredictMixin, ClassifierMixin, BaseEstimator):
         if not np.all(known):
             raise ValueError(f"y holds labels outside classes_ {self.classes_.tolist()}.")
         return (y == self.classes_[1]).astype(np.float64)
-
-    def fit(self, X, y, sample_weight=None, offset=None):
-        """Fit by EM.
-
-        Parameters
-        ----------
-        X : array-like of shape (n, d)
-            Covariates.
-        y : array-like of shape (n,)
-            Two labels (any two values).
-        sample_weight : array-like of shape (n,), optional
-            Non-negative weights of the rows (default ones).
-        offset : array-like of shape (n,), optional
-            A known term added to every expert's log-odds.
-
-        Returns
-        -------
-        MoEClassifier
-            The fitted estimator (self).
-        """
-        from sklearn.utils.multiclass import type_of_target
-
-        X, y = validate_data(self, X, y, dtype=np.float64)
-        kind = type_of_target(y, input_name="y", raise_unknown=True)
-        if kind != "binary":
-            raise ValueError("Only binary classification is supported (MoEClassifier needs "
-                             f"exactly two classes); the type of the target is {kind}.")
-        self.classes_ = np.unique(y)
-        if self.classes_.size != 2:
-            raise ValueError("Only binary classification is supported (MoEClassifier needs "
-                             "exactly two classes); y has 1 class.")
-        return _fit_em(self, X, self._events(y), sample_weight, "bernoulli", offset)
 
     def predict_proba(self, X, offset=None) -> np.ndarray:
         """(n, 2) class probabilities, in the order of ``classes_``.
@@ -633,3 +534,113 @@ class MoEClassifier(_MoEPredictMixin, ClassifierMixin, BaseEstimator):
         y, experts = super().sample(X, random_state, offset)
         check_is_fitted(self, "classes_")
         return self.classes_[y.astype(int)], experts
+
+
+class MoEClassifier(_BinaryMixin, _MoEPredictMixin, ClassifierMixin, BaseEstimator):
+    """Softmax-gated mixture of logistic-regression experts for a binary
+    response, fitted by EM (Bernoulli experts, :mod:`fastmoe.families`).
+
+    ``predict_proba(X)`` gives the class probabilities sum_k pi_k(x)
+    mu_k(x) of ``classes_``, as scikit-learn's classifiers do; the experts'
+    posteriors are :meth:`predict_posterior`.
+
+    Parameters
+    ----------
+    n_experts : int, default=2
+        Number of experts K.
+    max_iter : int, default=2000
+        EM iterations at most per start.
+    tol : float, default=1e-7
+        Stop when the log-likelihood changes by less than ``tol * |loglik|``.
+    n_init : int, default=1
+        Starts; the best log-likelihood is kept.
+    init : {"random", "kmeans"} or MoEParams, default="random"
+        See :func:`fastmoe.fit_moe` (a MoEParams of Bernoulli experts).
+    init_iter : int or None, default=20
+        With n_init > 1, EM iterations of every start before only the best
+        goes on; None: every start to the end.
+    gate_penalty : float, default=0.0
+        Ridge penalty on the gate slopes in standard-deviation units; 0 is
+        the plain MLE.
+    gate_steps : int, default=1
+        Newton steps on the gates per EM iteration.
+    random_state : None, int or numpy Generator, default=None
+        Seeds the starts; the fit is reproducible from it.
+    n_threads : int, optional
+        Threads of the compiled kernels (None: all cores).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,)
+        The two labels; the second is the event the experts model (y = 1).
+    params_ : MoEParams
+        The fitted model (``family="bernoulli"``).
+    gate_coef_ : ndarray of shape (K, d)
+        Gate slopes (the last gate is the zero reference).
+    gate_intercept_ : ndarray of shape (K,)
+        Gate intercepts.
+    expert_coef_ : ndarray of shape (K, d)
+        Expert slopes (log-odds of ``classes_[1]``).
+    expert_intercept_ : ndarray of shape (K,)
+        Expert intercepts (log-odds).
+    log_likelihood_ : float
+        Training log-likelihood.
+    n_iter_ : int
+        EM iterations of the kept start.
+    converged_ : bool
+        Whether EM met ``tol`` within ``max_iter``.
+    history_ : ndarray of shape (n_iter + 1,)
+        Log-likelihood per iteration.
+    fit_ : MoEFit
+        The full result of :func:`fastmoe.fit_moe`.
+    n_features_in_ : int
+        Number of covariates seen by ``fit``.
+
+    Examples
+    --------
+    >>> from fastmoe import MoEClassifier
+    >>> from fastmoe.datasets import make_moe_regression
+    >>> X, y, _, _ = make_moe_regression(3000, 2, 2, family="bernoulli", random_state=0)
+    >>> model = MoEClassifier(n_experts=2, random_state=0).fit(X, y)
+    >>> model.predict_proba(X[:3]).shape
+    (3, 2)
+    """
+
+    def __init__(self, n_experts=2, *, max_iter=_EM.max_iter, tol=_EM.tol, n_init=_EM.n_init,
+                 init=_EM.init, init_iter=_EM.init_iter, gate_penalty=_EM.gate_penalty,
+                 gate_steps=_EM.gate_steps, random_state=None, n_threads=None):
+        self.n_experts = n_experts
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init = init
+        self.init_iter = init_iter
+        self.gate_penalty = gate_penalty
+        self.gate_steps = gate_steps
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    reg_var = _EM.reg_var  # not a parameter: Bernoulli experts have no variance
+
+    def fit(self, X, y, sample_weight=None, offset=None):
+        """Fit by EM.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+            Covariates.
+        y : array-like of shape (n,)
+            Two labels (any two values).
+        sample_weight : array-like of shape (n,), optional
+            Non-negative weights of the rows (default ones).
+        offset : array-like of shape (n,), optional
+            A known term added to every expert's log-odds.
+
+        Returns
+        -------
+        MoEClassifier
+            The fitted estimator (self).
+        """
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        events = self._set_classes(y)
+        return _fit_em(self, X, events, sample_weight, "bernoulli", offset)

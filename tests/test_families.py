@@ -328,3 +328,24 @@ def test_the_one_shot_estimator_needs_gaussian_experts():
     X, y, _, _ = make_moe_regression(2000, 2, 2, family="poisson", random_state=0)
     with pytest.raises(ValueError, match="needs refinement rounds"):
         DistributedMoERegressor(2, family="poisson", refine_rounds=0, backend="serial").fit(X, y)
+
+
+def test_the_distributed_classifier_speaks_labels():
+    from sklearn.base import clone
+
+    from fastmoe import DistributedMoEClassifier
+
+    X, y, _, _ = make_moe_regression(12000, 3, 2, family="bernoulli", random_state=0)
+    labels = np.where(y > 0, "yes", "no")
+    dist = DistributedMoEClassifier(2, n_machines=8, backend="serial", random_state=0)
+    assert "family" not in dist.get_params() and clone(dist).get_params() == dist.get_params()
+    dist.fit(X, labels)
+    central = MoEClassifier(2, random_state=0).fit(X, labels)
+    assert dist.classes_.tolist() == ["no", "yes"]
+    assert dist.predict_proba(X[:4]).shape == (4, 2)
+    assert set(dist.predict(X)) <= {"no", "yes"}
+    gap = dist.score_samples(X, labels).mean() - central.score_samples(X, labels).mean()
+    assert abs(gap) < 0.005
+    shards = [(X[i::4], y[i::4]) for i in range(4)]
+    again = DistributedMoEClassifier(2, backend="serial", random_state=0).fit_shards(shards)
+    assert again.classes_.tolist() == [0.0, 1.0]
