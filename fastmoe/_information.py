@@ -104,8 +104,9 @@ def _block(X, y, w, params: MoEParams, meat: bool) -> Derivatives:
     V = 2 * K - 1
     DVV, DVT, TT = np.empty((n, V, V)), np.empty((n, V, K)), np.zeros((K, K))
     gw, row_ll = np.empty((n, V + K)), np.empty(n)
-    derivative_coefficients(X, y, w, params.gate_aug, params.expert_aug, params.expert_var,
-                            DVV, DVT, TT, gw, row_ll)
+    # a writable copy of the (read-only) variances: the kernel's warmed-up signature
+    derivative_coefficients(X, y, w, params.gate_aug, params.expert_aug,
+                            params.expert_var.copy(), DVV, DVT, TT, gw, row_ll)
     return _sums(DVV, DVT, TT, gw, float(w @ row_ll), np.column_stack([np.ones(n), X]), meat)
 
 
