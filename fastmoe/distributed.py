@@ -311,9 +311,10 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         The experts' family (:mod:`fastmoe.families`). Gaussian experts take
         the path described here. Experts of the other families have no
         optimal-transport reduction yet: the server starts from its own fit
-        to the messages (:func:`fastmoe.server.message_fit`, EM from the
-        largest shard's model on responses each machine's model draws at its
-        covariate sample), and the refinement rounds, which such a fit always
+        to the messages (:func:`fastmoe.server.message_fit`, EM from each of
+        the ``FAMILY_SERVER_STARTS`` largest shards' models on responses each
+        machine's model draws at its covariate sample), and the refinement
+        rounds, which such a fit always
         runs, take Newton and trust-region steps on the machines' summed
         log-likelihood derivatives (no EM step: their experts' M-step has no
         closed form). ``aggregation_`` is then None.

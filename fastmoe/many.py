@@ -208,15 +208,16 @@ def _one_family(data, K, family, seed, max_iter, tol, n_init):
     if why is not None:
         return ManyResult(why)
     try:
-        with warnings.catch_warnings(record=True) as said:
-            warnings.simplefilter("always")
+        with warnings.catch_warnings():
+            # reported in the result: an empty expert by its status, a fit
+            # that did not converge by ``converged``
+            warnings.simplefilter("ignore")
             fit = fit_moe(X, y, K, family=family, random_state=seed, max_iter=max_iter,
                           tol=tol, n_init=n_init, n_threads=1)
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
         return ManyResult(str(exc).splitlines()[0])
     if fit.degenerate:
         return ManyResult("; ".join(fit.degenerate) + f": these data do not support {K} experts")
-    del said  # a non-converged fit is reported by ``converged``
     return ManyResult("ok", fit.params, fit.log_likelihood, fit.n_iter, fit.converged)
 
 
