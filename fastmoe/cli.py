@@ -325,7 +325,8 @@ def cmd_simulate(args) -> int:
 
 def _fit_options(args) -> dict:
     return dict(max_iter=args.max_iter, n_init=args.n_init, gate_penalty=args.gate_penalty,
-                penalty=args.penalty, l1_strength=args.l1_strength, random_state=args.seed)
+                penalty=args.penalty, l1_strength=args.l1_strength, random_state=args.seed,
+                family=args.family)
 
 
 def cmd_fit(args) -> int:
@@ -378,7 +379,7 @@ def cmd_round(args) -> int:
     from .message import save_round
 
     out = _suffix(args.output, (".npz",), "round statistics file")
-    params = _load_model(args.model)
+    params = _load_model(args.model).require_gaussian("fastmoe round (the round files)")
     X, y = _read(args.data)
     stats = round_statistics(X, y, params)
     size = save_round(out, stats, params)
@@ -398,7 +399,8 @@ def cmd_refine(args) -> int:
         if args.statistics or args.state:
             raise ValueError("--start begins the rounds: give no --state and no statistics "
                              "files with it.")
-        models = [_load_model(path) for path in [args.start, *args.also]]
+        models = [_load_model(path).require_gaussian("fastmoe refine (the round files)")
+                  for path in [args.start, *args.also]]
         rounds = Rounds.start(models[0], models[1:], tol=args.tol, max_rounds=args.max_rounds)
         print(f"rounds started at {args.start}" + (f" and {len(args.also)} other model(s)"
                                                    if args.also else ""))
@@ -622,8 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random seed; the same seed gives the same result")
 
     def fit_opts(p, local=False):
+        from .families import FAMILIES
+
         p.add_argument("--n-experts", type=_positive_int, required=True,
                        help="number of experts K")
+        p.add_argument("--family", choices=FAMILIES, default="gaussian",
+                       help="the experts' family: Gaussian, Poisson (counts), Bernoulli "
+                            "(0/1) or Gamma (y > 0); see fastmoe.families")
         if local:
             p.add_argument("--n-init", type=_auto_or_positive_int, default="auto",
                            help="EM starts; the fit of highest log-likelihood is kept; 'auto': "

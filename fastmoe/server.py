@@ -332,6 +332,8 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
         The aggregate, the support it was fitted on, and its health.
     """
     msgs = read_messages(messages, n_experts)
+    for i, m in enumerate(msgs):
+        m.params.require_gaussian(f"the reduction (messages[{i}])")
     exclude_failed = check_bool(exclude_failed, "exclude_failed")
     if max_weight is not None:
         max_weight = check_float(max_weight, "max_weight")

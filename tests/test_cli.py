@@ -258,3 +258,29 @@ def test_fit_local_defaults_are_those_of_fit_local():
     from fastmoe import fit_moe
 
     assert args.max_iter == inspect.signature(fit_moe).parameters["max_iter"].default
+
+
+def test_experts_of_other_families_from_the_command_line(tmp_path, capsys):
+    from fastmoe.datasets import make_moe_regression
+
+    X, y, _, _ = make_moe_regression(3000, 2, 2, family="poisson", random_state=0)
+    np.savez(tmp_path / "counts.npz", X=X, y=y)
+    code, out, _ = run(capsys, "fit", "--data", str(tmp_path / "counts.npz"), "--n-experts",
+                       "2", "--family", "poisson", "--output", str(tmp_path / "m.json"))
+    assert code == 0, out
+    assert MoEParams.load(tmp_path / "m.json").family == "poisson"
+    for m in range(2):
+        np.savez(tmp_path / f"counts_{m}.npz", X=X[m::2], y=y[m::2])
+        code, out, _ = run(capsys, "fit-local", "--data", str(tmp_path / f"counts_{m}.npz"),
+                           "--n-experts", "2", "--family", "poisson",
+                           "--output", str(tmp_path / f"msg_{m}.npz"))
+        assert code == 0, out
+    code, out, err = run(capsys, "aggregate", str(tmp_path / "msg_0.npz"),
+                         str(tmp_path / "msg_1.npz"), "--output", str(tmp_path / "agg.json"))
+    assert code == 2 and "Gaussian experts only" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(capsys, "round", "--data", str(tmp_path / "counts.npz"), "--model",
+                         str(tmp_path / "m.json"), "--output", str(tmp_path / "s.npz"))
+    assert code == 2 and "Gaussian experts only" in err
+    code, out, err = run(capsys, "fit", "--data", str(tmp_path / "counts.npz"), "--n-experts",
+                         "2", "--family", "gamma", "--output", str(tmp_path / "g.json"))
+    assert code == 2 and "y > 0" in err
