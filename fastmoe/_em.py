@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _kernels, exceptions
-from ._fit import EMPTY_SHARE, START_GATE_SCALE, MoEFit
+from ._fit import EMPTY_SHARE, MoEFit, random_regions
 from ._frame import Frame, robust_scale
 from ._gating import (
     assemble_newton,
@@ -290,28 +290,6 @@ def _split_move(data: EMData, alpha, beta, var, var_floor, pair):
     return alpha, beta, var, message
 
 
-def _random_regions(data: EMData, rng) -> np.ndarray:
-    """(n, K) responsibilities of random gates whose logits have standard
-    deviation about ``START_GATE_SCALE`` over the covariates.
-
-    A random start (init="random") fits each expert on the soft region these
-    gates give it, so the K experts start different, then runs EM from
-    uniform gates: the rows choose their experts by fit. Measured on the
-    authors' design (16 shards of 62500 rows, d=20, K=5, 3 starts each, 20
-    iterations per start): random responsibilities independent of X
-    (Dirichlet draws, the previous start) give K nearly equal experts, and 8
-    of 48 starts were near the best optimum after 20 iterations, 2 shards
-    ended in a poor optimum and the slowest fit took 6.9 s; with this start
-    22 of 48, none and 4.8 s. Keeping the random gates as EM's starting gates
-    did as well there but trapped 2 of 6 shards of 1000 rows at d=2, whose
-    gates then split the rows along the wrong direction."""
-    K, d = data.K, data.d
-    A = rng.standard_normal((K, d)) * (START_GATE_SCALE / np.sqrt(d)) / np.sqrt(data.x_var)
-    logits = (data.X - data.x_mean) @ A.T
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _initial_params(data: EMData, init, rng, var_floor):
     """(alpha, beta, var) for one start."""
     n, K = data.n, data.K
@@ -333,7 +311,7 @@ def _initial_params(data: EMData, init, rng, var_floor):
         R = np.zeros((n, K))
         R[np.arange(n), labels] = 1.0
     else:  # "random"
-        R = _random_regions(data, rng)
+        R = random_regions(data.X, K, rng, data.x_mean, data.x_var)
     beta0 = np.zeros((K, data.d + 1))
     var0 = np.full(K, max(data.var_y, var_floor))
     beta, var, _ = experts_from_gram(weighted_gram(data.X, data.y, data.w, R), beta0, var0,
@@ -467,7 +445,7 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
         model; 10 was too few for 62500-row shards (one kept a poor start).
     init : {"random", "kmeans"} or MoEParams, default="random"
         "random" (the default: experts fitted on the soft regions of random
-        gates, EM from uniform gates; see ``_random_regions``), "kmeans"
+        gates, EM from uniform gates; see ``fastmoe._fit.random_regions``), "kmeans"
         (k-means on standardised X, per-cluster least squares, a few Newton
         steps for the gates: the authors' start), or a MoEParams to start from
         (used for every start). On covariates drawn from a mixture, k-means

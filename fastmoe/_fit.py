@@ -10,7 +10,7 @@ import numpy as np
 from ._params import MoEParams
 
 #: standard deviation of a random start's gate logits over the covariates
-#: (init="random"); see fastmoe._em._random_regions
+#: (init="random"); see random_regions
 START_GATE_SCALE = 3.0
 
 #: An expert whose total responsibility falls below this share of the total
@@ -52,3 +52,25 @@ class MoEFit:
     degenerate: tuple = ()
     moves: tuple = ()
     penalty: float = 0.0
+
+
+def random_regions(X, K: int, rng, mean=0.0, var=1.0) -> np.ndarray:
+    """(n, K) responsibilities of random gates whose logits have standard
+    deviation about ``START_GATE_SCALE`` over the covariates.
+
+    A random start (init="random") fits each expert on the soft region these
+    gates give it, so the K experts start different, then runs EM from
+    uniform gates: the rows choose their experts by fit. Measured on the
+    authors' design (16 shards of 62500 rows, d=20, K=5, 3 starts each, 20
+    iterations per start): random responsibilities independent of X
+    (Dirichlet draws, the previous start) give K nearly equal experts, and 8
+    of 48 starts were near the best optimum after 20 iterations, 2 shards
+    ended in a poor optimum and the slowest fit took 6.9 s; with this start
+    22 of 48, none and 4.8 s. Keeping the random gates as EM's starting gates
+    did as well there but trapped 2 of 6 shards of 1000 rows at d=2, whose
+    gates then split the rows along the wrong direction."""
+    d = X.shape[1]
+    A = rng.standard_normal((K, d)) * (START_GATE_SCALE / np.sqrt(d)) / np.sqrt(var)
+    logits = (X - mean) @ A.T
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

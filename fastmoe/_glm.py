@@ -23,10 +23,10 @@ import warnings
 import numpy as np
 
 from . import _kernels, exceptions
-from ._fit import EMPTY_SHARE, START_GATE_SCALE, MoEFit
+from ._fit import EMPTY_SHARE, MoEFit, random_regions
 from ._frame import Frame
 from ._gating import fit_gates
-from ._linalg import resolve_threads, solve_psd
+from ._linalg import resolve_threads, row_log_normalise, solve_psd
 from ._options import EMOptions
 from ._params import MoEParams, _offset
 from ._validation import check_int, check_random_state, check_X_y
@@ -64,14 +64,9 @@ class _Data:
         log_pi = np.empty((self.n, self.K))
         _kernels.gate_log_proba(self.X, alpha, log_pi, self.n_threads)
         eta = self.linear(beta)
-        log_c = log_pi + self.family.log_kernel(self.y1, eta, phi)
-        top = np.max(log_c, axis=1, keepdims=True)
+        row, log_r = row_log_normalise(log_pi + self.family.log_kernel(self.y1, eta, phi))
         with np.errstate(under="ignore"):
-            row = top[:, 0] + np.log(np.sum(np.exp(log_c - top), axis=1))
-            R = np.exp(log_c - row[:, None])
-        if not np.all(np.isfinite(row)):
-            raise FloatingPointError("the log-likelihood of a row is not finite at these "
-                                     "parameters.")
+            R = np.exp(log_r)
         return float(self.w @ row) + self.base_total, R, eta
 
     def expert_objective(self, a, b, phi_k) -> float:
@@ -125,7 +120,7 @@ def _m_step(data: _Data, alpha, beta, phi, R, eta, gate_steps: int, gate_l2: flo
 def _start(data: _Data, init, rng):
     """(alpha, beta, phi) of one start: the experts fitted by IRLS on soft
     random regions of the covariates (as the Gaussian path's random start,
-    fastmoe._em._random_regions), the gates uniform; or ``init``."""
+    fastmoe._fit.random_regions), the gates uniform; or ``init``."""
     K, d, fam = data.K, data.d, data.family
     if isinstance(init, MoEParams):
         return init.gate_aug.copy(), init.expert_aug.copy(), init.expert_var.copy()
@@ -137,10 +132,7 @@ def _start(data: _Data, init, rng):
         R = np.zeros((data.n, K))
         R[np.arange(data.n), labels] = 1.0
     else:
-        A = rng.standard_normal((K, d)) * (START_GATE_SCALE / np.sqrt(d))
-        logits = data.X @ A.T
-        R = np.exp(logits - logits.max(axis=1, keepdims=True))
-        R /= R.sum(axis=1, keepdims=True)
+        R = random_regions(data.X, K, rng)
     pooled = float(np.average(fam.link(data.y) - data.offset, weights=data.w))
     beta = np.zeros((K, d + 1))
     beta[:, 0] = pooled

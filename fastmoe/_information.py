@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._linalg import row_log_normalise
 from ._params import MoEParams
 from .families import get_family
 
@@ -197,16 +198,12 @@ def _family_block(X, y, w, off, params: MoEParams, fam, meat: bool) -> Derivativ
     J, V = K - 1, 2 * K - 1
     T = K if fam.has_dispersion else 0
     Xt = np.column_stack([np.ones(n), X])
-    logits = Xt @ params.gate_aug.T
-    top = logits.max(axis=1, keepdims=True)
-    log_pi = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    log_pi = params.gate_log_proba(X, n_threads=1)
     pi = np.exp(log_pi)
     eta = Xt @ params.expert_aug.T + off[:, None]
     phi, y1 = params.expert_var, y[:, None]
-    log_c = log_pi + fam.log_density(y1, eta, phi)
-    top = log_c.max(axis=1, keepdims=True)
-    row_ll = (top + np.log(np.exp(log_c - top).sum(axis=1, keepdims=True)))[:, 0]
-    r = np.exp(log_c - row_ll[:, None])
+    row_ll, log_r = row_log_normalise(log_pi + fam.log_density(y1, eta, phi))
+    r = np.exp(log_r)
     a, h = fam.eta_derivatives(y1, eta, phi)
     ks, eye = np.arange(K), np.eye(K)[None, :J, :]
     D = np.zeros((n, V + T, V + T))

@@ -90,3 +90,18 @@ def solve_psd(A: np.ndarray, b: np.ndarray, rcond: float = 1e-12) -> np.ndarray:
     inv = np.divide(1.0, evals, out=np.zeros_like(evals), where=keep)
     proj = np.einsum("...ji,...j->...i", evecs, b) * inv
     return np.einsum("...ij,...j->...i", evecs, proj) / d
+
+
+def row_log_normalise(log_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log sum_k exp(log_c[i, k]) per row, log_c less it): the rows'
+    log-likelihoods and log posteriors of a mixture's joint log-densities,
+    each row's sum taken from its largest entry; a FloatingPointError where
+    a row's is not finite (no expert gives the row any density)."""
+    top = np.max(log_c, axis=1, keepdims=True)
+    with np.errstate(under="ignore", invalid="ignore"):
+        row = top[:, 0] + np.log(np.sum(np.exp(log_c - top), axis=1))
+    bad = int(np.sum(~np.isfinite(row)))
+    if bad:
+        raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite at these "
+                                 "parameters.")
+    return row, log_c - row[:, None]

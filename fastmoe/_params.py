@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _kernels
-from ._linalg import chunk_size, resolve_threads
+from ._linalg import chunk_size, resolve_threads, row_log_normalise
 from ._validation import check_level, check_random_state, check_X, check_X_y
 from .families import FAMILIES, get_family
 from .io import read_json, read_npz, write_bytes
@@ -542,14 +542,8 @@ class MoEParams:
         """e_step for the experts of a family other than Gaussian."""
         fam = get_family(self.family)
         fam.check_y(y)
-        log_c = self.gate_log_proba(X, n_threads=n_threads) + fam.log_density(
-            y[:, None], self.expert_linear(X, offset), self.expert_var)
-        top = np.max(log_c, axis=1, keepdims=True)
-        row_ll = (top + np.log(np.sum(np.exp(log_c - top), axis=1, keepdims=True)))[:, 0]
-        if not np.all(np.isfinite(row_ll)):
-            raise FloatingPointError(f"the log-likelihood of {int(np.sum(~np.isfinite(row_ll)))}"
-                                     " row(s) is not finite at these parameters.")
-        return row_ll, log_c - row_ll[:, None]
+        return row_log_normalise(self.gate_log_proba(X, n_threads=n_threads) + fam.log_density(
+            y[:, None], self.expert_linear(X, offset), self.expert_var))
 
     def score_samples(self, X, y, *, offset=None, n_threads: int | None = None) -> np.ndarray:
         """Per-row log-likelihood log f(y_i | x_i).

@@ -26,7 +26,15 @@ predictor ``eta`` of shape (n, K) and responses ``y`` of shape (n, 1) or
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, gammaln, polygamma, psi
+
+
+def _special():
+    """scipy.special, imported where a family first needs it: the model
+    module imports this one, and ``import fastmoe.engine`` should not pay
+    for SciPy's special functions (about 0.2 s)."""
+    import scipy.special
+
+    return scipy.special
 
 __all__ = ["FAMILIES", "get_family", "Family"]
 
@@ -322,7 +330,7 @@ class _Poisson(Family):
         return np.where(y > 0, y * eta, 0.0) - np.exp(eta)
 
     def base(self, y):
-        return -gammaln(np.asarray(y, dtype=np.float64) + 1.0)
+        return -_special().gammaln(np.asarray(y, dtype=np.float64) + 1.0)
 
     def working(self, y, eta):
         mu = self.mean(eta)
@@ -347,7 +355,7 @@ class _Bernoulli(Family):
             raise ValueError("family='bernoulli' needs y in {0, 1}; got other values.")
 
     def mean(self, eta):
-        return expit(eta)
+        return _special().expit(eta)
 
     def variance(self, mu, phi):
         return mu * (1.0 - mu)
@@ -356,12 +364,12 @@ class _Bernoulli(Family):
         return y * eta - np.logaddexp(0.0, eta)
 
     def working(self, y, eta):
-        mu = expit(eta)
+        mu = _special().expit(eta)
         W = np.maximum(mu * (1.0 - mu), 1e-12)
         return eta + (y - mu) / W, W
 
     def eta_derivatives(self, y, eta, phi):
-        mu = expit(eta)
+        mu = _special().expit(eta)
         return y - mu, -mu * (1.0 - mu)
 
     def link(self, y):
@@ -389,7 +397,7 @@ class _Gamma(Family):
         nu = 1.0 / phi
         eta = np.clip(eta, -MAX_ETA, MAX_ETA)
         # shape nu, mean mu: nu log(nu y / mu) - nu y / mu - log y - log Gamma(nu)
-        return nu * (np.log(nu * y) - eta) - nu * y * np.exp(-eta) - gammaln(nu)
+        return nu * (np.log(nu * y) - eta) - nu * y * np.exp(-eta) - _special().gammaln(nu)
 
     def base(self, y):
         return -np.log(np.asarray(y, dtype=np.float64))
@@ -408,8 +416,8 @@ class _Gamma(Family):
         nu = 1.0 / phi
         eta = np.clip(eta, -MAX_ETA, MAX_ETA)
         ratio = y * np.exp(-eta)
-        d_nu = np.log(nu * y) + 1.0 - eta - ratio - psi(nu)
-        d2_nu = 1.0 / nu - polygamma(1, nu)
+        d_nu = np.log(nu * y) + 1.0 - eta - ratio - _special().psi(nu)
+        d2_nu = 1.0 / nu - _special().polygamma(1, nu)
         return -nu * d_nu, nu * d_nu + nu * nu * d2_nu, -nu * (ratio - 1.0)
 
     def dispersion(self, y, mu, weight):
@@ -431,8 +439,8 @@ def _gamma_shape(s: np.ndarray) -> np.ndarray:
     Minka's approximation (the function is convex and decreasing in nu)."""
     nu = (3.0 - s + np.sqrt((s - 3.0) ** 2 + 24.0 * s)) / (12.0 * s)
     for _ in range(50):
-        f = np.log(nu) - psi(nu) - s
-        step = f / (1.0 / nu - polygamma(1, nu))
+        f = np.log(nu) - _special().psi(nu) - s
+        step = f / (1.0 / nu - _special().polygamma(1, nu))
         nu_new = np.clip(nu - step, nu / 10.0, nu * 10.0)
         if np.all(np.abs(nu_new - nu) <= 1e-12 * nu):
             nu = nu_new

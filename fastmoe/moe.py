@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._em import fit_moe
 from ._options import EM_DEFAULTS as _EM
+from ._options import EMOptions
 from ._params import MoEParams
 from ._validation import check_X, check_y
 from .families import get_family
@@ -258,13 +261,11 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
 def _fit_em(est, X, y, sample_weight, family: str, offset):
     """``est`` fitted by :func:`fastmoe.fit_moe` with its options: the
     fitted attributes, and the standard errors where the family has them."""
+    # the EM options the estimator has; fit_moe's defaults for the others
+    params = est.get_params()
+    options = {f.name: params[f.name] for f in fields(EMOptions) if f.name in params}
     fit = fit_moe(X, y, est.n_experts, sample_weight=sample_weight, family=family, offset=offset,
-                  max_iter=est.max_iter, tol=est.tol, n_init=est.n_init, init=est.init,
-                  init_iter=est.init_iter, reg_var=est.reg_var,
-                  gate_penalty=est.gate_penalty, penalty=getattr(est, "penalty", None),
-                  l1_strength=getattr(est, "l1_strength", "auto"), gate_steps=est.gate_steps,
-                  split_merge=getattr(est, "split_merge", True),
-                  random_state=est.random_state, n_threads=est.n_threads)
+                  random_state=est.random_state, n_threads=est.n_threads, **options)
     est._set_params_attributes(fit.params)
     from .inference import _both
 
@@ -619,8 +620,6 @@ class MoEClassifier(_BinaryMixin, _MoEPredictMixin, ClassifierMixin, BaseEstimat
         self.gate_steps = gate_steps
         self.random_state = random_state
         self.n_threads = n_threads
-
-    reg_var = _EM.reg_var  # not a parameter: Bernoulli experts have no variance
 
     def fit(self, X, y, sample_weight=None, offset=None):
         """Fit by EM.

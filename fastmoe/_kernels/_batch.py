@@ -24,6 +24,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit_pair, jit_serial
+from ._rows import log_gates
 
 _LOG_2PI = math.log(2.0 * math.pi)
 #: halvings of the gates' Newton step at most
@@ -44,26 +45,6 @@ def _solve(A, b):
     for i in range(n):
         M[i, i] += 1e-10 * top + 1e-300
     return np.linalg.solve(M, b)
-
-
-@jit_serial
-def _log_gates(alpha, U, i, out):
-    """out (K,) the log gate probabilities of row i."""
-    d = U.shape[1]
-    K = alpha.shape[0]
-    top = -np.inf
-    for k in range(K):
-        t = alpha[k, 0]
-        for j in range(d):
-            t += alpha[k, j + 1] * U[i, j]
-        out[k] = t
-        top = max(top, t)
-    s = 0.0
-    for k in range(K):
-        s += math.exp(out[k] - top)
-    lse = top + math.log(s)
-    for k in range(K):
-        out[k] -= lse
 
 
 @jit_serial
@@ -90,7 +71,7 @@ def _e_step(U, v, alpha, beta, var, R):
     lp = np.empty(K)
     ll = 0.0
     for i in range(n):
-        _log_gates(alpha, U, i, lp)
+        log_gates(alpha, U, i, lp)
         for k in range(K):
             m = beta[k, 0]
             for j in range(d):
@@ -144,7 +125,7 @@ def _gate_objective(U, R, alpha):
     lp = np.empty(K)
     total = 0.0
     for i in range(n):
-        _log_gates(alpha, U, i, lp)
+        log_gates(alpha, U, i, lp)
         for k in range(K):
             total += R[i, k] * lp[k]
     return total
@@ -166,7 +147,7 @@ def _gates(U, R, alpha):
         z[0] = 1.0
         for j in range(d):
             z[j + 1] = U[i, j]
-        _log_gates(alpha, U, i, pi)
+        log_gates(alpha, U, i, pi)
         for k in range(K):
             pi[k] = math.exp(pi[k])
         for jg in range(K - 1):
@@ -203,7 +184,7 @@ def _fit_one(U, v, gate_dirs, max_iter, tol, var_floor, alpha_out, beta_out, var
     best_ll, best_it, best_conv, found = -np.inf, 0, False, False
     for s in range(n_init):
         # the experts fitted on the soft regions of random gates, EM from
-        # uniform gates (fastmoe._em._random_regions)
+        # uniform gates (fastmoe._fit.random_regions)
         for i in range(n):
             for k in range(K):
                 t = 0.0

@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from ._jit import jit_serial
+from ._rows import log_gates
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -51,22 +52,10 @@ def derivative_coefficients(X, y, w, gate, expert, var, DVV, DVT, TT, G, row_ll)
     g = np.empty(B)
     Di = np.empty((B, B))
     for i in range(n):
-        vmax = -np.inf
-        for k in range(K):
-            t = gate[k, 0]
-            for j in range(d):
-                t += gate[k, j + 1] * X[i, j]
-            log_pi[k] = t
-            vmax = max(vmax, t)
-        tot = 0.0
-        for k in range(K):
-            pi[k] = math.exp(log_pi[k] - vmax)
-            tot += pi[k]
-        shift = vmax + math.log(tot)
+        log_gates(gate, X, i, log_pi)
         cmax = -np.inf
         for k in range(K):
-            pi[k] /= tot
-            log_pi[k] -= shift
+            pi[k] = math.exp(log_pi[k])
             m = expert[k, 0]
             for j in range(d):
                 m += expert[k, j + 1] * X[i, j]
