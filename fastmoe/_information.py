@@ -64,19 +64,27 @@ class Derivatives(NamedTuple):
     """Sums over rows of the log-likelihood and of its derivatives in theta.
 
     ``meat`` is sum_i w_i^2 g_i g_i^T (the sandwich estimator's middle), or
-    None when not asked for. ``a + b`` adds two row blocks."""
+    None when not asked for. ``complete`` is the Hessian of EM's objective
+    Q(theta' | theta) at theta' = theta (the complete-data log-likelihood's,
+    the posteriors held), or None when not asked for
+    (:func:`family_derivatives`). ``a + b`` adds two row blocks."""
 
     log_likelihood: float
     gradient: np.ndarray
     hessian: np.ndarray
     meat: np.ndarray | None = None
+    complete: np.ndarray | None = None
 
     def __add__(self, other):  # noqa: D105
         if not isinstance(other, Derivatives):
             return NotImplemented
-        meat = None if self.meat is None or other.meat is None else self.meat + other.meat
+
+        def both(a, b):
+            return None if a is None or b is None else a + b
+
         return Derivatives(self.log_likelihood + other.log_likelihood,
-                           self.gradient + other.gradient, self.hessian + other.hessian, meat)
+                           self.gradient + other.gradient, self.hessian + other.hessian,
+                           both(self.meat, other.meat), both(self.complete, other.complete))
 
 
 def derivatives(X, y, w, params: MoEParams, *, meat: bool = False) -> Derivatives:
@@ -171,28 +179,34 @@ def family_params_of(theta: np.ndarray, like: MoEParams) -> MoEParams:
 
 
 def family_derivatives(X, y, w, params: MoEParams, offset=None, *,
-                       meat: bool = False) -> Derivatives:
+                       meat: bool = False, complete: bool = False) -> Derivatives:
     """:func:`derivatives` for experts of any family (fastmoe.families), by
     numpy over blocks of rows: theta holds the free gates, the experts'
     coefficients and, for a family with a dispersion, tau_k = log phi_k.
     Louis' identity as in :func:`derivatives`, with the expert's derivatives
     in its linear predictor (``Family.eta_derivatives``) and in tau
     (``Family.tau_derivatives``); for Gaussian experts this is
-    :func:`derivatives` (tested)."""
+    :func:`derivatives` (tested). With ``complete``, also the Hessian of
+    EM's objective (``Derivatives.complete``): the gates' multinomial
+    Hessian and each expert's posterior-weighted second derivatives, the
+    matrix of generalised EM's Newton step (docs/method.rst, section 11)."""
     fam = get_family(params.family)
     n, d = X.shape
     K, p = params.n_experts, d + 1
     V, T = 2 * K - 1, K if fam.has_dispersion else 0
     P = V * p + T
     off = np.zeros(n) if offset is None else np.asarray(offset, dtype=np.float64)
-    total = Derivatives(0.0, np.zeros(P), np.zeros((P, P)), np.zeros((P, P)) if meat else None)
+    total = Derivatives(0.0, np.zeros(P), np.zeros((P, P)), np.zeros((P, P)) if meat else None,
+                        np.zeros((P, P)) if complete else None)
     for start in range(0, n, ROWS):
         rows = slice(start, start + ROWS)
-        total = total + _family_block(X[rows], y[rows], w[rows], off[rows], params, fam, meat)
+        total = total + _family_block(X[rows], y[rows], w[rows], off[rows], params, fam, meat,
+                                      complete)
     return total
 
 
-def _family_block(X, y, w, off, params: MoEParams, fam, meat: bool) -> Derivatives:
+def _family_block(X, y, w, off, params: MoEParams, fam, meat: bool,
+                  complete: bool = False) -> Derivatives:
     n = X.shape[0]
     K = params.n_experts
     J, V = K - 1, 2 * K - 1
@@ -224,10 +238,23 @@ def _family_block(X, y, w, off, params: MoEParams, fam, meat: bool) -> Derivativ
     D[:, upper[1], upper[0]] = D[:, upper[0], upper[1]]
     g = np.concatenate(g, axis=1)
     D -= g[:, :, None] * g[:, None, :]
-    D[:, :J, :J] -= pi[:, :J, None] * (np.eye(J)[None] - pi[:, None, :J])
+    gates = pi[:, :J, None] * (np.eye(J)[None] - pi[:, None, :J])
+    D[:, :J, :J] -= gates
     D *= w[:, None, None]
-    return _sums(D[:, :V, :V], D[:, :V, V:], D[:, V:, V:].sum(axis=0), g * w[:, None],
-                 float(w @ row_ll), Xt, meat)
+    out = _sums(D[:, :V, :V], D[:, :V, V:], D[:, V:, V:].sum(axis=0), g * w[:, None],
+                float(w @ row_ll), Xt, meat)
+    if not complete:
+        return out
+    # EM's objective: sum_k r_k c_k with r held; its blocks are diagonal in k
+    C = np.zeros((n, V + T, V + T))
+    C[:, :J, :J] = -gates
+    C[:, J + ks, J + ks] = r * h
+    if T:
+        C[:, J + ks, V + ks] = C[:, V + ks, J + ks] = r * et
+        C[:, V + ks, V + ks] = r * tt
+    C *= w[:, None, None]
+    return out._replace(complete=_assemble(C[:, :V, :V], C[:, :V, V:],
+                                           C[:, V:, V:].sum(axis=0), Xt))
 
 
 def origin_jacobian(delta: np.ndarray, K: int) -> np.ndarray:

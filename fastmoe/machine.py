@@ -281,13 +281,14 @@ def round_statistics(X, y, params, *, n_threads: int | None = None) -> RoundStat
     -------
     StepStatistics or FamilyStatistics
         Additive over machines: ``+`` sums them. For experts of a family
-        other than Gaussian, the log-likelihood and its derivatives alone
-        (:class:`FamilyStatistics`: such experts have no closed-form EM
-        step to send statistics for).
+        other than Gaussian, the log-likelihood, its derivatives and EM's
+        objective's Hessian (:class:`FamilyStatistics`: such experts have no
+        closed-form M-step; the server's EM step is Newton's on that
+        objective, :func:`fastmoe.server.gem_step`).
     """
     if params.family != "gaussian":
         X, y, w = check_X_y(X, y, n_features=params.n_features)
-        der = family_derivatives(X, y, w, params)
+        der = family_derivatives(X, y, w, params, complete=True)
         return FamilyStatistics(X.shape[0], der.log_likelihood, der)
     return engine.step_statistics(X, y, params, n_threads=n_threads, derivatives=True)
 
@@ -298,7 +299,9 @@ class FamilyStatistics:
     than Gaussian: its rows, their log-likelihood at the global model, and
     the log-likelihood's gradient and Hessian in
     ``fastmoe._information.family_theta_of`` (at the origin of the
-    covariates). Additive: ``a + b`` adds two machines'.
+    covariates), and the Hessian of EM's objective there
+    (``derivatives.complete``, for generalised EM's step). Additive:
+    ``a + b`` adds two machines'.
 
     Attributes
     ----------
@@ -307,7 +310,7 @@ class FamilyStatistics:
     log_likelihood : float
         Their log-likelihood.
     derivatives : Derivatives
-        Its gradient and Hessian.
+        Its gradient and Hessian, and EM's objective's Hessian.
     """
 
     n: int

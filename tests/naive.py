@@ -449,3 +449,33 @@ def family_finite_differences(params, X, y, w, offset=None, h=1e-4):
             H[i, j] = H[j, i] = (ll(theta + E[i] + E[j]) - ll(theta + E[i] - E[j])
                                  - ll(theta - E[i] + E[j]) + ll(theta - E[i] - E[j])) / (4 * h * h)
     return grad, H
+
+
+def family_q_hessian(params, X, y, w, offset=None, h=1e-4):
+    """(P, P) Hessian in family_theta of EM's objective Q(theta' | theta) at
+    theta' = theta: the posteriors at ``params`` held, the complete-data
+    log-likelihood sum_i w_i sum_k r_ik (log pi_k + log f_k) differentiated
+    by central differences."""
+    off = np.zeros(len(y)) if offset is None else offset
+    Z = xt(X)
+
+    def joint(p):
+        eta = Z @ p.expert_aug.T + off[:, None]
+        return gate_log_proba(X, p.gate_aug) + family_log_density(p.family, y, eta,
+                                                                  p.expert_var)
+
+    at = joint(params)
+    R = np.exp(at - logsumexp(at, axis=1, keepdims=True))
+    theta = family_theta(params)
+
+    def q(t):
+        return float(w @ np.sum(R * joint(family_params(t, params)), axis=1))
+
+    P = theta.size
+    E = np.eye(P) * h
+    H = np.empty((P, P))
+    for i in range(P):
+        for j in range(i, P):
+            H[i, j] = H[j, i] = (q(theta + E[i] + E[j]) - q(theta + E[i] - E[j])
+                                 - q(theta - E[i] + E[j]) + q(theta - E[i] - E[j])) / (4 * h * h)
+    return H

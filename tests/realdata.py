@@ -20,6 +20,12 @@ visits               two weeks (count)  activity days, health score (5)
 credit-    1 319     credit card        age, income, derogatory         owner (2)
 card                 granted (0/1)      reports, months at address,
                                         active accounts (5)
+nmes1988   4 406     physician office   hospital stays, chronic         region (4)
+                     visits (count)     conditions, age, school years,
+                                        income (5)
+hmda       2 380     mortgage denied    payments and housing to         afam (2)
+                     (0/1)              income, loan to value,
+                                        unemployment, credit history (5)
 =========  ========  =================  ==============================  =========
 """
 
@@ -41,13 +47,15 @@ _R_SOURCES = {
     "cpssw8": ("AER", 'local({data("CPSSW8", package = "AER"); CPSSW8})'),
     "doctorvisits": ("AER", 'local({data("DoctorVisits", package = "AER"); DoctorVisits})'),
     "creditcard": ("AER", 'local({data("CreditCard", package = "AER"); CreditCard})'),
+    "nmes1988": ("AER", 'local({data("NMES1988", package = "AER"); NMES1988})'),
+    "hmda": ("AER", 'local({data("HMDA", package = "AER"); HMDA})'),
 }
 #: the tables of a real response (Gaussian experts)
 TABLES = ("diamonds", "cps1988", "cpssw8")
 #: the tables of counts (Poisson experts)
-COUNT_TABLES = ("doctorvisits",)
+COUNT_TABLES = ("doctorvisits", "nmes1988")
 #: the tables of a binary response (Bernoulli experts)
-BINARY_TABLES = ("creditcard",)
+BINARY_TABLES = ("creditcard", "hmda")
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,14 @@ def load(name: str) -> Table | None:
         X = np.column_stack([num("age"), num("income"), num("reports"), num("months"),
                              num("active")])
         y, group = (np.array(col("card")) == "yes").astype(float), col("owner")
+    elif name == "nmes1988":
+        X = np.column_stack([num("hospital"), num("chronic"), num("age"), num("school"),
+                             num("income")])
+        y, group = num("visits"), col("region")
+    elif name == "hmda":
+        X = np.column_stack([num("pirat"), num("hirat"), num("lvrat"), num("unemp"),
+                             num("chist")])
+        y, group = (np.array(col("deny")) == "yes").astype(float), col("afam")
     elif name == "doctorvisits":
         X = np.column_stack([num("age"), num("income"), num("illness"), num("reduced"),
                              num("health")])

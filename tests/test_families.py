@@ -3,6 +3,7 @@ Bernoulli and Gamma experts against statsmodels' GLM (one expert), scipy's
 densities, a slow EM with exact M-steps (tests/naive.py), known truth, and
 the estimators MoERegressor and MoEClassifier."""
 
+import dataclasses
 import json
 import warnings
 
@@ -256,6 +257,30 @@ def test_the_information_matches_finite_differences(family):
         float(w @ naive.family_log_likelihood(params, X, y, off)), rel=1e-12)
 
 
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_ems_objective_hessian_matches_finite_differences(family):
+    """Derivatives.complete, the matrix of the rounds' generalised EM step,
+    is the Hessian of Q(theta' | theta) at theta (posteriors held)."""
+    from fastmoe._information import family_derivatives
+
+    X, y, truth, _ = make_moe_regression(300, 1, 2, family=family, random_state=13)
+    rng = np.random.default_rng(2)
+    w = rng.uniform(0.5, 2.0, 300)
+    off = rng.uniform(-0.3, 0.3, 300)
+    params = naive.family_params(naive.family_theta(truth) + 0.1 * rng.standard_normal(
+        naive.family_theta(truth).size), truth)
+    got = family_derivatives(X, y, w, params, off, complete=True)
+    H = naive.family_q_hessian(params, X, y, w, off)
+    np.testing.assert_allclose(got.complete, H, rtol=1e-4, atol=1e-4 * np.abs(H).max())
+    plain = family_derivatives(X, y, w, params, off)
+    assert plain.complete is None
+    np.testing.assert_array_equal(plain.hessian, got.hessian)
+    # additive over row blocks, as the machines' statistics must be
+    a = family_derivatives(X[:120], y[:120], w[:120], params, off[:120], complete=True)
+    b = family_derivatives(X[120:], y[120:], w[120:], params, off[120:], complete=True)
+    np.testing.assert_allclose((a + b).complete, got.complete, rtol=1e-12, atol=1e-9)
+
+
 def test_the_generic_information_is_the_gaussian_one():
     from fastmoe._information import derivatives, family_derivatives
 
@@ -308,6 +333,88 @@ def test_the_distributed_fit_reaches_the_centralised_one(family):
     assert dist.excluded_rows_ + dist.dropped_rows_ == 0
     assert dist.params_.family == family and dist.aggregation_ is None
     assert np.all(dist.standard_errors_.expert_coef > 0)
+
+
+@pytest.mark.parametrize("family", ["poisson", "bernoulli"])
+def test_the_rounds_em_step_is_one_centralised_em_iteration(family):
+    """For the canonical links the generalised EM step from the summed
+    statistics (server.gem_step) is the centralised fit's M-step: each
+    expert's IRLS step is Newton's on Q, and so is the gates' step."""
+    from fastmoe._information import family_derivatives, family_params_of, family_theta_of
+    from fastmoe.server import gem_step
+
+    X, y, _, _ = make_moe_regression(2000, 2, 2, family=family, random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a start of three iterations
+        start = fit_moe(X, y, 2, family=family, max_iter=3, random_state=0).params
+        em = fit_moe(X, y, 2, family=family, init=start, max_iter=1, tol=0.0).params
+    der = family_derivatives(X, y, np.ones(len(y)), start, complete=True)
+    new = family_params_of(family_theta_of(start) + gem_step(der), start)
+    np.testing.assert_allclose(family_theta_of(new), family_theta_of(em), atol=1e-7)
+    assert gem_step(der._replace(complete=None)) is None
+
+
+def _local_rounds(X, y):
+    """refine's ``evaluate`` over one machine holding (X, y)."""
+    from fastmoe.machine import round_statistics
+
+    def evaluate(models):
+        return [round_statistics(X, y, m) for m in models], 0.0
+    return evaluate
+
+
+def test_the_rounds_try_shorter_steps_when_every_candidate_overshoots():
+    """A round in which no candidate gains ends the rounds only where the
+    steps expected nothing; otherwise the next round tries from the same
+    model with a trust radius a quarter of the shortest step tried."""
+    from fastmoe.server import Rounds
+
+    X, y, truth, _ = make_moe_regression(3000, 2, 2, family="poisson", random_state=5)
+    evaluate = _local_rounds(X, y)
+    far = naive.family_params(naive.family_theta(truth) + 0.5, truth)
+    rounds = Rounds.start(far, tol=1e-9)
+    rounds.receive(*evaluate(rounds.models()))
+    lengths = [o[3] for o in rounds.pending if np.isfinite(o[3])]
+    worse = [dataclasses.replace(r, log_likelihood=-np.inf)
+             for r in evaluate(rounds.models())[0]]
+    rounds.receive(worse, 0.0)
+    assert rounds.history[-1]["step"] == "rejected" and not rounds.converged
+    assert rounds.radius == pytest.approx(min(lengths) / 4)
+    assert rounds.params is far and rounds.pending
+    while rounds.pending:
+        rounds.receive(*evaluate(rounds.models()))
+    assert rounds.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        central = fit_moe(X, y, 2, family="poisson", init=far, tol=1e-12, max_iter=5000)
+    assert rounds.log_likelihood >= central.log_likelihood - 1e-6 * abs(central.log_likelihood)
+
+
+def test_tracks_keep_the_highest_optimum_any_start_reaches():
+    """refine with tracks climbs from the first round's best starts side by
+    side and keeps the highest model any of them reaches."""
+    from fastmoe.server import refine
+
+    X, y, truth, _ = make_moe_regression(3000, 2, 2, family="poisson", random_state=6)
+    evaluate = _local_rounds(X, y)
+    calls = []
+
+    def counted(models):
+        calls.append(len(models))
+        return evaluate(models)
+
+    starts = [naive.family_params(naive.family_theta(truth) + s, truth)
+              for s in np.random.default_rng(0).normal(0, 1.0, (4, 1)) *
+              np.ones(naive.family_theta(truth).size)]
+    one = [refine(s, evaluate, tol=1e-9) for s in starts]
+    both = refine(starts[0], counted, tol=1e-9, alternatives=starts[1:], tracks=4)
+    assert both.converged
+    best = max(r.history[-1]["log_likelihood"] if r.history[-1]["step"] != "rejected" else
+               r.statistics.log_likelihood for r in one)
+    assert both.statistics.log_likelihood >= best - 1e-6 * abs(best)
+    assert len(both.history) == len(calls) and calls[0] == 4
+    assert [h["candidates"] for h in both.history] == calls
+    assert all("track" in h for h in both.history)
 
 
 def test_a_message_of_another_family_round_trips(tmp_path):
