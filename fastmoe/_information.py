@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._linalg import row_log_normalise
 from ._params import MoEParams
 from .families import get_family
 
@@ -180,81 +179,53 @@ def family_params_of(theta: np.ndarray, like: MoEParams) -> MoEParams:
 
 def family_derivatives(X, y, w, params: MoEParams, offset=None, *,
                        meat: bool = False, complete: bool = False) -> Derivatives:
-    """:func:`derivatives` for experts of any family (fastmoe.families), by
-    numpy over blocks of rows: theta holds the free gates, the experts'
+    """:func:`derivatives` for experts of the other families
+    (fastmoe.families): theta holds the free gates, the experts'
     coefficients and, for a family with a dispersion, tau_k = log phi_k.
     Louis' identity as in :func:`derivatives`, with the expert's derivatives
     in its linear predictor (``Family.eta_derivatives``) and in tau
-    (``Family.tau_derivatives``); for Gaussian experts this is
-    :func:`derivatives` (tested). With ``complete``, also the Hessian of
-    EM's objective (``Derivatives.complete``): the gates' multinomial
-    Hessian and each expert's posterior-weighted second derivatives, the
-    matrix of generalised EM's Newton step (docs/method.rst, section 11)."""
+    (``Family.tau_derivatives``), by the compiled kernel
+    ``fastmoe._kernels.family_coefficients`` over blocks of rows (its numpy
+    reference, which also serves Gaussian experts, is in tests/naive.py).
+    With ``complete``, also the Hessian of EM's objective
+    (``Derivatives.complete``): the gates' multinomial Hessian and each
+    expert's posterior-weighted second derivatives, the matrix of
+    generalised EM's Newton step (docs/method.rst, section 11)."""
+    from ._kernels import family_code, family_coefficients
+
     fam = get_family(params.family)
+    code = family_code(fam.name)  # refuses the Gaussian family: derivatives() serves it
     n, d = X.shape
     K, p = params.n_experts, d + 1
     V, T = 2 * K - 1, K if fam.has_dispersion else 0
     P = V * p + T
-    off = np.zeros(n) if offset is None else np.asarray(offset, dtype=np.float64)
+    off = np.zeros(n) if offset is None else np.ascontiguousarray(offset, dtype=np.float64)
+    nu = 1.0 / params.expert_var
+    if fam.has_dispersion:
+        from scipy import special
+
+        consts = (special.gammaln(nu), special.psi(nu), special.polygamma(1, nu))
+    else:
+        consts = (np.zeros(K),) * 3
+    gate, expert = params.gate_aug, params.expert_aug
     total = Derivatives(0.0, np.zeros(P), np.zeros((P, P)), np.zeros((P, P)) if meat else None,
                         np.zeros((P, P)) if complete else None)
     for start in range(0, n, ROWS):
         rows = slice(start, start + ROWS)
-        total = total + _family_block(X[rows], y[rows], w[rows], off[rows], params, fam, meat,
-                                      complete)
+        m = X[rows].shape[0]
+        DVV, DVT, TT = np.empty((m, V, V)), np.empty((m, V, T)), np.zeros((T, T))
+        G, row_ll = np.empty((m, V + T)), np.empty(m)
+        shape = (m, V) if complete else (0, 0)
+        CVV, CVT, CTT = np.empty((*shape, V if complete else 0)), np.empty(
+            (*shape, T if complete else 0)), np.zeros((T, T))
+        family_coefficients(code, X[rows], y[rows], w[rows], off[rows], gate, expert, nu,
+                            *consts, DVV, DVT, TT, G, row_ll, CVV, CVT, CTT, complete)
+        Xt = np.column_stack([np.ones(m), X[rows]])
+        part = _sums(DVV, DVT, TT, G, float(w[rows] @ row_ll), Xt, meat)
+        if complete:
+            part = part._replace(complete=_assemble(CVV, CVT, CTT, Xt))
+        total = total + part
     return total
-
-
-def _family_block(X, y, w, off, params: MoEParams, fam, meat: bool,
-                  complete: bool = False) -> Derivatives:
-    n = X.shape[0]
-    K = params.n_experts
-    J, V = K - 1, 2 * K - 1
-    T = K if fam.has_dispersion else 0
-    Xt = np.column_stack([np.ones(n), X])
-    log_pi = params.gate_log_proba(X, n_threads=1)
-    pi = np.exp(log_pi)
-    eta = Xt @ params.expert_aug.T + off[:, None]
-    phi, y1 = params.expert_var, y[:, None]
-    row_ll, log_r = row_log_normalise(log_pi + fam.log_density(y1, eta, phi))
-    r = np.exp(log_r)
-    a, h = fam.eta_derivatives(y1, eta, phi)
-    ks, eye = np.arange(K), np.eye(K)[None, :J, :]
-    D = np.zeros((n, V + T, V + T))
-    # sum_k r_k s_k s_k^T block by block (the experts' blocks are diagonal in k)
-    D[:, :J, :J] = (pi[:, :J, None] * pi[:, None, :J] - r[:, :J, None] * pi[:, None, :J]
-                    - pi[:, :J, None] * r[:, None, :J])
-    D[:, np.arange(J), np.arange(J)] += r[:, :J]
-    D[:, :J, J:V] = (eye - pi[:, :J, None]) * (r * a)[:, None, :]
-    D[:, J + ks, J + ks] = r * a * a + r * h  # with the complete-data Hessian
-    g = [r[:, :J] - pi[:, :J], r * a]
-    if T:
-        s_, tt, et = fam.tau_derivatives(y1, eta, phi)
-        D[:, :J, V:] = (eye - pi[:, :J, None]) * (r * s_)[:, None, :]
-        D[:, J + ks, V + ks] = r * a * s_ + r * et
-        D[:, V + ks, V + ks] = r * s_ * s_ + r * tt
-        g.append(r * s_)
-    upper = np.triu_indices(V + T, 1)
-    D[:, upper[1], upper[0]] = D[:, upper[0], upper[1]]
-    g = np.concatenate(g, axis=1)
-    D -= g[:, :, None] * g[:, None, :]
-    gates = pi[:, :J, None] * (np.eye(J)[None] - pi[:, None, :J])
-    D[:, :J, :J] -= gates
-    D *= w[:, None, None]
-    out = _sums(D[:, :V, :V], D[:, :V, V:], D[:, V:, V:].sum(axis=0), g * w[:, None],
-                float(w @ row_ll), Xt, meat)
-    if not complete:
-        return out
-    # EM's objective: sum_k r_k c_k with r held; its blocks are diagonal in k
-    C = np.zeros((n, V + T, V + T))
-    C[:, :J, :J] = -gates
-    C[:, J + ks, J + ks] = r * h
-    if T:
-        C[:, J + ks, V + ks] = C[:, V + ks, J + ks] = r * et
-        C[:, V + ks, V + ks] = r * tt
-    C *= w[:, None, None]
-    return out._replace(complete=_assemble(C[:, :V, :V], C[:, :V, V:],
-                                           C[:, V:, V:].sum(axis=0), Xt))
 
 
 def origin_jacobian(delta: np.ndarray, K: int) -> np.ndarray:

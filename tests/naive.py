@@ -479,3 +479,88 @@ def family_q_hessian(params, X, y, w, offset=None, h=1e-4):
             H[i, j] = H[j, i] = (q(theta + E[i] + E[j]) - q(theta + E[i] - E[j])
                                  - q(theta - E[i] + E[j]) + q(theta - E[i] - E[j])) / (4 * h * h)
     return H
+
+
+# ----------------------------------------------------------------------------
+# the observed information of experts of any family, by numpy
+# ----------------------------------------------------------------------------
+def family_derivatives_numpy(X, y, w, params, offset=None, *, meat=False, complete=False):
+    """The numpy version of fastmoe._information.family_derivatives: the
+    reference of its compiled kernel (fastmoe._kernels.family_coefficients),
+    for every family, the Gaussian included (where it is
+    fastmoe._information.derivatives)."""
+    from fastmoe._information import ROWS, Derivatives
+    from fastmoe.families import get_family
+
+    fam = get_family(params.family)
+    n, d = X.shape
+    K, p = params.n_experts, d + 1
+    V, T = 2 * K - 1, K if fam.has_dispersion else 0
+    P = V * p + T
+    off = np.zeros(n) if offset is None else np.asarray(offset, dtype=np.float64)
+    total = Derivatives(0.0, np.zeros(P), np.zeros((P, P)), np.zeros((P, P)) if meat else None,
+                        np.zeros((P, P)) if complete else None)
+    for start in range(0, n, ROWS):
+        rows = slice(start, start + ROWS)
+        total = total + _family_block_numpy(X[rows], y[rows], w[rows], off[rows], params,
+                                            fam, meat, complete)
+    return total
+
+
+def _family_block_numpy(X, y, w, off, params, fam, meat, complete=False):
+    n = X.shape[0]
+    K = params.n_experts
+    J, V = K - 1, 2 * K - 1
+    T = K if fam.has_dispersion else 0
+    Xt = np.column_stack([np.ones(n), X])
+    log_pi = params.gate_log_proba(X, n_threads=1)
+    pi = np.exp(log_pi)
+    eta = Xt @ params.expert_aug.T + off[:, None]
+    phi, y1 = params.expert_var, y[:, None]
+    row_ll, log_r = _row_log_normalise(log_pi + fam.log_density(y1, eta, phi))
+    r = np.exp(log_r)
+    a, h = fam.eta_derivatives(y1, eta, phi)
+    ks, eye = np.arange(K), np.eye(K)[None, :J, :]
+    D = np.zeros((n, V + T, V + T))
+    # sum_k r_k s_k s_k^T block by block (the experts' blocks are diagonal in k)
+    D[:, :J, :J] = (pi[:, :J, None] * pi[:, None, :J] - r[:, :J, None] * pi[:, None, :J]
+                    - pi[:, :J, None] * r[:, None, :J])
+    D[:, np.arange(J), np.arange(J)] += r[:, :J]
+    D[:, :J, J:V] = (eye - pi[:, :J, None]) * (r * a)[:, None, :]
+    D[:, J + ks, J + ks] = r * a * a + r * h  # with the complete-data Hessian
+    g = [r[:, :J] - pi[:, :J], r * a]
+    if T:
+        s_, tt, et = fam.tau_derivatives(y1, eta, phi)
+        D[:, :J, V:] = (eye - pi[:, :J, None]) * (r * s_)[:, None, :]
+        D[:, J + ks, V + ks] = r * a * s_ + r * et
+        D[:, V + ks, V + ks] = r * s_ * s_ + r * tt
+        g.append(r * s_)
+    upper = np.triu_indices(V + T, 1)
+    D[:, upper[1], upper[0]] = D[:, upper[0], upper[1]]
+    g = np.concatenate(g, axis=1)
+    D -= g[:, :, None] * g[:, None, :]
+    gates = pi[:, :J, None] * (np.eye(J)[None] - pi[:, None, :J])
+    D[:, :J, :J] -= gates
+    D *= w[:, None, None]
+    from fastmoe._information import _assemble, _sums
+
+    out = _sums(D[:, :V, :V], D[:, :V, V:], D[:, V:, V:].sum(axis=0), g * w[:, None],
+                float(w @ row_ll), Xt, meat)
+    if not complete:
+        return out
+    # EM's objective: sum_k r_k c_k with r held; its blocks are diagonal in k
+    C = np.zeros((n, V + T, V + T))
+    C[:, :J, :J] = -gates
+    C[:, J + ks, J + ks] = r * h
+    if T:
+        C[:, J + ks, V + ks] = C[:, V + ks, J + ks] = r * et
+        C[:, V + ks, V + ks] = r * tt
+    C *= w[:, None, None]
+    return out._replace(complete=_assemble(C[:, :V, :V], C[:, :V, V:],
+                                           C[:, V:, V:].sum(axis=0), Xt))
+
+
+def _row_log_normalise(joint):
+    """(row log-sums, log posteriors) of (n, K) joint log-densities."""
+    row = logsumexp(joint, axis=1)
+    return row, joint - row[:, None]

@@ -282,13 +282,49 @@ def test_ems_objective_hessian_matches_finite_differences(family):
 
 
 def test_the_generic_information_is_the_gaussian_one():
-    from fastmoe._information import derivatives, family_derivatives
+    """The numpy reference of the families' information reproduces the
+    Gaussian kernel's for Gaussian experts (one set of formulas for all)."""
+    from fastmoe._information import derivatives
 
     X, y, truth, _ = make_moe_regression(500, 2, 3, random_state=12)
     w = np.random.default_rng(1).uniform(0.5, 2.0, 500)
-    a, b = derivatives(X, y, w, truth, meat=True), family_derivatives(X, y, w, truth, meat=True)
+    a, b = derivatives(X, y, w, truth, meat=True), naive.family_derivatives_numpy(
+        X, y, w, truth, meat=True)
     np.testing.assert_allclose(b.hessian, a.hessian, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(b.meat, a.meat, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+@pytest.mark.parametrize("K", [1, 3])
+def test_the_compiled_information_is_the_numpy_one(family, K):
+    """fastmoe._kernels.family_coefficients against the numpy reference,
+    over several row blocks, with weights, offsets, the meat and EM's
+    objective's Hessian, at the truth and far from it."""
+    from fastmoe import _information
+    from fastmoe._information import family_derivatives
+
+    X, y, truth, _ = make_moe_regression(9000, 3, K, family=family, random_state=14)
+    rng = np.random.default_rng(3)
+    w, off = rng.uniform(0.5, 2.0, 9000), rng.uniform(-0.3, 0.3, 9000)
+    far = naive.family_params(naive.family_theta(truth) + rng.normal(0, 1.0, naive.family_theta(
+        truth).size), truth)
+    assert 9000 > 2 * _information.ROWS
+    for params in (truth, far):
+        got = family_derivatives(X, y, w, params, off, meat=True, complete=True)
+        ref = naive.family_derivatives_numpy(X, y, w, params, off, meat=True, complete=True)
+        assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-12)
+        for name in ("gradient", "hessian", "meat", "complete"):
+            a, b = getattr(got, name), getattr(ref, name)
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * np.abs(b).max(),
+                                       err_msg=name)
+
+
+def test_the_compiled_information_refuses_gaussian_experts():
+    from fastmoe._information import family_derivatives
+
+    X, y, truth, _ = make_moe_regression(50, 2, 2, random_state=1)
+    with pytest.raises(ValueError, match="family_coefficients serves"):
+        family_derivatives(X, y, np.ones(50), truth)
 
 
 @pytest.mark.parametrize("family", GLM_FAMILIES)

@@ -131,3 +131,26 @@ class RoundStatistics:
         from fastmoe.machine import round_statistics
 
         round_statistics(self.X, self.y, self.truth)
+
+
+class FamilyRoundStatistics:
+    """:class:`RoundStatistics` for experts of the other families: the
+    log-likelihood, its gradient and Hessian and EM's objective's Hessian
+    (the compiled ``family_coefficients``)."""
+
+    params = [["poisson", "bernoulli", "gamma"], [3]]
+    param_names = ["family", "K"]
+    timeout = 600
+
+    def setup(self, family, K):
+        from fastmoe._kernels import warm_up
+        from fastmoe.datasets import make_moe_regression
+
+        self.X, self.y, self.truth, _ = make_moe_regression(16384, 4, K, family=family,
+                                                            random_state=0)
+        warm_up()
+
+    def time_round_statistics(self, family, K):
+        from fastmoe.machine import round_statistics
+
+        round_statistics(self.X, self.y, self.truth)

@@ -7,9 +7,10 @@ pass), ``gate_newton_stats``, ``gate_objective``, ``gate_log_proba``
 the reduction's assignment step (``_reduce.h``). Cython: ``expert_log_density``,
 ``spd_solve`` (the fast path of ``_linalg.solve_psd`` for small systems).
 numba (cached JIT): ``local_support``, the local weights and means on the
-support, run only at the server; ``derivative_coefficients``, the per-row
-coefficients of the observed information, run by the machines in the
-refinement rounds.
+support, run only at the server; ``derivative_coefficients`` and
+``family_coefficients``, the per-row coefficients of the observed
+information of Gaussian experts and of the other families', run by the
+machines in the refinement rounds.
 Each kernel has exactly one implementation; module docstrings say why which.
 """
 
@@ -37,7 +38,20 @@ def __getattr__(name: str):
         from ._derivatives import derivative_coefficients
 
         return derivative_coefficients
+    if name == "family_coefficients":
+        from ._family import family_coefficients
+
+        return family_coefficients
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def family_code(family: str) -> int:
+    """The code of ``family_coefficients`` for a family's name (not the
+    Gaussian's: ``derivative_coefficients`` serves it)."""
+    codes = {"poisson": 1, "bernoulli": 2, "gamma": 3}
+    if family not in codes:
+        raise ValueError(f"family_coefficients serves {tuple(codes)}; got {family!r}.")
+    return codes[family]
 
 
 def _check_rows(bad: int) -> int:
@@ -76,12 +90,19 @@ def warm_up(n_threads: int = 1) -> None:
     passes them, so that a timed reduction or round pays no JIT cost. The
     other kernels are compiled ahead of time and need no warm-up."""
     from ._derivatives import derivative_coefficients
+    from ._family import family_coefficients
     from ._support import local_support
 
     derivative_coefficients(np.zeros((1, 1)), np.zeros(1), np.ones(1), np.zeros((2, 2)),
                             np.zeros((2, 2)), np.ones(2), np.empty((1, 3, 3)),
                             np.empty((1, 3, 2)), np.zeros((2, 2)), np.empty((1, 5)),
                             np.empty(1))
+    one = np.ones(2)
+    family_coefficients(1, np.zeros((1, 1)), np.zeros(1), np.ones(1), np.zeros(1),
+                        np.zeros((2, 2)), np.zeros((2, 2)), one, one, one, one,
+                        np.empty((1, 3, 3)), np.empty((1, 3, 0)), np.zeros((0, 0)),
+                        np.empty((1, 3)), np.empty(1), np.empty((1, 3, 3)),
+                        np.empty((1, 3, 0)), np.zeros((0, 0)), True)
 
     X, alpha = np.zeros((2, 1)), np.zeros((2, 2))
     local_support(X, alpha, alpha.copy(), np.array([0, 2], dtype=np.int64), np.ones(1),
@@ -97,6 +118,8 @@ __all__ = [  # noqa: F822 (local_support, derivative_coefficients: PEP 562)
     "simd_available",
     "local_support",
     "derivative_coefficients",
+    "family_coefficients",
+    "family_code",
     "e_step",
     "em_pass",
     "expert_log_density",
