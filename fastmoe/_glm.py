@@ -26,7 +26,7 @@ from . import _kernels, exceptions
 from ._fit import EMPTY_SHARE, MoEFit, random_regions
 from ._frame import Frame
 from ._gating import fit_gates
-from ._linalg import resolve_threads, row_log_normalise, solve_psd
+from ._linalg import resolve_threads, solve_psd
 from ._options import EMOptions
 from ._params import MoEParams, _offset
 from ._validation import check_int, check_random_state, check_X_y
@@ -48,38 +48,54 @@ class _Data:
 
     def __init__(self, X, y, w, offset, family, K, n_threads):
         self.family, self.K, self.n_threads = family, K, n_threads
+        self.code = _kernels.family_code(family.name)
         self.n, self.d = X.shape
         self.X, self.y, self.w, self.offset = X, y, w, offset
         self.y1 = y[:, None]
         self.base = family.base(y)  # the terms of log f of y alone, once
-        self.base_total = float(w @ self.base)
         self.Z = np.column_stack([np.ones(self.n), X])
         self.total_weight = float(w.sum())
 
     def linear(self, beta):
         return self.Z @ beta.T + self.offset[:, None]
 
+    def shapes(self, phi):
+        """(nu, log Gamma(nu)) of the dispersions (a Gamma expert's shape;
+        unused by the other families)."""
+        nu = 1.0 / np.asarray(phi, dtype=np.float64)
+        if not self.family.has_dispersion:
+            return nu, np.zeros_like(nu)
+        from scipy.special import gammaln
+
+        return nu, gammaln(nu)
+
     def e_step(self, alpha, beta, phi):
-        """(weighted log-likelihood, responsibilities (n, K), eta (n, K))."""
-        log_pi = np.empty((self.n, self.K))
-        _kernels.gate_log_proba(self.X, alpha, log_pi, self.n_threads)
-        eta = self.linear(beta)
-        row, log_r = row_log_normalise(log_pi + self.family.log_kernel(self.y1, eta, phi))
-        with np.errstate(under="ignore"):
-            R = np.exp(log_r)
-        return float(self.w @ row) + self.base_total, R, eta
+        """(weighted log-likelihood, responsibilities (n, K), (eta, log
+        kernels) each (n, K)), by the compiled kernel
+        (``fastmoe._kernels.family_e_step``)."""
+        R, eta, kern = (np.empty((self.n, self.K)) for _ in range(3))
+        row = np.empty(self.n)
+        nu, lg = self.shapes(phi)
+        bad = _kernels.family_e_step(self.code, self.X, self.y, self.offset,
+                                     np.ascontiguousarray(alpha), np.ascontiguousarray(beta),
+                                     nu, lg, self.base, R, eta, kern, row,
+                                     n_threads=self.n_threads)
+        _kernels.check_rows(bad)
+        return float(self.w @ row), R, (eta, kern)
 
     def expert_objective(self, a, b, phi_k) -> float:
-        """sum_i a_i log f(y_i; Z_i b + offset_i, phi_k)."""
-        eta = self.Z @ b + self.offset
-        with np.errstate(over="ignore", invalid="ignore"):  # the base is a constant here
-            val = float(a @ self.family.log_kernel(self.y, eta, phi_k))
+        """sum_i a_i log f(y_i; Z_i b + offset_i, phi_k), less the terms in
+        y alone."""
+        nu, lg = self.shapes([phi_k])
+        val = _kernels.family_objective(self.code, self.y, self.Z @ b + self.offset, a,
+                                        nu[0], lg[0])
         return val if np.isfinite(val) else -np.inf
 
 
-def _irls_step(data: _Data, a, b, phi_k, eta_k):
+def _irls_step(data: _Data, a, b, phi_k, eta_k, kern_k=None):
     """One scoring step of one expert with row weights ``a``, halved until
-    its weighted log-likelihood does not decrease: the new coefficients."""
+    its weighted log-likelihood does not decrease: the new coefficients.
+    ``kern_k``: the expert's log kernels at ``b`` where the E-step has them."""
     z, W = data.family.working(data.y, eta_k)
     aw = a * W
     Z = data.Z
@@ -88,7 +104,7 @@ def _irls_step(data: _Data, a, b, phi_k, eta_k):
     G[1:, 1:] += ridge * np.eye(data.d)
     target = solve_psd(G, Z.T @ (aw * (z - data.offset)))
     step = target - b
-    old = data.expert_objective(a, b, phi_k)
+    old = data.expert_objective(a, b, phi_k) if kern_k is None else float(a @ kern_k)
     t = 1.0
     for _ in range(MAX_HALVINGS):
         trial = b + t * step
@@ -98,15 +114,17 @@ def _irls_step(data: _Data, a, b, phi_k, eta_k):
     return b
 
 
-def _m_step(data: _Data, alpha, beta, phi, R, eta, gate_steps: int, gate_l2: float):
-    """Generalised M-step: (alpha, beta, phi)."""
+def _m_step(data: _Data, alpha, beta, phi, R, at, gate_steps: int, gate_l2: float):
+    """Generalised M-step from the E-step's posteriors ``R`` and its (eta,
+    log kernels) ``at``: (alpha, beta, phi)."""
+    eta, kern = at
     fam = data.family
     W = data.w[:, None] * R
     mass = W.sum(axis=0)
     live = mass > EMPTY_SHARE * data.total_weight
     beta = beta.copy()
     for k in np.flatnonzero(live):
-        beta[k] = _irls_step(data, W[:, k], beta[k], phi[k], eta[:, k])
+        beta[k] = _irls_step(data, W[:, k], beta[k], phi[k], eta[:, k], kern[:, k])
     if fam.has_dispersion:
         phi = phi.copy()
         new = fam.dispersion(data.y1, fam.mean(data.linear(beta)), W)

@@ -319,6 +319,46 @@ def test_the_compiled_information_is_the_numpy_one(family, K):
                                        err_msg=name)
 
 
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_the_compiled_e_step_is_scipys(family):
+    """fastmoe._kernels.family_e_step (EM's E-step for these experts): the
+    rows' log-likelihoods and posteriors from scipy's densities, the same on
+    one thread and on two, and the per-expert objective its sum."""
+    from scipy.special import gammaln, logsumexp
+
+    from fastmoe import _kernels
+
+    X, y, truth, _ = make_moe_regression(3000, 2, 3, family=family, random_state=15)
+    rng = np.random.default_rng(4)
+    off = rng.uniform(-0.3, 0.3, 3000)
+    params = naive.family_params(naive.family_theta(truth) + rng.normal(0, 0.5, naive.family_theta(
+        truth).size), truth)
+    fam = get_family(family)
+    nu = 1.0 / params.expert_var
+    lg = gammaln(nu) if fam.has_dispersion else np.zeros(3)
+    eta = naive.xt(X) @ params.expert_aug.T + off[:, None]
+    joint = naive.gate_log_proba(X, params.gate_aug) + naive.family_log_density(
+        family, y, eta, params.expert_var)
+    outs = []
+    for threads in (1, 2):
+        R, e, kern, row = np.empty((3000, 3)), np.empty((3000, 3)), np.empty((3000, 3)), \
+            np.empty(3000)
+        bad = _kernels.family_e_step(_kernels.family_code(family), X, y, off, params.gate_aug,
+                                     params.expert_aug, nu, lg, fam.base(y), R, e, kern, row,
+                                     n_threads=threads)
+        assert bad == 0
+        outs.append((R, e, kern, row))
+    np.testing.assert_allclose(row, logsumexp(joint, axis=1), rtol=1e-11)
+    np.testing.assert_allclose(R, np.exp(joint - logsumexp(joint, axis=1, keepdims=True)),
+                               atol=1e-12)
+    np.testing.assert_allclose(e, eta, rtol=1e-12, atol=1e-12)
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    a = rng.uniform(0, 1, 3000)
+    assert _kernels.family_objective(_kernels.family_code(family), y, eta[:, 1], a, nu[1],
+                                     lg[1]) == pytest.approx(float(a @ kern[:, 1]), rel=1e-12)
+
+
 def test_the_compiled_information_refuses_gaussian_experts():
     from fastmoe._information import family_derivatives
 

@@ -38,10 +38,10 @@ def __getattr__(name: str):
         from ._derivatives import derivative_coefficients
 
         return derivative_coefficients
-    if name == "family_coefficients":
-        from ._family import family_coefficients
+    if name in ("family_coefficients", "family_e_step", "family_objective"):
+        from . import _family
 
-        return family_coefficients
+        return getattr(_family, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -54,7 +54,7 @@ def family_code(family: str) -> int:
     return codes[family]
 
 
-def _check_rows(bad: int) -> int:
+def check_rows(bad: int) -> int:
     """The one answer to a pass whose rows' log-likelihoods are not finite
     (returns 0, the kernel's status, when every row's is)."""
     if bad:
@@ -67,13 +67,13 @@ def _check_rows(bad: int) -> int:
 def e_step(*args) -> int:
     """The E-step kernel (``_estep.e_step``; its arguments are the kernel's):
     raises FloatingPointError where a row's log-likelihood is not finite."""
-    return _check_rows(_estep.e_step(*args))
+    return check_rows(_estep.e_step(*args))
 
 
 def em_pass(*args) -> int:
     """The fused EM pass (``_estep.em_pass``; its arguments are the kernel's):
     raises FloatingPointError where a row's log-likelihood is not finite."""
-    return _check_rows(_estep.em_pass(*args))
+    return check_rows(_estep.em_pass(*args))
 
 
 def set_simd(flag: bool) -> bool:
@@ -119,7 +119,10 @@ __all__ = [  # noqa: F822 (local_support, derivative_coefficients: PEP 562)
     "local_support",
     "derivative_coefficients",
     "family_coefficients",
+    "family_e_step",
+    "family_objective",
     "family_code",
+    "check_rows",
     "e_step",
     "em_pass",
     "expert_log_density",

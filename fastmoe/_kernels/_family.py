@@ -26,14 +26,75 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import prange
 
-from ._jit import jit_serial
+from ._jit import jit_pair, jit_serial
 from ._rows import log_gates
 
 #: family codes of the kernel
 POISSON, BERNOULLI, GAMMA = 1, 2, 3
 #: as fastmoe.families.MAX_ETA
 _MAX_ETA = 700.0
+
+
+@jit_serial
+def _log_kernel(code, yi, eta, nu, lg_nu):
+    """log f(y; eta, phi) less its terms in y alone (``Family.log_kernel``)."""
+    if code == POISSON:
+        e = min(eta, _MAX_ETA)
+        return (yi * e if yi > 0 else 0.0) - math.exp(e)
+    if code == BERNOULLI:
+        soft = eta + math.log1p(math.exp(-eta)) if eta >= 0 else math.log1p(math.exp(eta))
+        return yi * eta - soft
+    e = min(max(eta, -_MAX_ETA), _MAX_ETA)  # GAMMA
+    return nu * (math.log(nu * yi) - e) - nu * yi * math.exp(-e) - lg_nu
+
+
+def _family_e_step(code, X, y, off, gate, expert, nu, lg_nu, base, R, eta_out, kern, row_ll):
+    """OUT R (n, K) the posteriors, eta_out (n, K) the linear predictors,
+    kern (n, K) the experts' log-densities less the terms in y alone, and
+    row_ll (n,) the rows' log-likelihoods (with ``base``, those terms);
+    returns the rows whose log-likelihood is not finite. Rows are
+    independent: the result does not depend on the thread count."""
+    n, d = X.shape
+    K = expert.shape[0]
+    bad = 0
+    for i in prange(n):
+        log_pi = np.empty(K)
+        log_gates(gate, X, i, log_pi)
+        top = -np.inf
+        for k in range(K):
+            eta = expert[k, 0] + off[i]
+            for j in range(d):
+                eta += expert[k, j + 1] * X[i, j]
+            eta_out[i, k] = eta
+            kern[i, k] = _log_kernel(code, y[i], eta, nu[k], lg_nu[k])
+            R[i, k] = log_pi[k] + kern[i, k]
+            top = max(top, R[i, k])
+        tot = 0.0
+        for k in range(K):
+            R[i, k] = math.exp(R[i, k] - top)
+            tot += R[i, k]
+        row_ll[i] = top + math.log(tot) + base[i]
+        if not math.isfinite(row_ll[i]):
+            bad += 1
+        for k in range(K):
+            R[i, k] /= tot
+    return bad
+
+
+family_e_step = jit_pair(_family_e_step)
+
+
+@jit_serial
+def family_objective(code, y, eta, a, nu, lg_nu):
+    """sum_i a_i log f(y_i; eta_i, phi) less the terms in y alone: one
+    expert's weighted log-likelihood (serial, so its sum's order is fixed)."""
+    total = 0.0
+    for i in range(y.shape[0]):
+        if a[i] != 0.0:
+            total += a[i] * _log_kernel(code, y[i], eta[i], nu, lg_nu)
+    return total
 
 
 @jit_serial
