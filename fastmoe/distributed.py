@@ -781,7 +781,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         if not messages:
             raise ValueError("every shard failed; nothing to aggregate.")
         noisy = [i for i, m in zip(fitted, messages) if m.meta["warnings"]]
-        if noisy:
+        if noisy and not plan.rounds:  # with rounds the local fits are only starts
             first = messages[fitted.index(noisy[0])]
             warnings.warn(f"local fits of shard(s) {noisy} warned (first: "
                           f"{first.meta['warnings'][0]}); see messages_[i].meta['warnings'].",
@@ -926,6 +926,13 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                           + ("; they were left out (robust=True)." if self.robust else
                              "; robust=True leaves them out."), UserWarning, stacklevel=4)
         if plan.rounds:  # the rounds repair what the one-shot aggregate got wrong
+            if not self.refine_converged_:
+                warnings.warn(f"the refinement rounds did not converge in "
+                              f"{len(self.refine_history_)} rounds (refine_rounds="
+                              f"{self.refine_rounds!r}); the model is the last one accepted. "
+                              "Raise refine_rounds; the local fits' own warnings are in "
+                              "messages_[i].meta['warnings'].", ConvergenceWarning,
+                              stacklevel=4)
             return
         failed_fits = [fitted[j] for j in agg.excluded if j not in agg.inconsistent]
         if failed_fits:

@@ -435,6 +435,9 @@ class Refinement:
         gained), the gain the step expected, the seconds the machines (the
         slowest) and the server took, and the candidates evaluated. The
         first entry's "start" is 0 for ``params``, i for ``alternatives[i-1]``.
+        With several tracks, an entry per round of them all: the best
+        track's model and step ("track" its number), the candidates and
+        seconds of every track's.
     converged : bool
         Whether the expected gain fell below NEWTON_TOL ``tol`` times the
         log-likelihood (or no candidate gained).

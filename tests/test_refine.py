@@ -106,6 +106,29 @@ def test_rounds_start_from_a_cheap_aggregate_and_stop_at_the_cap(data, monkeypat
     assert AUTO_REFINE_MAX_ROUNDS >= 15
 
 
+def test_rounds_that_stop_at_the_cap_say_so_and_local_warnings_do_not_repeat(data):
+    """Rounds capped before converging warn once (a ConvergenceWarning that
+    names refine_rounds); the local fits' own warnings stay in their
+    messages when rounds follow (the rounds, on every row, decide the
+    model), and are raised by the one-shot estimator."""
+    from fastmoe.exceptions import ConvergenceWarning
+
+    X, y, _ = data
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        capped = DistributedMoERegressor(3, 8, backend="serial", random_state=0, max_iter=3,
+                                         refine_rounds=2).fit(X, y)
+    texts = [str(w.message) for w in said if issubclass(w.category, ConvergenceWarning)]
+    assert not capped.refine_converged_
+    assert len(texts) == 1 and "refine_rounds=2" in texts[0]
+    assert all(m.meta["warnings"] for m in capped.messages_)  # three EM iterations each
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        DistributedMoERegressor(3, 8, backend="serial", random_state=0, max_iter=3,
+                                refine_rounds=0).fit(X, y)
+    assert any("local fits of shard(s)" in str(w.message) for w in said)
+
+
 @pytest.mark.parametrize("value", [-1, 1.5, "always", None])
 def test_refine_rounds_must_be_a_count_or_auto(data, value):
     X, y, _ = data
