@@ -86,7 +86,7 @@ class LargeMixture:
         return W, ML
 
 
-def _as_params(model, index: int) -> MoEParams:
+def _as_params(model, index: int, gaussian: bool = True) -> MoEParams:
     params = model
     if isinstance(model, dict):
         try:
@@ -96,7 +96,8 @@ def _as_params(model, index: int) -> MoEParams:
     elif not isinstance(model, MoEParams):
         params = getattr(model, "params_", None) or getattr(model, "params", None)
     if isinstance(params, MoEParams):
-        return params.require_gaussian(f"the reduction (local_models[{index}])")
+        return params.require_gaussian(f"the reduction (local_models[{index}])") \
+            if gaussian else params
     raise ValueError(f"local_models[{index}] is a {type(model).__name__}; expected MoEParams, "
                      "a fitted estimator, a LocalMessage or a MoEParams.to_dict() record.")
 

@@ -31,6 +31,7 @@ from ._reduction import (
     INITS,
     VARIANCE_UPDATES,
     LargeMixture,
+    _as_params,
     _check_support,
     centred_start,
     large_mixture,
@@ -242,6 +243,14 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
         history, the plan in compact form, the timings and what was left out.
     """
     exclude_failed = check_bool(exclude_failed, "exclude_failed")
+    family = _family_of(local_models)
+    if family != "gaussian":
+        return _aggregate_family(local_models, n_experts, sample_sizes, X_support, family,
+                                 cost=cost, init=init, n_init=n_init, max_iter=max_iter,
+                                 tol=tol, gate_target=gate_target, y_support=y_support,
+                                 variance_update=variance_update,
+                                 gate_max_iter=gate_max_iter,
+                                 random_state=random_state, n_threads=n_threads)
     options = dict(cost=cost, init=init, n_init=n_init, max_iter=max_iter, tol=tol,
                    gate_target=gate_target, y_support=y_support,
                    variance_update=variance_update, gate_max_iter=gate_max_iter,
@@ -332,6 +341,112 @@ def divergence_matrix(models, X, *, cost: str = "kl", n_threads: int | None = No
                 D[i, j] = transport_divergence(models[i], models[j], X, cost=cost,
                                                n_threads=n_threads)
     return D
+
+
+def _family_of(local_models) -> str:
+    """The experts' family of the local models (one for all: a ValueError of
+    one line otherwise); "gaussian" where they cannot be read here (the
+    Gaussian path checks them)."""
+    try:
+        models = [_as_params(m, i, gaussian=False) for i, m in enumerate(local_models)]
+    except (TypeError, ValueError):
+        return "gaussian"
+    families = sorted({m.family for m in models})
+    if len(families) > 1:
+        raise ValueError(f"the local models mix experts of families {families}; a reduction "
+                         "needs one family.")
+    return families[0] if families else "gaussian"
+
+
+def _aggregate_family(local_models, n_experts, sample_sizes, X_support, family, *, cost,
+                      init, n_init, max_iter, tol, gate_target, y_support, variance_update,
+                      gate_max_iter, random_state, n_threads) -> AggregationResult:
+    """:func:`aggregate` for experts of the other families
+    (``fastmoe._family_reduction``): the KL reduction and the gates refitted
+    to the plan's assigned shares; the options that serve Gaussian experts
+    alone are refused in one line."""
+    from ._family_reduction import reduce_family
+
+    t_start = time.perf_counter()
+    for name, value, allowed in (("cost", cost, "kl"), ("gate_target", gate_target, "assigned"),
+                                 ("variance_update", variance_update, "exact")):
+        if value != allowed:
+            raise ValueError(f"{name}={value!r} serves Gaussian experts; experts of family "
+                             f"{family!r} are reduced with {name}={allowed!r}.")
+    if y_support is not None:
+        raise ValueError("y_support serves Gaussian experts (gate_target='posterior').")
+    models = [_as_params(m, i, gaussian=False) for i, m in enumerate(local_models)]
+    d = models[0].n_features
+    for i, m in enumerate(models):
+        if m.n_features != d:
+            raise ValueError(f"local_models[{i}] has {m.n_features} features but "
+                             f"local_models[0] has {d}; all must match.")
+    M = len(models)
+    sizes = np.ones(M) if sample_sizes is None else np.asarray(sample_sizes,
+                                                               dtype=np.float64).ravel()
+    if sizes.shape != (M,) or not np.all(np.isfinite(sizes) & (sizes > 0)):
+        raise ValueError(f"sample_sizes must be {M} positive numbers, one per local model.")
+    lam = sizes / sizes.sum()
+    if n_experts is None:
+        if len({m.n_experts for m in models}) != 1:
+            raise ValueError("the local models have different numbers of experts; pass "
+                             "n_experts.")
+        n_experts = models[0].n_experts
+    K = check_int(n_experts, "n_experts")
+    if K > sum(m.n_experts for m in models):
+        raise ValueError(f"n_experts={K} is more than the local experts in all; cannot "
+                         "reduce to more experts than there are.")
+    Xs = check_X(X_support, d, name="X_support")
+    if Xs.shape[0] < max((d + 1) * (K - 1), 1):
+        raise ValueError(f"X_support has {Xs.shape[0]} points; the gate regression of {K} "
+                         f"experts on {d} features needs at least (d+1)(K-1) = "
+                         f"{(d + 1) * (K - 1)}. Send larger covariate samples.")
+    n_init = check_int(n_init, "n_init")
+    max_iter = check_int(max_iter, "max_iter", 0)
+    tol = check_float(tol, "tol", 0.0, inclusive=True)
+    frame = Frame.of(Xs)
+    inside = [frame.params_in(m) for m in models]
+    start = None
+    if isinstance(init, MoEParams):
+        if (init.n_experts, init.n_features, init.family) != (K, d, family):
+            raise ValueError(f"init has {init.n_experts} {init.family} experts on "
+                             f"{init.n_features} features; the aggregate needs {K} {family} "
+                             f"experts on {d}.")
+        local = frame.params_in(init)
+        start = (local.expert_aug, local.expert_var)
+    else:
+        check_choice(init, "init", INITS)
+    Xf = frame.X(Xs)
+    t0 = time.perf_counter()
+    beta, phi, history, n_iter, converged, notes, A, cmin, mix = reduce_family(
+        inside, lam, Xf, K, init=start, n_init=n_init, max_iter=max_iter, tol=tol,
+        rng=check_random_state(random_state), n_threads=n_threads)
+    t_reduction = time.perf_counter() - t0
+    if not converged and max_iter > 0:
+        warnings.warn(f"the MM reduction did not converge in max_iter={max_iter} iterations; "
+                      "increase max_iter or tol.", ConvergenceWarning, stacklevel=3)
+    if notes:
+        warnings.warn("; ".join(notes) + ".", DegenerateExpertWarning, stacklevel=3)
+    t0 = time.perf_counter()
+    # targets in canonical order (MoEParams.canonical, in the user's units), the plan with them
+    user = frame.params_out(MoEParams.from_aug(np.zeros((K, d + 1)), beta, phi, family))
+    order = np.lexsort((user.expert_var, user.expert_intercept))
+    beta, phi = beta[order], phi[order]
+    A = np.argsort(order)[A]
+    sent = np.stack([np.where(A == k, mix.W, 0.0) for k in range(K)], axis=2)  # (S, L, K)
+    T = sent.sum(axis=1) / mix.W.sum(axis=1, keepdims=True)
+    gates = fit_gates(Xf, T, np.ones(Xf.shape[0]), np.zeros((K, d + 1)),
+                      max_iter=check_int(gate_max_iter, "gate_max_iter"), tol=1e-12,
+                      n_threads=resolve_threads(n_threads))
+    t_gates = time.perf_counter() - t0
+    params = frame.params_out(MoEParams.from_aug(gates.alpha, beta, phi, family))
+    local_mass = sent.sum(axis=0)
+    lobj = np.sum(mix.W * cmin, axis=0)
+    return AggregationResult(params.canonical(), float(history[-1]), history, n_iter, converged,
+                             A.astype(np.int16), local_mass, local_mass.sum(axis=0), lobj,
+                             mix.machine, "ot-kl",
+                             {"reduction": t_reduction, "gates": t_gates,
+                              "total": time.perf_counter() - t_start}, tuple(notes))
 
 
 def reduction_frame(mix: LargeMixture, Xs: np.ndarray) -> Frame:

@@ -316,16 +316,18 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     n_machines : int, default=4
         Shards ``fit(X, y)`` splits the rows into (ignored by ``fit_shards``).
     family : {"gaussian", "poisson", "bernoulli", "gamma"}, default="gaussian"
-        The experts' family (:mod:`fastmoe.families`). Gaussian experts take
-        the path described here. Experts of the other families have no
-        optimal-transport reduction yet: the server starts from its own fit
-        to the messages (:func:`fastmoe.server.message_fit`, EM from each of
-        the ``FAMILY_SERVER_STARTS`` largest shards' models on responses each
-        machine's model draws at its covariate sample), and the refinement
-        rounds, which such a fit always runs, take Newton, trust-region and
-        generalised EM steps on the machines' summed log-likelihood
-        derivatives, from the ``FAMILY_TRACKS`` best starts side by side
-        (:func:`fastmoe.server.refine`). ``aggregation_`` is then None.
+        The experts' family (:mod:`fastmoe.families`). Experts of the other
+        families are reduced by their own KL divergences
+        (``fastmoe._family_reduction``; ``cost="kl"``, the "assigned" gate
+        target and the "exact" variance update only; no local-fit checks yet,
+        so nothing is left out or rechecked, and ``robust`` needs the rounds'
+        check of each machine's rows). With
+        rounds, the server also fits the messages from each of the
+        ``FAMILY_SERVER_STARTS`` largest shards' models
+        (:func:`fastmoe.server.message_fit`), and the rounds, which take
+        Newton, trust-region and generalised EM steps on the machines'
+        summed log-likelihood derivatives, climb from the ``FAMILY_TRACKS``
+        best starts side by side (:func:`fastmoe.server.refine`).
     cost : {"kl", "w2"}, default="kl"
         The cost between Gaussian experts in the transport divergence.
     n_support : int, default=1000
@@ -695,11 +697,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         plan = self._plan(len(shards))
         fitted, messages, failed = self._fit_locals(shards, rng, plan)
         first_fit_times = np.array([m.fit_time for m in messages])
-        if plan.options["family"] == "gaussian":
-            agg, reduction_time = self._one_shot(shards, fitted, messages, rng, plan)
-        else:  # no reduction for these experts: the rounds start from the messages
-            agg, reduction_time = None, 0.0
-            self.rechecked_shards_, self.recheck_time_ = [], 0.0
+        agg, reduction_time = self._one_shot(shards, fitted, messages, rng, plan)
         refinement, inconsistent = self._rounds(shards, fitted, messages, agg, rng, plan)
         self._record(agg, refinement, inconsistent, fitted, messages, failed, plan)
         self.local_fit_times_ = first_fit_times
@@ -738,10 +736,6 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             n_jobs, threads = 1, resolve_threads(self.n_threads or 1)
         tol = check_float(self.tol, "tol", 0.0, inclusive=True)
         family = get_family(self.family).name
-        if family != "gaussian" and not rounds:
-            raise ValueError(f"refine_rounds=0 (the one-shot estimator) needs the "
-                             f"optimal-transport reduction, which serves Gaussian experts "
-                             f"only; family={family!r} needs refinement rounds.")
         options = dict(family=family, n_support=self.n_support, support=self.support,
                        max_iter=self.max_iter,
                        tol=tol * M, n_init=self.n_init, init=self.init,
@@ -811,6 +805,12 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                                       n_threads=self.n_threads, **mm_tol)
 
         t0 = time.perf_counter()
+        if plan.options["family"] != "gaussian":
+            # the families' reduction (fastmoe._family_reduction): no local-fit
+            # checks for these experts yet, so nothing is left out or rechecked
+            self.rechecked_shards_, self.recheck_time_ = [], 0.0
+            agg = server(False)
+            return agg, time.perf_counter() - t0
         try:
             agg = server(self.exclude_failed)
         except ExclusionLimitError:  # too many rows would be left out: the suspects look first
@@ -855,18 +855,16 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         # the first round also tries the server's own fit to the trusted
         # machines' messages, and their own models, the largest shards' first
         # (ROUND_STARTS at most)
-        kept = [j for j in range(len(fitted)) if agg is None or j not in agg.inconsistent]
+        kept = [j for j in range(len(fitted)) if j not in agg.inconsistent]
         trusted = [fitted[j] for j in kept]
-        # without a reduction (experts of other families) the largest shard's
-        # model is the start of the server's fit, and the rounds' first start
-        first = agg.params if agg is not None else \
-            messages[max(kept, key=lambda j: messages[j].n)].params
+        first = agg.params
         own = sorted(kept, key=lambda j: -messages[j].n)[:ROUND_STARTS]
-        # without a reduction, the server's fit from each of the largest
-        # shards' models (FAMILY_SERVER_STARTS): their likelihoods have several
-        # optima, and the rounds' Newton steps climb the nearest
-        inits = [first] if agg is not None else \
-            [messages[j].params for j in own[:FAMILY_SERVER_STARTS]]
+        gaussian = plan.options["family"] == "gaussian"
+        # the server's fit from the aggregate; for experts of other families
+        # also from each of the largest shards' models (FAMILY_SERVER_STARTS):
+        # their likelihoods have several optima, and the rounds climb the nearest
+        inits = [first] + ([] if gaussian else
+                           [messages[j].params for j in own[:FAMILY_SERVER_STARTS]])
         t0 = time.perf_counter()
         starts = [message_fit([messages[j] for j in kept], init, random_state=rng,
                               n_threads=plan.threads) for init in inits]
@@ -875,7 +873,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         refinement, self.round_statistics_ = self._refine(
             first, [(i, shards[i]) for i in trusted], plan.rounds, plan.n_jobs,
             plan.threads, plan.tol, alternatives=alternatives,
-            tracks=1 if agg is not None else FAMILY_TRACKS)
+            tracks=1 if gaussian else FAMILY_TRACKS)
         own = {i: messages[j].meta.get("log_likelihood") for j, i in enumerate(fitted)}
         inconsistent = rows_inconsistent(self.round_statistics_, own)
         if inconsistent and self.robust:  # the rounds again, without them

@@ -332,8 +332,14 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
         The aggregate, the support it was fitted on, and its health.
     """
     msgs = read_messages(messages, n_experts)
-    for i, m in enumerate(msgs):
-        m.params.require_gaussian(f"the reduction (messages[{i}])")
+    families = sorted({m.params.family for m in msgs})
+    if len(families) > 1:
+        raise ValueError(f"the messages mix experts of families {families}; an aggregate "
+                         "needs one family.")
+    robust = check_bool(robust, "robust")
+    if robust and families != ["gaussian"]:
+        raise ValueError("robust=True serves Gaussian experts (its consistency check is their "
+                         f"KL); the messages hold {families[0]} experts.")
     exclude_failed = check_bool(exclude_failed, "exclude_failed")
     if max_weight is not None:
         max_weight = check_float(max_weight, "max_weight")
@@ -353,7 +359,6 @@ def aggregate_messages(messages, n_experts: int | None = None, *, n_support: int
         max_support = support_size(msgs[0].params.n_features, check_int(K, "n_experts"))
     elif max_support is not None:
         max_support = check_int(max_support, "max_support")
-    robust = check_bool(robust, "robust")
     Xs = pooled_support(msgs, n_support, rng, max_support)
     kept, bad = list(range(len(msgs))), {}
     if robust:

@@ -564,3 +564,60 @@ def _row_log_normalise(joint):
     """(row log-sums, log posteriors) of (n, K) joint log-densities."""
     row = logsumexp(joint, axis=1)
     return row, joint - row[:, None]
+
+
+# ----------------------------------------------------------------------------
+# the families' transport reduction (fastmoe._family_reduction)
+# ----------------------------------------------------------------------------
+def family_kl_textbook(family, eta_l, nu_l, eta_k, nu_k):
+    """KL(f_l || f_k) in the textbook forms: Poisson mu_l log(mu_l/mu_k) +
+    mu_k - mu_l; Bernoulli p log(p/q) + (1-p) log((1-p)/(1-q)); Gamma in
+    shape a and scale theta = mu / a."""
+    from scipy.special import expit, gammaln, psi
+
+    if family == "poisson":
+        ml, mk = np.exp(eta_l), np.exp(eta_k)
+        return ml * np.log(ml / mk) + mk - ml
+    if family == "bernoulli":
+        p, q = expit(eta_l), expit(eta_k)
+        return p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+    al, ak = nu_l, nu_k
+    tl, tk = np.exp(eta_l) / al, np.exp(eta_k) / ak
+    return ((al - ak) * psi(al) - gammaln(al) + gammaln(ak) + ak * (np.log(tk) - np.log(tl))
+            + al * (tl - tk) / tk)
+
+
+def family_kl_by_sum(family, eta_l, nu_l, eta_k, nu_k):
+    """KL(f_l || f_k) of scalars from its definition: a sum over the counts
+    (Poisson), the two outcomes (Bernoulli) or a quadrature (Gamma)."""
+    from scipy import integrate
+
+    def logf(y, eta, nu):
+        return family_log_density(family, np.atleast_1d(y), np.array([[eta]]), [1.0 / nu])[:, 0]
+
+    if family == "gamma":
+        def term(y):
+            a, b = logf(y, eta_l, nu_l)[0], logf(y, eta_k, nu_k)[0]
+            return np.exp(a) * (a - b)
+        mean = np.exp(eta_l)
+        return (integrate.quad(term, 0, mean, limit=200)[0]
+                + integrate.quad(term, mean, np.inf, limit=200)[0])
+    ys = np.arange(0, 400.0) if family == "poisson" else np.array([0.0, 1.0])
+    a, b = logf(ys, eta_l, nu_l), logf(ys, eta_k, nu_k)
+    return float(np.sum(np.exp(a) * (a - b)))
+
+
+def family_transport_objective(models, lam, Xs, beta, phi):
+    """R = sum_s sum_l w_l(x_s) min_k KL(f_l || f_k) at the targets (beta
+    (K, d+1), phi (K,)), by the textbook KL and plain loops over machines."""
+    Z = xt(Xs)
+    total = 0.0
+    eta_k = Z @ beta.T
+    for w, m in zip(lam, models):
+        W = w * np.exp(gate_log_proba(Xs, m.gate_aug))
+        eta_l = Z @ m.expert_aug.T
+        for l in range(m.n_experts):
+            C = family_kl_textbook(m.family, eta_l[:, [l]], 1.0 / m.expert_var[l], eta_k,
+                                   1.0 / phi[None, :])
+            total += float(W[:, l] @ C.min(axis=1))
+    return total

@@ -38,7 +38,7 @@ def __getattr__(name: str):
         from ._derivatives import derivative_coefficients
 
         return derivative_coefficients
-    if name in ("family_coefficients", "family_e_step", "family_objective"):
+    if name in ("family_coefficients", "family_e_step", "family_objective", "family_assign"):
         from . import _family
 
         return getattr(_family, name)
@@ -121,6 +121,7 @@ __all__ = [  # noqa: F822 (local_support, derivative_coefficients: PEP 562)
     "family_coefficients",
     "family_e_step",
     "family_objective",
+    "family_assign",
     "family_code",
     "check_rows",
     "e_step",

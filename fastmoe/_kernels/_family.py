@@ -230,3 +230,30 @@ def family_coefficients(code, X, y, w, off, gate, expert, nu, lg_nu, psi_nu, tri
                 if T:
                     CVT[i, J + k, k] = wi * r[k] * terms[k, 5]
                     CTT[k, k] += wi * r[k] * terms[k, 4]
+
+
+def _family_assign(P, a, b, c, d, e, f, A, cmin):
+    """The reduction's assignment step for experts of these families
+    (``fastmoe._family_reduction``): for each support point s and local
+    expert l, the target k of least cost
+
+        P[l, k] + a[s, k] + b[s, l] c[s, k] + d[s, l] e[k] + f[s, l]
+
+    (the KL divergence split into terms of the local experts and of the
+    targets), OUT A (S, L) its index and cmin (S, L) the cost, without the
+    (S, L, K) array. Points are independent: the result does not depend on
+    the thread count."""
+    S, L = b.shape
+    K = a.shape[1]
+    for s in prange(S):
+        for l in range(L):
+            best, arg = np.inf, 0
+            for k in range(K):
+                v = P[l, k] + a[s, k] + b[s, l] * c[s, k] + d[s, l] * e[k] + f[s, l]
+                if v < best:
+                    best, arg = v, k
+            A[s, l] = arg
+            cmin[s, l] = best
+
+
+family_assign = jit_pair(_family_assign)
