@@ -639,6 +639,29 @@ def test_the_families_reduction_is_a_minimum_of_the_transport_objective(family):
     assert found.fun <= best * (1 + 1e-3)  # and it finds the same minimum
 
 
+def test_a_local_expert_that_extrapolates_wildly_does_not_swamp_the_reduction():
+    """A local Poisson expert whose slope is ten times the others' predicts
+    means beyond e^80 at a few outlying support points: its predictors are
+    held within the bulk of the local experts' (plus half its width), so
+    that the transport costs stay finite and positive and MM converges (in
+    9 iterations; without the bound its costs overflowed and it ran its 300
+    through objectives of +-1e25). The exponential costs still let those
+    points pull one target's slope: the rounds, on the rows, judge it."""
+    X, _, truth, _ = make_moe_regression(2000, 2, 2, family="poisson", random_state=6)
+    X = X.copy()
+    X[:4, 0] = 30.0  # a few covariates far from the rest (0.05% of the weight)
+    coef = truth.expert_coef.copy()
+    coef[0, 0] *= 10.0
+    wild = MoEParams(truth.gate_coef, truth.gate_intercept, coef, truth.expert_intercept,
+                     truth.expert_var, "poisson")
+    assert float(np.max(naive.xt(X) @ wild.expert_aug.T)) > 80
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        agg = aggregate([truth, truth, truth, wild], X_support=X, random_state=0)
+    assert agg.converged and np.all(np.isfinite(agg.history)) and agg.objective >= 0
+    assert np.all(agg.history[1:] <= agg.history[:-1] * (1 + 1e-9))
+
+
 def test_the_families_reduction_of_one_model_is_that_model():
     """Two machines with the same model reduce to it (costs zero), the gates
     refitted to the plan."""
