@@ -178,7 +178,12 @@ def aggregate(local_models, n_experts: int | None = None, *, sample_sizes=None, 
     ----------
     local_models : sequence of MoEParams
         The machines' models (fitted estimators, LocalMessages and ``to_dict``
-        records are accepted too); their numbers of experts may differ.
+        records are accepted too); their numbers of experts may differ. Their
+        experts are of one family: Poisson, Bernoulli and Gamma experts are
+        reduced by the KL divergence between their conditional distributions
+        (docs/method.rst, section 11; ``cost="kl"``, ``gate_target="assigned"``
+        and ``variance_update="exact"`` only, and ``exclude_failed`` finds
+        nothing to leave out: their local fits are not checked yet).
     n_experts : int, optional
         K of the result (default: the common K of the local models).
     sample_sizes : array-like of shape (M,), optional
