@@ -141,10 +141,11 @@ def _within_bulk(eta, W):
     """The local experts' linear predictors at the support points, each
     kept within the range that holds all but BULK_TAIL of their weight at
     each end, widened by BULK_MARGIN of it. A local expert fitted on a few
-    hundred rows extrapolates to the other machines' covariates: on DoctorVisits over 16 machines one
-    reached eta = 101 (a mean of 7e43 visits) where the others stay within
-    [-10, 20], and its costs, exponentials of that, swamped the objective in
-    rounding (MM ran its 300 iterations through costs of -2e23)."""
+    hundred rows extrapolates to the other machines' covariates: on
+    DoctorVisits over 16 machines one reached eta = 101 (a mean of 7e43
+    visits) where the others stay within [-10, 20], and its costs,
+    exponentials of that, swamped the objective in rounding (MM ran its 300
+    iterations through costs of -2e23)."""
     order = np.argsort(eta, axis=None)
     cum = np.cumsum(W.ravel()[order])
     cum /= cum[-1]
