@@ -102,13 +102,15 @@ def _as_params(model, index: int, gaussian: bool = True) -> MoEParams:
                      "a fitted estimator, a LocalMessage or a MoEParams.to_dict() record.")
 
 
-def large_mixture(local_models, sample_sizes=None) -> LargeMixture:
-    """Validate the local models and stack them."""
+def checked_models(local_models, sample_sizes=None, gaussian: bool = True):
+    """(models, lam): the local models read and checked (one feature count;
+    Gaussian experts unless ``gaussian`` is False) and their weights
+    lambda_m = n_m / n."""
     if isinstance(local_models, MoEParams) or not hasattr(local_models, "__len__"):
         raise ValueError("local_models must be a non-empty sequence of models.")
     if len(local_models) == 0:
         raise ValueError("local_models is empty; give at least one local model.")
-    models = [_as_params(m, i) for i, m in enumerate(local_models)]
+    models = [_as_params(m, i, gaussian) for i, m in enumerate(local_models)]
     d = models[0].n_features
     for i, m in enumerate(models):
         if m.n_features != d:
@@ -125,7 +127,12 @@ def large_mixture(local_models, sample_sizes=None) -> LargeMixture:
         if bad.size:
             raise ValueError(f"sample_sizes[{bad[0]}] = {sizes[bad[0]]}; every sample size "
                              "must be a positive number.")
-    lam = sizes / sizes.sum()
+    return models, sizes / sizes.sum()
+
+
+def large_mixture(local_models, sample_sizes=None) -> LargeMixture:
+    """Validate the local models and stack them."""
+    models, lam = checked_models(local_models, sample_sizes)
     gate = np.vstack([m.gate_aug for m in models])
     expert = np.vstack([m.expert_aug for m in models])
     var = np.concatenate([m.expert_var for m in models])

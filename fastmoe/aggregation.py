@@ -34,6 +34,7 @@ from ._reduction import (
     _as_params,
     _check_support,
     centred_start,
+    checked_models,
     large_mixture,
     mm_pass,
     mm_rows,
@@ -380,18 +381,8 @@ def _aggregate_family(local_models, n_experts, sample_sizes, X_support, family, 
                              f"{family!r} are reduced with {name}={allowed!r}.")
     if y_support is not None:
         raise ValueError("y_support serves Gaussian experts (gate_target='posterior').")
-    models = [_as_params(m, i, gaussian=False) for i, m in enumerate(local_models)]
+    models, lam = checked_models(local_models, sample_sizes, gaussian=False)
     d = models[0].n_features
-    for i, m in enumerate(models):
-        if m.n_features != d:
-            raise ValueError(f"local_models[{i}] has {m.n_features} features but "
-                             f"local_models[0] has {d}; all must match.")
-    M = len(models)
-    sizes = np.ones(M) if sample_sizes is None else np.asarray(sample_sizes,
-                                                               dtype=np.float64).ravel()
-    if sizes.shape != (M,) or not np.all(np.isfinite(sizes) & (sizes > 0)):
-        raise ValueError(f"sample_sizes must be {M} positive numbers, one per local model.")
-    lam = sizes / sizes.sum()
     if n_experts is None:
         if len({m.n_experts for m in models}) != 1:
             raise ValueError("the local models have different numbers of experts; pass "
@@ -427,11 +418,7 @@ def _aggregate_family(local_models, n_experts, sample_sizes, X_support, family, 
         inside, lam, Xf, K, init=start, n_init=n_init, max_iter=max_iter, tol=tol,
         rng=check_random_state(random_state), n_threads=n_threads)
     t_reduction = time.perf_counter() - t0
-    if not converged and max_iter > 0:
-        warnings.warn(f"the MM reduction did not converge in max_iter={max_iter} iterations; "
-                      "increase max_iter or tol.", ConvergenceWarning, stacklevel=3)
-    if notes:
-        warnings.warn("; ".join(notes) + ".", DegenerateExpertWarning, stacklevel=3)
+    _warn_mm(converged, max_iter, notes, stacklevel=4)
     t0 = time.perf_counter()
     # targets in canonical order (MoEParams.canonical, in the user's units), the plan with them
     user = frame.params_out(MoEParams.from_aug(np.zeros((K, d + 1)), beta, phi, family))
@@ -452,6 +439,15 @@ def _aggregate_family(local_models, n_experts, sample_sizes, X_support, family, 
                              mix.machine, "ot-kl",
                              {"reduction": t_reduction, "gates": t_gates,
                               "total": time.perf_counter() - t_start}, tuple(notes))
+
+
+def _warn_mm(converged: bool, max_iter: int, notes, stacklevel: int) -> None:
+    """The reduction's warnings: MM stopped at max_iter, targets re-seeded."""
+    if not converged and max_iter > 0:
+        warnings.warn(f"the MM reduction did not converge in max_iter={max_iter} iterations; "
+                      "increase max_iter or tol.", ConvergenceWarning, stacklevel=stacklevel)
+    if notes:
+        warnings.warn("; ".join(notes) + ".", DegenerateExpertWarning, stacklevel=stacklevel)
 
 
 def reduction_frame(mix: LargeMixture, Xs: np.ndarray) -> Frame:
@@ -521,11 +517,7 @@ def _aggregate(local_models, n_experts, sample_sizes, X_support, rng, *, cost, i
         variance_update=variance_update, rng=rng, n_threads=n_threads, cache=cache_mm)
     del cache_mm
     t_reduction = time.perf_counter() - t0
-    if not converged and max_iter > 0:
-        warnings.warn(f"the MM reduction did not converge in max_iter={max_iter} iterations; "
-                      "increase max_iter or tol.", ConvergenceWarning, stacklevel=2)
-    if notes:
-        warnings.warn("; ".join(notes) + ".", DegenerateExpertWarning, stacklevel=2)
+    _warn_mm(converged, max_iter, notes, stacklevel=3)
 
     t0 = time.perf_counter()
     final = mm_pass(mix, Xs, beta, var, code, n_threads, want_assign=True, cache=cache)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ._jit import jit_serial
-from ._rows import log_gates
+from ._rows import log_gates, louis_row
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -90,21 +90,4 @@ def derivative_coefficients(X, y, w, gate, expert, var, DVV, DVT, TT, G, row_ll)
                 Di[J + k, j] = Di[j, J + k]
                 Di[j, V + k] = c * r[k] * b
                 Di[V + k, j] = Di[j, V + k]
-        for j in range(J):
-            for l in range(J):
-                # sum_k r_k (d_jk - pi_j)(d_lk - pi_l), then the gates'
-                # complete-data Hessian -pi_j (d_jl - pi_l)
-                Di[j, l] = pi[j] * pi[l] - r[j] * pi[l] - pi[j] * r[l] \
-                    - pi[j] * ((1.0 if j == l else 0.0) - pi[l])
-            Di[j, j] += r[j]
-        wi = w[i]
-        for a_ in range(B):
-            G[i, a_] = wi * g[a_]
-        for a_ in range(V):
-            for b_ in range(V):
-                DVV[i, a_, b_] = wi * (Di[a_, b_] - g[a_] * g[b_])
-            for k in range(K):
-                DVT[i, a_, k] = wi * (Di[a_, V + k] - g[a_] * g[V + k])
-        for k in range(K):
-            for l in range(K):
-                TT[k, l] += wi * (Di[V + k, V + l] - g[V + k] * g[V + l])
+        louis_row(i, w[i], pi, r, J, V, K, Di, g, DVV, DVT, TT, G)

@@ -29,7 +29,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit_pair, jit_serial
-from ._rows import log_gates
+from ._rows import log_gates, louis_row
 
 #: family codes of the kernel
 POISSON, BERNOULLI, GAMMA = 1, 2, 3
@@ -198,22 +198,8 @@ def family_coefficients(code, X, y, w, off, gate, expert, nu, lg_nu, psi_nu, tri
                 for j in range(J):
                     c = (1.0 if j == k else 0.0) - pi[j]
                     Di[j, V + k] = Di[V + k, j] = c * r[k] * s
-        for j in range(J):
-            for l in range(J):
-                Di[j, l] = pi[j] * pi[l] - r[j] * pi[l] - pi[j] * r[l] \
-                    - pi[j] * ((1.0 if j == l else 0.0) - pi[l])
-            Di[j, j] += r[j]
         wi = w[i]
-        for a_ in range(B):
-            G[i, a_] = wi * g[a_]
-        for a_ in range(V):
-            for b_ in range(V):
-                DVV[i, a_, b_] = wi * (Di[a_, b_] - g[a_] * g[b_])
-            for k in range(T):
-                DVT[i, a_, k] = wi * (Di[a_, V + k] - g[a_] * g[V + k])
-        for k in range(T):
-            for l in range(T):
-                TT[k, l] += wi * (Di[V + k, V + l] - g[V + k] * g[V + l])
+        louis_row(i, wi, pi, r, J, V, T, Di, g, DVV, DVT, TT, G)
         if complete:
             # EM's objective: the gates' multinomial Hessian, each expert's
             # posterior-weighted second derivatives

@@ -27,3 +27,29 @@ def log_gates(alpha, U, i, out):
     lse = top + math.log(s)
     for k in range(K):
         out[k] -= lse
+
+
+@jit_serial
+def louis_row(i, wi, pi, r, J, V, T, Di, g, DVV, DVT, TT, G):
+    """Row i's part of Louis' identity, with ``Di`` holding sum_k r_k s_k
+    s_k^T plus the complete-data Hessians of the expert blocks and ``g`` the
+    score: fills the gates' block of Di, then writes G[i] = w g, DVV[i] and
+    DVT[i] (w (D - g g^T) between the V vector blocks and the T scalar ones)
+    and adds the scalar blocks' part to TT."""
+    for j in range(J):
+        for l in range(J):
+            # sum_k r_k (d_jk - pi_j)(d_lk - pi_l), then the gates'
+            # complete-data Hessian -pi_j (d_jl - pi_l)
+            Di[j, l] = pi[j] * pi[l] - r[j] * pi[l] - pi[j] * r[l] \
+                - pi[j] * ((1.0 if j == l else 0.0) - pi[l])
+        Di[j, j] += r[j]
+    for a in range(V + T):
+        G[i, a] = wi * g[a]
+    for a in range(V):
+        for b in range(V):
+            DVV[i, a, b] = wi * (Di[a, b] - g[a] * g[b])
+        for k in range(T):
+            DVT[i, a, k] = wi * (Di[a, V + k] - g[a] * g[V + k])
+    for k in range(T):
+        for l in range(T):
+            TT[k, l] += wi * (Di[V + k, V + l] - g[V + k] * g[V + l])
