@@ -260,6 +260,10 @@ def test_moe_classifier_speaks_scikit_learns_language():
 
 @pytest.mark.parametrize("family", GLM_FAMILIES)
 def test_the_information_matches_finite_differences(family):
+    """The log-likelihood's gradient and Hessian, and Derivatives.complete
+    (the matrix of the rounds' generalised EM step): the Hessian of
+    Q(theta' | theta) at theta, the posteriors held; all additive over row
+    blocks, as the machines' statistics must be."""
     from fastmoe._information import family_derivatives
 
     X, y, truth, _ = make_moe_regression(300, 1, 2, family=family, random_state=11)
@@ -269,33 +273,15 @@ def test_the_information_matches_finite_differences(family):
     # away from the truth, so that the gradient is not near zero
     params = naive.family_params(naive.family_theta(truth) + 0.1 * rng.standard_normal(
         naive.family_theta(truth).size), truth)
-    got = family_derivatives(X, y, w, params, off, meat=True)
+    got = family_derivatives(X, y, w, params, off, meat=True, complete=True)
     grad, H = naive.family_finite_differences(params, X, y, w, off)
     np.testing.assert_allclose(got.gradient, grad, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(got.hessian, H, rtol=1e-4, atol=1e-4 * np.abs(H).max())
     assert got.log_likelihood == pytest.approx(
         float(w @ naive.family_log_likelihood(params, X, y, off)), rel=1e-12)
-
-
-@pytest.mark.parametrize("family", GLM_FAMILIES)
-def test_ems_objective_hessian_matches_finite_differences(family):
-    """Derivatives.complete, the matrix of the rounds' generalised EM step,
-    is the Hessian of Q(theta' | theta) at theta (posteriors held)."""
-    from fastmoe._information import family_derivatives
-
-    X, y, truth, _ = make_moe_regression(300, 1, 2, family=family, random_state=13)
-    rng = np.random.default_rng(2)
-    w = rng.uniform(0.5, 2.0, 300)
-    off = rng.uniform(-0.3, 0.3, 300)
-    params = naive.family_params(naive.family_theta(truth) + 0.1 * rng.standard_normal(
-        naive.family_theta(truth).size), truth)
-    got = family_derivatives(X, y, w, params, off, complete=True)
-    H = naive.family_q_hessian(params, X, y, w, off)
-    np.testing.assert_allclose(got.complete, H, rtol=1e-4, atol=1e-4 * np.abs(H).max())
-    plain = family_derivatives(X, y, w, params, off)
-    assert plain.complete is None
-    np.testing.assert_array_equal(plain.hessian, got.hessian)
-    # additive over row blocks, as the machines' statistics must be
+    Q = naive.family_q_hessian(params, X, y, w, off)
+    np.testing.assert_allclose(got.complete, Q, rtol=1e-4, atol=1e-4 * np.abs(Q).max())
+    assert family_derivatives(X, y, w, params, off).complete is None
     a = family_derivatives(X[:120], y[:120], w[:120], params, off[:120], complete=True)
     b = family_derivatives(X[120:], y[120:], w[120:], params, off[120:], complete=True)
     np.testing.assert_allclose((a + b).complete, got.complete, rtol=1e-12, atol=1e-9)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ._jit import jit_serial
-from ._rows import log_gates, louis_row
+from ._rows import log_gates, louis_row, normalise_row
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -53,7 +53,6 @@ def derivative_coefficients(X, y, w, gate, expert, var, DVV, DVT, TT, G, row_ll)
     Di = np.empty((B, B))
     for i in range(n):
         log_gates(gate, X, i, log_pi)
-        cmax = -np.inf
         for k in range(K):
             pi[k] = math.exp(log_pi[k])
             m = expert[k, 0]
@@ -62,14 +61,7 @@ def derivative_coefficients(X, y, w, gate, expert, var, DVV, DVT, TT, G, row_ll)
             e[k] = y[i] - m
             q[k] = e[k] * e[k] / var[k]
             r[k] = log_pi[k] - 0.5 * (_LOG_2PI + log_var[k] + q[k])  # log pi_k N_k
-            cmax = max(cmax, r[k])
-        tot = 0.0
-        for k in range(K):
-            r[k] = math.exp(r[k] - cmax)
-            tot += r[k]
-        row_ll[i] = cmax + math.log(tot)
-        for k in range(K):
-            r[k] /= tot
+        row_ll[i] = normalise_row(r, K)
         Di[:, :] = 0.0
         for j in range(J):
             g[j] = r[j] - pi[j]

@@ -29,7 +29,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit_pair, jit_serial
-from ._rows import log_gates, louis_row
+from ._rows import log_gates, louis_row, normalise_row
 
 #: family codes of the kernel
 POISSON, BERNOULLI, GAMMA = 1, 2, 3
@@ -62,7 +62,6 @@ def _family_e_step(code, X, y, off, gate, expert, nu, lg_nu, base, R, eta_out, k
     for i in prange(n):
         log_pi = np.empty(K)
         log_gates(gate, X, i, log_pi)
-        top = -np.inf
         for k in range(K):
             eta = expert[k, 0] + off[i]
             for j in range(d):
@@ -70,16 +69,9 @@ def _family_e_step(code, X, y, off, gate, expert, nu, lg_nu, base, R, eta_out, k
             eta_out[i, k] = eta
             kern[i, k] = _log_kernel(code, y[i], eta, nu[k], lg_nu[k])
             R[i, k] = log_pi[k] + kern[i, k]
-            top = max(top, R[i, k])
-        tot = 0.0
-        for k in range(K):
-            R[i, k] = math.exp(R[i, k] - top)
-            tot += R[i, k]
-        row_ll[i] = top + math.log(tot) + base[i]
+        row_ll[i] = normalise_row(R[i], K) + base[i]
         if not math.isfinite(row_ll[i]):
             bad += 1
-        for k in range(K):
-            R[i, k] /= tot
     return bad
 
 
@@ -163,7 +155,6 @@ def family_coefficients(code, X, y, w, off, gate, expert, nu, lg_nu, psi_nu, tri
     Di = np.empty((B, B))
     for i in range(n):
         log_gates(gate, X, i, log_pi)
-        cmax = -np.inf
         for k in range(K):
             pi[k] = math.exp(log_pi[k])
             eta = expert[k, 0] + off[i]
@@ -171,14 +162,7 @@ def family_coefficients(code, X, y, w, off, gate, expert, nu, lg_nu, psi_nu, tri
                 eta += expert[k, j + 1] * X[i, j]
             _expert_terms(code, y[i], eta, nu[k], lg_nu[k], psi_nu[k], tri_nu[k], terms[k])
             r[k] = log_pi[k] + terms[k, 0]
-            cmax = max(cmax, r[k])
-        tot = 0.0
-        for k in range(K):
-            r[k] = math.exp(r[k] - cmax)
-            tot += r[k]
-        row_ll[i] = cmax + math.log(tot)
-        for k in range(K):
-            r[k] /= tot
+        row_ll[i] = normalise_row(r, K)
         Di[:, :] = 0.0
         for j in range(J):
             g[j] = r[j] - pi[j]

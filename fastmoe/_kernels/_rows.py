@@ -53,3 +53,20 @@ def louis_row(i, wi, pi, r, J, V, T, Di, g, DVV, DVT, TT, G):
     for k in range(T):
         for l in range(T):
             TT[k, l] += wi * (Di[V + k, V + l] - g[V + k] * g[V + l])
+
+
+@jit_serial
+def normalise_row(r, K):
+    """r[:K] holds a row's joint log-densities: turns them into the
+    posteriors in place and returns their log-sum (the row's
+    log-likelihood), taken from the largest."""
+    top = -np.inf
+    for k in range(K):
+        top = max(top, r[k])
+    tot = 0.0
+    for k in range(K):
+        r[k] = math.exp(r[k] - top)
+        tot += r[k]
+    for k in range(K):
+        r[k] /= tot
+    return top + math.log(tot)
