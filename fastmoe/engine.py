@@ -45,6 +45,7 @@ True
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -59,7 +60,7 @@ from ._gating import fit_gates as _fit_gates
 from ._information import Derivatives, origin_jacobian
 from ._information import derivatives as _derivatives
 from ._linalg import chunk_size, n_chunks, resolve_threads, unpack_sym
-from ._params import MoEParams
+from ._params import MoEParams, _offset
 from ._reduction import COSTS as _COST_CODES
 from ._reduction import _check_support, _update, large_mixture, mm_pass, reduce_mixture
 from ._validation import (
@@ -72,6 +73,7 @@ from ._validation import (
     check_X,
     check_X_y,
 )
+from .families import get_family
 
 __all__ = [
     "EStep",
@@ -88,6 +90,7 @@ __all__ = [
     "em_step",
     "expert_costs",
     "expert_statistics",
+    "fit_family_experts",
     "fit_gates",
     "gate_statistics",
     "mm_step",
@@ -106,12 +109,12 @@ VARIANCE_UPDATES = ("exact", "published")
 # ----------------------------------------------------------------------------
 # checks at the boundary
 # ----------------------------------------------------------------------------
-def _check_params(params) -> MoEParams:
+def _check_params(params, any_family: bool = False) -> MoEParams:
     if not isinstance(params, MoEParams):
         raise TypeError(f"params must be a fastmoe.MoEParams; got {type(params).__name__}. "
                         "Build one with MoEParams(gate_coef, gate_intercept, expert_coef, "
                         "expert_intercept, expert_var).")
-    return params.require_gaussian("fastmoe.engine")
+    return params if any_family else params.require_gaussian("fastmoe.engine")
 
 
 def _check_matrix(a, n: int, name: str, columns: int | None = None) -> np.ndarray:
@@ -165,9 +168,12 @@ class EStep:
     row_log_likelihood: np.ndarray = field(repr=False)
 
 
-def e_step(X, y, params: MoEParams, *, sample_weight=None,
+def e_step(X, y, params: MoEParams, *, sample_weight=None, offset=None,
            n_threads: int | None = None) -> EStep:
     """The E-step: log-likelihood and responsibilities at ``params``.
+
+    For experts of any family (fastmoe.families; Poisson, Bernoulli and
+    Gamma experts by ``fastmoe._kernels.family_e_step``).
 
     Parameters
     ----------
@@ -180,6 +186,9 @@ def e_step(X, y, params: MoEParams, *, sample_weight=None,
     sample_weight : array-like of shape (n,), optional
         Non-negative row weights (default ones); they weight the
         log-likelihood only.
+    offset : array-like of shape (n,), optional
+        Known offsets of the experts' linear predictors (a Poisson expert's
+        log exposure; for Gaussian experts, of their means).
     n_threads : int, optional
         Threads of the compiled kernel (default: all cores).
 
@@ -196,9 +205,23 @@ def e_step(X, y, params: MoEParams, *, sample_weight=None,
     >>> engine.e_step(X, y, truth).resp.shape
     (500, 2)
     """
-    params = _check_params(params)
+    params = _check_params(params, any_family=True)
     X, y, w = check_X_y(X, y, sample_weight, n_features=params.n_features)
     n, K = X.shape[0], params.n_experts
+    off = np.zeros(n) if offset is None else _offset(offset, n)
+    if params.family != "gaussian":
+        fam = get_family(params.family)
+        fam.check_y(y[w > 0])
+        R, eta, kern, row_ll = np.empty((n, K)), np.empty((n, K)), np.empty((n, K)), \
+            np.empty(n)
+        nu = 1.0 / params.expert_var
+        lg = np.array([math.lgamma(v) for v in nu]) if fam.has_dispersion else np.zeros(K)
+        _kernels.check_rows(_kernels.family_e_step(
+            _kernels.family_code(fam.name), X, y, off, params.gate_aug, params.expert_aug,
+            nu, lg, fam.base(y), R, eta, kern, row_ll, n_threads=resolve_threads(n_threads)))
+        return EStep(float(w @ row_ll), R, row_ll)
+    if offset is not None:
+        y = y - off
     log_resp, row_ll = np.empty((n, K)), np.empty(n)
     _kernels.e_step(X, y, w, params.gate_aug, params.expert_aug, params.expert_var,
                     log_resp, row_ll, np.empty((0, 0, 0)), chunk_size(n),
@@ -294,6 +317,98 @@ class Experts(NamedTuple):
     coef: np.ndarray  #: (K, d)
     intercept: np.ndarray  #: (K,)
     var: np.ndarray  #: (K,)
+
+
+def fit_family_experts(X, y, resp, family: str, *, sample_weight=None, offset=None,
+                       init: Experts | None = None, max_iter: int = 100,
+                       tol: float = 1e-10) -> Experts:
+    """The M-step of K experts of a family other than the Gaussian.
+
+    Each expert's weighted GLM (weights sample_weight times its column of
+    ``resp``) is fitted to convergence by IRLS with step halving, on
+    standardised covariates (the fit does not depend on their units); a
+    Gamma expert's shape is then its maximum-likelihood value. ``var`` of
+    the result holds the dispersions (1 for Poisson and Bernoulli, 1/shape
+    for Gamma).
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+        Covariates.
+    y : array-like of shape (n,)
+        Responses (counts, 0/1, or positive for Gamma).
+    resp : array-like of shape (n, K)
+        Responsibilities (any non-negative weights).
+    family : {"poisson", "bernoulli", "gamma"}
+        The experts' family (fastmoe.families).
+    sample_weight : array-like of shape (n,), optional
+        Row weights.
+    offset : array-like of shape (n,), optional
+        Known offsets of the linear predictors.
+    init : Experts, optional
+        The start (the previous iteration's experts); default the pooled
+        GLM's intercept.
+    max_iter : int, default=100
+        IRLS steps per expert at most.
+    tol : float, default=1e-10
+        Stop an expert when its coefficients change by less than this
+        (relative).
+
+    Returns
+    -------
+    Experts
+        (coef (K, d), intercept (K,), var (K,)).
+
+    Examples
+    --------
+    >>> from fastmoe import engine
+    >>> from fastmoe.datasets import make_moe_regression
+    >>> X, y, truth, _ = make_moe_regression(2000, 2, 2, family="poisson", random_state=0)
+    >>> e = engine.e_step(X, y, truth)
+    >>> engine.fit_family_experts(X, y, e.resp, "poisson").coef.shape
+    (2, 2)
+    """
+    from ._glm import _Data, _irls_step
+
+    fam = get_family(family)
+    if fam.name == "gaussian":
+        raise ValueError("fit_family_experts serves the poisson, bernoulli and gamma "
+                         "families; update_experts serves Gaussian experts.")
+    X, y, w = check_X_y(X, y, sample_weight)
+    fam.check_y(y[w > 0])
+    n, d = X.shape
+    R = _check_matrix(resp, n, "resp")
+    if np.any(R < 0):
+        raise ValueError("resp must be non-negative.")
+    K = R.shape[1]
+    off = np.zeros(n) if offset is None else _offset(offset, n)
+    max_iter = check_int(max_iter, "max_iter")
+    tol = check_float(tol, "tol", 0.0, inclusive=True)
+    frame = Frame.of(X, None, w)
+    if init is None:
+        pooled = float(np.average(fam.link(y) - off, weights=w))
+        start = MoEParams.from_aug(np.zeros((K, d + 1)), np.column_stack(
+            [np.full(K, pooled), np.zeros((K, d))]), np.ones(K), fam.name)
+    else:
+        coef, intercept, var = _check_experts(init, d, "init")
+        if coef.shape[0] != K:
+            raise ValueError(f"init holds {coef.shape[0]} experts; resp has {K} columns.")
+        start = MoEParams(np.zeros((K, d)), np.zeros(K), coef, intercept,
+                          var if fam.has_dispersion else np.ones(K), fam.name)
+    local = frame.params_in(start)
+    data = _Data(frame.X(X), y, w, off, fam, 1, 1)
+    beta, W = local.expert_aug.copy(), w[:, None] * R
+    for k in range(K):
+        for _ in range(max_iter):
+            b = _irls_step(data, W[:, k], beta[k], local.expert_var[k], data.Z @ beta[k] + off)
+            done = np.allclose(b, beta[k], rtol=tol, atol=tol)
+            beta[k] = b
+            if done:
+                break
+    phi = fam.dispersion(data.y1, fam.mean(data.linear(beta)), W) if fam.has_dispersion \
+        else np.ones(K)
+    out = frame.params_out(MoEParams.from_aug(np.zeros((K, d + 1)), beta, phi, fam.name))
+    return Experts(out.expert_coef.copy(), out.expert_intercept.copy(), out.expert_var.copy())
 
 
 def _check_experts(experts, d: int, name: str = "experts") -> Experts:
@@ -919,7 +1034,9 @@ def expert_costs(source: MoEParams, target: MoEParams, X, *, cost: str = "kl") -
     "kl" is KL(N(m_l, v_l) || N(m_k, v_k)) =
     (log(v_k / v_l) + v_l / v_k + (m_l - m_k)^2 / v_k - 1) / 2, and "w2" the
     squared Wasserstein-2 distance (m_l - m_k)^2 + (sqrt v_l - sqrt v_k)^2.
-    Meant for small n; the reduction never forms this tensor.
+    For Poisson, Bernoulli and Gamma experts, the KL divergence between
+    their conditional distributions (docs/method.rst, section 11; "kl"
+    only). Meant for small n; the reduction never forms this tensor.
 
     Parameters
     ----------
@@ -944,19 +1061,30 @@ def expert_costs(source: MoEParams, target: MoEParams, X, *, cost: str = "kl") -
     >>> float(abs(engine.expert_costs(truth, truth, X)[:, [0, 1, 2], [0, 1, 2]]).max())
     0.0
     """
-    source, target = _check_params(source), _check_params(target)
+    source, target = _check_params(source, True), _check_params(target, True)
     check_choice(cost, "cost", COSTS)
     if source.n_features != target.n_features:
         raise ValueError(f"source has {source.n_features} features, target "
                          f"{target.n_features}.")
+    if source.family != target.family:
+        raise ValueError(f"source holds {source.family} experts, target {target.family}.")
     X = check_X(X, source.n_features)
     n, L, K = X.shape[0], source.n_experts, target.n_experts
     if n * L * K * 8 > MAX_COST_BYTES:
         raise ValueError(f"the cost tensor ({n}, {L}, {K}) would take more than "
                          f"{MAX_COST_BYTES >> 20} MiB; use fewer rows (the reduction, "
                          "engine.reduce, never forms it).")
-    gap = (X @ target.expert_coef.T + target.expert_intercept)[:, None, :] \
-        - (X @ source.expert_coef.T + source.expert_intercept)[:, :, None]
+    eta_k = X @ target.expert_coef.T + target.expert_intercept
+    eta_l = X @ source.expert_coef.T + source.expert_intercept
+    if source.family != "gaussian":
+        if cost != "kl":
+            raise ValueError(f"cost={cost!r} serves Gaussian experts; {source.family} "
+                             "experts' cost is their KL divergence.")
+        from ._family_reduction import kl_costs
+
+        return kl_costs(source.family, eta_l[:, :, None], 1.0 / source.expert_var[None, :, None],
+                        eta_k[:, None, :], 1.0 / target.expert_var[None, None, :])
+    gap = eta_k[:, None, :] - eta_l[:, :, None]
     vl, vk = source.expert_var[:, None], target.expert_var[None, :]
     if cost == "kl":
         return 0.5 * (np.log(vk / vl) + vl / vk + gap**2 / vk - 1.0)

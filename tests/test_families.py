@@ -207,7 +207,7 @@ def test_a_gaussian_file_of_version_one_still_loads(tmp_path):
 def test_the_gaussian_only_paths_refuse_other_families():
     X, y, truth, _ = make_moe_regression(200, 2, 2, family="poisson", random_state=0)
     with pytest.raises(ValueError, match="Gaussian experts only"):
-        engine.e_step(X, y, truth)
+        engine.step_statistics(X, y, truth)
     with pytest.raises(ValueError, match="Gaussian experts only"):
         truth.predict_quantile(X, 0.5)
 
@@ -678,3 +678,37 @@ def test_the_distributed_classifier_speaks_labels():
     shards = [(X[i::4], y[i::4]) for i in range(4)]
     again = DistributedMoEClassifier(2, backend="serial", random_state=0).fit_shards(shards)
     assert again.classes_.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_the_engines_pieces_serve_every_family(family):
+    """fastmoe.engine for hosts: the E-step against scipy's densities, the
+    experts' M-step against the slow exact EM's (BFGS on each expert's
+    weighted log-likelihood), the KL costs against the textbook ones; the
+    M-step ignores the covariates' units."""
+    from fastmoe import engine
+
+    X, y, truth, _ = make_moe_regression(3000, 2, 2, family=family, random_state=16)
+    rng = np.random.default_rng(6)
+    start = naive.family_params(naive.family_theta(truth) + rng.normal(0, 0.2, naive.
+                                family_theta(truth).size), truth)
+    e = engine.e_step(X, y, start)
+    np.testing.assert_allclose(e.row_log_likelihood, naive.family_log_likelihood(start, X, y),
+                               rtol=1e-11)
+    exact = naive.family_em(X, y, start, 1)
+    got = engine.fit_family_experts(X, y, e.resp, family, init=(
+        start.expert_coef, start.expert_intercept, start.expert_var))
+    np.testing.assert_allclose(got.coef, exact.expert_coef, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.intercept, exact.expert_intercept, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.var, exact.expert_var, rtol=1e-4)
+    scaled = engine.fit_family_experts(X * [100.0, 0.01] + 5.0, y, e.resp, family)
+    np.testing.assert_allclose(scaled.coef * [100.0, 0.01], got.coef, rtol=1e-5, atol=1e-6)
+    costs = engine.expert_costs(start, truth, X[:5])
+    eta = naive.xt(X[:5])
+    want = naive.family_kl_textbook(family, (eta @ start.expert_aug.T)[:, :, None],
+                                    1.0 / start.expert_var[None, :, None],
+                                    (eta @ truth.expert_aug.T)[:, None, :],
+                                    1.0 / truth.expert_var[None, None, :])
+    np.testing.assert_allclose(costs, want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="serves Gaussian experts"):
+        engine.expert_costs(start, truth, X[:5], cost="w2")
