@@ -18,6 +18,7 @@ depend on their units or offsets; a Gamma response is divided by its mean
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -57,9 +58,13 @@ class _Data:
         self.n, self.d = X.shape
         self.X, self.y, self.w, self.offset = X, y, w, offset
         self.y1 = y[:, None]
-        self.base = family.base(y)  # the terms of log f of y alone, once
         self.Z = np.column_stack([np.ones(self.n), X])
         self.total_weight = float(w.sum())
+
+    @functools.cached_property
+    def base(self) -> np.ndarray:
+        """The terms of log f of y alone (once, where an E-step needs them)."""
+        return self.family.base(self.y)
 
     def linear(self, beta):
         return self.Z @ beta.T + self.offset[:, None]

@@ -32,9 +32,11 @@ def experts(x, y, w, n: int, d: int) -> list:
 
 def gates(x, t, w, n: int, d: int, k: int, init=None) -> list:
     """Softmax gates fitted to the (n, k) soft targets t, the first gate the
-    zero reference: for each gate its intercept then its d slopes. ``init``
-    is a previous result (warm start) or None."""
-    X, T, w = _array(x, n, d), _array(t, n, k), _array(w, n, 0)
+    zero reference: for each gate its intercept then its d slopes. ``w``:
+    row weights, None for ones. ``init`` is a previous result (warm start)
+    or None."""
+    X, T = _array(x, n, d), _array(t, n, k)
+    w = np.ones(n) if w is None else _array(w, n, 0)
     if init is not None:
         B = np.asarray(init, dtype=np.float64).reshape(k, d + 1)
         init = (B[:, 1:], B[:, 0])
@@ -43,23 +45,32 @@ def gates(x, t, w, n: int, d: int, k: int, init=None) -> list:
 
 
 def glm_expert(x, y, w, n: int, d: int, family: str, start=None) -> list:
-    """One expert of ``family`` ("poisson") fitted to the rows with weights w:
-    the weighted GLM's maximum-likelihood coefficients by IRLS,
-    [intercept, coef_1..coef_d], from ``start`` (the previous EM iteration's
-    coefficients, in that order) where given."""
-    import warnings
-
-    from ._em import fit_moe
-    from ._params import MoEParams
+    """One expert of ``family`` ("poisson" or "bernoulli") fitted to the rows
+    with weights w: the weighted GLM's maximum-likelihood coefficients by
+    IRLS (fastmoe.engine.fit_family_experts), [intercept, coef_1..coef_d],
+    from ``start`` (the previous EM iteration's coefficients, in that order)
+    where given."""
+    from .engine import fit_family_experts
 
     X, y, w = _array(x, n, d), _array(y, n, 0), _array(w, n, 0)
-    init = "random"
+    init = None
     if start is not None:
         b = np.asarray(start, dtype=np.float64)
         if b.shape == (d + 1,) and np.all(np.isfinite(b)):
-            init = MoEParams(np.zeros((1, d)), [0.0], b[None, 1:], b[:1], [1.0], family)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one expert: converged IRLS, nothing to report
-        fit = fit_moe(X, y, 1, family=family, sample_weight=w, tol=1e-12, init=init,
-                      n_threads=1)
-    return [float(fit.params.expert_intercept[0])] + fit.params.expert_coef[0].tolist()
+            init = (b[None, 1:], b[:1], np.ones(1))
+    fit = fit_family_experts(X, y, np.ones((n, 1)), family, sample_weight=w, init=init)
+    return [float(fit.intercept[0])] + fit.coef[0].tolist()
+
+
+def warm_up() -> None:
+    """Load the compiled kernels the drivers call (numba's, from its disk
+    cache, compiled on the first call after an install) once per R session,
+    so that the first EM iteration does not pay for them."""
+    from . import _kernels
+
+    _kernels.warm_up()
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 1))
+    for family, y in (("poisson", rng.poisson(1.0, 50)), ("bernoulli", rng.random(50) < 0.5)):
+        glm_expert(X.tobytes(), y.astype(np.float64).tobytes(), np.ones(50).tobytes(), 50, 1,
+                   family)

@@ -130,3 +130,51 @@ def test_flexmix_with_fastmoes_poisson_experts_reaches_its_own_fit(tmp_path):
     assert ll_fm == pytest.approx(ll_own, rel=1e-7)
     own, fm = (np.array(p) for p in rows["EXPERTS"])
     np.testing.assert_allclose(fm, own, atol=1e-4)
+
+
+R_BINOMIAL = r"""
+source(Sys.getenv("FASTMOE_DRIVERS"))
+sim <- reticulate::py_run_string(local = TRUE, code = "
+from fastmoe.datasets import make_moe_regression
+X, y, _, _ = make_moe_regression(3000, 2, 2, family='bernoulli', random_state=3)
+x1, x2, y = X[:, 0].tolist(), X[:, 1].tolist(), y.tolist()")
+d <- data.frame(x1 = unlist(sim$x1), x2 = unlist(sim$x2), y = unlist(sim$y))
+trials <- 1 + (seq_len(nrow(d)) %% 3)
+set.seed(2)
+d$s <- rbinom(nrow(d), trials, ifelse(d$y > 0, 0.8, 0.3))
+d$f <- trials - d$s
+set.seed(1)
+start <- kmeans(scale(as.matrix(d[, c("x1", "x2", "s")])), centers = 2, nstart = 1)$cluster
+own <- flexmix(cbind(s, f) ~ x1 + x2, data = d, k = 2, cluster = start,
+               model = FLXMRglm(family = "binomial"), concomitant = FLXPmultinom(~ x1 + x2))
+fm <- flexmix(cbind(s, f) ~ x1 + x2, data = d, k = 2, cluster = start,
+              model = FLXMRfastmoe(family = "binomial"), concomitant = FLXPfastmoe(~ x1 + x2))
+cat("LOGLIK", as.numeric(logLik(own)), as.numeric(logLik(fm)), "\n")
+cat("EXPERTS", parameters(own), "\n")
+cat("EXPERTS", parameters(fm), "\n")
+bad <- tryCatch(flexmix(s ~ x1 + x2, data = d, k = 2, cluster = start,
+                        model = FLXMRfastmoe(family = "binomial")),
+                error = function(e) conditionMessage(e))
+cat("REFUSED", as.numeric(grepl("2 column", bad, fixed = TRUE)), "\n")
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(_r_ready() is not None, reason=str(_r_ready()))
+def test_flexmix_with_fastmoes_binomial_experts_reaches_its_own_fit(tmp_path):
+    """A two-column y of successes and failures (1 to 3 trials a row): the
+    driver sends each row as two weighted 0/1 rows of fastmoe's Bernoulli
+    experts and reaches FLXMRglm(family = "binomial")'s fit."""
+    env = dict(os.environ, RETICULATE_PYTHON=sys.executable, FASTMOE_DRIVERS=str(DRIVERS))
+    run = subprocess.run(["Rscript", "-e", R_BINOMIAL], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {}
+    for line in run.stdout.splitlines():
+        key, *values = line.split()
+        rows.setdefault(key, []).append([float(v) for v in values])
+    (ll_own, ll_fm), = rows["LOGLIK"]
+    assert ll_fm == pytest.approx(ll_own, rel=1e-7)
+    own, fm = (np.array(p) for p in rows["EXPERTS"])
+    np.testing.assert_allclose(fm, own, atol=1e-4)
+    assert rows["REFUSED"] == [[1.0]]

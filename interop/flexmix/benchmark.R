@@ -34,7 +34,7 @@ run <- function(model, concomitant) {
                  control = list(tolerance = tolerance, iter.max = 2000L))
   list(fit = fit, time = proc.time()[["elapsed"]] - t0)
 }
-invisible(.fastmoe_py())  # import once, outside the timings
+invisible(.fastmoe_py())  # import and load the kernels once per session, outside the timings
 rows <- NULL
 for (r in seq_len(reps)) {
   own <- run(FLXMRglm(family = family), FLXPmultinom(~ x1 + x2))

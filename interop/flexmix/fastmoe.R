@@ -11,10 +11,14 @@
 ##   likelihood's optimum).
 ## FLXMRfastmoe(family = "poisson"): Poisson experts (log link), the weighted
 ##   GLM of each component fitted by fastmoe's IRLS (fastmoe.fit_moe with one
-##   expert), as FLXMRglm(family = "poisson") fits it by glm.fit. The
-##   "binomial" (a two-column y of successes and failures) and "Gamma" (the
-##   inverse link) families of FLXMRglm are not served yet: fastmoe's
-##   Bernoulli experts take a 0/1 response and its Gamma experts the log link.
+##   expert), as FLXMRglm(family = "poisson") fits it by glm.fit.
+## FLXMRfastmoe(family = "binomial"): binomial experts (logit link) of a
+##   two-column y of successes and failures, as FLXMRglm(family = "binomial"):
+##   each row is sent as two weighted rows of fastmoe's Bernoulli experts (y =
+##   1 with weight w times its successes, y = 0 with w times its failures),
+##   whose weighted log-likelihood is the binomial one less its binomial
+##   coefficients. The "Gamma" family of FLXMRglm (its inverse link) is not
+##   served: fastmoe's Gamma experts take the log link.
 ## FLXPfastmoe(formula): the softmax (multinomial-logistic) concomitant model.
 ##   Its M-step is fastmoe.engine.fit_gates: Newton/IRLS with step halving on
 ##   the soft targets, warm-started from the previous EM iteration, instead of
@@ -36,7 +40,10 @@ suppressPackageStartupMessages({
 .fastmoe <- new.env()
 
 .fastmoe_py <- function() {
-  if (is.null(.fastmoe$py)) .fastmoe$py <- reticulate::import("fastmoe._r")
+  if (is.null(.fastmoe$py)) {
+    .fastmoe$py <- reticulate::import("fastmoe._r")
+    .fastmoe$py$warm_up()  # the compiled kernels, once per session
+  }
   .fastmoe$py
 }
 
@@ -58,9 +65,9 @@ suppressPackageStartupMessages({
   cache
 }
 
-FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson")) {
+FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson", "binomial")) {
   family <- match.arg(family)
-  if (family == "poisson") return(.fastmoe_glm_driver(formula, family))
+  if (family != "gaussian") return(.fastmoe_glm_driver(formula, family))
   z <- FLXMRglm(formula = formula, family = "gaussian")
   z@name <- "FLXMRfastmoe"
   cache <- new.env()  # the covariates and the response as bytes
@@ -91,21 +98,43 @@ FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson")) {
   z <- FLXMRglm(formula = formula, family = family)
   z@name <- paste("FLXMRfastmoe", family, sep = ":")
   cache <- new.env()
+  binomial <- family == "binomial"
   z@fit <- function(x, y, w, component) {
     design <- .fastmoe_design(cache, x, "FLXMRfastmoe")
     if (!identical(cache$y, y)) {
       cache$y <- y
-      cache$y_bytes <- .fastmoe_bytes(y)
+      if (binomial) {  # successes and failures: two weighted 0/1 rows per row
+        if (NCOL(y) != 2L || any(y < 0))
+          stop("FLXMRfastmoe(family = \"binomial\") needs y = cbind(successes, failures).",
+               call. = FALSE)
+        cache$y_bytes <- .fastmoe_bytes(rep(c(1, 0), each = nrow(y)))
+        cache$counts <- c(y[, 1], y[, 2])
+      } else {
+        cache$y_bytes <- .fastmoe_bytes(y)
+      }
     }
     d <- length(design$names)
     coef <- setNames(numeric(ncol(x)), colnames(x))
-    if (d == 0L) {  # intercept only: the log of the weighted mean count
+    if (d == 0L && binomial) {  # intercept only: the logit of the weighted share
+      p <- sum(w * y[, 1]) / sum(w * rowSums(y))
+      coef[] <- log(p / (1 - p))
+    } else if (d == 0L) {  # intercept only: the log of the weighted mean count
       coef[] <- log(sum(w * y) / sum(w))
     } else {
       start <- component$coef
       start <- if (length(start) == ncol(x)) as.double(start[c("(Intercept)", design$names)])
-      out <- unlist(.fastmoe_py()$glm_expert(design$bytes, cache$y_bytes, .fastmoe_bytes(w),
-                                             nrow(x), d, family, start))
+      if (binomial) {
+        if (is.null(cache$x2) || !identical(cache$x2, x)) {  # the design twice, once
+          cache$x2 <- x
+          cache$bytes2 <- .fastmoe_bytes(rbind(x, x)[, design$names, drop = FALSE])
+        }
+        out <- unlist(.fastmoe_py()$glm_expert(cache$bytes2, cache$y_bytes,
+                                               .fastmoe_bytes(rep(w, 2) * cache$counts),
+                                               2L * nrow(x), d, "bernoulli", start))
+      } else {
+        out <- unlist(.fastmoe_py()$glm_expert(design$bytes, cache$y_bytes,
+                                               .fastmoe_bytes(w), nrow(x), d, family, start))
+      }
       coef["(Intercept)"] <- out[1]
       coef[design$names] <- out[2:(d + 1L)]
     }
@@ -119,19 +148,21 @@ setClass("FLXPfastmoe", contains = "FLXP")
 FLXPfastmoe <- function(formula = ~1) {
   state <- new.env()  # the covariates as bytes, and the last gates (a warm start)
   fit_gates <- function(x, y, w) {
-    if (missing(w) || is.null(w)) w <- rep(1, nrow(y))
+    if (missing(w) || is.null(w) || all(w == 1)) w <- NULL  # no weights: none sent
     K <- ncol(y)
     if (K < 2L) stop("FLXPfastmoe needs at least two components.", call. = FALSE)
     design <- .fastmoe_design(state, x, "FLXPfastmoe")
     d <- length(design$names)
     if (d == 0L) {  # intercept only: the log-odds of the weighted mean targets
+      if (is.null(w)) w <- rep(1, nrow(y))
       p <- colSums(w * y) / sum(w * y)
       B <- rbind(log(p) - log(p[1]))
     } else {
       init <- if (!is.null(state$B) && identical(dim(state$B), c(ncol(x), K)))
         as.double(state$B) else NULL
       B <- matrix(unlist(.fastmoe_py()$gates(design$bytes, .fastmoe_bytes(y),
-                                             .fastmoe_bytes(w), nrow(x), d, K, init)),
+                                             if (is.null(w)) NULL else .fastmoe_bytes(w),
+                                             nrow(x), d, K, init)),
                   nrow = ncol(x))  # (1 + d) x K, column 1 zero
     }
     dimnames(B) <- list(colnames(x), seq_len(K))
