@@ -379,7 +379,7 @@ def cmd_round(args) -> int:
     from .message import save_round
 
     out = _suffix(args.output, (".npz",), "round statistics file")
-    params = _load_model(args.model).require_gaussian("fastmoe round (the round files)")
+    params = _load_model(args.model)
     X, y = _read(args.data)
     stats = round_statistics(X, y, params)
     size = save_round(out, stats, params)
@@ -399,8 +399,10 @@ def cmd_refine(args) -> int:
         if args.statistics or args.state:
             raise ValueError("--start begins the rounds: give no --state and no statistics "
                              "files with it.")
-        models = [_load_model(path).require_gaussian("fastmoe refine (the round files)")
-                  for path in [args.start, *args.also]]
+        models = [_load_model(path) for path in [args.start, *args.also]]
+        if len({m.family for m in models}) > 1:
+            raise ValueError("the starting models mix experts of families "
+                             f"{sorted({m.family for m in models})}.")
         rounds = Rounds.start(models[0], models[1:], tol=args.tol, max_rounds=args.max_rounds)
         print(f"rounds started at {args.start}" + (f" and {len(args.also)} other model(s)"
                                                    if args.also else ""))

@@ -420,12 +420,21 @@ def model_digest(params: MoEParams) -> str:
         a = np.ascontiguousarray(a, dtype="<f8")
         h.update(repr(a.shape).encode())
         h.update(a.tobytes())
+    if params.family != "gaussian":  # (a Gaussian model's digest is unchanged)
+        h.update(params.family.encode())
     return h.hexdigest()
 
 
 def _round_shapes(params: MoEParams) -> dict:
-    """The arrays' shapes in the statistics of a round at ``params``."""
+    """The arrays' shapes in the statistics of a round at ``params``: for
+    experts of another family, the log-likelihood's gradient and Hessian
+    and EM's objective's Hessian in ``fastmoe._information.family_theta_of``."""
     K, d = params.n_experts, params.n_features
+    if params.family != "gaussian":
+        from .families import get_family
+
+        P = (2 * K - 1) * (d + 1) + (K if get_family(params.family).has_dispersion else 0)
+        return {"gradient": (P,), "hessian": (P, P), "complete": (P, P)}
     q = (K - 1) * (d + 1)  # the gates' free parameters
     P = (2 * K - 1) * (d + 1) + K  # every parameter (fastmoe._information)
     return {"expert_gram": (K, d + 2, d + 2), "gate_gradient": (q,), "gate_hessian": (q, q),
@@ -444,11 +453,14 @@ def round_to_bytes(stats, params: MoEParams) -> bytes:
     ``params``: a JSON header (the model's digest, the row count, the
     log-likelihood and the gate objective) and six float64 arrays (EM's
     statistics, the origin they are centred at, the log-likelihood's gradient
-    and Hessian); nothing pickled.
+    and Hessian); nothing pickled. For experts of another family
+    (:class:`fastmoe.machine.FamilyStatistics`), the header names the family
+    and the arrays are the gradient, the Hessian and EM's objective's
+    Hessian.
 
     Parameters
     ----------
-    stats : StepStatistics
+    stats : StepStatistics or FamilyStatistics
         The machine's statistics, with derivatives.
     params : MoEParams
         The model they were computed at.
@@ -458,6 +470,17 @@ def round_to_bytes(stats, params: MoEParams) -> bytes:
     bytes
         The archive.
     """
+    if params.family != "gaussian":
+        header = {"format": ROUND_FORMAT, "version": ROUND_VERSION,
+                  "model": model_digest(params), "family": params.family, "n": int(stats.n),
+                  "log_likelihood": float(stats.log_likelihood)}
+        der = stats.derivatives
+        buf = io.BytesIO()
+        np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+                            gradient=np.asarray(der.gradient, np.float64),
+                            hessian=np.asarray(der.hessian, np.float64),
+                            complete=np.asarray(der.complete, np.float64))
+        return buf.getvalue()
     header = {"format": ROUND_FORMAT, "version": ROUND_VERSION, "model": model_digest(params),
               "n": int(stats.n), "log_likelihood": float(stats.log_likelihood),
               "gate_objective": float(stats.gates.objective)}
@@ -491,7 +514,7 @@ def round_from_bytes(data: bytes, params: MoEParams):
 
     Returns
     -------
-    StepStatistics
+    StepStatistics or FamilyStatistics
         The machine's statistics, with derivatives.
     """
     from ._information import Derivatives
@@ -510,7 +533,6 @@ def round_from_bytes(data: bytes, params: MoEParams):
     field_ = "round statistics field"
     n = _count(fields.get("n"), "n", 1, field_)
     ll = _real(fields.get("log_likelihood"), "log_likelihood", what=field_)
-    objective = _real(fields.get("gate_objective"), "gate_objective", what=field_)
     got = {}
     for name, shape in _round_shapes(params).items():
         got[name] = a = _array(arrays[name], name, len(shape), field_)
@@ -518,6 +540,9 @@ def round_from_bytes(data: bytes, params: MoEParams):
             raise ValueError(f"{field_} {name} must have shape {shape} for a model of "
                              f"{params.n_experts} experts on {params.n_features} covariates; "
                              f"got {a.shape}.")
+    if params.family != "gaussian":
+        return _family_round(fields, got, n, ll, params)
+    objective = _real(fields.get("gate_objective"), "gate_objective", what=field_)
     gram, grad, hess, origin, gradient, hessian = (
         got[k] for k in ("expert_gram", "gate_gradient", "gate_hessian", "origin", "gradient",
                          "hessian"))
@@ -537,6 +562,28 @@ def round_from_bytes(data: bytes, params: MoEParams):
         _check_gate_bounds(grad, hess, gram.sum(axis=0), n)
     return StepStatistics(ll, ExpertStatistics(gram), GateStatistics(objective, grad, hess), n,
                           origin, Derivatives(ll, gradient, hessian))
+
+
+def _family_round(fields, got, n: int, ll: float, params: MoEParams):
+    """The checked statistics of a round at a model of another family: the
+    family named, symmetric Hessians, EM's objective's Hessian negative
+    semi-definite for the canonical links (it is concave there), and the
+    log-likelihood of counts and 0/1 responses at most 0."""
+    from ._information import Derivatives
+    from .machine import FamilyStatistics
+
+    if fields.get("family") != params.family:
+        raise ValueError(f"these round statistics are of {fields.get('family')!r} experts; the "
+                         f"model's are {params.family!r}.")
+    for name in ("hessian", "complete"):
+        _check_symmetric(got[name], f"round statistics field {name}")
+    if params.family in ("poisson", "bernoulli"):
+        _check_semidefinite(got["complete"], "round statistics field complete", sign=-1.0)
+        if ll > 1e-9 * n:
+            raise ValueError(f"round statistics: log-likelihood {ll:.6g} is positive (a sum of "
+                             "log-probabilities of counts or 0/1 responses is at most 0).")
+    return FamilyStatistics(n, ll, Derivatives(ll, got["gradient"], got["hessian"], None,
+                                               got["complete"]))
 
 
 def _check_gram(G: np.ndarray, label: str) -> None:
@@ -586,8 +633,14 @@ def round_digest(stats) -> str:
     """SHA-256 of a round's numbers (not of its file's bytes): the same
     statistics saved twice, or re-compressed, have one digest."""
     h = hashlib.sha256()
-    for a in (stats.experts.gram, stats.gates.gradient, stats.gates.hessian, stats.origin,
-              np.array([stats.log_likelihood, stats.gates.objective, stats.n], dtype=float)):
+    if getattr(stats, "experts", None) is None:  # experts of another family
+        der = stats.derivatives
+        arrays = (der.gradient, der.hessian, der.complete,
+                  np.array([stats.log_likelihood, stats.n], dtype=float))
+    else:
+        arrays = (stats.experts.gram, stats.gates.gradient, stats.gates.hessian, stats.origin,
+                  np.array([stats.log_likelihood, stats.gates.objective, stats.n], dtype=float))
+    for a in arrays:
         h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
     return h.hexdigest()
 

@@ -279,9 +279,49 @@ def test_experts_of_other_families_from_the_command_line(tmp_path, capsys):
                          str(tmp_path / "msg_1.npz"), "--output", str(tmp_path / "agg.json"))
     assert code == 0, err  # the families' KL reduction
     assert MoEParams.load(tmp_path / "agg.json").family == "poisson"
-    code, out, err = run(capsys, "round", "--data", str(tmp_path / "counts.npz"), "--model",
-                         str(tmp_path / "m.json"), "--output", str(tmp_path / "s.npz"))
-    assert code == 2 and "Gaussian experts only" in err
+
+    # the rounds by files reach the estimator's loop's model (fastmoe.server.refine)
+    from fastmoe.machine import round_statistics
+    from fastmoe.server import refine
+
+    parts = [(X[m::2], y[m::2]) for m in range(2)]
+
+    def evaluate(models):
+        return [round_statistics(*parts[0], mo) + round_statistics(*parts[1], mo)
+                for mo in models], 0.0
+
+    want = refine(MoEParams.load(tmp_path / "agg.json"), evaluate, max_rounds=30)
+    code, out, err = run(capsys, "refine", "--start", str(tmp_path / "agg.json"),
+                         "--output", str(tmp_path / "r0.json"))
+    assert code == 0, err
+    k = 0
+    while "rounds over" not in out:
+        files = []
+        for m in range(2):
+            for j, cand in enumerate(sorted(tmp_path.glob(f"r{k}.candidate_*.json"))):
+                files.append(str(tmp_path / f"s{k}_{m}_{j}.npz"))
+                code, _, err = run(capsys, "round", "--data", str(tmp_path / f"counts_{m}.npz"),
+                                   "--model", str(cand), "--output", files[-1])
+                assert code == 0, err
+        code, out, err = run(capsys, "refine", *files, "--state", str(tmp_path / f"r{k}.json"),
+                             "--output", str(tmp_path / f"r{k + 1}.json"), "--model",
+                             str(tmp_path / "refined.json"))
+        assert code == 0, err
+        k += 1
+    assert k == len(want.history) and "converged" in out
+    got = MoEParams.load(tmp_path / "refined.json")
+    assert got.family == "poisson"
+    np.testing.assert_array_equal(got.expert_aug, want.params.expert_aug)
+    np.testing.assert_array_equal(got.gate_aug, want.params.gate_aug)
+    # a round file of these experts is checked before use
+    with np.load(files[0]) as z:
+        arrays = dict(z)
+    arrays["complete"][0, 1] += 1.0
+    np.savez(tmp_path / "forged.npz", **arrays)
+    code, _, err = run(capsys, "refine", str(tmp_path / "forged.npz"), "--state",
+                       str(tmp_path / f"r{k - 1}.json"), "--output", str(tmp_path / "x.json"))
+    assert code == 2 and "symmetric" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.json").exists()
     code, out, err = run(capsys, "fit", "--data", str(tmp_path / "counts.npz"), "--n-experts",
                          "2", "--family", "gamma", "--output", str(tmp_path / "g.json"))
     assert code == 2 and "y > 0" in err

@@ -712,3 +712,30 @@ def test_the_engines_pieces_serve_every_family(family):
     np.testing.assert_allclose(costs, want, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="serves Gaussian experts"):
         engine.expert_costs(start, truth, X[:5], cost="w2")
+
+
+@pytest.mark.parametrize("family", GLM_FAMILIES)
+def test_a_round_file_of_another_family_round_trips_and_is_checked(family):
+    from fastmoe.machine import round_statistics
+    from fastmoe.message import round_digest, round_from_bytes, round_to_bytes
+
+    X, y, truth, _ = make_moe_regression(500, 2, 2, family=family, random_state=17)
+    stats = round_statistics(X, y, truth)
+    back = round_from_bytes(round_to_bytes(stats, truth), truth)
+    assert back.n == stats.n and back.log_likelihood == stats.log_likelihood
+    for name in ("gradient", "hessian", "complete"):
+        np.testing.assert_array_equal(getattr(back.derivatives, name),
+                                      getattr(stats.derivatives, name))
+    assert round_digest(back) == round_digest(stats)
+    other = MoEParams(truth.gate_coef, truth.gate_intercept, truth.expert_coef,
+                      truth.expert_intercept, np.ones(2), "gaussian")
+    with pytest.raises(ValueError, match="not a fastmoe.RoundStatistics"):
+        round_from_bytes(round_to_bytes(stats, truth), other)  # a Gaussian model's arrays
+    moved = MoEParams(truth.gate_coef, truth.gate_intercept, truth.expert_coef,
+                      truth.expert_intercept + 0.1, truth.expert_var, family)
+    with pytest.raises(ValueError, match="another model"):
+        round_from_bytes(round_to_bytes(stats, truth), moved)
+    if family != "gamma":
+        forged = dataclasses.replace(stats, log_likelihood=5.0)
+        with pytest.raises(ValueError, match="is positive"):
+            round_from_bytes(round_to_bytes(forged, truth), truth)
