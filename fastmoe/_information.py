@@ -24,6 +24,7 @@ statistics.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -84,6 +85,37 @@ class Derivatives(NamedTuple):
         return Derivatives(self.log_likelihood + other.log_likelihood,
                            self.gradient + other.gradient, self.hessian + other.hessian,
                            both(self.meat, other.meat), both(self.complete, other.complete))
+
+
+@dataclass(frozen=True)
+class FamilyStatistics:
+    """A machine's half of a refinement round for experts of a family other
+    than Gaussian: its rows, their log-likelihood at the global model, and
+    the log-likelihood's gradient and Hessian in
+    ``fastmoe._information.family_theta_of`` (at the origin of the
+    covariates), and the Hessian of EM's objective there
+    (``derivatives.complete``, for generalised EM's step). Additive:
+    ``a + b`` adds two machines'.
+
+    Attributes
+    ----------
+    n : int
+        The rows.
+    log_likelihood : float
+        Their log-likelihood.
+    derivatives : Derivatives
+        Its gradient and Hessian, and EM's objective's Hessian.
+    """
+
+    n: int
+    log_likelihood: float
+    derivatives: Derivatives
+
+    def __add__(self, other):  # noqa: D105
+        if not isinstance(other, FamilyStatistics):
+            return NotImplemented
+        return FamilyStatistics(self.n + other.n, self.log_likelihood + other.log_likelihood,
+                                self.derivatives + other.derivatives)
 
 
 def derivatives(X, y, w, params: MoEParams, *, meat: bool = False) -> Derivatives:

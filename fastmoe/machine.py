@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from . import engine
 from ._em import LOCAL_GATE_PENALTY, duplicate_pair, fit_moe
-from ._information import Derivatives, family_derivatives
+from ._information import FamilyStatistics, family_derivatives
 from ._params import MoEParams
 from ._validation import check_choice, check_float, check_int, check_random_state, check_X_y
 from .health import DIVERGED_GATE_SLOPE, steepest_gate_slope
@@ -288,7 +288,7 @@ def round_statistics(X, y, params, *, n_threads: int | None = None) -> RoundStat
     StepStatistics or FamilyStatistics
         Additive over machines: ``+`` sums them. For experts of a family
         other than Gaussian, the log-likelihood, its derivatives and EM's
-        objective's Hessian (:class:`FamilyStatistics`: such experts have no
+        objective's Hessian (``FamilyStatistics``: such experts have no
         closed-form M-step; the server's EM step is Newton's on that
         objective, :func:`fastmoe.server.gem_step`).
     """
@@ -298,34 +298,4 @@ def round_statistics(X, y, params, *, n_threads: int | None = None) -> RoundStat
         return FamilyStatistics(X.shape[0], der.log_likelihood, der)
     return engine.step_statistics(X, y, params, n_threads=n_threads, derivatives=True)
 
-
-@dataclass(frozen=True)
-class FamilyStatistics:
-    """A machine's half of a refinement round for experts of a family other
-    than Gaussian: its rows, their log-likelihood at the global model, and
-    the log-likelihood's gradient and Hessian in
-    ``fastmoe._information.family_theta_of`` (at the origin of the
-    covariates), and the Hessian of EM's objective there
-    (``derivatives.complete``, for generalised EM's step). Additive:
-    ``a + b`` adds two machines'.
-
-    Attributes
-    ----------
-    n : int
-        The rows.
-    log_likelihood : float
-        Their log-likelihood.
-    derivatives : Derivatives
-        Its gradient and Hessian, and EM's objective's Hessian.
-    """
-
-    n: int
-    log_likelihood: float
-    derivatives: Derivatives
-
-    def __add__(self, other):  # noqa: D105
-        if not isinstance(other, FamilyStatistics):
-            return NotImplemented
-        return FamilyStatistics(self.n + other.n, self.log_likelihood + other.log_likelihood,
-                                self.derivatives + other.derivatives)
 

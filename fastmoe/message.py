@@ -454,7 +454,7 @@ def round_to_bytes(stats, params: MoEParams) -> bytes:
     log-likelihood and the gate objective) and six float64 arrays (EM's
     statistics, the origin they are centred at, the log-likelihood's gradient
     and Hessian); nothing pickled. For experts of another family
-    (:class:`fastmoe.machine.FamilyStatistics`), the header names the family
+    (``FamilyStatistics``), the header names the family
     and the arrays are the gradient, the Hessian and EM's objective's
     Hessian.
 
@@ -569,8 +569,7 @@ def _family_round(fields, got, n: int, ll: float, params: MoEParams):
     family named, symmetric Hessians, EM's objective's Hessian negative
     semi-definite for the canonical links (it is concave there), and the
     log-likelihood of counts and 0/1 responses at most 0."""
-    from ._information import Derivatives
-    from .machine import FamilyStatistics
+    from ._information import Derivatives, FamilyStatistics
 
     if fields.get("family") != params.family:
         raise ValueError(f"these round statistics are of {fields.get('family')!r} experts; the "
