@@ -648,7 +648,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         # numbers per machine and candidate
         top = {"ll": -np.inf, "model": None, "parts": None}
 
-        def evaluate(models):
+        def evaluate(models, keep: bool = False):
             # each shard keeps its index in the caller's list: errors name it
             out = _backends.run(self.backend, shard_round,
                                 [(i, s, models, threads) for i, s in shards],
@@ -664,7 +664,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                 for o in out[1:]:
                     total = total + o[1][c]
                 totals.append(total)
-                if total.log_likelihood > top["ll"] or len(models) == 1:
+                if total.log_likelihood > top["ll"] or keep:
                     top.update(ll=total.log_likelihood, model=model,
                                parts=[(o[0], o[1][c]) for o in out])
             return totals, float(max(o[2] for o in out))
@@ -672,7 +672,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         result = refine(params, evaluate, tol=tol, max_rounds=rounds, reg_var=self.reg_var,
                         alternatives=alternatives, tracks=tracks)
         if top["model"] is not result.params:  # (a tie) the kept model's statistics per
-            evaluate([result.params])          # machine: one more pass
+            evaluate([result.params], keep=True)  # machine: one more pass
         return result, top["parts"]
 
     def _refine_plan(self) -> int:

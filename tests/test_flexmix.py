@@ -50,6 +50,21 @@ def _r_ready() -> str | None:
     return None
 
 
+def _run_r(script: str, folder) -> dict:
+    """Run an R script with the drivers, from another folder (Python then
+    imports the installed fastmoe, not the source tree): its output lines
+    "KEY numbers..." as {KEY: [[numbers], ...]}."""
+    env = dict(os.environ, RETICULATE_PYTHON=sys.executable, FASTMOE_DRIVERS=str(DRIVERS))
+    run = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=folder)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {}
+    for line in run.stdout.splitlines():
+        key, *values = line.split()
+        rows.setdefault(key, []).append([float(v) for v in values])
+    return rows
+
+
 R_SCRIPT = r"""
 source(Sys.getenv("FASTMOE_DRIVERS"))
 sim <- reticulate::py_run_string(local = TRUE, code = "
@@ -75,15 +90,7 @@ cat("GATES", parameters(fm, which = "concomitant"), "\n")
 @pytest.mark.integration
 @pytest.mark.skipif(_r_ready() is not None, reason=str(_r_ready()))
 def test_flexmix_with_fastmoe_drivers_matches_its_own_fit(tmp_path):
-    env = dict(os.environ, RETICULATE_PYTHON=sys.executable, FASTMOE_DRIVERS=str(DRIVERS))
-    # from another folder: Python imports the installed fastmoe, not the source tree
-    run = subprocess.run(["Rscript", "-e", R_SCRIPT], capture_output=True, text=True, env=env,
-                         timeout=300, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
-    rows = {}
-    for line in run.stdout.splitlines():
-        key, *values = line.split()
-        rows.setdefault(key, []).append([float(v) for v in values])
+    rows = _run_r(R_SCRIPT, tmp_path)
     (ll_own, ll_fm), = rows["LOGLIK"]
     assert rows["K"] == [[3.0, 3.0]]
     # the ML variance: at least flexmix's log-likelihood, and only just above it
@@ -118,14 +125,7 @@ cat("EXPERTS", parameters(fm), "\n")
 @pytest.mark.integration
 @pytest.mark.skipif(_r_ready() is not None, reason=str(_r_ready()))
 def test_flexmix_with_fastmoes_poisson_experts_reaches_its_own_fit(tmp_path):
-    env = dict(os.environ, RETICULATE_PYTHON=sys.executable, FASTMOE_DRIVERS=str(DRIVERS))
-    run = subprocess.run(["Rscript", "-e", R_POISSON], capture_output=True, text=True,
-                         env=env, timeout=300, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
-    rows = {}
-    for line in run.stdout.splitlines():
-        key, *values = line.split()
-        rows.setdefault(key, []).append([float(v) for v in values])
+    rows = _run_r(R_POISSON, tmp_path)
     (ll_own, ll_fm), = rows["LOGLIK"]
     assert ll_fm == pytest.approx(ll_own, rel=1e-7)
     own, fm = (np.array(p) for p in rows["EXPERTS"])
@@ -165,14 +165,7 @@ def test_flexmix_with_fastmoes_binomial_experts_reaches_its_own_fit(tmp_path):
     """A two-column y of successes and failures (1 to 3 trials a row): the
     driver sends each row as two weighted 0/1 rows of fastmoe's Bernoulli
     experts and reaches FLXMRglm(family = "binomial")'s fit."""
-    env = dict(os.environ, RETICULATE_PYTHON=sys.executable, FASTMOE_DRIVERS=str(DRIVERS))
-    run = subprocess.run(["Rscript", "-e", R_BINOMIAL], capture_output=True, text=True,
-                         env=env, timeout=300, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
-    rows = {}
-    for line in run.stdout.splitlines():
-        key, *values = line.split()
-        rows.setdefault(key, []).append([float(v) for v in values])
+    rows = _run_r(R_BINOMIAL, tmp_path)
     (ll_own, ll_fm), = rows["LOGLIK"]
     assert ll_fm == pytest.approx(ll_own, rel=1e-7)
     own, fm = (np.array(p) for p in rows["EXPERTS"])
