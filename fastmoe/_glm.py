@@ -44,6 +44,9 @@ EXPERT_RIDGE = 1e-9
 START_IRLS = 25
 #: step halvings of an expert's IRLS step at most
 MAX_HALVINGS = 30
+#: whether EM is accelerated by SQUAREM extrapolations (``_run``; off only in
+#: asv_bench/family_em.py, which times both side by side)
+SQUAREM = True
 #: an expert's objective within this relative amount of the last one is not
 #: lower (the sums' rounding)
 ROUNDING = 1e-13
@@ -222,7 +225,7 @@ def _run(data: _Data, alpha, beta, phi, *, max_iter, tol, gate_steps, gate_l2):
         it += 1
         history.append(ll2)
         best = (t2, ll2, R2, eta2)
-        jump = _squarem(data, theta, t1, t2)
+        jump = _squarem(data, theta, t1, t2) if SQUAREM else None
         if jump is not None and it < max_iter:
             try:
                 _, Re, etae = data.e_step(*jump)
