@@ -33,7 +33,7 @@ import numpy as np
 
 from . import _kernels
 from ._fit import EMPTY_SHARE
-from ._glm import _Data, _irls_step
+from ._glm import _Data, fit_expert
 from ._linalg import resolve_threads
 from .families import MAX_ETA, _gamma_shape, get_family
 from .metrics import alignment
@@ -46,25 +46,57 @@ def kl_costs(family: str, eta_l, nu_l, eta_k, nu_k) -> np.ndarray:
     """KL( f(.; eta_l, nu_l) || f(.; eta_k, nu_k) ), broadcast over the
     arguments: Poisson and Bernoulli by their cumulant functions, Gamma
     (shape nu, mean exp(eta)) in closed form. nu is ignored by the families
-    without a dispersion."""
-    if family == "poisson":
-        el, ek = np.minimum(eta_l, MAX_ETA), np.minimum(eta_k, MAX_ETA)
-        mu = np.exp(el)
-        return mu * (el - ek) - mu + np.exp(ek)
-    if family == "bernoulli":
-        from scipy.special import expit
+    without a dispersion. Written as the terms of :func:`local_terms`,
+    :func:`target_terms` and :func:`pair_terms`,
 
-        return (np.logaddexp(0.0, eta_k) - np.logaddexp(0.0, eta_l)
-                - expit(eta_l) * (eta_k - eta_l))
+        KL = P + a + b c + d e + f,
+
+    so that the reduction computes the local experts' terms once."""
+    b, d, f = local_terms(family, eta_l, nu_l)
+    a, c, e = target_terms(family, eta_k, nu_k)
+    return pair_terms(family, nu_l, nu_k) + a + b * c + d * e + f
+
+
+def _check_family(family: str) -> None:
+    if family not in ("poisson", "bernoulli", "gamma"):
+        raise ValueError(f"kl_costs serves the poisson, bernoulli and gamma families; got "
+                         f"{family!r}.")
+
+
+def local_terms(family: str, eta_l, nu_l):
+    """(b, d, f) of the KL that depend on the local expert alone: its mean
+    b = mu_l, and d = eta_l (Gamma) or 0, f = mu_l eta_l - A(eta_l) (the
+    canonical families) or 0."""
+    _check_family(family)
     if family == "gamma":
-        from scipy.special import gammaln, psi
-
         el = np.clip(eta_l, -MAX_ETA, MAX_ETA)
+        return np.exp(el), el, np.zeros_like(el)
+    el = np.minimum(eta_l, MAX_ETA) if family == "poisson" else np.asarray(eta_l, float)
+    mu = get_family(family).mean(el)
+    return mu, np.zeros_like(el), mu * el - _cumulant(family, el)
+
+
+def target_terms(family: str, eta_k, nu_k):
+    """(a, c, e) of the KL that depend on the target alone: A(eta_k),
+    -eta_k and 0 for the canonical families; nu_k eta_k, nu_k exp(-eta_k)
+    and -nu_k for Gamma."""
+    _check_family(family)
+    if family == "gamma":
         ek = np.clip(eta_k, -MAX_ETA, MAX_ETA)
-        return ((nu_l - nu_k) * psi(nu_l) - gammaln(nu_l) + gammaln(nu_k)
-                + nu_k * (ek - el - np.log(nu_k) + np.log(nu_l)) + nu_k * np.exp(el - ek) - nu_l)
-    raise ValueError(f"kl_costs serves the poisson, bernoulli and gamma families; got "
-                     f"{family!r}.")
+        return nu_k * ek, nu_k * np.exp(-ek), -np.asarray(nu_k, float)
+    ek = np.minimum(eta_k, MAX_ETA) if family == "poisson" else np.asarray(eta_k, float)
+    return _cumulant(family, ek), -ek, np.zeros_like(np.asarray(nu_k, float))
+
+
+def pair_terms(family: str, nu_l, nu_k):
+    """P of the KL, which depends on the two shapes alone (Gamma; 0 otherwise)."""
+    _check_family(family)
+    if family != "gamma":
+        return np.zeros(np.broadcast(nu_l, nu_k).shape)
+    from scipy.special import gammaln, psi
+
+    return ((nu_l - nu_k) * psi(nu_l) - gammaln(nu_l) + gammaln(nu_k)
+            + nu_k * (np.log(nu_l) - np.log(nu_k)) - nu_l)
 
 
 class FamilyMixture:
@@ -83,34 +115,20 @@ class FamilyMixture:
         self.machine = np.repeat(np.arange(len(self.models)),
                                  [m.n_experts for m in self.models])
         self.Z = Z
-        fam = get_family(self.family)
-        self.mu = fam.mean(self.eta)
-        if self.family == "gamma":
-            self.eta = np.clip(self.eta, -MAX_ETA, MAX_ETA)
-        else:  # mu_l eta_l - A(eta_l): the local terms of the canonical KL
-            self.local_term = self.mu * self.eta - _cumulant(self.family, self.eta)
+        self.mu, self.d, self.f = local_terms(self.family, self.eta, self.nu)
+        self.mu = np.ascontiguousarray(self.mu)
 
     def cost_terms(self, beta, phi):
         """The KL cost of local expert l and target k at support point s as
-        P[l, k] + a[s, k] + b[s, l] c[s, k] + d[s, l] e[k] + f[s, l]: the
-        terms of the local experts alone (f, computed once), of the targets
-        alone and their products, so that the assignment never holds the
-        (S, L, K) array (``fastmoe._kernels.family_assign``)."""
-        S, L = self.eta.shape
-        K = beta.shape[0]
-        eta_k = self.Z @ beta.T
-        if self.family != "gamma":  # A(eta_k) - mu_l eta_k + (mu_l eta_l - A(eta_l))
-            eta_k = np.minimum(eta_k, MAX_ETA) if self.family == "poisson" else eta_k
-            return (np.zeros((L, K)), _cumulant(self.family, eta_k), self.mu, -eta_k,
-                    np.zeros((S, L)), np.zeros(K), self.local_term)
-        from scipy.special import gammaln, psi
-
-        eta_k = np.clip(eta_k, -MAX_ETA, MAX_ETA)
-        nu_l, nu_k = self.nu[:, None], 1.0 / phi
-        pair = ((nu_l - nu_k) * psi(nu_l) - gammaln(nu_l) + gammaln(nu_k)
-                + nu_k * (np.log(nu_l) - np.log(nu_k)) - nu_l)
-        return (pair, nu_k * eta_k, self.mu, nu_k * np.exp(-eta_k), self.eta, -nu_k,
-                np.zeros((S, L)))
+        P[l, k] + a[s, k] + b[s, l] c[s, k] + d[s, l] e[k] + f[s, l]
+        (:func:`kl_costs`): the terms of the local experts alone (b, d, f,
+        computed once), of the targets alone and their products, so that the
+        assignment never holds the (S, L, K) array
+        (``fastmoe._kernels.family_assign``)."""
+        nu_k = 1.0 / phi
+        a, c, e = target_terms(self.family, self.Z @ beta.T, nu_k)
+        return (pair_terms(self.family, self.nu[:, None], nu_k[None, :]), a, self.mu, c, self.d,
+                e, self.f)
 
     def costs(self, beta, phi) -> np.ndarray:
         """(S, L, K) the costs from :meth:`cost_terms` (for tests and small
@@ -165,13 +183,7 @@ def _target_fit(mix: FamilyMixture, fam, D, mean, b, phi_k, Xs):
     """A target's coefficients: IRLS on the pseudo-rows (weight D, response
     ``mean``) from ``b``, each step not raising the transported cost."""
     data = _Data(Xs, np.where(D > 0, mean, 1.0), D, np.zeros(Xs.shape[0]), fam, 1, 1)
-    for _ in range(TARGET_IRLS):
-        new = _irls_step(data, D, b, phi_k, data.Z @ b)
-        done = np.allclose(new, b, rtol=1e-10, atol=1e-12)
-        b = new
-        if done:
-            break
-    return b
+    return fit_expert(data, D, b, phi_k, TARGET_IRLS)
 
 
 def _mm(mix: FamilyMixture, Xs, beta, phi, *, max_iter: int, tol: float):
@@ -180,7 +192,7 @@ def _mm(mix: FamilyMixture, Xs, beta, phi, *, max_iter: int, tol: float):
     fam = get_family(mix.family)
     K = beta.shape[0]
     total = float(mix.W.sum())
-    mu_l = fam.mean(mix.eta)
+    mu_l = mix.mu
     if fam.has_dispersion:
         from scipy.special import psi
 

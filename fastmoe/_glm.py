@@ -52,6 +52,22 @@ SQUAREM = True
 ROUNDING = 1e-13
 
 
+def e_step_rows(family, X, y, offset, alpha, beta, phi, base, n_threads: int):
+    """The E-step of experts of ``family`` by the compiled kernel
+    (``fastmoe._kernels.family_e_step``): (posteriors (n, K), linear
+    predictors (n, K), the rows' log-likelihoods (n,)), ``base`` the rows'
+    terms in y alone; a FloatingPointError of one line where a row's is not
+    finite. Serves EM (``_Data.e_step``) and fastmoe.engine.e_step."""
+    n, K = X.shape[0], beta.shape[0]
+    R, eta, kern, row = np.empty((n, K)), np.empty((n, K)), np.empty((n, K)), np.empty(n)
+    nu = 1.0 / np.asarray(phi, dtype=np.float64)
+    lg = np.array([math.lgamma(v) for v in nu]) if family.has_dispersion else np.zeros(K)
+    _kernels.check_rows(_kernels.family_e_step(
+        _kernels.family_code(family.name), X, y, offset, np.ascontiguousarray(alpha),
+        np.ascontiguousarray(beta), nu, lg, base, R, eta, kern, row, n_threads=n_threads))
+    return R, eta, row
+
+
 class _Data:
     """Validated data in the fitting frame."""
 
@@ -73,27 +89,10 @@ class _Data:
     def linear(self, beta):
         return self.Z @ beta.T + self.offset[:, None]
 
-    def shapes(self, phi):
-        """(nu, log Gamma(nu)) of the dispersions (a Gamma expert's shape;
-        unused by the other families)."""
-        nu = 1.0 / np.asarray(phi, dtype=np.float64)
-        if not self.family.has_dispersion:
-            return nu, np.zeros_like(nu)
-        from scipy.special import gammaln
-
-        return nu, gammaln(nu)
-
     def e_step(self, alpha, beta, phi):
-        """(weighted log-likelihood, responsibilities (n, K), eta (n, K)), by
-        the compiled kernel (``fastmoe._kernels.family_e_step``)."""
-        R, eta, kern = (np.empty((self.n, self.K)) for _ in range(3))
-        row = np.empty(self.n)
-        nu, lg = self.shapes(phi)
-        bad = _kernels.family_e_step(self.code, self.X, self.y, self.offset,
-                                     np.ascontiguousarray(alpha), np.ascontiguousarray(beta),
-                                     nu, lg, self.base, R, eta, kern, row,
-                                     n_threads=self.n_threads)
-        _kernels.check_rows(bad)
+        """(weighted log-likelihood, responsibilities (n, K), eta (n, K))."""
+        R, eta, row = e_step_rows(self.family, self.X, self.y, self.offset, alpha, beta, phi,
+                                  self.base, self.n_threads)
         return float(self.w @ row), R, eta
 
     def expert_objective(self, a, b, phi_k) -> float:
@@ -139,6 +138,21 @@ def _irls_step(data: _Data, a, b, phi_k, eta_k):
     return b
 
 
+def fit_expert(data: _Data, a, b, phi_k, max_steps: int, rtol: float = 1e-10,
+               atol: float = 1e-12) -> np.ndarray:
+    """One expert's weighted GLM (row weights ``a``) from ``b``: IRLS steps
+    (:func:`_irls_step`) until the coefficients stop moving, at most
+    ``max_steps``. Serves a start's experts, the reduction's targets
+    (fastmoe._family_reduction) and fastmoe.engine.fit_family_experts."""
+    for _ in range(max_steps):
+        new = _irls_step(data, a, b, phi_k, data.Z @ b + data.offset)
+        done = np.allclose(new, b, rtol=rtol, atol=atol)
+        b = new
+        if done:
+            break
+    return b
+
+
 def _m_step(data: _Data, alpha, beta, phi, R, eta, gate_steps: int, gate_l2: float):
     """Generalised M-step from the E-step's posteriors ``R`` and linear
     predictors ``eta``: (alpha, beta, phi)."""
@@ -181,12 +195,7 @@ def _start(data: _Data, init, rng):
     phi = np.ones(K)
     W = data.w[:, None] * R
     for k in range(K):
-        for _ in range(START_IRLS):
-            b = _irls_step(data, W[:, k], beta[k], phi[k], data.Z @ beta[k] + data.offset)
-            done = np.allclose(b, beta[k], rtol=1e-10, atol=1e-12)
-            beta[k] = b
-            if done:
-                break
+        beta[k] = fit_expert(data, W[:, k], beta[k], phi[k], START_IRLS)
     if fam.has_dispersion:
         phi = fam.dispersion(data.y1, fam.mean(data.linear(beta)), W)
     return np.zeros((K, d + 1)), beta, phi

@@ -425,14 +425,18 @@ def _aggregate_family(local_models, n_experts, sample_sizes, X_support, family, 
     order = np.lexsort((user.expert_var, user.expert_intercept))
     beta, phi = beta[order], phi[order]
     A = np.argsort(order)[A]
-    sent = np.stack([np.where(A == k, mix.W, 0.0) for k in range(K)], axis=2)  # (S, L, K)
-    T = sent.sum(axis=1) / mix.W.sum(axis=1, keepdims=True)
+    # the plan's mass per point and target (S, K) and per local expert and
+    # target (L, K), one target at a time (never the (S, L, K) plan)
+    T, local_mass = np.empty((Xf.shape[0], K)), np.empty((mix.W.shape[1], K))
+    for k in range(K):
+        sent = np.where(A == k, mix.W, 0.0)
+        T[:, k], local_mass[:, k] = sent.sum(axis=1), sent.sum(axis=0)
+    T /= mix.W.sum(axis=1, keepdims=True)
     gates = fit_gates(Xf, T, np.ones(Xf.shape[0]), np.zeros((K, d + 1)),
                       max_iter=check_int(gate_max_iter, "gate_max_iter"), tol=1e-12,
                       n_threads=resolve_threads(n_threads))
     t_gates = time.perf_counter() - t0
     params = frame.params_out(MoEParams.from_aug(gates.alpha, beta, phi, family))
-    local_mass = sent.sum(axis=0)
     lobj = np.sum(mix.W * cmin, axis=0)
     return AggregationResult(params.canonical(), float(history[-1]), history, n_iter, converged,
                              A.astype(np.int16), local_mass, local_mass.sum(axis=0), lobj,

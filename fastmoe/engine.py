@@ -45,7 +45,6 @@ True
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -212,13 +211,10 @@ def e_step(X, y, params: MoEParams, *, sample_weight=None, offset=None,
     if params.family != "gaussian":
         fam = get_family(params.family)
         fam.check_y(y[w > 0])
-        R, eta, kern, row_ll = np.empty((n, K)), np.empty((n, K)), np.empty((n, K)), \
-            np.empty(n)
-        nu = 1.0 / params.expert_var
-        lg = np.array([math.lgamma(v) for v in nu]) if fam.has_dispersion else np.zeros(K)
-        _kernels.check_rows(_kernels.family_e_step(
-            _kernels.family_code(fam.name), X, y, off, params.gate_aug, params.expert_aug,
-            nu, lg, fam.base(y), R, eta, kern, row_ll, n_threads=resolve_threads(n_threads)))
+        from ._glm import e_step_rows
+
+        R, _, row_ll = e_step_rows(fam, X, y, off, params.gate_aug, params.expert_aug,
+                                   params.expert_var, fam.base(y), resolve_threads(n_threads))
         return EStep(float(w @ row_ll), R, row_ll)
     if offset is not None:
         y = y - off
@@ -368,7 +364,7 @@ def fit_family_experts(X, y, resp, family: str, *, sample_weight=None, offset=No
     >>> engine.fit_family_experts(X, y, e.resp, "poisson").coef.shape
     (2, 2)
     """
-    from ._glm import _Data, _irls_step
+    from ._glm import _Data, fit_expert
 
     fam = get_family(family)
     if fam.name == "gaussian":
@@ -399,12 +395,7 @@ def fit_family_experts(X, y, resp, family: str, *, sample_weight=None, offset=No
     data = _Data(frame.X(X), y, w, off, fam, 1, 1)
     beta, W = local.expert_aug.copy(), w[:, None] * R
     for k in range(K):
-        for _ in range(max_iter):
-            b = _irls_step(data, W[:, k], beta[k], local.expert_var[k], data.Z @ beta[k] + off)
-            done = np.allclose(b, beta[k], rtol=tol, atol=tol)
-            beta[k] = b
-            if done:
-                break
+        beta[k] = fit_expert(data, W[:, k], beta[k], local.expert_var[k], max_iter, tol, tol)
     phi = fam.dispersion(data.y1, fam.mean(data.linear(beta)), W) if fam.has_dispersion \
         else np.ones(K)
     out = frame.params_out(MoEParams.from_aug(np.zeros((K, d + 1)), beta, phi, fam.name))
