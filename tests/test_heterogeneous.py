@@ -72,6 +72,26 @@ def test_machine_refits_a_fit_stuck_in_a_poor_optimum():
     assert stuck.params.log_likelihood(X, y) > truth.log_likelihood(X, y) - 50
 
 
+def test_a_real_pair_of_experts_is_not_refitted_after_split_merge():
+    """Two experts of one mean and variances 1 and 3 (a scale mixture, for
+    heavy tails) are close by the duplicate test (KL about 0.7). With EM's
+    split-merge move, which has tried to leave the pair, the machine sends its
+    fit as it is; without the move it refits it from fresh starts."""
+    from fastmoe._em import duplicate_pair
+    from fastmoe.machine import _moments
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6000, 1))
+    scale = np.where(rng.random(6000) < 0.5, 1.0, np.sqrt(3.0))
+    y = 1.0 + 2.0 * X[:, 0] + scale * rng.standard_normal(6000)
+    kept = fit_local(X, y, 2, random_state=0)
+    p = kept.params
+    assert duplicate_pair(p.expert_aug, p.expert_var, _moments(X)) is not None
+    assert kept.meta["self_check"] == "passed"
+    refit = fit_local(X, y, 2, random_state=0, split_merge=False)
+    assert "fresh starts" in refit.meta["self_check"], refit.meta["self_check"]
+
+
 @pytest.mark.parametrize("local_k", [[3, 4, 5, 4], [5, 4, 3, 3, 4]])
 def test_local_models_of_different_sizes_reduce_to_three(local_k):
     M = len(local_k)
