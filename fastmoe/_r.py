@@ -44,21 +44,32 @@ def gates(x, t, w, n: int, d: int, k: int, init=None) -> list:
     return np.column_stack([fit.gate_intercept, fit.gate_coef]).ravel().tolist()
 
 
+#: the rows of the last glm_expert call, prepared (flexmix sends the same
+#: covariates and responses in every M-step of a fit, only new weights)
+_design: dict = {}
+
+
 def glm_expert(x, y, w, n: int, d: int, family: str, start=None) -> list:
     """One expert of ``family`` ("poisson" or "bernoulli") fitted to the rows
     with weights w: the weighted GLM's maximum-likelihood coefficients by
     IRLS (fastmoe.engine.fit_family_experts), [intercept, coef_1..coef_d],
     from ``start`` (the previous EM iteration's coefficients, in that order)
-    where given."""
-    from .engine import fit_family_experts
-
-    X, y, w = _array(x, n, d), _array(y, n, 0), _array(w, n, 0)
+    where given. The covariates and responses are checked and standardised
+    once while the same ones come back."""
+    key = (bytes(x), bytes(y), n, d, family)
+    if _design.get("key") != key:
+        _design.clear()
+        _design.update(key=key, design=engine._family_design(_array(x, n, d), _array(y, n, 0),
+                                                             family))
+    w = _array(w, n, 0)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("the weights must be finite and non-negative.")
     init = None
     if start is not None:
         b = np.asarray(start, dtype=np.float64)
         if b.shape == (d + 1,) and np.all(np.isfinite(b)):
             init = (b[None, 1:], b[:1], np.ones(1))
-    fit = fit_family_experts(X, y, np.ones((n, 1)), family, sample_weight=w, init=init)
+    fit = _design["design"].fit(w[:, None], init)
     return [float(fit.intercept[0])] + fit.coef[0].tolist()
 
 

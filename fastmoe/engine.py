@@ -364,42 +364,72 @@ def fit_family_experts(X, y, resp, family: str, *, sample_weight=None, offset=No
     >>> engine.fit_family_experts(X, y, e.resp, "poisson").coef.shape
     (2, 2)
     """
-    from ._glm import _Data, fit_expert
-
-    fam = get_family(family)
-    if fam.name == "gaussian":
+    if get_family(family).name == "gaussian":
         raise ValueError("fit_family_experts serves the poisson, bernoulli and gamma "
                          "families; update_experts serves Gaussian experts.")
-    X, y, w = check_X_y(X, y, sample_weight)
-    fam.check_y(y[w > 0])
-    n, d = X.shape
-    R = _check_matrix(resp, n, "resp")
+    design = _family_design(X, y, family, offset, sample_weight)
+    R = _check_matrix(resp, design.data.n, "resp")
     if np.any(R < 0):
         raise ValueError("resp must be non-negative.")
-    K = R.shape[1]
+    if init is not None:
+        init = _check_experts(init, design.data.d, "init")
+    return design.fit(design.weights[:, None] * R, init, check_int(max_iter, "max_iter"),
+                      check_float(tol, "tol", 0.0, inclusive=True))
+
+
+class _FamilyDesign(NamedTuple):
+    """Rows of experts of a family other than the Gaussian, checked and put
+    in a frame once, for many M-steps on the same rows: ``fit(W)`` is
+    :func:`fit_family_experts` with ``sample_weight[:, None] * resp`` as W
+    (the flexmix drivers keep one per data set, fastmoe._r)."""
+
+    frame: Frame
+    data: object  #: fastmoe._glm._Data in the frame (its own row weights unused)
+    weights: np.ndarray  #: the checked sample weights
+    pooled: float  #: the link of the responses' weighted mean: the start without init
+
+    def fit(self, W, init: Experts | None = None, max_iter: int = 100,
+            tol: float = 1e-10) -> Experts:
+        """Each expert's weighted GLM, row weights the columns of ``W`` (n, K),
+        by IRLS from ``init`` (checked by the caller) or the pooled start."""
+        from ._glm import fit_expert
+
+        data, fam = self.data, self.data.family
+        K, d = W.shape[1], data.d
+        if init is None:
+            start = MoEParams.from_aug(np.zeros((K, d + 1)), np.column_stack(
+                [np.full(K, self.pooled), np.zeros((K, d))]), np.ones(K), fam.name)
+        else:
+            coef, intercept, var = init
+            if coef.shape[0] != K:
+                raise ValueError(f"init holds {coef.shape[0]} experts; resp has {K} columns.")
+            start = MoEParams(np.zeros((K, d)), np.zeros(K), coef, intercept,
+                              var if fam.has_dispersion else np.ones(K), fam.name)
+        local = self.frame.params_in(start)
+        beta = local.expert_aug.copy()
+        for k in range(K):
+            beta[k] = fit_expert(data, W[:, k], beta[k], local.expert_var[k], max_iter, tol, tol)
+        phi = fam.dispersion(data.y1, fam.mean(data.linear(beta)), W) if fam.has_dispersion \
+            else np.ones(K)
+        out = self.frame.params_out(MoEParams.from_aug(np.zeros((K, d + 1)), beta, phi,
+                                                       fam.name))
+        return Experts(out.expert_coef.copy(), out.expert_intercept.copy(), out.expert_var.copy())
+
+
+def _family_design(X, y, family: str, offset=None, sample_weight=None) -> _FamilyDesign:
+    """X, y (and the weights and offset) checked for experts of ``family``,
+    and X standardised by its unweighted frame (the fit does not depend on
+    it; an unweighted frame serves every M-step on these rows)."""
+    from ._glm import _Data
+
+    fam = get_family(family)
+    X, y, w = check_X_y(X, y, sample_weight)
+    fam.check_y(y[w > 0])
+    n = X.shape[0]
     off = np.zeros(n) if offset is None else _offset(offset, n)
-    max_iter = check_int(max_iter, "max_iter")
-    tol = check_float(tol, "tol", 0.0, inclusive=True)
-    frame = Frame.of(X, None, w)
-    if init is None:
-        pooled = float(np.average(fam.link(y) - off, weights=w))
-        start = MoEParams.from_aug(np.zeros((K, d + 1)), np.column_stack(
-            [np.full(K, pooled), np.zeros((K, d))]), np.ones(K), fam.name)
-    else:
-        coef, intercept, var = _check_experts(init, d, "init")
-        if coef.shape[0] != K:
-            raise ValueError(f"init holds {coef.shape[0]} experts; resp has {K} columns.")
-        start = MoEParams(np.zeros((K, d)), np.zeros(K), coef, intercept,
-                          var if fam.has_dispersion else np.ones(K), fam.name)
-    local = frame.params_in(start)
-    data = _Data(frame.X(X), y, w, off, fam, 1, 1)
-    beta, W = local.expert_aug.copy(), w[:, None] * R
-    for k in range(K):
-        beta[k] = fit_expert(data, W[:, k], beta[k], local.expert_var[k], max_iter, tol, tol)
-    phi = fam.dispersion(data.y1, fam.mean(data.linear(beta)), W) if fam.has_dispersion \
-        else np.ones(K)
-    out = frame.params_out(MoEParams.from_aug(np.zeros((K, d + 1)), beta, phi, fam.name))
-    return Experts(out.expert_coef.copy(), out.expert_intercept.copy(), out.expert_var.copy())
+    frame = Frame.of(X)
+    pooled = float(np.average(fam.link(y) - off, weights=w))
+    return _FamilyDesign(frame, _Data(frame.X(X), y, w, off, fam, 1, 1), w, pooled)
 
 
 def _check_experts(experts, d: int, name: str = "experts") -> Experts:

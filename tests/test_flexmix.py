@@ -39,6 +39,30 @@ def test_the_python_side_reads_r_column_major_bytes():
         _r.experts(_column_major(X)[:-8], _column_major(y), _column_major(w), 500, 2)
 
 
+@pytest.mark.parametrize("family", ["poisson", "bernoulli"])
+def test_the_glm_driver_reuses_its_rows_and_refits_new_ones(family):
+    """_r.glm_expert keeps the last rows it was sent, prepared; each call
+    equals engine.fit_family_experts on the rows and weights it was given,
+    from a start or without, and a new data set is not fitted on the old."""
+    fits = []
+    for seed in (0, 1, 0):  # the same rows, other rows, the first rows again
+        X, y, truth, _ = make_moe_regression(800, 2, 2, family=family, random_state=seed)
+        w = truth.posterior(X, y)[:, 0]
+        for start in (None, [0.1, 0.0, 0.0]):
+            got = _r.glm_expert(_column_major(X), _column_major(y), _column_major(w), 800, 2,
+                                family, start)
+            init = None if start is None else (np.array([start[1:]]), np.array(start[:1]),
+                                               np.ones(1))
+            want = engine.fit_family_experts(X, y, w[:, None], family, init=init)
+            np.testing.assert_allclose(got, [want.intercept[0], *want.coef[0]], rtol=1e-8,
+                                       atol=1e-10)
+            fits.append(got)
+    assert not np.allclose(fits[0], fits[2])  # the second data set's own fit
+    np.testing.assert_allclose(fits[4], fits[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        _r.glm_expert(_column_major(X), _column_major(y), _column_major(-w), 800, 2, family)
+
+
 def _r_ready() -> str | None:
     """Why the R test cannot run here, or None."""
     if shutil.which("Rscript") is None:

@@ -47,7 +47,13 @@ suppressPackageStartupMessages({
   .fastmoe$py
 }
 
-.fastmoe_bytes <- function(a) writeBin(as.vector(a, "double"), raw())
+## an array's numbers as bytes: its attributes dropped first, not by
+## as.vector, which spells out the row names R keeps unexpanded (10 ms per
+## call at 60 000 rows, a third of a fit's time)
+.fastmoe_bytes <- function(a) {
+  attributes(a) <- NULL
+  writeBin(as.double(a), raw())
+}
 
 ## the covariates (the model matrix without its intercept column: fastmoe adds
 ## its own) as bytes, kept in `cache` while flexmix passes the same matrix
@@ -138,9 +144,35 @@ FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson", "bin
       coef["(Intercept)"] <- out[1]
       coef[design$names] <- out[2:(d + 1L)]
     }
-    z@defineComponent(para = list(coef = coef, df = ncol(x)))
+    .fastmoe_glm_component(coef, ncol(x), binomial, cache)
   }
   z
+}
+
+## FLXMRglm's component for these families, with the same predict; its
+## logLik in closed form from the linear predictor, the terms of y alone
+## (log y! or the log binomial coefficient) computed once per response:
+## R's dpois and dbinom took a tenth of a fit's time
+.fastmoe_glm_component <- function(coef, df, binomial, cache) {
+  eta <- function(x, ...) {
+    offset <- list(...)$offset
+    p <- x %*% coef
+    if (!is.null(offset)) p <- p + offset
+    p
+  }
+  softplus <- function(e) pmax(e, 0) + log1p(exp(-abs(e)))  # log(1 + exp(e)), no overflow
+  predict <- function(x, ...) if (binomial) plogis(eta(x, ...)) else exp(eta(x, ...))
+  logLik <- function(x, y, ...) {
+    if (!identical(cache$ll_y, y)) {
+      cache$ll_y <- y
+      cache$ll_base <- if (binomial) lchoose(rowSums(y), y[, 1]) else -lgamma(y + 1)
+    }
+    e <- as.vector(eta(x, ...))
+    if (binomial) cache$ll_base - y[, 1] * softplus(-e) - y[, 2] * softplus(e)
+    else cache$ll_base + y * e - exp(e)  # (e is finite: finite coefficients)
+  }
+  new("FLXcomponent", parameters = list(coef = coef), logLik = logLik, predict = predict,
+      df = df)
 }
 
 setClass("FLXPfastmoe", contains = "FLXP")
