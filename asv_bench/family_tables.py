@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import realdata  # noqa: E402
-from real_tables import cpu, shards_of  # noqa: E402
+from real_tables import cpu, fit_distributed, shards_of  # noqa: E402
 
-from fastmoe import DistributedMoERegressor, MoEClassifier, MoERegressor  # noqa: E402
+from fastmoe import MoEClassifier, MoERegressor  # noqa: E402
 
 #: table: (family, response transform)
 SETUPS = {"doctorvisits": ("poisson", None), "nmes1988": ("poisson", None),
@@ -93,11 +93,7 @@ def distributed(tables) -> None:
         central = MoERegressor(K, family=family, random_state=0).fit(X[train], y[train])
         central_s = time.perf_counter() - t0
         for split in ("16", "group"):
-            with warnings.catch_warnings(record=True) as said:
-                warnings.simplefilter("always")
-                dist = DistributedMoERegressor(K, family=family, backend="serial",
-                                               random_state=0).fit_shards(
-                    shards_of(table, train, split))
+            dist, said, _ = fit_distributed(K, shards_of(table, train, split), family=family)
             gap = (dist.score_samples(X[test], y[test]).mean()
                    - central.score_samples(X[test], y[test]).mean())
             print(f"| {name} | {family} | {K} | {split} | {gap:+.4f} | "

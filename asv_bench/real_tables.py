@@ -52,6 +52,18 @@ def shards_of(table, train, split: str, seed: int = 1):
     return [(X[i], y[i]) for i in np.array_split(order, int(split))]
 
 
+def fit_distributed(K: int, shards, **options):
+    """``DistributedMoERegressor(K)`` with the defaults (serial backend,
+    random_state 0, and ``options``) fitted on ``shards``: (the model, the
+    warnings it raised, its wall seconds)."""
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        model = DistributedMoERegressor(K, backend="serial", random_state=0,
+                                        **options).fit_shards(shards)
+    return model, said, time.perf_counter() - t0
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", nargs="+", default=list(realdata.TABLES))
@@ -75,12 +87,7 @@ def main(argv=None) -> None:
         ll_central = central.score_samples(table.X[test], table.y[test]).mean()
         for split in args.splits:
             shards = shards_of(table, train, split)
-            t0 = time.perf_counter()
-            with warnings.catch_warnings(record=True) as said:
-                warnings.simplefilter("always")
-                model = DistributedMoERegressor(K, backend="serial",
-                                                random_state=0).fit_shards(shards)
-            wall = time.perf_counter() - t0
+            model, said, wall = fit_distributed(K, shards)
             gap = model.score_samples(table.X[test], table.y[test]).mean() - ll_central
             print(f"| {name} | {K} | {split} ({len(shards)}) | {gap:+.4f} | "
                   f"{len(model.refine_history_)} | {model.refine_converged_} | "
