@@ -50,12 +50,13 @@ _design: dict = {}
 
 
 def glm_expert(x, y, w, n: int, d: int, family: str, start=None) -> list:
-    """One expert of ``family`` ("poisson" or "bernoulli") fitted to the rows
-    with weights w: the weighted GLM's maximum-likelihood coefficients by
-    IRLS (fastmoe.engine.fit_family_experts), [intercept, coef_1..coef_d],
-    from ``start`` (the previous EM iteration's coefficients, in that order)
-    where given. The covariates and responses are checked and standardised
-    once while the same ones come back."""
+    """One expert of ``family`` ("poisson", "bernoulli" or "gamma") fitted
+    to the rows with weights w: the weighted GLM's maximum-likelihood
+    coefficients by IRLS (fastmoe.engine.fit_family_experts), [intercept,
+    coef_1..coef_d], and for "gamma" then its maximum-likelihood dispersion
+    1/shape; from ``start`` (the previous EM iteration's coefficients, in
+    that order) where given. The covariates and responses are checked and
+    standardised once while the same ones come back."""
     key = (bytes(x), bytes(y), n, d, family)
     if _design.get("key") != key:
         _design.clear()
@@ -70,7 +71,8 @@ def glm_expert(x, y, w, n: int, d: int, family: str, start=None) -> list:
         if b.shape == (d + 1,) and np.all(np.isfinite(b)):
             init = (b[None, 1:], b[:1], np.ones(1))
     fit = _design["design"].fit(w[:, None], init)
-    return [float(fit.intercept[0])] + fit.coef[0].tolist()
+    dispersion = [float(fit.var[0])] if family == "gamma" else []
+    return [float(fit.intercept[0])] + fit.coef[0].tolist() + dispersion
 
 
 def warm_up() -> None:
@@ -82,6 +84,7 @@ def warm_up() -> None:
     _kernels.warm_up()
     rng = np.random.default_rng(0)
     X = rng.standard_normal((50, 1))
-    for family, y in (("poisson", rng.poisson(1.0, 50)), ("bernoulli", rng.random(50) < 0.5)):
+    for family, y in (("poisson", rng.poisson(1.0, 50)), ("bernoulli", rng.random(50) < 0.5),
+                      ("gamma", rng.gamma(2.0, 1.0, 50))):
         glm_expert(X.tobytes(), y.astype(np.float64).tobytes(), np.ones(50).tobytes(), 50, 1,
                    family)

@@ -195,3 +195,58 @@ def test_flexmix_with_fastmoes_binomial_experts_reaches_its_own_fit(tmp_path):
     own, fm = (np.array(p) for p in rows["EXPERTS"])
     np.testing.assert_allclose(fm, own, atol=1e-4)
     assert rows["REFUSED"] == [[1.0]]
+
+
+R_GAMMA = r"""
+options(digits = 15)
+source(Sys.getenv("FASTMOE_DRIVERS"))
+sim <- reticulate::py_run_string(local = TRUE, code = "
+from fastmoe.datasets import make_moe_regression
+X, y, _, _ = make_moe_regression(3000, 2, 2, family='gamma', random_state=3)
+x1, x2, y = X[:, 0].tolist(), X[:, 1].tolist(), y.tolist()")
+d <- data.frame(x1 = unlist(sim$x1), x2 = unlist(sim$x2), y = unlist(sim$y))
+set.seed(1)
+start <- kmeans(scale(as.matrix(cbind(d[, 1:2], log(d$y)))), centers = 2, nstart = 1)$cluster
+fm <- flexmix(y ~ x1 + x2, data = d, k = 2, cluster = start,
+              model = FLXMRfastmoe(family = "Gamma"), concomitant = FLXPfastmoe(~ x1 + x2),
+              control = list(tolerance = 1e-10, iter.max = 2000L))
+cat("LOGLIK", as.numeric(logLik(fm)), "\n")
+cat("EXPERTS", parameters(fm), "\n")
+cat("GATES", parameters(fm, which = "concomitant"), "\n")
+one <- flexmix(y ~ 1, data = d, k = 1, model = FLXMRfastmoe(family = "Gamma"))
+cat("ONE", as.numeric(logLik(one)), parameters(one), "\n")
+bad <- tryCatch(flexmix(I(y - 10) ~ x1 + x2, data = d, k = 2, cluster = start,
+                        model = FLXMRfastmoe(family = "Gamma")),
+                error = function(e) conditionMessage(e))
+cat("REFUSED", as.numeric(grepl("positive response", bad, fixed = TRUE)), "\n")
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(_r_ready() is not None, reason=str(_r_ready()))
+def test_flexmix_with_fastmoes_gamma_experts_ends_at_fastmoes_optimum(tmp_path):
+    """FLXMRfastmoe(family = "Gamma") fits fastmoe's Gamma experts (log link,
+    each expert's ML shape): flexmix's log-likelihood is fastmoe's for the
+    same model, and fastmoe's EM from it does not move it (flexmix's own
+    Gamma driver takes the inverse link: another model, no comparison). One
+    component with an intercept alone is the ML Gamma fit of the response."""
+    from scipy import stats
+
+    from fastmoe import MoEParams, fit_moe
+
+    rows = _run_r(R_GAMMA, tmp_path)
+    X, y, _, _ = make_moe_regression(3000, 2, 2, family="gamma", random_state=3)
+    (ll,), = rows["LOGLIK"]
+    experts = np.array(rows["EXPERTS"][0]).reshape(2, 4)  # intercept, x1, x2, shape
+    B = np.array(rows["GATES"][0]).reshape(2, 3)  # per component: intercept, x1, x2
+    model = MoEParams(B[:, 1:], B[:, 0], experts[:, 1:3], experts[:, 0], 1.0 / experts[:, 3],
+                      "gamma")
+    assert model.log_likelihood(X, y) == pytest.approx(ll, rel=1e-9)
+    again = fit_moe(X, y, 2, family="gamma", init=model, max_iter=200)
+    assert again.log_likelihood - ll < 1e-4
+    (ll_one, b0, shape), = rows["ONE"]
+    a, _, scale = stats.gamma.fit(y, floc=0)
+    assert shape == pytest.approx(a, rel=1e-6)
+    assert np.exp(b0) == pytest.approx(a * scale, rel=1e-6)
+    assert ll_one == pytest.approx(stats.gamma.logpdf(y, a, scale=scale).sum(), rel=1e-9)
+    assert rows["REFUSED"] == [[1.0]]

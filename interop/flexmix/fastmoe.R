@@ -17,8 +17,12 @@
 ##   each row is sent as two weighted rows of fastmoe's Bernoulli experts (y =
 ##   1 with weight w times its successes, y = 0 with w times its failures),
 ##   whose weighted log-likelihood is the binomial one less its binomial
-##   coefficients. The "Gamma" family of FLXMRglm (its inverse link) is not
-##   served: fastmoe's Gamma experts take the log link.
+##   coefficients.
+## FLXMRfastmoe(family = "Gamma"): Gamma experts with the log link and each
+##   expert's maximum-likelihood shape, fastmoe's Gamma experts (components'
+##   parameters coef and shape). Not FLXMRglm(family = "Gamma"), which takes
+##   the inverse link, whose means can turn negative, and a moment estimate
+##   of the dispersion: the two fit different models.
 ## FLXPfastmoe(formula): the softmax (multinomial-logistic) concomitant model.
 ##   Its M-step is fastmoe.engine.fit_gates: Newton/IRLS with step halving on
 ##   the soft targets, warm-started from the previous EM iteration, instead of
@@ -71,7 +75,7 @@ suppressPackageStartupMessages({
   cache
 }
 
-FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson", "binomial")) {
+FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson", "binomial", "Gamma")) {
   family <- match.arg(family)
   if (family != "gaussian") return(.fastmoe_glm_driver(formula, family))
   z <- FLXMRglm(formula = formula, family = "gaussian")
@@ -105,10 +109,13 @@ FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson", "bin
   z@name <- paste("FLXMRfastmoe", family, sep = ":")
   cache <- new.env()
   binomial <- family == "binomial"
+  gamma <- family == "Gamma"
   z@fit <- function(x, y, w, component) {
     design <- .fastmoe_design(cache, x, "FLXMRfastmoe")
     if (!identical(cache$y, y)) {
       cache$y <- y
+      if (gamma && (NCOL(y) != 1L || any(y <= 0)))
+        stop("FLXMRfastmoe(family = \"Gamma\") needs a positive response.", call. = FALSE)
       if (binomial) {  # successes and failures: two weighted 0/1 rows per row
         if (NCOL(y) != 2L || any(y < 0))
           stop("FLXMRfastmoe(family = \"binomial\") needs y = cbind(successes, failures).",
@@ -121,11 +128,14 @@ FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson", "bin
     }
     d <- length(design$names)
     coef <- setNames(numeric(ncol(x)), colnames(x))
+    dispersion <- NULL
     if (d == 0L && binomial) {  # intercept only: the logit of the weighted share
       p <- sum(w * y[, 1]) / sum(w * rowSums(y))
       coef[] <- log(p / (1 - p))
-    } else if (d == 0L) {  # intercept only: the log of the weighted mean count
+    } else if (d == 0L) {  # intercept only: the log of the weighted mean
       coef[] <- log(sum(w * y) / sum(w))
+      if (gamma)  # the ML shape: log(nu) - digamma(nu) = log(mean) - mean(log y)
+        dispersion <- 1 / .fastmoe_gamma_shape(coef[[1]] - sum(w * log(y)) / sum(w))
     } else {
       start <- component$coef
       start <- if (length(start) == ncol(x)) as.double(start[c("(Intercept)", design$names)])
@@ -139,14 +149,46 @@ FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson", "bin
                                                2L * nrow(x), d, "bernoulli", start))
       } else {
         out <- unlist(.fastmoe_py()$glm_expert(design$bytes, cache$y_bytes,
-                                               .fastmoe_bytes(w), nrow(x), d, family, start))
+                                               .fastmoe_bytes(w), nrow(x), d,
+                                               if (gamma) "gamma" else family, start))
       }
       coef["(Intercept)"] <- out[1]
       coef[design$names] <- out[2:(d + 1L)]
+      if (gamma) dispersion <- out[d + 2L]
     }
+    if (gamma) return(.fastmoe_gamma_component(coef, 1 / dispersion, ncol(x) + 1L, cache))
     .fastmoe_glm_component(coef, ncol(x), binomial, cache)
   }
   z
+}
+
+## nu solving log(nu) - digamma(nu) = s (s > 0): the Gamma shape's ML equation
+.fastmoe_gamma_shape <- function(s) {
+  if (!(s > 0)) return(1e8)  # a constant response: no spread
+  uniroot(function(nu) log(nu) - digamma(nu) - s, c(1e-8, 1e8), tol = 1e-12)$root
+}
+
+## a Gamma expert of mean exp(x b) and shape nu; its logLik in closed form with
+## log y computed once per response
+.fastmoe_gamma_component <- function(coef, shape, df, cache) {
+  eta <- function(x, ...) {
+    offset <- list(...)$offset
+    p <- x %*% coef
+    if (!is.null(offset)) p <- p + offset
+    p
+  }
+  predict <- function(x, ...) exp(eta(x, ...))
+  logLik <- function(x, y, ...) {
+    if (!identical(cache$ll_y, y)) {
+      cache$ll_y <- y
+      cache$ll_base <- log(y)
+    }
+    e <- as.vector(eta(x, ...))
+    shape * log(shape) - lgamma(shape) + (shape - 1) * cache$ll_base - shape * e -
+      shape * y * exp(-e)
+  }
+  new("FLXcomponent", parameters = list(coef = coef, shape = shape), logLik = logLik,
+      predict = predict, df = df)
 }
 
 ## FLXMRglm's component for these families, with the same predict; its
