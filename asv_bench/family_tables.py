@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import realdata  # noqa: E402
-from real_tables import cpu, fit_distributed, shards_of  # noqa: E402
+from real_tables import cpu, fit_distributed, held_out_gap, shards_of  # noqa: E402
 
 from fastmoe import MoEClassifier, MoERegressor  # noqa: E402
 
@@ -94,8 +94,7 @@ def distributed(tables) -> None:
         central_s = time.perf_counter() - t0
         for split in ("16", "group"):
             dist, said, _ = fit_distributed(K, shards_of(table, train, split), family=family)
-            gap = (dist.score_samples(X[test], y[test]).mean()
-                   - central.score_samples(X[test], y[test]).mean())
+            gap = held_out_gap(dist, central, X[test], y[test])
             print(f"| {name} | {family} | {K} | {split} | {gap:+.4f} | "
                   f"{dist.refine_history_[-1]['log_likelihood']:.1f} | "
                   f"{central.log_likelihood_:.1f} | {len(dist.refine_history_)} | "

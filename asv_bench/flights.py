@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_tables import cpu, fit_distributed  # noqa: E402
+from real_tables import cpu, fit_distributed, held_out_gap  # noqa: E402
 
 from fastmoe import GaussianMoERegressor  # noqa: E402
 
@@ -67,8 +67,7 @@ def main(argv=None) -> None:
             t_central = time.perf_counter() - t0
             model, said, _ = fit_distributed(3, shards)
             rounds = model.refine_history_
-            gap = (model.score_samples(X[test], y[test]).mean()
-                   - central.score_samples(X[test], y[test]).mean())
+            gap = held_out_gap(model, central, X[test], y[test])
             print(f"M={M}: centralised {t_central:.2f} s, learning {model.learning_time_:.2f} s "
                   f"({t_central / model.learning_time_:.1f}x): slowest local fit "
                   f"{model.local_fit_times_.max():.2f}, reduction {model.reduction_time_:.2f}, "

@@ -64,6 +64,11 @@ def fit_distributed(K: int, shards, **options):
     return model, said, time.perf_counter() - t0
 
 
+def held_out_gap(model, central, X, y) -> float:
+    """The held-out log-likelihood per row of ``model`` minus ``central``'s."""
+    return float(model.score_samples(X, y).mean() - central.score_samples(X, y).mean())
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", nargs="+", default=list(realdata.TABLES))

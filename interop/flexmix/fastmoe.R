@@ -171,12 +171,7 @@ FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson", "bin
 ## a Gamma expert of mean exp(x b) and shape nu; its logLik in closed form with
 ## log y computed once per response
 .fastmoe_gamma_component <- function(coef, shape, df, cache) {
-  eta <- function(x, ...) {
-    offset <- list(...)$offset
-    p <- x %*% coef
-    if (!is.null(offset)) p <- p + offset
-    p
-  }
+  eta <- .fastmoe_eta(coef)
   predict <- function(x, ...) exp(eta(x, ...))
   logLik <- function(x, y, ...) {
     if (!identical(cache$ll_y, y)) {
@@ -191,17 +186,22 @@ FLXMRfastmoe <- function(formula = . ~ ., family = c("gaussian", "poisson", "bin
       predict = predict, df = df)
 }
 
-## FLXMRglm's component for these families, with the same predict; its
-## logLik in closed form from the linear predictor, the terms of y alone
-## (log y! or the log binomial coefficient) computed once per response:
-## R's dpois and dbinom took a tenth of a fit's time
-.fastmoe_glm_component <- function(coef, df, binomial, cache) {
-  eta <- function(x, ...) {
+## a component's linear predictor x b (plus flexmix's offset, where given)
+.fastmoe_eta <- function(coef) {
+  function(x, ...) {
     offset <- list(...)$offset
     p <- x %*% coef
     if (!is.null(offset)) p <- p + offset
     p
   }
+}
+
+## FLXMRglm's component for these families, with the same predict; its
+## logLik in closed form from the linear predictor, the terms of y alone
+## (log y! or the log binomial coefficient) computed once per response:
+## R's dpois and dbinom took a tenth of a fit's time
+.fastmoe_glm_component <- function(coef, df, binomial, cache) {
+  eta <- .fastmoe_eta(coef)
   softplus <- function(e) pmax(e, 0) + log1p(exp(-abs(e)))  # log(1 + exp(e)), no overflow
   predict <- function(x, ...) if (binomial) plogis(eta(x, ...)) else exp(eta(x, ...))
   logLik <- function(x, y, ...) {
