@@ -10,6 +10,9 @@ asv_bench/real_tables.py prints its tables. The humidity is a function of
 the temperature and the dew point, so the response is nearly a smooth
 function of two covariates: the experts' variances come out near 0.01
 (against 0.3 for the last), and the rounds cross a long, curved ridge.
+Measured (AMD EPYC): 13 to 21 rounds, every split 0.019 to 0.032 nats per
+test row above the default centralised fit, whose optimum moves with the
+seed (docs/limitations.rst).
 """
 
 from __future__ import annotations

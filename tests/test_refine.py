@@ -352,3 +352,21 @@ def test_the_servers_own_start_fits_all_rows_better_than_the_reduction():
             again = message_fit(msgs, agg, random_state=0)
         assert start.log_likelihood(X, y) > agg.log_likelihood(X, y)
         np.testing.assert_array_equal(start.expert_coef, again.expert_coef)
+
+
+def test_rounds_that_creep_stop_where_the_extrapolated_gain_is_below_newtons_bound():
+    """The gain left after two accepted rounds is extrapolated as a geometric
+    tail (Aitken): gains 10 then 5 leave 5; gains that do not shrink leave
+    an unknown amount (inf); a rejected round is not a gain."""
+    from fastmoe.server import Rounds
+
+    X, y, truth, _ = make_moe_regression(200, 1, 2, random_state=0)
+    rounds = Rounds.start(truth, tol=1e-7)
+    assert rounds._remaining() == np.inf  # no gains yet
+    rounds.history = [{"log_likelihood": v, "step": s} for v, s in
+                      [(0.0, "start"), (10.0, "trust"), (15.0, "em")]]
+    assert rounds._remaining() == pytest.approx(5.0)
+    rounds.history.insert(2, {"log_likelihood": 9.0, "step": "rejected"})
+    assert rounds._remaining() == pytest.approx(5.0)
+    rounds.history.append({"log_likelihood": 21.0, "step": "trust"})  # 5 then 6
+    assert rounds._remaining() == np.inf
