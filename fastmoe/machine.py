@@ -19,6 +19,7 @@ import numpy as np
 from . import engine
 from ._em import LOCAL_GATE_PENALTY, duplicate_pair, fit_moe
 from ._information import FamilyStatistics, family_derivatives
+from ._options import EM_DEFAULTS
 from ._params import MoEParams
 from ._validation import check_choice, check_float, check_int, check_random_state, check_X_y
 from .health import DIVERGED_GATE_SLOPE, steepest_gate_slope
@@ -179,7 +180,8 @@ def _self_check(fit, said, X, y, moments, n_experts, rng, n_init, gate_penalty, 
     flights, two experts of variances 90 and 274 at a KL of 1.1 to 1.6, where
     the refit reached the same log-likelihood to 0.1 nats on all 16 and
     doubled the local fit's time)."""
-    why = _doubt(fit, moments, duplicates=not fit_options.get("split_merge", True))
+    why = _doubt(fit, moments,
+                 duplicates=not fit_options.get("split_merge", EM_DEFAULTS.split_merge))
     if why is None:
         return fit, said, "passed"
     if fit.params.family != "gaussian":

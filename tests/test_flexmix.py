@@ -89,13 +89,19 @@ def _run_r(script: str, folder) -> dict:
     return rows
 
 
-R_SCRIPT = r"""
-source(Sys.getenv("FASTMOE_DRIVERS"))
+def _r_simulated(n: int, K: int, family: str) -> str:
+    """R lines that source the drivers and build the data frame ``d`` (x1,
+    x2, y) of make_moe_regression(n, 2, K, family=family, random_state=3)."""
+    return f"""source(Sys.getenv("FASTMOE_DRIVERS"))
 sim <- reticulate::py_run_string(local = TRUE, code = "
 from fastmoe.datasets import make_moe_regression
-X, y, _, _ = make_moe_regression(3000, 2, 3, random_state=3)
+X, y, _, _ = make_moe_regression({n}, 2, {K}, family='{family}', random_state=3)
 x1, x2, y = X[:, 0].tolist(), X[:, 1].tolist(), y.tolist()")
 d <- data.frame(x1 = unlist(sim$x1), x2 = unlist(sim$x2), y = unlist(sim$y))
+"""
+
+
+R_SCRIPT = _r_simulated(3000, 3, "gaussian") + r"""
 set.seed(1)
 start <- kmeans(scale(as.matrix(d)), centers = 3, nstart = 1)$cluster
 own <- flexmix(y ~ x1 + x2, data = d, k = 3, cluster = start, model = FLXMRglm(),
@@ -127,13 +133,7 @@ def test_flexmix_with_fastmoe_drivers_matches_its_own_fit(tmp_path):
     np.testing.assert_allclose(gates_fm, gates_own, atol=5e-3)
 
 
-R_POISSON = r"""
-source(Sys.getenv("FASTMOE_DRIVERS"))
-sim <- reticulate::py_run_string(local = TRUE, code = "
-from fastmoe.datasets import make_moe_regression
-X, y, _, _ = make_moe_regression(4000, 2, 2, family='poisson', random_state=3)
-x1, x2, y = X[:, 0].tolist(), X[:, 1].tolist(), y.tolist()")
-d <- data.frame(x1 = unlist(sim$x1), x2 = unlist(sim$x2), y = unlist(sim$y))
+R_POISSON = _r_simulated(4000, 2, "poisson") + r"""
 set.seed(1)
 start <- kmeans(scale(as.matrix(d)), centers = 2, nstart = 1)$cluster
 own <- flexmix(y ~ x1 + x2, data = d, k = 2, cluster = start,
@@ -156,13 +156,7 @@ def test_flexmix_with_fastmoes_poisson_experts_reaches_its_own_fit(tmp_path):
     np.testing.assert_allclose(fm, own, atol=1e-4)
 
 
-R_BINOMIAL = r"""
-source(Sys.getenv("FASTMOE_DRIVERS"))
-sim <- reticulate::py_run_string(local = TRUE, code = "
-from fastmoe.datasets import make_moe_regression
-X, y, _, _ = make_moe_regression(3000, 2, 2, family='bernoulli', random_state=3)
-x1, x2, y = X[:, 0].tolist(), X[:, 1].tolist(), y.tolist()")
-d <- data.frame(x1 = unlist(sim$x1), x2 = unlist(sim$x2), y = unlist(sim$y))
+R_BINOMIAL = _r_simulated(3000, 2, "bernoulli") + r"""
 trials <- 1 + (seq_len(nrow(d)) %% 3)
 set.seed(2)
 d$s <- rbinom(nrow(d), trials, ifelse(d$y > 0, 0.8, 0.3))
@@ -197,14 +191,8 @@ def test_flexmix_with_fastmoes_binomial_experts_reaches_its_own_fit(tmp_path):
     assert rows["REFUSED"] == [[1.0]]
 
 
-R_GAMMA = r"""
+R_GAMMA = _r_simulated(3000, 2, "gamma") + r"""
 options(digits = 15)
-source(Sys.getenv("FASTMOE_DRIVERS"))
-sim <- reticulate::py_run_string(local = TRUE, code = "
-from fastmoe.datasets import make_moe_regression
-X, y, _, _ = make_moe_regression(3000, 2, 2, family='gamma', random_state=3)
-x1, x2, y = X[:, 0].tolist(), X[:, 1].tolist(), y.tolist()")
-d <- data.frame(x1 = unlist(sim$x1), x2 = unlist(sim$x2), y = unlist(sim$y))
 set.seed(1)
 start <- kmeans(scale(as.matrix(cbind(d[, 1:2], log(d$y)))), centers = 2, nstart = 1)$cluster
 fm <- flexmix(y ~ x1 + x2, data = d, k = 2, cluster = start,
