@@ -174,6 +174,17 @@ class EMData:
         _kernels.em_pass(self.X, self.y, self.w, alpha, beta, var, resp, np.empty(0),
                          *out, self.obj, self.chunk, self.n_threads, skip)
 
+    def save(self) -> tuple:
+        """The last pass's results, for :meth:`restore` (a SQUAREM jump that
+        is not kept returns to them without a pass)."""
+        return self.G, self.params, self.log_partition, self.grad.copy(), self.info.copy()
+
+    def restore(self, saved: tuple) -> None:
+        """Hold again the pass results of :meth:`save`."""
+        self.G, self.params, self.log_partition = saved[:3]
+        self.grad[...], self.info[...] = saved[3:]
+        self.resp_at = None  # (the jump's pass may have written resp)
+
     def responsibilities(self, params) -> np.ndarray:
         """(n, K) responsibilities at params = (alpha, beta, var) (the params of
         a pass): kept by that pass, or from an E-step now. The EM passes do not
@@ -197,12 +208,24 @@ class EMData:
         log-partition (see the top of the module)."""
         return self.G[:, 0, :self.d + 1]
 
-    def gate_step(self, alpha):
-        """Newton direction (K, d+1) at alpha from the last pass's statistics."""
+    def gate_newton(self, alpha) -> tuple:
+        """(gradient, information) of the gate objective at alpha, penalised,
+        from the last pass's statistics (``newton_direction`` takes them)."""
         K, p = alpha.shape
         grad, H = assemble_newton(self.grad, self.info, K, p)
         _, grad, H = penalised(0.0, grad, H, alpha, self.gate_l2)
-        return newton_direction(grad, H, K, p)
+        return grad, H
+
+
+def gradient_direction(grad, H, K: int, p: int) -> np.ndarray:
+    """(K, p) the gradient over the information's largest eigenvalue (zero
+    last row): a step that ascends, by halving, where the information is
+    nearly singular and Newton's step (``newton_direction``) is unbounded."""
+    step = np.zeros((K, p))
+    top = float(np.linalg.eigvalsh(H)[-1]) if H.size else 0.0
+    if top > 0:
+        step[:-1] = (grad / top).reshape(K - 1, p)
+    return step
 
 
 def experts_from_gram(G, beta_prev, var_prev, var_floor, total_weight):
@@ -329,9 +352,10 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int, last: bool) ->
 
     One Newton step (the default) from the statistics of the previous pass,
     checked with the next pass's log-partition; if the check fails, step
-    halving on the gate objective alone, then the pass at the accepted step
-    (generalised EM: the log-likelihood never decreases). ``gate_steps`` > 1 runs the gate
-    IRLS for that many steps instead."""
+    halving on the gate objective alone (and where no halving ascends, the
+    gradient step of ``gradient_direction``), then the pass at the accepted
+    step (generalised EM: the log-likelihood never decreases).
+    ``gate_steps`` > 1 runs the gate IRLS for that many steps instead."""
     K = alpha.shape[0]
     if K == 1:
         return alpha, data.e_step(alpha, beta, var, stats=not last)
@@ -342,7 +366,8 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int, last: bool) ->
         return alpha, data.e_step(alpha, beta, var, keep_resp=not last, stats=not last)
     targets_at = data.params
     sums, part = data.target_sums().copy(), data.log_partition
-    step = data.gate_step(alpha)
+    grad, H = data.gate_newton(alpha)  # (kept: the next pass overwrites the statistics)
+    step = newton_direction(grad, H, K, alpha.shape[1])
     trial = alpha + step
     try:
         ll = data.e_step(trial, beta, var, stats=not last)
@@ -358,6 +383,10 @@ def _gate_m_step(data: EMData, alpha, beta, var, gate_steps: int, last: bool) ->
         - penalty(alpha, data.gate_l2)
     found = halve_step(data.X, data.w, targets, alpha, step, q_old, data.chunk, data.nc,
                        data.n_threads, t=0.5, l2=data.gate_l2)
+    if found is None:  # near-singular information (separating gates): a gradient step
+        found = halve_step(data.X, data.w, targets, alpha,
+                           gradient_direction(grad, H, K, alpha.shape[1]), q_old, data.chunk,
+                           data.nc, data.n_threads, l2=data.gate_l2)
     alpha = alpha if found is None else found[0]
     return alpha, data.e_step(alpha, beta, var, stats=not last)
 
@@ -384,25 +413,98 @@ class EMRun(NamedTuple):
         return self.alpha, self.beta, self.var
 
 
-def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_floor) -> EMRun:
-    """EM from (alpha, beta, var); returns the final state and its history."""
-    ll = data.e_step(alpha, beta, var)
-    obj = ll - penalty(alpha, data.gate_l2)
+def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_floor,
+           accelerate: bool = True) -> EMRun:
+    """EM from (alpha, beta, var); returns the final state and its history.
+
+    With ``accelerate``, as the families' EM (``fastmoe._glm._run``): every two
+    iterations are followed by a SQUAREM extrapolation (Varadhan and Roland
+    2008, scheme S3) and one EM iteration from it, kept only where it ends
+    above the second plain iteration; a jump that is not kept counts as an
+    iteration whose objective is the plain one's (``history`` repeats it).
+    So the objective never decreases, and EM stops where such a cycle (one
+    iteration without acceleration) gains less than ``tol`` of it. Where EM
+    crawls (rates of 0.99 to 0.999 per iteration on real tables), plain EM
+    stopped there 0.25 to 74 nats of log-likelihood below its optimum."""
+    obj = data.e_step(alpha, beta, var) - penalty(alpha, data.gate_l2)
     history = [obj]
-    converged = False
     notes: list[str] = []
+    theta = (alpha, beta, var)
+    converged = False
     it = 0
-    for it in range(1, max_iter + 1):
-        beta, var, notes = experts_from_gram(data.gram(), beta, var, var_floor,
+    longest = 1.0  # the longest SQUAREM step yet (Varadhan and Roland's step.max)
+
+    def em(t, last):
+        beta, var, notes = experts_from_gram(data.gram(), t[1], t[2], var_floor,
                                              data.total_weight)
-        alpha, ll = _gate_m_step(data, alpha, beta, var, gate_steps, it == max_iter)
-        obj_new = ll - penalty(alpha, data.gate_l2)
-        history.append(obj_new)
-        change, obj = obj_new - obj, obj_new
-        if abs(change) <= tol * abs(obj):
+        alpha, ll = _gate_m_step(data, t[0], beta, var, gate_steps, last)
+        return (alpha, beta, var), ll, ll - penalty(alpha, data.gate_l2), notes
+
+    while it < max_iter:
+        start, t0 = obj, theta
+        theta, ll, obj, notes = em(theta, it + 1 == max_iter)
+        it += 1
+        history.append(obj)
+        if accelerate and it < max_iter:
+            t1 = theta
+            theta, ll, obj, notes = em(theta, it + 1 == max_iter)
+            it += 1
+            history.append(obj)
+            jump, capped = _squarem(t0, t1, theta, var_floor, longest) \
+                if it < max_iter else (None, False)
+            if jump is not None:
+                saved = data.save()
+                try:
+                    data.e_step(*jump)
+                    jumped, ll3, obj3, notes3 = em(jump, it + 1 == max_iter)
+                except (FloatingPointError, np.linalg.LinAlgError):  # the jump overflowed
+                    obj3 = -np.inf
+                it += 1
+                if obj3 > obj and np.isfinite(obj3):
+                    theta, ll, obj, notes = jumped, ll3, obj3, notes3
+                    longest *= SQUAREM_GROWTH if capped else 1.0
+                else:
+                    data.restore(saved)
+                history.append(obj)
+        if abs(obj - start) <= tol * abs(obj):  # (a cycle of SQUAREM gained that little)
             converged = True
             break
-    return EMRun(alpha, beta, var, ll, it, converged, np.array(history), notes, obj)
+    return EMRun(*theta, ll, it, converged, np.array(history), notes, obj)
+
+
+#: the factor by which the longest SQUAREM step grows after a kept jump that
+#: was held to it (Varadhan and Roland's mstep); it starts at 1, two plain
+#: iterations
+SQUAREM_GROWTH = 4.0
+
+
+def _squarem(t0, t1, t2, var_floor, longest):
+    """The S3 extrapolation from three successive EM points (alpha, beta,
+    var), or None where the steps did not move, and whether its step length
+    was capped: theta0 - 2 a r + a^2 v with r = theta1 - theta0,
+    v = theta2 - 2 theta1 + theta0 and a = -|r| / |v|, at most -1 (theta2)
+    and at least -``longest``, in the gates relative to the last, the
+    experts and the log variances (kept at or above the floor)."""
+    x0, x1, x2 = (_flat(t) for t in (t0, t1, t2))
+    r, v = x1 - x0, x2 - 2 * x1 + x0
+    vv = float(v @ v)
+    if not vv > 0:
+        return None, False
+    length = np.sqrt(float(r @ r) / vv)
+    a = -min(max(length, 1.0), longest)
+    x = x0 - 2 * a * r + a * a * v
+    if not np.all(np.isfinite(x)):
+        return None, False
+    K, p = t0[1].shape
+    alpha = x[:K * p].reshape(K, p).copy()
+    beta = x[K * p:2 * K * p].reshape(K, p).copy()
+    var = np.exp(np.clip(x[2 * K * p:], np.log(var_floor), 700.0))
+    return (alpha, beta, var), length >= longest
+
+
+def _flat(t) -> np.ndarray:
+    alpha, beta, var = t
+    return np.concatenate([(alpha - alpha[-1]).ravel(), beta.ravel(), np.log(var)])
 
 
 @single_threaded_blas
@@ -414,6 +516,7 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
             init_iter: int | None = EM_DEFAULTS.init_iter,
             gate_steps: int = EM_DEFAULTS.gate_steps,
             split_merge: bool = EM_DEFAULTS.split_merge,
+            accelerate: bool = EM_DEFAULTS.accelerate,
             family: str = "gaussian", offset=None,
             random_state=None, n_threads: int | None = None) -> MoEFit:
     """Fit a mixture of experts by EM (centralised): Gaussian experts, or
@@ -495,6 +598,17 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
         5% of test log-likelihood. Accepted moves are listed in
         ``MoEFit.moves``. False runs plain EM. Gaussian experts only (the
         other families run plain EM).
+    accelerate : bool, default=True
+        SQUAREM (Varadhan and Roland 2008): every two EM iterations are
+        followed by an extrapolation from the three points and one EM
+        iteration from it, kept only where it ends higher (the objective
+        never decreases), and EM stops where such a cycle gains less than
+        ``tol`` of the log-likelihood. Plain EM crawls where its rate of
+        convergence is near 1 and stops by the same rule far from the
+        optimum: measured on three real tables (asv_bench/gaussian_em.py),
+        plain EM stopped 0.25 to 27 nats below the optimum it was climbing
+        to, the accelerated EM 0.001 to 0.065 nats, in 1.4 to 4.4 times
+        less time. False runs plain EM, one iteration at a time.
     family : {"gaussian", "poisson", "bernoulli", "gamma"}, default="gaussian"
         The experts' family (:mod:`fastmoe.families`): Poisson (log link) for
         counts, Bernoulli (logit) for a 0/1 response, Gamma (log link, a shape
@@ -528,7 +642,7 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
     opts = EMOptions(max_iter=max_iter, tol=tol, n_init=n_init, init=init,
                      init_iter=init_iter, reg_var=reg_var, gate_penalty=gate_penalty,
                      penalty=penalty, l1_strength=l1_strength, gate_steps=gate_steps,
-                     split_merge=split_merge)
+                     split_merge=split_merge, accelerate=accelerate)
     if get_family(family).name != "gaussian":
         from ._glm import fit_glm_moe
 
@@ -593,16 +707,24 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
 def _best_of_starts(data: EMData, opts: EMOptions, init, var_floor: float, rng):
     """EM from ``opts.n_init`` starts (short runs first when
     ``opts.short_runs``), the best run to convergence, then the split-merge
-    moves: (best run, every start's objective, the moves accepted)."""
+    moves: (best run, every start's objective, the moves accepted).
+
+    The short runs are plain EM: they only rank the starts, and in 20
+    iterations the extrapolation's extra pass per cycle costs more than it
+    saves (measured on the authors' design at 200 000 rows, d=20, K=5, 3
+    starts: 3.9 s accelerated against 3.4 s plain; with plain short runs
+    3.6 s against 3.75 to 4.0 s)."""
     K = data.K
-    em = dict(tol=opts.tol, gate_steps=opts.gate_steps, var_floor=var_floor)
+    em = dict(tol=opts.tol, gate_steps=opts.gate_steps, var_floor=var_floor,
+              accelerate=opts.accelerate)
     short = opts.short_runs
     runs = []
     for _ in range(opts.n_init):
         start_rng = np.random.default_rng(int(rng.integers(2**63 - 1)))
         alpha, beta, var = _initial_params(data, init, start_rng, var_floor)
         runs.append(run_em(data, alpha, beta, var,
-                           max_iter=opts.init_iter if short else opts.max_iter, **em))
+                           max_iter=opts.init_iter if short else opts.max_iter,
+                           **(dict(em, accelerate=False) if short else em)))
     finals = [run.objective for run in runs]
     best = runs[int(np.argmax(finals))]
     moments = covariate_moments(data) if opts.split_merge else None
@@ -640,7 +762,7 @@ def _l1_stage(X, y, w, frame: Frame, params: MoEParams, opts: EMOptions, n_threa
 
 
 def _try_move(data: EMData, run: EMRun, moments, moves: list, *, max_iter, tol, gate_steps,
-              var_floor) -> EMRun:
+              var_floor, accelerate) -> EMRun:
     """``run`` with a split-merge move (_split_move) if it has a duplicated pair
     of experts and EM from the move reaches a higher log-likelihood within
     ``max_iter`` iterations; else ``run`` unchanged."""
@@ -649,7 +771,7 @@ def _try_move(data: EMData, run: EMRun, moments, moves: list, *, max_iter, tol, 
         return run
     alpha, beta, var, message = _split_move(data, *run.params, var_floor, pair)
     alt = run_em(data, alpha, beta, var, max_iter=max_iter, tol=tol, gate_steps=gate_steps,
-                 var_floor=var_floor)
+                 var_floor=var_floor, accelerate=accelerate)
     if not alt.objective > run.objective + tol * abs(run.objective):
         return run
     what = "penalised log-likelihood" if data.penalised else "log-likelihood"

@@ -44,9 +44,6 @@ EXPERT_RIDGE = 1e-9
 START_IRLS = 25
 #: step halvings of an expert's IRLS step at most
 MAX_HALVINGS = 30
-#: whether EM is accelerated by SQUAREM extrapolations (``_run``; off only in
-#: asv_bench/family_em.py, which times both side by side)
-SQUAREM = True
 #: an expert's objective within this relative amount of the last one is not
 #: lower (the sums' rounding)
 ROUNDING = 1e-13
@@ -201,11 +198,12 @@ def _start(data: _Data, init, rng):
     return np.zeros((K, d + 1)), beta, phi
 
 
-def _run(data: _Data, alpha, beta, phi, *, max_iter, tol, gate_steps, gate_l2):
+def _run(data: _Data, alpha, beta, phi, *, max_iter, tol, gate_steps, gate_l2,
+         accelerate=True):
     """EM from one start, accelerated: (alpha, beta, phi, loglik, iterations,
     converged, history).
 
-    Every two EM iterations are followed by a SQUAREM extrapolation
+    With ``accelerate``, every two EM iterations are followed by a SQUAREM extrapolation
     (Varadhan and Roland 2008, scheme S3, with a step length of at least one)
     and one EM iteration from it, kept only where it ends above the second
     plain iteration (:func:`_jump_gains`): the log-likelihood never
@@ -234,7 +232,7 @@ def _run(data: _Data, alpha, beta, phi, *, max_iter, tol, gate_steps, gate_l2):
         it += 1
         history.append(ll2)
         best = (t2, ll2, R2, eta2)
-        jump = _squarem(data, theta, t1, t2) if SQUAREM else None
+        jump = _squarem(data, theta, t1, t2) if accelerate else None
         if jump is not None and it < max_iter:
             try:
                 _, Re, etae = data.e_step(*jump)
@@ -348,7 +346,8 @@ def fit_glm_moe(X, y, n_experts: int, *, family, sample_weight=None, offset=None
     data = _Data(frame.X(X), y / y_scale, w, off, fam, K, resolve_threads(n_threads))
     gate_l2 = options.gate_penalty
     rng = check_random_state(random_state)
-    em = dict(tol=options.tol, gate_steps=options.gate_steps, gate_l2=gate_l2)
+    em = dict(tol=options.tol, gate_steps=options.gate_steps, gate_l2=gate_l2,
+              accelerate=options.accelerate)
     starts = 1 if isinstance(init, MoEParams) else options.n_init
     short = options.short_runs and starts > 1
     runs = []

@@ -57,6 +57,8 @@ class EMOptions:
         Newton steps on the gates per EM iteration.
     split_merge : bool
         Whether the split-merge move runs.
+    accelerate : bool
+        Whether EM's iterations are accelerated by SQUAREM extrapolations.
     """
 
     max_iter: int = MAX_ITER
@@ -70,6 +72,7 @@ class EMOptions:
     l1_strength: float | str = "auto"
     gate_steps: int = 1
     split_merge: bool = True
+    accelerate: bool = True
 
     def __post_init__(self):
         checked = {
@@ -88,6 +91,7 @@ class EMOptions:
             else check_float(self.l1_strength, "l1_strength", 0.0, inclusive=True),
             "gate_steps": check_int(self.gate_steps, "gate_steps"),
             "split_merge": check_bool(self.split_merge, "split_merge"),
+            "accelerate": check_bool(self.accelerate, "accelerate"),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)

@@ -27,6 +27,7 @@ from ._backends import BACKENDS
 from ._options import EM_DEFAULTS as _EM
 from ._runtime import resolve_threads, split_cores
 from ._validation import (
+    check_bool,
     check_choice,
     check_float,
     check_int,
@@ -387,6 +388,10 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Newton steps on the gates per local EM iteration.
     split_merge : bool, default=True
         The split-merge move of the local fits (see :func:`fastmoe.fit_moe`).
+    accelerate : bool or "auto", default="auto"
+        SQUAREM extrapolations of the local fits' EM (see
+        :func:`fastmoe.fit_moe`); "auto" is :func:`fastmoe.fit_local`'s
+        choice (plain EM for Gaussian experts, ``LOCAL_ACCELERATE``).
     agg_init : {"aligned", "kmeans"}, default="aligned"
         Starts of the reduction (``init`` of :func:`fastmoe.aggregate`).
     agg_n_init : int, default=3
@@ -541,7 +546,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                  on_shard_error="raise", max_iter=_EM.max_iter, tol=_EM.tol, n_init="auto",
                  init=_EM.init, init_iter=_EM.init_iter, reg_var=_EM.reg_var,
                  gate_penalty="auto", penalty=_EM.penalty, l1_strength=_EM.l1_strength,
-                 gate_steps=_EM.gate_steps, split_merge=_EM.split_merge, agg_init="aligned",
+                 gate_steps=_EM.gate_steps, split_merge=_EM.split_merge, accelerate="auto",
+                 agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
                  exclude_failed=True, max_excluded=0.05, recheck_suspects=True, robust=False,
                  refine_rounds="auto", shard_timeout=None,
@@ -568,6 +574,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.l1_strength = l1_strength
         self.gate_steps = gate_steps
         self.split_merge = split_merge
+        self.accelerate = accelerate
         self.exclude_failed = exclude_failed
         self.max_excluded = max_excluded
         self.recheck_suspects = recheck_suspects
@@ -749,8 +756,15 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                        gate_penalty=self.gate_penalty, penalty=self.penalty,
                        l1_strength=self.l1_strength,
                        gate_steps=self.gate_steps, split_merge=self.split_merge,
-                       n_threads=threads)
+                       n_threads=threads, **self._accelerate())
         return _Plan(K, M, n_jobs, threads, tol, rounds, options)
+
+    def _accelerate(self) -> dict:
+        """``accelerate`` for the local fits' options: none for "auto"."""
+        if isinstance(self.accelerate, str):
+            check_choice(self.accelerate, "accelerate", ("auto",))
+            return {}
+        return {"accelerate": check_bool(self.accelerate, "accelerate")}
 
     def _run(self, func, tasks, plan: _Plan, bar=None) -> list:
         """[func(*task)] on the backend, with the shard timeout."""
@@ -832,7 +846,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         if ask:
             options = dict(max_iter=self.max_iter, tol=plan.tol * plan.M, reg_var=self.reg_var,
                            gate_steps=self.gate_steps, split_merge=self.split_merge,
-                           n_threads=plan.threads)
+                           n_threads=plan.threads, **self._accelerate())
             out = self._run(recheck_shard, [(j, shards[fitted[j]], messages[j],
                                              reference.params, options) for j in ask], plan)
             errors = [o[1] for o in out if isinstance(o[1], ShardError)]
@@ -966,7 +980,8 @@ class DistributedMoEClassifier(_BinaryMixin, ClassifierMixin, DistributedMoERegr
                  on_shard_error="raise", max_iter=_EM.max_iter, tol=_EM.tol, n_init="auto",
                  init=_EM.init, init_iter=_EM.init_iter, reg_var=_EM.reg_var,
                  gate_penalty="auto", penalty=_EM.penalty, l1_strength=_EM.l1_strength,
-                 gate_steps=_EM.gate_steps, split_merge=_EM.split_merge, agg_init="aligned",
+                 gate_steps=_EM.gate_steps, split_merge=_EM.split_merge, accelerate="auto",
+                 agg_init="aligned",
                  agg_n_init=3, agg_max_iter=300, gate_target="assigned", variance_update="exact",
                  exclude_failed=True, max_excluded=0.05, recheck_suspects=True, robust=False,
                  refine_rounds="auto", shard_timeout=None,

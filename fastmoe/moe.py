@@ -167,6 +167,9 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     split_merge : bool, default=True
         Merge duplicated experts and split the broadest one when EM has
         found two experts with the same density (see :func:`fastmoe.fit_moe`).
+    accelerate : bool, default=True
+        SQUAREM extrapolations of EM (see :func:`fastmoe.fit_moe`); False
+        runs plain EM.
     random_state : None, int or numpy Generator, default=None
         Seeds the starts; the fit is reproducible from it.
     n_threads : int, optional
@@ -221,7 +224,8 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                  init=_EM.init, init_iter=_EM.init_iter, reg_var=_EM.reg_var,
                  gate_penalty=_EM.gate_penalty, penalty=_EM.penalty,
                  l1_strength=_EM.l1_strength, gate_steps=_EM.gate_steps,
-                 split_merge=_EM.split_merge, random_state=None, n_threads=None):
+                 split_merge=_EM.split_merge, accelerate=_EM.accelerate, random_state=None,
+                 n_threads=None):
         self.n_experts = n_experts
         self.max_iter = max_iter
         self.tol = tol
@@ -234,6 +238,7 @@ class GaussianMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.l1_strength = l1_strength
         self.gate_steps = gate_steps
         self.split_merge = split_merge
+        self.accelerate = accelerate
         self.random_state = random_state
         self.n_threads = n_threads
 
@@ -314,6 +319,9 @@ class MoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         Newton steps on the gates per EM iteration.
     split_merge : bool, default=True
         The split-merge move of :func:`fastmoe.fit_moe` (Gaussian experts).
+    accelerate : bool, default=True
+        SQUAREM extrapolations of EM (see :func:`fastmoe.fit_moe`); False
+        runs plain EM.
     random_state : None, int or numpy Generator, default=None
         Seeds the starts; the fit is reproducible from it.
     n_threads : int, optional
@@ -364,8 +372,8 @@ class MoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     def __init__(self, n_experts=2, *, family="gaussian", max_iter=_EM.max_iter, tol=_EM.tol,
                  n_init=_EM.n_init, init=_EM.init, init_iter=_EM.init_iter,
                  reg_var=_EM.reg_var, gate_penalty=_EM.gate_penalty,
-                 gate_steps=_EM.gate_steps, split_merge=_EM.split_merge, random_state=None,
-                 n_threads=None):
+                 gate_steps=_EM.gate_steps, split_merge=_EM.split_merge,
+                 accelerate=_EM.accelerate, random_state=None, n_threads=None):
         self.n_experts = n_experts
         self.family = family
         self.max_iter = max_iter
@@ -377,6 +385,7 @@ class MoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.gate_penalty = gate_penalty
         self.gate_steps = gate_steps
         self.split_merge = split_merge
+        self.accelerate = accelerate
         self.random_state = random_state
         self.n_threads = n_threads
 
@@ -565,6 +574,9 @@ class MoEClassifier(_BinaryMixin, _MoEPredictMixin, ClassifierMixin, BaseEstimat
         the plain MLE.
     gate_steps : int, default=1
         Newton steps on the gates per EM iteration.
+    accelerate : bool, default=True
+        SQUAREM extrapolations of EM (see :func:`fastmoe.fit_moe`); False
+        runs plain EM.
     random_state : None, int or numpy Generator, default=None
         Seeds the starts; the fit is reproducible from it.
     n_threads : int, optional
@@ -609,7 +621,8 @@ class MoEClassifier(_BinaryMixin, _MoEPredictMixin, ClassifierMixin, BaseEstimat
 
     def __init__(self, n_experts=2, *, max_iter=_EM.max_iter, tol=_EM.tol, n_init=_EM.n_init,
                  init=_EM.init, init_iter=_EM.init_iter, gate_penalty=_EM.gate_penalty,
-                 gate_steps=_EM.gate_steps, random_state=None, n_threads=None):
+                 gate_steps=_EM.gate_steps, accelerate=_EM.accelerate, random_state=None,
+                 n_threads=None):
         self.n_experts = n_experts
         self.max_iter = max_iter
         self.tol = tol
@@ -618,6 +631,7 @@ class MoEClassifier(_BinaryMixin, _MoEPredictMixin, ClassifierMixin, BaseEstimat
         self.init_iter = init_iter
         self.gate_penalty = gate_penalty
         self.gate_steps = gate_steps
+        self.accelerate = accelerate
         self.random_state = random_state
         self.n_threads = n_threads
 

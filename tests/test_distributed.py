@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from fastmoe import (
     DistributedMoERegressor,
@@ -274,3 +275,31 @@ def test_other_population_is_kept(three_experts):
     health = out.health()
     cost = health["machine_cost"]
     assert out.excluded == () and cost[2] > 2 * np.median(cost) and health["collapsed"] == []
+
+
+def test_the_machines_run_plain_em_unless_asked():
+    """fit_local's Gaussian EM is plain by default (machine.LOCAL_ACCELERATE),
+    accelerated when asked; the distributed estimator's accelerate="auto"
+    leaves it to fit_local, and a bad value is one line naming it."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8000, 2))
+    wide = rng.random(8000) < 0.5
+    y = X @ [1.0, -0.5] + np.where(wide, 2.0, 1.0) * rng.standard_normal(8000)
+    plain = fit_local(X, y, 2, random_state=0, accelerate=False)
+    default = fit_local(X, y, 2, random_state=0)
+    fast = fit_local(X, y, 2, random_state=0, accelerate=True)
+    assert default.meta["n_iter"] == plain.meta["n_iter"]
+    np.testing.assert_array_equal(default.params.expert_coef, plain.params.expert_coef)
+    # another path to the same optimum, which plain EM stops short of
+    np.testing.assert_allclose(fast.params.expert_coef, plain.params.expert_coef, atol=1e-2)
+    assert not np.array_equal(fast.params.expert_coef, plain.params.expert_coef)
+    assert fast.meta["log_likelihood"] >= plain.meta["log_likelihood"]
+    est = DistributedMoERegressor(2, 2, backend="serial", random_state=0, refine_rounds=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the health report: a scale mixture's pair
+        asked = clone(est).set_params(accelerate=True).fit(X, y)
+        auto = clone(est).fit(X, y)
+    for a, b in zip(asked.messages_, auto.messages_):
+        assert not np.array_equal(a.params.expert_coef, b.params.expert_coef)
+    with pytest.raises(ValueError, match="accelerate"):
+        est.set_params(accelerate="fast").fit(X, y)

@@ -77,14 +77,17 @@ def test_duplicate_pair_is_the_averaged_symmetric_kl(rng):
 
 def test_split_merge_escapes_duplicated_experts():
     # the trap: two experts on the middle true expert, one broad expert covering
-    # the outer two; EM converges there, the move leaves it
+    # the outer two; plain EM converges there, the move leaves it. (From the
+    # trap, SQUAREM's jumps end at a neighbouring optimum where the pair's
+    # variances differ fourfold, no longer a duplicate by DUPLICATE_KL; from
+    # random starts it reaches the optimum: test_squarem_ends_nearer_...)
     X, y, truth, _ = make_moe_regression(4000, 2, 3, random_state=1)
     b, v = truth.expert_aug, truth.expert_var
     b0 = np.array([b[1], b[1] + 0.01, (b[0] + b[2]) / 2])
     trap = MoEParams(np.zeros((3, 2)), np.zeros(3), b0[:, 1:], b0[:, 0],
                      np.array([v[1], v[1], 30.0]))
-    stuck = fit_moe(X, y, 3, init=trap, split_merge=False, max_iter=500)
-    moved = fit_moe(X, y, 3, init=trap, max_iter=500)
+    stuck = fit_moe(X, y, 3, init=trap, split_merge=False, max_iter=500, accelerate=False)
+    moved = fit_moe(X, y, 3, init=trap, max_iter=500, accelerate=False)
     truth_ll = truth.log_likelihood(X, y)
     assert stuck.converged and stuck.moves == ()
     assert stuck.log_likelihood < truth_ll - 1000
@@ -93,9 +96,10 @@ def test_split_merge_escapes_duplicated_experts():
     err = align_to(moved.params, truth).expert_aug - truth.expert_aug
     assert np.sqrt(np.mean(err**2)) < 0.05
     est = GaussianMoERegressor(3, init=trap, max_iter=500, split_merge=False).fit(X, y)
-    assert est.log_likelihood_ == stuck.log_likelihood
+    assert est.log_likelihood_ == fit_moe(X, y, 3, init=trap, split_merge=False,
+                                          max_iter=500).log_likelihood
     est = GaussianMoERegressor(3, init=trap, max_iter=500).fit(X, y)
-    assert est.log_likelihood_ == moved.log_likelihood
+    assert est.log_likelihood_ == fit_moe(X, y, 3, init=trap, max_iter=500).log_likelihood
     with pytest.raises(ValueError, match="split_merge"):
         fit_moe(X, y, 3, split_merge="yes")
 
@@ -200,7 +204,9 @@ def test_empty_expert_keeps_parameters(rng):
     start = MoEParams(np.array([[0.0], [0.0]]), np.array([-800.0, 0.0]),
                       np.array([[5.0], [2.0]]), np.array([3.0, 0.0]), np.array([1.0, 0.01]))
     with pytest.warns(DegenerateExpertWarning, match="received no responsibility"):
-        fit = fit_moe(X, y, 2, init=start, max_iter=3, tol=0.0)
+        # tol=0: EM stops where a cycle of two iterations and a SQUAREM jump
+        # changes nothing (here the second cycle)
+        fit = fit_moe(X, y, 2, init=start, max_iter=6, tol=0.0)
     assert np.all(np.isfinite(fit.params.expert_aug))
     kept = fit.params.expert_aug[np.argmax(fit.params.expert_intercept)]
     np.testing.assert_allclose(kept, [3.0, 5.0])
@@ -283,11 +289,11 @@ def _run_with_scaled_gate_steps(small, monkeypatch, factor, max_iter):
 
     X, y, truth, _ = small
     data = EMData(X, y, np.ones(len(y)), 3, 1)
-    real = EMData.gate_step
+    real = _em.newton_direction
     direct = []
     objective = _em.gate_objective
     monkeypatch.setattr(_em, "gate_objective", lambda *a: direct.append(1) or objective(*a))
-    monkeypatch.setattr(EMData, "gate_step", lambda self, alpha: real(self, alpha) * factor)
+    monkeypatch.setattr(_em, "newton_direction", lambda *a: real(*a) * factor)
     out = run_em(data, *_truth_start(data, truth), max_iter=max_iter, tol=0.0, gate_steps=1,
                  var_floor=1e-9)
     return out[6], len(direct)
@@ -374,11 +380,15 @@ def test_pass_derives_the_heaviest_experts_gram_from_the_total(small, monkeypatc
     np.testing.assert_allclose(G, reference(starved, beta, var), rtol=1e-10)
 
 
-def test_the_last_pass_of_a_run_computes_no_statistics(small, monkeypatch):
+@pytest.mark.parametrize("squarem", [False, True])
+def test_the_last_pass_of_a_run_computes_no_statistics(small, monkeypatch, squarem):
     """run_em's last pass needs only the log-likelihood: it leaves out the
-    Gram matrices and gate statistics, with the same log-likelihoods."""
+    Gram matrices and gate statistics, with the same log-likelihoods. With
+    SQUAREM the third iteration is the jump's: a pass at the jump, with
+    statistics, then the iteration's pass."""
     from fastmoe import _em
     from fastmoe._em import EMData, run_em
+
 
     with_stats = []
     kernel = _em._kernels.em_pass
@@ -388,9 +398,10 @@ def test_the_last_pass_of_a_run_computes_no_statistics(small, monkeypatch):
     data = EMData(X, y, np.ones(len(y)), 3, 2)
     alpha, beta, var = _truth_start(data, truth)
     start = dict(alpha=alpha * 0.5, beta=beta, var=var * 2)
-    runs = [run_em(data, **start, max_iter=m, tol=0.0, gate_steps=1, var_floor=1e-9)
-            for m in (3, 4)]
-    assert with_stats == [True] * 3 + [False] + [True] * 4 + [False]
+    runs = [run_em(data, **start, max_iter=m, tol=0.0, gate_steps=1, var_floor=1e-9,
+                   accelerate=squarem) for m in (3, 4)]
+    jump = [True] if squarem else []
+    assert with_stats == [True] * 3 + jump + [False] + [True] * 4 + jump + [False]
     np.testing.assert_array_equal(runs[0][6], runs[1][6][:4])
     assert data.gram() is None
 
@@ -413,3 +424,30 @@ def test_responsibilities_are_kept_or_recomputed(small):
     G = data.gram().copy()
     np.testing.assert_allclose(data.responsibilities(first), reference, rtol=1e-10, atol=1e-14)
     np.testing.assert_array_equal(data.gram(), G)  # recomputing leaves the pass's state
+
+
+def test_squarem_ends_nearer_the_optimum_in_fewer_iterations():
+    """A scale mixture (two experts on one line, noise 1 and 2), on which
+    plain EM crawls: from the same start the accelerated EM (run_em's
+    SQUAREM jumps) stops in fewer iterations and nearer the optimum (EM at
+    tol=1e-14), its objective never decreasing, one history entry per
+    iteration (a jump not kept repeats the last)."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        X = rng.standard_normal((20000, 2))
+        wide = rng.random(20000) < 1 / (1 + np.exp(-0.5 * X[:, 0]))
+        y = X @ [1.0, -0.5] + np.where(wide, 2.0, 1.0) * rng.standard_normal(20000)
+        fits = {}
+        for accelerated in (False, True):
+            fits[accelerated] = fit_moe(X, y, 2, random_state=0, split_merge=False,
+                                        accelerate=accelerated)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            optimum = max(fit_moe(X, y, 2, init=f.params, split_merge=False, tol=1e-14,
+                                  max_iter=20000).log_likelihood for f in fits.values())
+        plain, fast = fits[False], fits[True]
+        assert fast.converged and fast.n_iter < plain.n_iter
+        assert optimum - fast.log_likelihood < optimum - plain.log_likelihood
+        assert optimum - fast.log_likelihood < 1e-3
+        assert fast.n_iter == len(fast.history) - 1
+        assert np.all(np.diff(fast.history) >= -1e-10 * np.abs(fast.history[1:]))

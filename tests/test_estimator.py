@@ -70,8 +70,8 @@ def test_predict_checks_width(fitted):
 def test_the_em_defaults_are_said_once():
     """fit_moe, both estimators and the command line take their EM options'
     defaults from one place (fastmoe._options.EM_DEFAULTS); the distributed
-    estimator differs only where its local fits need to (n_init and
-    gate_penalty "auto": see fastmoe.fit_local)."""
+    estimator differs only where its local fits need to (n_init,
+    gate_penalty and accelerate "auto": see fastmoe.fit_local)."""
     import dataclasses
     import inspect
 
@@ -81,7 +81,8 @@ def test_the_em_defaults_are_said_once():
 
     defaults = dataclasses.asdict(EM_DEFAULTS)
     for func, own in ((fit_moe, {}), (GaussianMoERegressor, {}),
-                      (DistributedMoERegressor, {"n_init": "auto", "gate_penalty": "auto"})):
+                      (DistributedMoERegressor, {"n_init": "auto", "gate_penalty": "auto",
+                                                 "accelerate": "auto"})):
         params = inspect.signature(func).parameters
         for name, value in defaults.items():
             assert params[name].default == own.get(name, value), (func.__name__, name)
@@ -95,7 +96,8 @@ def test_the_em_defaults_are_said_once():
                                            ("init", "best"), ("init_iter", 0),
                                            ("reg_var", 0.0), ("gate_penalty", -1.0),
                                            ("penalty", "l2"), ("l1_strength", "big"),
-                                           ("gate_steps", 0), ("split_merge", "yes")])
+                                           ("gate_steps", 0), ("split_merge", "yes"),
+                                           ("accelerate", "yes")])
 def test_a_bad_em_option_is_one_line_naming_it(option, value):
     from fastmoe._options import EMOptions
 
