@@ -10,7 +10,7 @@ asv_bench/real_tables.py prints its tables. The humidity is a function of
 the temperature and the dew point, so the response is nearly a smooth
 function of two covariates: the experts' variances come out near 0.01
 (against 0.3 for the last), and the rounds cross a long, curved ridge.
-Measured (AMD EPYC): 13 to 20 rounds, every split above the default
+Measured (AMD EPYC): 9 to 13 rounds, every split above the default
 centralised fit (0.024 to 0.036 nats per test row at K = 4, 0.004 to 0.006
 at K = 5), whose optimum moves with the seed (docs/limitations.rst).
 """

@@ -857,6 +857,7 @@ class Rounds:
     reg_var: float
     max_rounds: int
     _server: float = 0.0
+    _shift: float = 0.0  # the frame's log-likelihood less the data's (_frame_shift)
 
     @classmethod
     def start(cls, params: MoEParams, alternatives: Sequence[MoEParams] = (), *,
@@ -915,6 +916,7 @@ class Rounds:
         lls = [_finite(r.log_likelihood) for r in results]
         best = int(np.argmax(lls))
         model, kind, gain = self.pending[best][:3]
+        self._shift = _frame_shift(results[best])
         entry = {**_entry(results[best], kind, gain, seconds, self._server),
                  "candidates": len(self.pending)}
         if kind == "start":
@@ -933,11 +935,18 @@ class Rounds:
         self.params, self.statistics, self.log_likelihood = model, results[best], lls[best]
         self.history.append(entry)
         if kind not in ("start", "newton") and (
-                gained <= self.tol * abs(lls[best])
-                or self._remaining() <= NEWTON_TOL * self.tol * abs(lls[best])):
+                gained <= self.tol * self._size(lls[best])
+                or self._remaining() <= NEWTON_TOL * self.tol * self._size(lls[best])):
             self.converged, self.pending = True, []  # (Newton: judged by its decrement)
             return
         self._plan()
+
+    def _size(self, ll: float) -> float:
+        """The magnitude the rounds' tolerance is relative to: that of the
+        log-likelihood ``ll`` of the standardised response, as the
+        centralised EM's (fastmoe._frame), so that where the rounds stop
+        does not depend on the response's units or offset."""
+        return abs(ll + self._shift)
 
     def _remaining(self) -> float:
         """The gain left to the rounds, extrapolated from the last two
@@ -974,7 +983,7 @@ class Rounds:
             return False
         gains = [o[2] for o in self.pending if np.isfinite(o[2])]
         lengths = [o[3] for o in self.pending if np.isfinite(o[3])]
-        if not gains or max(gains) <= NEWTON_TOL * self.tol * abs(self.log_likelihood):
+        if not gains or max(gains) <= NEWTON_TOL * self.tol * self._size(self.log_likelihood):
             return False
         self.radius = min([self.radius, *lengths]) / 4
         return self.radius >= 1e-6
@@ -989,7 +998,8 @@ class Rounds:
                              reg_var=self.reg_var)
         kind, gain = options[0][1], options[0][2]
         self._server = time.perf_counter() - t0
-        if kind == "newton" and 0 <= gain <= NEWTON_TOL * self.tol * abs(self.log_likelihood):
+        if kind == "newton" and 0 <= gain <= NEWTON_TOL * self.tol * self._size(
+                self.log_likelihood):
             self.converged = True
             self.history[-1]["server_seconds"] += self._server
             return
@@ -1162,6 +1172,23 @@ def _adapt(options, results, radius: float, overrelax: float):
     if factor == 1.0:
         return radius, max(FIRST_OVERRELAX, overrelax / 2)
     return radius, overrelax
+
+
+def _frame_shift(stats) -> float:
+    """W log sd(y) from the machines' summed statistics (W the rows' total
+    weight, sd(y) the response's weighted standard deviation): the
+    log-likelihood of y / sd(y) less that of y, for Gaussian experts; 0 for
+    the other families, whose responses are not rescaled."""
+    experts = getattr(stats, "experts", None)
+    G = getattr(experts, "gram", None)
+    if G is None or G.ndim != 3:
+        return 0.0
+    total = G.sum(axis=0)
+    W = float(total[0, 0])
+    if not W > 0:
+        return 0.0
+    var = float(total[-1, -1]) / W - (float(total[0, -1]) / W) ** 2
+    return 0.5 * W * np.log(var) if var > 0 else 0.0
 
 
 def _entry(stats, kind: str, gain: float, seconds: float, server: float) -> dict:

@@ -374,3 +374,25 @@ def test_rounds_that_creep_stop_where_the_extrapolated_gain_is_below_newtons_bou
                       {"log_likelihood": 10.0, "step": "trust"},  # back a start that was
                       {"log_likelihood": 15.0, "step": "em"}]  # not finite
     assert rounds._remaining() == np.inf
+
+
+def test_where_the_rounds_stop_does_not_depend_on_the_units_of_y():
+    """The rounds' tolerance is relative to the log-likelihood of the
+    standardised response, as the centralised EM's: y in other units, with
+    an offset, takes the same rounds and steps to the same model. (With the
+    tolerance relative to the log-likelihood in y's units, y / 1000 took 2
+    rounds and 1000 y + 10 000 one.)"""
+    X, y, _, _ = make_moe_regression(4000, 2, 3, random_state=2)
+    fits = []
+    for scale, shift in ((1.0, 0.0), (1e-3, 0.0), (1e3, 1e4)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits.append(DistributedMoERegressor(3, 16, backend="serial", random_state=0)
+                        .fit(X, scale * y + shift))
+    ref = fits[0]
+    assert len(ref.refine_history_) >= 2
+    for (scale, shift), fit in zip(((1e-3, 0.0), (1e3, 1e4)), fits[1:]):
+        assert [h["step"] for h in fit.refine_history_] == [h["step"] for h in
+                                                            ref.refine_history_]
+        np.testing.assert_allclose(fit.predict(X), scale * ref.predict(X) + shift,
+                                   rtol=1e-6, atol=1e-6 * scale)
