@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import realdata  # noqa: E402
-from real_tables import cpu  # noqa: E402
+from real_tables import cpu, table_arguments, tables  # noqa: E402
 
 from fastmoe import fit_moe  # noqa: E402
 
@@ -41,20 +41,14 @@ def left_to_gain(X, y, K: int, fit) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", nargs="+", default=list(realdata.TABLES))
-    parser.add_argument("--experts", nargs="+", type=int, default=[5, 4, 5])
+    table_arguments(parser)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args(argv)
     print(f"CPU: {cpu()}")
     print("| table | K | seed | EM | seconds | iterations | converged | log-likelihood | "
           "left to gain |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, K in zip(args.tables, args.experts):
-        why = realdata.why_missing(name)
-        if why:
-            print(f"| {name} | {K} | skipped: {why} |")
-            continue
-        table = realdata.load(name)
+    for name, K, table in tables(args.tables, args.experts):
         train, _ = realdata.split(table)
         X, y = table.X[train], table.y[train]
         for seed in args.seeds:

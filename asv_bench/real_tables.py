@@ -69,22 +69,34 @@ def held_out_gap(model, central, X, y) -> float:
     return float(model.score_samples(X, y).mean() - central.score_samples(X, y).mean())
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def table_arguments(parser) -> None:
+    """The ``--tables`` and ``--experts`` options (the three Gaussian tables
+    and their K by default)."""
     parser.add_argument("--tables", nargs="+", default=list(realdata.TABLES))
     parser.add_argument("--experts", nargs="+", type=int, default=[5, 4, 5])
+
+
+def tables(names, experts):
+    """(name, K, table) for each table of ``names`` that loads; a row saying
+    why for each that does not."""
+    for name, K in zip(names, experts):
+        why = realdata.why_missing(name)
+        if why:
+            print(f"| {name} | {K} | skipped: {why} |")
+            continue
+        yield name, K, realdata.load(name)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    table_arguments(parser)
     parser.add_argument("--splits", nargs="+", default=["16", "64", "group"])
     args = parser.parse_args(argv)
     print(f"CPU: {cpu()}")
     print("| table | K | split | dist - central (nats/test row) | rounds | converged | "
           "rows left out | warnings | learning s (central) | wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, K in zip(args.tables, args.experts):
-        why = realdata.why_missing(name)
-        if why:
-            print(f"| {name} | {K} | skipped: {why} |")
-            continue
-        table = realdata.load(name)
+    for name, K, table in tables(args.tables, args.experts):
         train, test = realdata.split(table)
         t0 = time.perf_counter()
         central = GaussianMoERegressor(K, random_state=0).fit(table.X[train], table.y[train])
