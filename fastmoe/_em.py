@@ -53,6 +53,7 @@ from ._linalg import (
     resolve_threads,
     single_threaded_blas,
     solve_psd,
+    squarem_point,
     unpack_sym,
 )
 from ._options import EM_DEFAULTS, EMOptions
@@ -479,27 +480,18 @@ SQUAREM_GROWTH = 4.0
 
 
 def _squarem(t0, t1, t2, var_floor, longest):
-    """The S3 extrapolation from three successive EM points (alpha, beta,
-    var), or None where the steps did not move, and whether its step length
-    was capped: theta0 - 2 a r + a^2 v with r = theta1 - theta0,
-    v = theta2 - 2 theta1 + theta0 and a = -|r| / |v|, at most -1 (theta2)
-    and at least -``longest``, in the gates relative to the last, the
-    experts and the log variances (kept at or above the floor)."""
-    x0, x1, x2 = (_flat(t) for t in (t0, t1, t2))
-    r, v = x1 - x0, x2 - 2 * x1 + x0
-    vv = float(v @ v)
-    if not vv > 0:
-        return None, False
-    length = np.sqrt(float(r @ r) / vv)
-    a = -min(max(length, 1.0), longest)
-    x = x0 - 2 * a * r + a * a * v
-    if not np.all(np.isfinite(x)):
+    """``squarem_point`` from three successive EM points (alpha, beta, var),
+    in the gates relative to the last, the experts and the log variances
+    (kept at or above the floor): (alpha, beta, var) or None, and whether the
+    step was held to ``longest``."""
+    x, capped = squarem_point(*(_flat(t) for t in (t0, t1, t2)), longest)
+    if x is None:
         return None, False
     K, p = t0[1].shape
     alpha = x[:K * p].reshape(K, p).copy()
     beta = x[K * p:2 * K * p].reshape(K, p).copy()
     var = np.exp(np.clip(x[2 * K * p:], np.log(var_floor), 700.0))
-    return (alpha, beta, var), length >= longest
+    return (alpha, beta, var), capped
 
 
 def _flat(t) -> np.ndarray:

@@ -29,7 +29,7 @@ from ._fit import EMPTY_SHARE, MoEFit, random_regions
 from ._frame import Frame
 from ._gating import fit_gates
 from ._gating import penalty as gate_penalty
-from ._linalg import resolve_threads, solve_psd
+from ._linalg import resolve_threads, solve_psd, squarem_point
 from ._options import EMOptions
 from ._params import MoEParams, _offset
 from ._validation import check_int, check_random_state, check_X_y
@@ -278,17 +278,11 @@ def _jump_gains(data: _Data, plain, jump, gate_l2: float) -> bool:
 
 
 def _squarem(data: _Data, t0, t1, t2):
-    """The S3 extrapolation from three successive EM points, or None where
-    the steps did not move: theta0 - 2 a r + a^2 v with r = theta1 - theta0,
-    v = theta2 - 2 theta1 + theta0 and a = -|r| / |v| (at most -1), in the
-    gates relative to the last, the experts and the log dispersions."""
-    x0, x1, x2 = (_flat(data, t) for t in (t0, t1, t2))
-    r, v = x1 - x0, x2 - 2 * x1 + x0
-    vv = float(v @ v)
-    if not vv > 0:
-        return None
-    a = min(-np.sqrt(float(r @ r) / vv), -1.0)
-    return _unflat(data, x0 - 2 * a * r + a * a * v, t0)
+    """``squarem_point`` (step length unbounded) from three successive EM
+    points, in the gates relative to the last, the experts and the log
+    dispersions; None where the steps did not move."""
+    x, _ = squarem_point(*(_flat(data, t) for t in (t0, t1, t2)))
+    return None if x is None else _unflat(data, x, t0)
 
 
 def _flat(data: _Data, t) -> np.ndarray:

@@ -105,3 +105,21 @@ def row_log_normalise(log_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise FloatingPointError(f"the log-likelihood of {bad} row(s) is not finite at these "
                                  "parameters.")
     return row, log_c - row[:, None]
+
+
+def squarem_point(x0, x1, x2, longest: float = np.inf):
+    """The SQUAREM extrapolation from three successive EM points (Varadhan
+    and Roland 2008, scheme S3): ``x0 - 2 a r + a^2 v`` with ``r = x1 - x0``,
+    ``v = x2 - 2 x1 + x0`` and ``a = -|r| / |v|``, at most -1 (``x2``) and at
+    least ``-longest``; and whether the step was held to ``longest``. (None,
+    False) where the steps did not move or the point is not finite."""
+    r, v = x1 - x0, x2 - 2 * x1 + x0
+    vv = float(v @ v)
+    if not vv > 0:
+        return None, False
+    length = float(np.sqrt(float(r @ r) / vv))
+    a = -min(max(length, 1.0), longest)
+    x = x0 - 2 * a * r + a * a * v
+    if not np.all(np.isfinite(x)):
+        return None, False
+    return x, length >= longest
