@@ -75,7 +75,10 @@ def _cache() -> Path:
 
 
 def why_missing(name: str) -> str | None:
-    """Why ``load(name)`` gives None, or None when it does not."""
+    """Why ``load(name)`` gives None, or None when it does not; a
+    ValueError of one line for a name that is not a known table."""
+    if name not in _R_SOURCES:
+        raise ValueError(f"unknown real table {name!r}; known: {', '.join(sorted(_R_SOURCES))}.")
     if (_cache() / f"{name}.csv").exists():
         return None
     if shutil.which("Rscript") is None:
