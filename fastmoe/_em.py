@@ -40,6 +40,7 @@ from ._gating import (
     assemble_newton,
     fit_gates,
     gate_objective,
+    gradient_direction,
     halve_step,
     newton_direction,
     penalised,
@@ -216,17 +217,6 @@ class EMData:
         grad, H = assemble_newton(self.grad, self.info, K, p)
         _, grad, H = penalised(0.0, grad, H, alpha, self.gate_l2)
         return grad, H
-
-
-def gradient_direction(grad, H, K: int, p: int) -> np.ndarray:
-    """(K, p) the gradient over the information's largest eigenvalue (zero
-    last row): a step that ascends, by halving, where the information is
-    nearly singular and Newton's step (``newton_direction``) is unbounded."""
-    step = np.zeros((K, p))
-    top = float(np.linalg.eigvalsh(H)[-1]) if H.size else 0.0
-    if top > 0:
-        step[:-1] = (grad / top).reshape(K - 1, p)
-    return step
 
 
 def experts_from_gram(G, beta_prev, var_prev, var_floor, total_weight):

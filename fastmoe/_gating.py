@@ -110,6 +110,18 @@ def newton_direction(grad, H, K: int, p: int) -> np.ndarray:
     return step
 
 
+def gradient_direction(grad, H, K: int, p: int) -> np.ndarray:
+    """(K, p) the gradient over the information's largest eigenvalue (zero
+    last row): a step that ascends, by halving, where the information is
+    nearly singular and Newton's step (:func:`newton_direction`) is
+    unbounded."""
+    step = np.zeros((K, p))
+    top = float(np.linalg.eigvalsh(H)[-1]) if H.size else 0.0
+    if top > 0:
+        step[:-1] = (grad / top).reshape(K - 1, p)
+    return step
+
+
 def halve_step(X, w, R, alpha, step, obj, chunk, nc, n_threads, t: float = 1.0, l2=0.0,
                penalty_of=None):
     """Step halving from ``alpha + t step``: the first trial whose objective

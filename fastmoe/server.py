@@ -1176,19 +1176,15 @@ def _adapt(options, results, radius: float, overrelax: float):
 
 def _frame_shift(stats) -> float:
     """W log sd(y) from the machines' summed statistics (W the rows' total
-    weight, sd(y) the response's weighted standard deviation): the
-    log-likelihood of y / sd(y) less that of y, for Gaussian experts; 0 for
-    the other families, whose responses are not rescaled."""
+    weight, sd(y) the response's weighted standard deviation, as
+    ``engine.variance_floor`` takes it): the log-likelihood of y / sd(y)
+    less that of y, for Gaussian experts; 0 for the other families, whose
+    responses are not rescaled."""
     experts = getattr(stats, "experts", None)
-    G = getattr(experts, "gram", None)
-    if G is None or G.ndim != 3:
+    if not isinstance(experts, engine.ExpertStatistics):
         return 0.0
-    total = G.sum(axis=0)
-    W = float(total[0, 0])
-    if not W > 0:
-        return 0.0
-    var = float(total[-1, -1]) / W - (float(total[0, -1]) / W) ** 2
-    return 0.5 * W * np.log(var) if var > 0 else 0.0
+    W = float(experts.gram[:, 0, 0].sum())
+    return 0.5 * W * float(np.log(engine.variance_floor(experts, 1.0))) if W > 0 else 0.0
 
 
 def _entry(stats, kind: str, gain: float, seconds: float, server: float) -> dict:

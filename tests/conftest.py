@@ -32,6 +32,16 @@ def read_only(arrays) -> tuple:
     return tuple(arrays)
 
 
+def scale_mixture(n: int, seed: int, gate_slope: float = 0.0):
+    """(X, y): two experts on one line y = x0 - x1 / 2 with noise 1 and 2,
+    the broad one chosen with probability 1 / (1 + exp(-gate_slope x0)); a
+    design on which plain EM crawls."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 2))
+    wide = rng.random(n) < 1 / (1 + np.exp(-gate_slope * X[:, 0]))
+    return X, X @ [1.0, -0.5] + np.where(wide, 2.0, 1.0) * rng.standard_normal(n)
+
+
 @pytest.fixture(params=["simd", "plain"])
 def kernel_path(request):
     """Run a test on the AVX2/FMA path of the C kernels (where the CPU has it)

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import scale_mixture
 from sklearn.base import clone
 
 from fastmoe import (
@@ -281,10 +282,7 @@ def test_the_machines_run_plain_em_unless_asked():
     """fit_local's Gaussian EM is plain by default (machine.LOCAL_ACCELERATE),
     accelerated when asked; the distributed estimator's accelerate="auto"
     leaves it to fit_local, and a bad value is one line naming it."""
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((8000, 2))
-    wide = rng.random(8000) < 0.5
-    y = X @ [1.0, -0.5] + np.where(wide, 2.0, 1.0) * rng.standard_normal(8000)
+    X, y = scale_mixture(8000, 0)
     plain = fit_local(X, y, 2, random_state=0, accelerate=False)
     default = fit_local(X, y, 2, random_state=0)
     fast = fit_local(X, y, 2, random_state=0, accelerate=True)

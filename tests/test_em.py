@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import scale_mixture
 
 from fastmoe import (
     ConvergenceWarning,
@@ -433,10 +434,7 @@ def test_squarem_ends_nearer_the_optimum_in_fewer_iterations():
     tol=1e-14), its objective never decreasing, one history entry per
     iteration (a jump not kept repeats the last)."""
     for seed in range(3):
-        rng = np.random.default_rng(seed)
-        X = rng.standard_normal((20000, 2))
-        wide = rng.random(20000) < 1 / (1 + np.exp(-0.5 * X[:, 0]))
-        y = X @ [1.0, -0.5] + np.where(wide, 2.0, 1.0) * rng.standard_normal(20000)
+        X, y = scale_mixture(20000, seed, gate_slope=0.5)
         fits = {}
         for accelerated in (False, True):
             fits[accelerated] = fit_moe(X, y, 2, random_state=0, split_merge=False,
