@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _kernels, exceptions
-from ._fit import EMPTY_SHARE, MoEFit, random_regions
+from ._fit import DUPLICATE_KL, EMPTY_SHARE, MoEFit, random_regions
 from ._frame import Frame, robust_scale
 from ._gating import (
     assemble_newton,
@@ -64,12 +64,6 @@ from .families import get_family
 
 #: Newton steps on the gates of a k-means start (hard labels).
 INIT_GATE_STEPS = 5
-#: Two experts whose conditional densities are closer than this (symmetric
-#: KL divergence averaged over the covariates) duplicate each other; see
-#: _split_move. Measured: duplicated pairs 0.25 (a 62500-row shard of the authors'
-#: design) and 1.37 (the 4000-row trap in tests/test_em.py); distinct experts of
-#: the authors' design 33 or more.
-DUPLICATE_KL = 2.0
 
 #: The gate penalty (fit_moe's gate_penalty) of the distributed estimator's
 #: local fits. Measured at M=64 on the two reference data sets (1406 rows per
@@ -578,8 +572,9 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
         cannot leave such an optimum; on the authors' design it caught 1 of 16
         shards of the N=1e6 benchmark, whose poor local model cost the aggregate
         5% of test log-likelihood. Accepted moves are listed in
-        ``MoEFit.moves``. False runs plain EM. Gaussian experts only (the
-        other families run plain EM).
+        ``MoEFit.moves``. False runs plain EM. Experts of the other families
+        take the same move after convergence, with their own divergence and
+        split (docs/method.rst, section 11).
     accelerate : bool, default=True
         SQUAREM (Varadhan and Roland 2008): every two EM iterations are
         followed by an extrapolation from the three points and one EM
@@ -595,8 +590,8 @@ def fit_moe(X, y, n_experts: int, *, sample_weight=None, max_iter: int = EM_DEFA
         The experts' family (:mod:`fastmoe.families`): Poisson (log link) for
         counts, Bernoulli (logit) for a 0/1 response, Gamma (log link, a shape
         per expert) for a positive one. Their M-step is generalised EM (one
-        IRLS step per expert, see ``fastmoe._glm``); ``reg_var``, ``penalty``
-        and ``split_merge`` serve Gaussian experts alone.
+        IRLS step per expert, see ``fastmoe._glm``); ``reg_var`` and
+        ``penalty`` serve Gaussian experts alone.
     offset : array-like of shape (n,), optional
         A known term added to every expert's linear predictor: the log
         exposure of Poisson counts (for Gaussian experts, the model is that of

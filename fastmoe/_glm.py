@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from . import _kernels, exceptions
-from ._fit import EMPTY_SHARE, MoEFit, random_regions
+from ._fit import DUPLICATE_KL, EMPTY_SHARE, MoEFit, random_regions
 from ._frame import Frame
 from ._gating import fit_gates
 from ._gating import penalty as gate_penalty
@@ -309,6 +309,101 @@ def _empty_experts(data: _Data, alpha, beta, phi) -> list:
     return [int(k) for k in np.flatnonzero(mass <= EMPTY_SHARE * data.total_weight)]
 
 
+def duplicate_experts(data: _Data, beta, phi):
+    """(i, j, kl): the two experts whose conditional distributions of y are
+    closest by the symmetric KL divergence, KL(i || j) + KL(j || i) at each
+    row's linear predictors averaged over the rows (weighted), if it is below
+    DUPLICATE_KL; else None. The Gaussian path's duplicate_pair
+    (fastmoe._em) with the family's divergence (the reduction's
+    ``kl_costs``)."""
+    from ._family_reduction import kl_costs  # (it imports this module)
+
+    eta, nu, name = data.linear(beta), 1.0 / np.asarray(phi, dtype=np.float64), data.family.name
+    best = None
+    for i in range(beta.shape[0]):
+        for j in range(i):
+            both = kl_costs(name, eta[:, i], nu[i], eta[:, j], nu[j]) \
+                + kl_costs(name, eta[:, j], nu[j], eta[:, i], nu[i])
+            kl = float(np.average(both, weights=data.w))
+            if kl < DUPLICATE_KL and (best is None or kl < best[2]):
+                best = (i, j, kl)
+    return best
+
+
+def _split_move(data: _Data, alpha, beta, phi, pair):
+    """Merge a duplicated pair of experts and split the broadest expert:
+    (alpha, beta, phi, message).
+
+    As the Gaussian path's move (fastmoe._em._split_move): the lighter
+    expert j of the pair is re-seeded, with the broadest other expert k, by
+    fitting the two on halves of k's rows (IRLS from k's coefficients), and
+    takes k's gate. The broadest expert has the largest Pearson statistic,
+    the sum over its rows of w r (y - mu)^2 / V(mu) (for a Gamma expert,
+    V = mu^2: its dispersion times its weight; for a Gaussian one it would be
+    its variance times its weight): an expert that covers two groups of rows
+    is both heavy and overdispersed. The halves are the rows above and below
+    k's mean, as for Gaussian experts; a 0/1 response has no such halves (they
+    would be its ones and zeros), so a Bernoulli expert's rows are halved by
+    the sign of their leading principal component, where its gate can
+    separate them."""
+    i, j, kl = pair
+    fam = data.family
+    _, R, eta = data.e_step(alpha, beta, phi)
+    W = data.w[:, None] * R
+    mass = W.sum(axis=0)
+    if mass[i] < mass[j]:
+        i, j = j, i  # the lighter expert of the pair is re-seeded
+    mu = fam.mean(eta)
+    # (a Bernoulli mean can round to 0 or 1: its variance is floored)
+    pearson = (W * (data.y1 - mu) ** 2 / np.maximum(fam.variance(mu, 1.0), 1e-12)).sum(axis=0)
+    k = max((c for c in range(data.K) if c != j), key=lambda c: pearson[c])
+    a = W[:, k]
+    if fam.name == "bernoulli":
+        centred = data.X - np.average(data.X, axis=0, weights=a)
+        _, vectors = np.linalg.eigh((centred * a[:, None]).T @ centred)
+        upper = centred @ vectors[:, -1] > 0
+    else:
+        upper = data.y > mu[:, k]
+    halves = np.column_stack([a * upper, a * ~upper])
+    alpha, beta, phi = alpha.copy(), beta.copy(), np.array(phi, dtype=np.float64)
+    start = beta[k].copy()
+    for c, half in zip((j, k), halves.T):
+        beta[c] = fit_expert(data, half, start, phi[k], START_IRLS)
+    if fam.has_dispersion:
+        phi[[j, k]] = fam.dispersion(data.y1, fam.mean(data.linear(beta[[j, k]])), halves)
+    alpha[j] = alpha[k]
+    alpha -= alpha[-1]
+    message = (f"two experts had nearly the same distribution (symmetric KL {kl:.3g}); one "
+               f"was re-seeded by splitting the broadest expert (Pearson statistic "
+               f"{pearson[k]:.3g})")
+    return alpha, beta, phi, message
+
+
+def _objective(data: _Data, run, gate_l2: float) -> float:
+    """EM's objective at a run's parameters: the log-likelihood less the
+    penalties (:func:`_penalties`)."""
+    _, R, _ = data.e_step(*run[:3])
+    return run[3] - _penalties(data, run[:3], R, gate_l2)
+
+
+def _try_move(data: _Data, run, moves: list, *, max_iter, tol, gate_l2, **em):
+    """``run`` (a :func:`_run` result) after a split-merge move
+    (:func:`_split_move`) if two of its experts duplicate each other and EM
+    from the move reaches a higher objective within ``max_iter``
+    iterations; else ``run`` unchanged. An accepted move is appended to
+    ``moves`` as (message, log-likelihood before, after)."""
+    pair = duplicate_experts(data, run[1], run[2])
+    if pair is None:
+        return run
+    *start, message = _split_move(data, *run[:3], pair)
+    alt = _run(data, *start, max_iter=max_iter, tol=tol, gate_l2=gate_l2, **em)
+    before, after = _objective(data, run, gate_l2), _objective(data, alt, gate_l2)
+    if not after > before + tol * abs(before):
+        return run
+    moves.append((message, run[3], alt[3]))
+    return alt
+
+
 def fit_glm_moe(X, y, n_experts: int, *, family, sample_weight=None, offset=None,
                 options: EMOptions, random_state=None, n_threads: int | None = None) -> MoEFit:
     """EM for a mixture of ``family`` experts (see :func:`fastmoe.fit_moe`,
@@ -353,6 +448,12 @@ def fit_glm_moe(X, y, n_experts: int, *, family, sample_weight=None, offset=None
     best = runs[int(np.argmax(finals))]
     if short:
         best = _run(data, *best[:3], max_iter=options.max_iter, **em)
+    moves: list = []
+    for _ in range(K - 1 if options.split_merge else 0):
+        done = len(moves)
+        best = _try_move(data, best, moves, max_iter=options.max_iter, **em)
+        if len(moves) == done:
+            break
     alpha, beta, phi, ll, it, converged, history = best
     empty = _empty_experts(data, alpha, beta, phi)
     if not converged:
@@ -370,5 +471,7 @@ def fit_glm_moe(X, y, n_experts: int, *, family, sample_weight=None, offset=None
     params = frame.params_out(MoEParams.from_aug(alpha, beta, phi, fam.name))
     history = history + jac
     history.setflags(write=False)
+    moves = tuple(f"{message}: log-likelihood {before + jac:.8g} -> {after + jac:.8g}"
+                  for message, before, after in moves)
     return MoEFit(params.canonical(), ll + jac, it, converged, history,
-                  tuple(f + jac for f in finals), notes, (), 0.0)
+                  tuple(f + jac for f in finals), notes, moves, 0.0)

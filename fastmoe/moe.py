@@ -318,7 +318,7 @@ class MoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     gate_steps : int, default=1
         Newton steps on the gates per EM iteration.
     split_merge : bool, default=True
-        The split-merge move of :func:`fastmoe.fit_moe` (Gaussian experts).
+        The split-merge move of :func:`fastmoe.fit_moe`.
     accelerate : bool, default=True
         SQUAREM extrapolations of EM (see :func:`fastmoe.fit_moe`); False
         runs plain EM.
