@@ -404,6 +404,34 @@ def _try_move(data: _Data, run, moves: list, *, max_iter, tol, gate_l2, **em):
     return alt
 
 
+def _best_run(data: _Data, init, options: EMOptions, rng):
+    """EM from ``options.n_init`` starts (short runs first when
+    ``options.short_runs``), the best run to convergence, then the
+    split-merge moves (:func:`_try_move`), as the Gaussian path's
+    ``_best_of_starts``: (best run, every start's log-likelihood, the moves
+    accepted as (message, before, after))."""
+    em = dict(tol=options.tol, gate_steps=options.gate_steps, gate_l2=options.gate_penalty,
+              accelerate=options.accelerate)
+    starts = 1 if isinstance(init, MoEParams) else options.n_init
+    short = options.short_runs and starts > 1
+    runs = []
+    for _ in range(starts):
+        alpha, beta, phi = _start(data, init, rng)
+        runs.append(_run(data, alpha, beta, phi, max_iter=options.init_iter if short
+                         else options.max_iter, **em))
+    finals = [r[3] for r in runs]
+    best = runs[int(np.argmax(finals))]
+    if short:
+        best = _run(data, *best[:3], max_iter=options.max_iter, **em)
+    moves: list = []
+    for _ in range(data.K - 1 if options.split_merge else 0):
+        done = len(moves)
+        best = _try_move(data, best, moves, max_iter=options.max_iter, **em)
+        if len(moves) == done:
+            break
+    return best, finals, moves
+
+
 def fit_glm_moe(X, y, n_experts: int, *, family, sample_weight=None, offset=None,
                 options: EMOptions, random_state=None, n_threads: int | None = None) -> MoEFit:
     """EM for a mixture of ``family`` experts (see :func:`fastmoe.fit_moe`,
@@ -433,27 +461,7 @@ def fit_glm_moe(X, y, n_experts: int, *, family, sample_weight=None, offset=None
         init = MoEParams(inside.gate_coef, inside.gate_intercept, inside.expert_coef,
                          inside.expert_intercept - shift, inside.expert_var, fam.name)
     data = _Data(frame.X(X), y / y_scale, w, off, fam, K, resolve_threads(n_threads))
-    gate_l2 = options.gate_penalty
-    rng = check_random_state(random_state)
-    em = dict(tol=options.tol, gate_steps=options.gate_steps, gate_l2=gate_l2,
-              accelerate=options.accelerate)
-    starts = 1 if isinstance(init, MoEParams) else options.n_init
-    short = options.short_runs and starts > 1
-    runs = []
-    for _ in range(starts):
-        alpha, beta, phi = _start(data, init, rng)
-        runs.append(_run(data, alpha, beta, phi, max_iter=options.init_iter if short
-                         else options.max_iter, **em))
-    finals = [r[3] for r in runs]
-    best = runs[int(np.argmax(finals))]
-    if short:
-        best = _run(data, *best[:3], max_iter=options.max_iter, **em)
-    moves: list = []
-    for _ in range(K - 1 if options.split_merge else 0):
-        done = len(moves)
-        best = _try_move(data, best, moves, max_iter=options.max_iter, **em)
-        if len(moves) == done:
-            break
+    best, finals, moves = _best_run(data, init, options, check_random_state(random_state))
     alpha, beta, phi, ll, it, converged, history = best
     empty = _empty_experts(data, alpha, beta, phi)
     if not converged:
