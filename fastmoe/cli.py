@@ -392,7 +392,7 @@ def cmd_round(args) -> int:
 def cmd_refine(args) -> int:
     """The server's half of the rounds: start them, or take one round's
     statistics, with the estimator's server loop (fastmoe.server.Rounds)."""
-    from .server import Rounds
+    from .server import default_tracks, start_rounds
 
     out = _suffix(args.output, (".json",), "rounds state file")
     if args.start:
@@ -403,10 +403,15 @@ def cmd_refine(args) -> int:
         if len({m.family for m in models}) > 1:
             raise ValueError("the starting models mix experts of families "
                              f"{sorted({m.family for m in models})}.")
-        rounds = Rounds.start(models[0], models[1:], tol=args.tol, max_rounds=args.max_rounds)
+        tracks = args.tracks or default_tracks(models[0].family)
+        rounds = start_rounds(models[0], models[1:], tracks=tracks, tol=args.tol,
+                              max_rounds=args.max_rounds)
         print(f"rounds started at {args.start}" + (f" and {len(args.also)} other model(s)"
-                                                   if args.also else ""))
+                                                   if args.also else "")
+              + (f", climbing from the best {tracks}" if tracks > 1 else ""))
     else:
+        if args.tracks is not None:
+            raise ValueError("--tracks goes with --start: the state holds the tracks.")
         if not (args.state and args.statistics):
             raise ValueError("give --start MODEL to begin the rounds, or --state and the "
                              "machines' round statistics files to take a round.")
@@ -430,11 +435,12 @@ def cmd_refine(args) -> int:
     _write_state(rounds, out)
     if rounds.pending:
         stem = str(Path(out).with_suffix(""))
-        for j, model in enumerate(rounds.models()):
+        models = _distinct(rounds.models())
+        for j, model in enumerate(models):
             model.save(f"{stem}.candidate_{j}.json")
         print(f"next round: every machine runs `fastmoe round` on its shard at each of the "
-              f"{len(rounds.pending)} models {stem}.candidate_0.json ... "
-              f"{stem}.candidate_{len(rounds.pending) - 1}.json; then `fastmoe refine "
+              f"{len(models)} models {stem}.candidate_0.json ... "
+              f"{stem}.candidate_{len(models) - 1}.json; then `fastmoe refine "
               f"--state {out}` on all their files")
     else:
         print(f"rounds over after {len(rounds.history)} rounds ("
@@ -446,7 +452,7 @@ def cmd_refine(args) -> int:
 
 def _read_state(path):
     from .io import check_file
-    from .server import Rounds
+    from .server import rounds_from_dict
 
     check_file(path, "rounds state file", MAX_STATE_BYTES)
     try:
@@ -454,7 +460,7 @@ def _read_state(path):
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path!r} is not a rounds state file (not JSON: {exc}).") from None
     try:
-        return Rounds.from_dict(data)
+        return rounds_from_dict(data)
     except ValueError as exc:
         raise ValueError(f"{path!r}: {exc}") from None
 
@@ -466,6 +472,19 @@ def _write_state(rounds, path) -> None:
                 "rounds state file")
 
 
+def _model_key(model) -> str:
+    return json.dumps(model.to_dict(), sort_keys=True)
+
+
+def _distinct(models) -> list:
+    """``models`` without repeats (two tracks can propose the same model),
+    in order."""
+    first = {}
+    for model in models:
+        first.setdefault(_model_key(model), model)
+    return list(first.values())
+
+
 def _round_totals(rounds, paths) -> list:
     """The machines' statistics summed per pending model: each file is
     matched to the model it was computed at, counted once, and every model
@@ -473,9 +492,13 @@ def _round_totals(rounds, paths) -> list:
     from .message import OtherModelError, load_round, round_digest
 
     models = rounds.models()
+    # two tracks can propose the same model: a file at it serves both
+    key = [_model_key(m) for m in models]
     totals, files, seen = [None] * len(models), [0] * len(models), {}
     for path in paths:
         for j, model in enumerate(models):
+            if key.index(key[j]) != j:
+                continue
             try:
                 stats = load_round(path, model)
             except OtherModelError:
@@ -490,8 +513,9 @@ def _round_totals(rounds, paths) -> list:
             raise ValueError(f"{path!r} holds the same statistics as {seen[digest]!r}: each "
                              "machine's round counts once.")
         seen[digest] = path
-        totals[j] = stats if totals[j] is None else totals[j] + stats
-        files[j] += 1
+        for i in (i for i in range(len(models)) if key[i] == key[j]):
+            totals[i] = stats if totals[i] is None else totals[i] + stats
+            files[i] += 1
     missing = [j for j, t in enumerate(totals) if t is None]
     if missing:
         raise ValueError(f"no statistics for candidate(s) {missing}: every machine runs the "
@@ -770,6 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "less than 100 tol times the log-likelihood")
     p.add_argument("--max-rounds", type=_positive_int, default=MAX_ROUNDS,
                    help="with --start: rounds at most, the first included")
+    p.add_argument("--tracks", type=_positive_int, default=None,
+                   help="with --start: climb from this many of the first round's best "
+                        "starts side by side and keep the highest (default: the "
+                        "estimator's, 1 for Gaussian experts and 2 for the other families)")
 
     p = add("predict", cmd_predict, "predict E[y|x] and Var[y|x] for a data file")
     p.add_argument("--model", required=True, help="model file (.json or .npz)")

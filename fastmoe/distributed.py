@@ -38,7 +38,7 @@ from .families import get_family
 from .io import read_npy, read_table
 from .machine import SUPPORTS, fit_local, recheck_local, round_statistics
 from .moe import _BinaryMixin, _MoEPredictMixin
-from .server import MAX_ROUNDS, aggregate_messages, message_fit, refine
+from .server import MAX_ROUNDS, aggregate_messages, default_tracks, message_fit, refine
 
 __all__ = ["DistributedMoERegressor", "DistributedMoEClassifier"]
 
@@ -127,15 +127,6 @@ ROUND_STARTS = 4
 #: experts of families without a reduction: the server fits the messages from
 #: the models of this many of the largest shards
 FAMILY_SERVER_STARTS = 4
-#: experts of those families: the rounds climb from this many of the first
-#: round's best starts side by side (fastmoe.server.refine's ``tracks``).
-#: Measured on five real tables (DoctorVisits, NMES1988, CreditCard, HMDA,
-#: diamonds; 16 random machines and by group): one track ended 3 and 4 nats
-#: of training log-likelihood below two tracks on CreditCard by owner and
-#: HMDA at 16 machines (held out: +0.0174 and +0.0115 nats per row from the
-#: centralised fit, against +0.0033 and +0.0018); four tracks ended where two
-#: did, with up to twice the candidates
-FAMILY_TRACKS = 2
 
 
 def _check_refine_rounds(value):
@@ -333,7 +324,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         ``FAMILY_SERVER_STARTS`` largest shards' models
         (:func:`fastmoe.server.message_fit`), and the rounds, which take
         Newton, trust-region and generalised EM steps on the machines'
-        summed log-likelihood derivatives, climb from the ``FAMILY_TRACKS``
+        summed log-likelihood derivatives, climb from the ``fastmoe.server.FAMILY_TRACKS``
         best starts side by side (:func:`fastmoe.server.refine`).
     cost : {"kl", "w2"}, default="kl"
         The cost between Gaussian experts in the transport divergence.
@@ -893,7 +884,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         refinement, self.round_statistics_ = self._refine(
             first, [(i, shards[i]) for i in trusted], plan.rounds, plan.n_jobs,
             plan.threads, plan.tol, alternatives=alternatives,
-            tracks=1 if gaussian else FAMILY_TRACKS)
+            tracks=default_tracks(plan.options["family"]))
         own = {i: messages[j].meta.get("log_likelihood") for j, i in enumerate(fitted)}
         inconsistent = rows_inconsistent(self.round_statistics_, own)
         if inconsistent and self.robust:  # the rounds again, without them

@@ -165,6 +165,72 @@ def test_simulate_from_truth_draws_from_that_truth(tmp_path, capsys):
     assert code == 2 and "none.json" in err and err.count("\n") == 1
 
 
+def test_rounds_of_another_family_climb_two_tracks_by_files(tmp_path, capsys):
+    """For Poisson experts `fastmoe refine` climbs from the first round's two
+    best starts side by side, as the estimator does (fastmoe.server.Tracks,
+    state version 2), and reaches its model in its rounds; a state of tracks
+    that does not hold together is refused with one line."""
+    from fastmoe.datasets import make_moe_regression
+    from fastmoe.machine import round_statistics
+    from fastmoe.server import default_tracks, refine
+
+    d = tmp_path
+    X, y, _, _ = make_moe_regression(3000, 2, 2, family="poisson", random_state=3)
+    data = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 3)]
+    shards = []
+    for m, (Xm, ym) in enumerate(data):
+        shards.append(str(d / f"data_{m}.npz"))
+        np.savez(shards[-1], X=Xm, y=ym)
+    with warnings.catch_warnings():  # unconverged on purpose: poor starts
+        warnings.simplefilter("ignore")
+        for m in range(3):
+            assert run(capsys, "fit", "--data", shards[m], "--n-experts", "2", "--family",
+                       "poisson", "--max-iter", "2", "--seed", str(m), "--output",
+                       str(d / f"m{m}.json"))[0] == 0
+    starts = [MoEParams.load(d / f"m{m}.json") for m in range(3)]
+
+    def evaluate(models):
+        return [sum((round_statistics(Xm, ym, model) for Xm, ym in data[1:]),
+                    round_statistics(*data[0], model)) for model in models], 0.0
+
+    assert default_tracks("poisson") == 2
+    want = refine(starts[0], evaluate, alternatives=starts[1:], tracks=2, max_rounds=30)
+    code, out, _ = run(capsys, "refine", "--start", str(d / "m0.json"), "--also",
+                       str(d / "m1.json"), str(d / "m2.json"), "--output", str(d / "r0.json"))
+    assert code == 0 and "best 2" in out
+    assert json.loads((d / "r0.json").read_text())["version"] == 2
+    k = 0
+    while "rounds over" not in out:
+        stats = []
+        for m, shard in enumerate(shards):
+            for j, cand in enumerate(sorted(d.glob(f"r{k}.candidate_*.json"))):
+                stats.append(str(d / f"s{k}_{m}_{j}.npz"))
+                assert run(capsys, "round", "--data", shard, "--model", str(cand),
+                           "--output", stats[-1])[0] == 0
+        code, out, err = run(capsys, "refine", *stats, "--state", str(d / f"r{k}.json"),
+                             "--output", str(d / f"r{k + 1}.json"), "--model",
+                             str(d / "m.json"))
+        assert code == 0, err
+        k += 1
+    assert k == len(want.history) >= 3
+    got = MoEParams.load(d / "m.json")
+    np.testing.assert_allclose(got.expert_aug, want.params.expert_aug, rtol=1e-12)
+    np.testing.assert_allclose(got.gate_aug, want.params.gate_aug, rtol=1e-12, atol=1e-14)
+
+    state = json.loads((d / "r1.json").read_text())
+    for change, words in [({"tracks": 99}, "more than"),
+                          ({"starts": [state["live"][0]["model"]]}, "not both"),
+                          ({"live": state["live"][:1] * 3}, "at most 2")]:
+        (d / "bad.json").write_text(json.dumps({**state, **change}))
+        code, _, err = run(capsys, "refine", *stats, "--state", str(d / "bad.json"),
+                           "--output", str(d / "x.json"))
+        assert code == 2 and words in err and err.count("\n") == 1, (words, err)
+    code, _, err = run(capsys, "refine", *stats, "--state", str(d / "r1.json"), "--tracks",
+                       "2", "--output", str(d / "x.json"))
+    assert code == 2 and "--tracks goes with --start" in err
+    assert not (d / "x.json").exists()
+
+
 def test_refinement_rounds_by_files(tmp_path, capsys):
     """`fastmoe refine` at the server and `fastmoe round` on every shard at
     every candidate run the estimator's server loop (fastmoe.server.refine)
