@@ -391,47 +391,10 @@ def cmd_round(args) -> int:
 
 def cmd_refine(args) -> int:
     """The server's half of the rounds: start them, or take one round's
-    statistics, with the estimator's server loop (fastmoe.server.Rounds)."""
-    from .server import default_tracks, start_rounds
-
+    statistics, with the estimator's server loop (fastmoe.server.Rounds, or
+    Tracks where they climb from several starts)."""
     out = _suffix(args.output, (".json",), "rounds state file")
-    if args.start:
-        if args.statistics or args.state:
-            raise ValueError("--start begins the rounds: give no --state and no statistics "
-                             "files with it.")
-        models = [_load_model(path) for path in [args.start, *args.also]]
-        if len({m.family for m in models}) > 1:
-            raise ValueError("the starting models mix experts of families "
-                             f"{sorted({m.family for m in models})}.")
-        tracks = args.tracks or default_tracks(models[0].family)
-        rounds = start_rounds(models[0], models[1:], tracks=tracks, tol=args.tol,
-                              max_rounds=args.max_rounds)
-        print(f"rounds started at {args.start}" + (f" and {len(args.also)} other model(s)"
-                                                   if args.also else "")
-              + (f", climbing from the best {tracks}" if tracks > 1 else ""))
-    else:
-        if args.tracks is not None:
-            raise ValueError("--tracks goes with --start: the state holds the tracks.")
-        if not (args.state and args.statistics):
-            raise ValueError("give --start MODEL to begin the rounds, or --state and the "
-                             "machines' round statistics files to take a round.")
-        if Path(args.state).resolve() == Path(out).resolve():
-            raise ValueError("--output must differ from --state: an input is never "
-                             "overwritten.")
-        rounds = _read_state(args.state)
-        if not rounds.pending:
-            raise ValueError(f"{args.state!r} holds rounds that are over; nothing to take.")
-        totals = _round_totals(rounds, args.statistics)
-        before = len(rounds.history)
-        rounds.receive(totals, 0.0)
-        last = rounds.history[-1]
-        print(f"round {before + 1}: {len(args.statistics)} files, {last['rows']} rows; "
-              f"log-likelihood {last['log_likelihood']:.6f} "
-              f"({last['log_likelihood'] / last['rows']:.6f} nats per row), kept: "
-              f"{last['step']}")
-        if args.model:
-            rounds.params.save(args.model)
-            print(f"model kept so far written to {args.model}")
+    rounds = _start_rounds(args) if args.start else _take_round(args, out)
     _write_state(rounds, out)
     if rounds.pending:
         stem = str(Path(out).with_suffix(""))
@@ -448,6 +411,53 @@ def cmd_refine(args) -> int:
                  f"{rounds.max_rounds} reached") + f"); the model kept is in {out}"
               + (f" and {args.model}" if args.model else ""))
     return 0
+
+
+def _start_rounds(args):
+    """``fastmoe refine --start``: the rounds before the first."""
+    from .server import default_tracks, start_rounds
+
+    if args.statistics or args.state:
+        raise ValueError("--start begins the rounds: give no --state and no statistics "
+                         "files with it.")
+    models = [_load_model(path) for path in [args.start, *args.also]]
+    if len({m.family for m in models}) > 1:
+        raise ValueError("the starting models mix experts of families "
+                         f"{sorted({m.family for m in models})}.")
+    tracks = args.tracks or default_tracks(models[0].family)
+    rounds = start_rounds(models[0], models[1:], tracks=tracks, tol=args.tol,
+                          max_rounds=args.max_rounds)
+    print(f"rounds started at {args.start}" + (f" and {len(args.also)} other model(s)"
+                                               if args.also else "")
+          + (f", climbing from the best {tracks}" if tracks > 1 else ""))
+    return rounds
+
+
+def _take_round(args, out: str):
+    """``fastmoe refine --state``: the state after one round's files."""
+    if args.tracks is not None:
+        raise ValueError("--tracks goes with --start: the state holds the tracks.")
+    if not (args.state and args.statistics):
+        raise ValueError("give --start MODEL to begin the rounds, or --state and the "
+                         "machines' round statistics files to take a round.")
+    if Path(args.state).resolve() == Path(out).resolve():
+        raise ValueError("--output must differ from --state: an input is never "
+                         "overwritten.")
+    rounds = _read_state(args.state)
+    if not rounds.pending:
+        raise ValueError(f"{args.state!r} holds rounds that are over; nothing to take.")
+    totals = _round_totals(rounds, args.statistics)
+    before = len(rounds.history)
+    rounds.receive(totals, 0.0)
+    last = rounds.history[-1]
+    print(f"round {before + 1}: {len(args.statistics)} files, {last['rows']} rows; "
+          f"log-likelihood {last['log_likelihood']:.6f} "
+          f"({last['log_likelihood'] / last['rows']:.6f} nats per row), kept: "
+          f"{last['step']}")
+    if args.model:
+        rounds.params.save(args.model)
+        print(f"model kept so far written to {args.model}")
+    return rounds
 
 
 def _read_state(path):
@@ -485,29 +495,35 @@ def _distinct(models) -> list:
     return list(first.values())
 
 
+def _match_round(path, models, key) -> tuple:
+    """(index of the first of ``models`` that the round file at ``path`` was
+    computed at, its statistics)."""
+    from .message import OtherModelError, load_round
+
+    for j, model in enumerate(models):
+        if key.index(key[j]) != j:
+            continue
+        try:
+            return j, load_round(path, model)
+        except OtherModelError:
+            continue
+    raise ValueError(f"{path!r} was computed at none of this round's {len(models)} models; "
+                     "every machine must run the round at the candidate files the last "
+                     "refine wrote.")
+
+
 def _round_totals(rounds, paths) -> list:
     """The machines' statistics summed per pending model: each file is
     matched to the model it was computed at, counted once, and every model
     must have the same machines' rows."""
-    from .message import OtherModelError, load_round, round_digest
+    from .message import round_digest
 
     models = rounds.models()
     # two tracks can propose the same model: a file at it serves both
     key = [_model_key(m) for m in models]
     totals, files, seen = [None] * len(models), [0] * len(models), {}
     for path in paths:
-        for j, model in enumerate(models):
-            if key.index(key[j]) != j:
-                continue
-            try:
-                stats = load_round(path, model)
-            except OtherModelError:
-                continue
-            break
-        else:
-            raise ValueError(f"{path!r} was computed at none of this round's "
-                             f"{len(models)} models; every machine must run the round at the "
-                             "candidate files the last refine wrote.")
+        j, stats = _match_round(path, models, key)
         digest = round_digest(stats)
         if digest in seen:
             raise ValueError(f"{path!r} holds the same statistics as {seen[digest]!r}: each "
