@@ -10,7 +10,7 @@ minimising the composite transportation divergence
 with an MM algorithm: each local expert at each support point goes to the
 target it costs least, then each target minimises its transported cost.
 The costs are the KL divergences between the experts' conditional
-distributions of y, in closed form (:func:`kl_costs`). For a canonical
+distributions of y, in closed form (:func:`fastmoe.families.kl_costs`). For a canonical
 family, KL(f_l || f_k) = A(eta_k) - A(eta_l) - mu_l (eta_k - eta_l) with A
 the cumulant function, so a target's cost is, up to terms free of it, the
 negative log-likelihood of a GLM whose response is the local experts' mean
@@ -35,68 +35,11 @@ from . import _kernels
 from ._fit import EMPTY_SHARE
 from ._glm import _Data, fit_expert
 from ._linalg import resolve_threads
-from .families import MAX_ETA, _gamma_shape, get_family
+from .families import _gamma_shape, get_family, local_terms, pair_terms, target_terms
 from .metrics import alignment
 
 #: IRLS steps of a target's coefficients per MM iteration at most
 TARGET_IRLS = 25
-
-
-def kl_costs(family: str, eta_l, nu_l, eta_k, nu_k) -> np.ndarray:
-    """KL( f(.; eta_l, nu_l) || f(.; eta_k, nu_k) ), broadcast over the
-    arguments: Poisson and Bernoulli by their cumulant functions, Gamma
-    (shape nu, mean exp(eta)) in closed form. nu is ignored by the families
-    without a dispersion. Written as the terms of :func:`local_terms`,
-    :func:`target_terms` and :func:`pair_terms`,
-
-        KL = P + a + b c + d e + f,
-
-    so that the reduction computes the local experts' terms once."""
-    b, d, f = local_terms(family, eta_l, nu_l)
-    a, c, e = target_terms(family, eta_k, nu_k)
-    return pair_terms(family, nu_l, nu_k) + a + b * c + d * e + f
-
-
-def _check_family(family: str) -> None:
-    if family not in ("poisson", "bernoulli", "gamma"):
-        raise ValueError(f"kl_costs serves the poisson, bernoulli and gamma families; got "
-                         f"{family!r}.")
-
-
-def local_terms(family: str, eta_l, nu_l):
-    """(b, d, f) of the KL that depend on the local expert alone: its mean
-    b = mu_l, and d = eta_l (Gamma) or 0, f = mu_l eta_l - A(eta_l) (the
-    canonical families) or 0."""
-    _check_family(family)
-    if family == "gamma":
-        el = np.clip(eta_l, -MAX_ETA, MAX_ETA)
-        return np.exp(el), el, np.zeros_like(el)
-    el = np.minimum(eta_l, MAX_ETA) if family == "poisson" else np.asarray(eta_l, float)
-    mu = get_family(family).mean(el)
-    return mu, np.zeros_like(el), mu * el - _cumulant(family, el)
-
-
-def target_terms(family: str, eta_k, nu_k):
-    """(a, c, e) of the KL that depend on the target alone: A(eta_k),
-    -eta_k and 0 for the canonical families; nu_k eta_k, nu_k exp(-eta_k)
-    and -nu_k for Gamma."""
-    _check_family(family)
-    if family == "gamma":
-        ek = np.clip(eta_k, -MAX_ETA, MAX_ETA)
-        return nu_k * ek, nu_k * np.exp(-ek), -np.asarray(nu_k, float)
-    ek = np.minimum(eta_k, MAX_ETA) if family == "poisson" else np.asarray(eta_k, float)
-    return _cumulant(family, ek), -ek, np.zeros_like(np.asarray(nu_k, float))
-
-
-def pair_terms(family: str, nu_l, nu_k):
-    """P of the KL, which depends on the two shapes alone (Gamma; 0 otherwise)."""
-    _check_family(family)
-    if family != "gamma":
-        return np.zeros(np.broadcast(nu_l, nu_k).shape)
-    from scipy.special import gammaln, psi
-
-    return ((nu_l - nu_k) * psi(nu_l) - gammaln(nu_l) + gammaln(nu_k)
-            + nu_k * (np.log(nu_l) - np.log(nu_k)) - nu_l)
 
 
 class FamilyMixture:
@@ -172,11 +115,6 @@ def _within_bulk(eta, W):
     hi = flat[min(np.searchsorted(cum, 1.0 - BULK_TAIL), flat.size - 1)]
     margin = BULK_MARGIN * (hi - lo)
     return np.clip(eta, lo - margin, hi + margin)
-
-
-def _cumulant(family: str, eta):
-    """A(eta) of a canonical family: exp for Poisson, log(1 + exp) for Bernoulli."""
-    return np.exp(eta) if family == "poisson" else np.logaddexp(0.0, eta)
 
 
 def _target_fit(mix: FamilyMixture, fam, D, mean, b, phi_k, Xs):

@@ -33,7 +33,7 @@ from ._linalg import resolve_threads, solve_psd, squarem_point
 from ._options import EMOptions
 from ._params import MoEParams, _offset
 from ._validation import check_int, check_random_state, check_X_y
-from .families import get_family
+from .families import get_family, kl_costs
 
 #: ridge on each expert's slopes (standardised covariates), relative to the
 #: expert's total weight: keeps an expert finite where its rows are
@@ -314,10 +314,8 @@ def duplicate_experts(data: _Data, beta, phi):
     closest by the symmetric KL divergence, KL(i || j) + KL(j || i) at each
     row's linear predictors averaged over the rows (weighted), if it is below
     DUPLICATE_KL; else None. The Gaussian path's duplicate_pair
-    (fastmoe._em) with the family's divergence (the reduction's
-    ``kl_costs``)."""
-    from ._family_reduction import kl_costs  # (it imports this module)
-
+    (fastmoe._em) with the family's divergence
+    (:func:`fastmoe.families.kl_costs`, the reduction's cost)."""
     eta, nu, name = data.linear(beta), 1.0 / np.asarray(phi, dtype=np.float64), data.family.name
     best = None
     for i in range(beta.shape[0]):

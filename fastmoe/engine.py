@@ -1101,7 +1101,7 @@ def expert_costs(source: MoEParams, target: MoEParams, X, *, cost: str = "kl") -
         if cost != "kl":
             raise ValueError(f"cost={cost!r} serves Gaussian experts; {source.family} "
                              "experts' cost is their KL divergence.")
-        from ._family_reduction import kl_costs
+        from .families import kl_costs
 
         return kl_costs(source.family, eta_l[:, :, None], 1.0 / source.expert_var[None, :, None],
                         eta_k[:, None, :], 1.0 / target.expert_var[None, None, :])
