@@ -649,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastmoe", description="Fast Gaussian mixture-of-experts regression, "
         "centralised and distributed (optimal-transport aggregation).")
     from . import __version__
-    from ._options import EM_DEFAULTS
+    from ._options import CENTRAL_N_INIT, EM_DEFAULTS
     from .server import MAX_ROUNDS
 
     parser.add_argument("--version", action="version", version=f"fastmoe {__version__}")
@@ -682,8 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "or 'auto': only where the gates diverge (see "
                                 "fastmoe.fit_local)")
         else:
-            p.add_argument("--n-init", type=_positive_int, default=EM_DEFAULTS.n_init,
-                           help="EM starts; the fit of highest log-likelihood is kept")
+            p.add_argument("--n-init", type=_positive_int, default=CENTRAL_N_INIT,
+                           help="EM starts, each run to convergence; the fit of highest "
+                                "log-likelihood is kept")
             p.add_argument("--gate-penalty", type=_non_negative, default=EM_DEFAULTS.gate_penalty,
                            help="ridge penalty on the gate slopes in standard-deviation units "
                                 "(see fastmoe.fit_moe)")

@@ -36,7 +36,7 @@ from ._validation import (
 from .exceptions import ConvergenceWarning, ExclusionLimitError, ShardError
 from .families import get_family
 from .io import read_npy, read_table
-from .machine import SUPPORTS, fit_local, recheck_local, round_statistics
+from .machine import LOCAL_INIT_ITER, SUPPORTS, fit_local, recheck_local, round_statistics
 from .moe import _BinaryMixin, _MoEPredictMixin
 from .server import MAX_ROUNDS, aggregate_messages, default_tracks, message_fit, refine
 
@@ -365,7 +365,8 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     init : {"random", "kmeans"}, default="random"
         The starts of the local fits (see :func:`fastmoe.fit_moe`).
     init_iter : int or None, default=20
-        Short-run iterations of every start (see :func:`fastmoe.fit_moe`).
+        Short-run iterations of every start of a local fit (em-EM, see
+        :func:`fastmoe.fit_moe` and ``fastmoe.machine.LOCAL_INIT_ITER``).
     reg_var : float, default=1e-6
         Variance floor of the local fits, relative to each shard's Var(y).
     gate_penalty : float or "auto", default="auto"
@@ -535,7 +536,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     def __init__(self, n_experts=2, n_machines=4, *, family="gaussian", cost="kl", n_support=1000,
                  max_support="auto", support="sample", backend="local", n_jobs=None, client=None,
                  on_shard_error="raise", max_iter=_EM.max_iter, tol=_EM.tol, n_init="auto",
-                 init=_EM.init, init_iter=_EM.init_iter, reg_var=_EM.reg_var,
+                 init=_EM.init, init_iter=LOCAL_INIT_ITER, reg_var=_EM.reg_var,
                  gate_penalty="auto", penalty=_EM.penalty, l1_strength=_EM.l1_strength,
                  gate_steps=_EM.gate_steps, split_merge=_EM.split_merge, accelerate="auto",
                  agg_init="aligned",
@@ -969,7 +970,7 @@ class DistributedMoEClassifier(_BinaryMixin, ClassifierMixin, DistributedMoERegr
     def __init__(self, n_experts=2, n_machines=4, *, cost="kl", n_support=1000,
                  max_support="auto", support="sample", backend="local", n_jobs=None, client=None,
                  on_shard_error="raise", max_iter=_EM.max_iter, tol=_EM.tol, n_init="auto",
-                 init=_EM.init, init_iter=_EM.init_iter, reg_var=_EM.reg_var,
+                 init=_EM.init, init_iter=LOCAL_INIT_ITER, reg_var=_EM.reg_var,
                  gate_penalty="auto", penalty=_EM.penalty, l1_strength=_EM.l1_strength,
                  gate_steps=_EM.gate_steps, split_merge=_EM.split_merge, accelerate="auto",
                  agg_init="aligned",

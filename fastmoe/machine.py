@@ -44,11 +44,22 @@ SUPPORTS = ("sample", "gaussian")
 LOCAL_ACCELERATE = False
 
 
+#: short-run iterations of a local fit's starts (em-EM; fit_moe's
+#: ``init_iter``): its starts are plain EM, which crawls, and the short runs
+#: halved the local fits' time on the authors' design (N=1e6, 3 starts: 141 s
+#: to 70 s in all, the same models); 10 was too few for 62500-row shards.
+#: The centralised fits run every start to convergence (fastmoe._options.
+#: CENTRAL_N_INIT)
+LOCAL_INIT_ITER = 20
+
+
 def _local_options(fit_options: dict) -> dict:
-    """``fit_options`` with a machine's default ``accelerate``."""
+    """``fit_options`` with a machine's defaults: ``init_iter``, and
+    ``accelerate`` for Gaussian experts."""
+    local = {"init_iter": LOCAL_INIT_ITER, **fit_options}
     if get_family(fit_options.get("family", "gaussian")).name != "gaussian":
-        return fit_options
-    return {"accelerate": LOCAL_ACCELERATE, **fit_options}
+        return local
+    return {"accelerate": LOCAL_ACCELERATE, **local}
 
 
 def fit_local(X, y, n_experts: int, *, n_support: int = 1000, support: str = "sample",

@@ -70,9 +70,12 @@ def test_fedavg_of_identical_shards_is_the_single_shard_path():
     [(X, y)], _ = _shards(n=2000, M=1)
     one = fedavg([(X, y)], 3, rounds=2, local_iter=3, random_state=5)
     three = fedavg([(X, y)] * 3, 3, rounds=2, local_iter=3, random_state=5)
+    # the average of three identical models is the model to rounding (1e-15),
+    # and a gate step's halving decision can turn that into 1e-8 (measured
+    # from this start: 3e-8 after the second round's three EM steps)
     for name in ("gate_aug", "expert_aug", "expert_var"):
         np.testing.assert_allclose(getattr(three.params, name), getattr(one.params, name),
-                                   rtol=1e-12, atol=1e-12)
+                                   rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(three.log_likelihood, 3 * one.log_likelihood, rtol=1e-12)
 
 

@@ -105,6 +105,29 @@ def test_split_merge_escapes_duplicated_experts():
         fit_moe(X, y, 3, split_merge="yes")
 
 
+@pytest.mark.parametrize("family", ["gaussian", "poisson"])
+def test_more_starts_never_end_lower(family):
+    """Every start runs to convergence by default (init_iter=None) and the
+    first of n_init is the single start of the same random_state, so three
+    starts end at least where one does; the estimators run three
+    (CENTRAL_N_INIT). On a mixture with several optima, some seed's single
+    start ends lower than its three."""
+    from fastmoe import MoERegressor
+
+    X, y, _, _ = make_moe_regression(1500, 2, 4, family=family, random_state=11)
+    gains = []
+    for seed in range(4):
+        one = fit_moe(X, y, 4, family=family, random_state=seed)
+        three = fit_moe(X, y, 4, family=family, n_init=3, random_state=seed)
+        assert three.init_log_likelihoods[0] == one.log_likelihood
+        assert three.log_likelihood == max(three.init_log_likelihoods) >= one.log_likelihood
+        gains.append(three.log_likelihood - one.log_likelihood)
+    assert max(gains) > 1.0
+    est = MoERegressor(4, family=family, random_state=0).fit(X, y)
+    assert est.log_likelihood_ == fit_moe(X, y, 4, family=family, n_init=3,
+                                          random_state=0).log_likelihood
+
+
 def test_short_runs_continue_the_best_start(small):
     X, y, _, _ = small
     fit = fit_moe(X, y, 3, n_init=4, init="random", init_iter=3, random_state=5)

@@ -68,28 +68,42 @@ def test_predict_checks_width(fitted):
 
 
 def test_the_em_defaults_are_said_once():
-    """fit_moe, both estimators and the command line take their EM options'
-    defaults from one place (fastmoe._options.EM_DEFAULTS); the distributed
-    estimator differs only where its local fits need to (n_init,
-    gate_penalty and accelerate "auto": see fastmoe.fit_local)."""
+    """fit_moe, the estimators and the command line take their EM options'
+    defaults from one place (fastmoe._options.EM_DEFAULTS); the centralised
+    estimators and ``fastmoe fit`` differ in their starts (CENTRAL_N_INIT),
+    the distributed estimator only where its local fits need to (n_init,
+    gate_penalty and accelerate "auto", and em-EM's short runs: see
+    fastmoe.fit_local)."""
     import dataclasses
     import inspect
 
-    from fastmoe import DistributedMoERegressor, GaussianMoERegressor, fit_moe
-    from fastmoe._options import EM_DEFAULTS
+    from fastmoe import (
+        DistributedMoERegressor,
+        GaussianMoERegressor,
+        MoEClassifier,
+        MoERegressor,
+        fit_moe,
+    )
+    from fastmoe._options import CENTRAL_N_INIT, EM_DEFAULTS
     from fastmoe.cli import build_parser
+    from fastmoe.machine import LOCAL_INIT_ITER
 
     defaults = dataclasses.asdict(EM_DEFAULTS)
-    for func, own in ((fit_moe, {}), (GaussianMoERegressor, {}),
+    central = {"n_init": CENTRAL_N_INIT}
+    for func, own in ((fit_moe, {}), (GaussianMoERegressor, central), (MoERegressor, central),
+                      (MoEClassifier, central),
                       (DistributedMoERegressor, {"n_init": "auto", "gate_penalty": "auto",
-                                                 "accelerate": "auto"})):
+                                                 "accelerate": "auto",
+                                                 "init_iter": LOCAL_INIT_ITER})):
         params = inspect.signature(func).parameters
         for name, value in defaults.items():
-            assert params[name].default == own.get(name, value), (func.__name__, name)
+            if name in params:
+                assert params[name].default == own.get(name, value), (func.__name__, name)
     fit = build_parser().parse_args(["fit", "--n-experts", "2", "--data", "d.npz",
                                      "--output", "m.json"])
     for name in ("max_iter", "n_init", "gate_penalty", "penalty", "l1_strength"):
-        assert getattr(fit, name) == defaults[name], name
+        assert getattr(fit, name) == central.get(name, defaults[name]), name
+    assert CENTRAL_N_INIT == 3 and EM_DEFAULTS.init_iter is None and LOCAL_INIT_ITER == 20
 
 
 @pytest.mark.parametrize("option, value", [("max_iter", 0), ("tol", -1.0), ("n_init", 1.5),
