@@ -10,9 +10,11 @@ asv_bench/real_tables.py prints its tables. The humidity is a function of
 the temperature and the dew point, so the response is nearly a smooth
 function of two covariates: the experts' variances come out near 0.01
 (against 0.3 for the last), and the rounds cross a long, curved ridge.
-Measured (AMD EPYC): 9 to 13 rounds, every split above the default
-centralised fit (0.024 to 0.036 nats per test row at K = 4, 0.004 to 0.006
-at K = 5), whose optimum moves with the seed (docs/limitations.rst).
+Measured (AMD EPYC): 9 to 13 rounds; against the default centralised fit
+(three starts) -0.0112 to +0.0010 nats per test row at K = 4 and +0.0076 to
++0.0089 at K = 5 (against one start, every split was 0.024 to 0.036 above at
+K = 4 and 0.004 to 0.006 at K = 5): the optima move with the start
+(docs/limitations.rst).
 """
 
 from __future__ import annotations
