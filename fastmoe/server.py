@@ -1020,9 +1020,7 @@ class Rounds:
         Rounds
             The state, without statistics.
         """
-        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a fastmoe rounds state (format {STATE_FORMAT!r}).")
-        if data.get("version") != 1:
+        if _state_version(data) != 1:
             raise ValueError(f"rounds state version {data.get('version')!r} is not supported "
                              "(version 1 is one track's, version 2 several tracks').")
 
@@ -1060,6 +1058,14 @@ STATE_FORMAT = "fastmoe-rounds"
 #: the most tracks, and starts of the first round, a state file may hold
 MAX_TRACKS = 16
 MAX_STARTS = 64
+
+
+def _state_version(data):
+    """The version of a saved rounds state; a ValueError of one line where
+    ``data`` is not one."""
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        raise ValueError(f"not a fastmoe rounds state (format {STATE_FORMAT!r}).")
+    return data.get("version")
 
 
 def _num(v):
@@ -1171,10 +1177,7 @@ def rounds_from_dict(data: dict):
         The state, without statistics; a ValueError of one line where
         ``data`` is not one.
     """
-    if isinstance(data, dict) and data.get("format") == STATE_FORMAT \
-            and data.get("version") == 2:
-        return Tracks.from_dict(data)
-    return Rounds.from_dict(data)
+    return Tracks.from_dict(data) if _state_version(data) == 2 else Rounds.from_dict(data)
 
 
 @dataclass
@@ -1354,10 +1357,9 @@ class Tracks:
         Tracks
             The state, without statistics.
         """
-        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT \
-                or data.get("version") != 2:
-            raise ValueError(f"not a fastmoe rounds state of tracks (format {STATE_FORMAT!r}, "
-                             "version 2).")
+        if _state_version(data) != 2:
+            raise ValueError(f"rounds state version {data.get('version')!r} is not that of "
+                             "tracks (2).")
         n = check_int(data.get("tracks"), "tracks")
         if n > MAX_TRACKS:
             raise ValueError(f"rounds state: {n} tracks, more than {MAX_TRACKS}.")
