@@ -291,6 +291,33 @@ def test_the_first_round_starts_from_the_best_model_it_is_given(data):
     assert out.history[0]["log_likelihood"] == pytest.approx(max(lls), rel=1e-12)
 
 
+def test_the_first_round_tries_the_servers_fits_from_the_largest_shards(data, monkeypatch):
+    """The first round evaluates the aggregate, the server's fits to the
+    messages from it and from the SERVER_STARTS largest shards' models
+    (those on MESSAGE_FIT_EXTRA_ROWS points), and ROUND_STARTS of the
+    machines' own models."""
+    from fastmoe import server
+    from fastmoe.distributed import ROUND_STARTS, SERVER_STARTS
+
+    X, y, _ = data
+    calls = []
+    fit = server.message_fit
+
+    def counted(messages, start, **kw):
+        calls.append((start, kw["rows"]))
+        return fit(messages, start, **kw)
+
+    monkeypatch.setattr(distributed, "message_fit", counted)
+    model = DistributedMoERegressor(3, n_machines=8, backend="serial",
+                                    random_state=0).fit(X, y)
+    assert [rows for _, rows in calls] == [server.MESSAGE_FIT_ROWS] + \
+        [server.MESSAGE_FIT_EXTRA_ROWS] * SERVER_STARTS
+    assert model.refine_history_[0]["candidates"] == 1 + 1 + SERVER_STARTS + ROUND_STARTS
+    assert server.MESSAGE_FIT_EXTRA_ROWS < server.MESSAGE_FIT_ROWS
+    with pytest.raises(ValueError, match="rows"):
+        fit([], calls[0][0], rows=0)
+
+
 def test_trust_steps_are_measured_in_the_metric():
     from fastmoe.server import trust_step
 
