@@ -495,16 +495,14 @@ def _distinct(models) -> list:
     return list(first.values())
 
 
-def _match_round(path, models, key) -> tuple:
-    """(index of the first of ``models`` that the round file at ``path`` was
-    computed at, its statistics)."""
+def _match_round(path, models) -> tuple:
+    """(the model of ``models`` that the round file at ``path`` was computed
+    at, its statistics)."""
     from .message import OtherModelError, load_round
 
-    for j, model in enumerate(models):
-        if key.index(key[j]) != j:
-            continue
+    for model in models:
         try:
-            return j, load_round(path, model)
+            return model, load_round(path, model)
         except OtherModelError:
             continue
     raise ValueError(f"{path!r} was computed at none of this round's {len(models)} models; "
@@ -515,23 +513,25 @@ def _match_round(path, models, key) -> tuple:
 def _round_totals(rounds, paths) -> list:
     """The machines' statistics summed per pending model: each file is
     matched to the model it was computed at, counted once, and every model
-    must have the same machines' rows."""
+    must have the same machines' rows. Two tracks can propose the same
+    model: the files at it (written once, :func:`_distinct`) serve both."""
     from .message import round_digest
 
     models = rounds.models()
-    # two tracks can propose the same model: a file at it serves both
-    key = [_model_key(m) for m in models]
-    totals, files, seen = [None] * len(models), [0] * len(models), {}
+    distinct = _distinct(models)
+    sums, counts, seen = {}, {}, {}
     for path in paths:
-        j, stats = _match_round(path, models, key)
+        model, stats = _match_round(path, distinct)
         digest = round_digest(stats)
         if digest in seen:
             raise ValueError(f"{path!r} holds the same statistics as {seen[digest]!r}: each "
                              "machine's round counts once.")
         seen[digest] = path
-        for i in (i for i in range(len(models)) if key[i] == key[j]):
-            totals[i] = stats if totals[i] is None else totals[i] + stats
-            files[i] += 1
+        key = _model_key(model)
+        sums[key] = stats if key not in sums else sums[key] + stats
+        counts[key] = counts.get(key, 0) + 1
+    keys = [_model_key(m) for m in models]
+    totals, files = [sums.get(k) for k in keys], [counts.get(k, 0) for k in keys]
     missing = [j for j, t in enumerate(totals) if t is None]
     if missing:
         raise ValueError(f"no statistics for candidate(s) {missing}: every machine runs the "
