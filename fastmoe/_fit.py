@@ -31,8 +31,10 @@ class MoEFit:
 
     Attributes
     ----------
-    params : the fitted MoEParams of the best start, experts in canonical order
-        (increasing intercept, MoEParams.canonical).
+    params : the fitted MoEParams of the best start (of highest log-likelihood,
+        among the starts with no Gaussian expert at the variance floor where
+        there are any), experts in canonical order (increasing intercept,
+        MoEParams.canonical).
     log_likelihood : weighted log-likelihood of ``params`` on the data.
     n_iter : EM iterations of the best start.
     converged : whether the best start met ``tol`` before ``max_iter``.

@@ -472,3 +472,37 @@ def test_squarem_ends_nearer_the_optimum_in_fewer_iterations():
         assert optimum - fast.log_likelihood < 1e-3
         assert fast.n_iter == len(fast.history) - 1
         assert np.all(np.diff(fast.history) >= -1e-10 * np.abs(fast.history[1:]))
+
+
+def _point_mass(seed):
+    """Two regression lines, and 4% of the rows with the response exactly 2.0:
+    an expert can sit on those rows with its variance at the floor."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(2000, 2))
+    y = np.where(rng.random(2000) < 0.5, 3 + X[:, 0], -1 - X[:, 1]) + rng.normal(size=2000)
+    y[rng.random(2000) < 0.04] = 2.0
+    return X, y
+
+
+def test_a_start_with_an_expert_at_the_variance_floor_ranks_below_the_others():
+    """Of eight starts on the point-mass design, most end with an expert on the
+    tied rows at the variance floor, 250 nats higher: a spurious optimum of
+    the unbounded likelihood. The fit keeps the best start without one."""
+    X, y = _point_mass(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateExpertWarning)
+        fit = fit_moe(X, y, 3, n_init=8, random_state=0)
+    assert not fit.degenerate
+    assert np.min(fit.params.expert_var) > 1e-3
+    assert max(fit.init_log_likelihoods) > fit.log_likelihood + 100
+    proper = [ll for ll in fit.init_log_likelihoods if ll < fit.log_likelihood + 1]
+    assert fit.log_likelihood == pytest.approx(max(proper), abs=1e-6)
+
+
+def test_every_start_at_the_variance_floor_is_kept_and_said():
+    """Where every start collapses, the best of them is kept, with the
+    warning."""
+    X, y = _point_mass(1)
+    with pytest.warns(DegenerateExpertWarning, match="collapsed to the floor"):
+        fit = fit_moe(X, y, 3, n_init=1, random_state=0)
+    assert fit.degenerate
