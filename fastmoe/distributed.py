@@ -32,6 +32,7 @@ from ._validation import (
     check_float,
     check_int,
     check_random_state,
+    check_X_y,
 )
 from .exceptions import ConvergenceWarning, ExclusionLimitError, ShardError
 from .families import get_family
@@ -92,8 +93,13 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
         d = X.shape[1] if X.ndim == 2 else 1
         need = n_experts * (d + 1)
         if n < need:
+            check_X_y(X, y)  # valid rows, which the rounds can use
             raise ShardError(index, f"{n} rows are fewer than the {need} needed for "
-                                    f"{n_experts} experts on {d} features (K(d+1))", n)
+                                    f"{n_experts} experts on {d} features (K(d+1))", n,
+                             rows_usable=True)
+        if np.ptp(check_X_y(X, y)[1]) == 0:
+            raise ShardError(index, "its response is constant: no local model", n,
+                             rows_usable=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             msg = fit_local(X, y, n_experts, random_state=seed, **options)
@@ -489,8 +495,16 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
     local_models_ : list of MoEParams
         Their local models.
     shard_sizes_ : ndarray of int
-        Rows of each fitted shard; ``shard_sizes_.sum() + dropped_rows_`` is
-        the number of rows given.
+        Rows of each fitted shard; ``shard_sizes_.sum() + round_only_rows_ +
+        dropped_rows_`` is the number of rows given.
+    round_only_shards_ : list of int
+        Shards whose rows are valid but could not fit a local model (fewer
+        rows than K(d+1), or a constant response: a small group of a natural
+        split): with rounds they send no message and take part in every
+        round, so their rows count; without rounds they are dropped
+        (``on_shard_error``).
+    round_only_rows_ : int
+        Their rows.
     dropped_shards_ : list of int
         Shards whose loading or local fit failed (``on_shard_error="skip"``).
     dropped_rows_ : int
@@ -794,6 +808,11 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                 bar.close()
         results = sorted(results, key=lambda r: r[0])
         failed = [(i, r) for i, r in results if isinstance(r, ShardError)]
+        # with rounds, valid rows too few for a local model take part in them
+        small = [(i, r) for i, r in failed if r.rows_usable and plan.rounds]
+        self.round_only_shards_ = [i for i, _ in small]
+        self.round_only_rows_ = int(sum(r.n_rows for _, r in small))
+        failed = [(i, r) for i, r in failed if not (r.rows_usable and plan.rounds)]
         if failed and self.on_shard_error == "raise":
             raise failed[0][1]
         if failed:
@@ -803,7 +822,9 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         fitted = [i for i, r in results if not isinstance(r, ShardError)]  # shard indices
         messages = [r for _, r in results if not isinstance(r, ShardError)]
         if not messages:
-            raise ValueError("every shard failed; nothing to aggregate.")
+            raise ValueError("no shard could fit a local model; nothing to aggregate."
+                             if self.round_only_shards_ else
+                             "every shard failed; nothing to aggregate.")
         noisy = [i for i, m in zip(fitted, messages) if m.meta["warnings"]]
         if noisy and not plan.rounds:  # with rounds the local fits are only starts
             first = messages[fitted.index(noisy[0])]
@@ -886,7 +907,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         # machines' messages, and their own models, the largest shards' first
         # (ROUND_STARTS at most)
         kept = [j for j in range(len(fitted)) if j not in agg.inconsistent]
-        trusted = [fitted[j] for j in kept]
+        trusted = sorted([fitted[j] for j in kept] + self.round_only_shards_)
         first = agg.params
         own = sorted(kept, key=lambda j: -messages[j].n)[:ROUND_STARTS]
         # the server's fits from the aggregate and from each of the largest

@@ -23,16 +23,21 @@ class ShardError(ValueError):
         Why, in one line.
     n_rows : int, default=0
         The rows it held (0 when it could not be read).
+    rows_usable : bool, default=False
+        Whether its rows are valid data that only a local model could not be
+        fitted to (fewer rows than the model has coefficients, or a constant
+        response): the refinement rounds can still use them.
     """
 
-    def __init__(self, index: int, reason: str, n_rows: int = 0):
+    def __init__(self, index: int, reason: str, n_rows: int = 0, rows_usable: bool = False):
         self.index = int(index)
         self.reason = str(reason)
         self.n_rows = int(n_rows)
+        self.rows_usable = bool(rows_usable)
         super().__init__(f"shard {self.index}: {self.reason}")
 
     def __reduce__(self):
-        return (type(self), (self.index, self.reason, self.n_rows))
+        return (type(self), (self.index, self.reason, self.n_rows, self.rows_usable))
 
 
 class ExclusionLimitError(ValueError):

@@ -9,6 +9,7 @@ from conftest import scale_mixture
 from sklearn.base import clone
 
 from fastmoe import (
+    DistributedMoEClassifier,
     DistributedMoERegressor,
     GaussianMoERegressor,
     LocalMessage,
@@ -121,7 +122,31 @@ def test_faulty_shard_raises_with_its_index(data, index, reason):
     shards = _faulty_shards(X, y)
     shards = [shards[0], shards[index], shards[4]]
     with pytest.raises(ShardError, match=f"shard 1: .*{reason}"):
-        _model().fit_shards(shards)
+        _model(refine_rounds=0).fit_shards(shards)
+
+
+@pytest.mark.parametrize("small", ["rows", "constant"])
+def test_a_shard_too_small_for_a_local_model_takes_part_in_the_rounds(data, small):
+    """A natural group with fewer rows than K(d+1), or one response value,
+    has no local model; its rows still count in every round: the last
+    round's statistics cover every row, and their log-likelihood is the
+    model's on all of them."""
+    X, y, _ = data
+    n = 4 if small == "rows" else 10  # (K(d+1) = 6)
+    few = (X[2000:2000 + n], y[2000:2000 + n] if small == "rows" else np.full(n, 0.5))
+    shards = [(X[:2000], y[:2000]), few, (X[3000:5000], y[3000:5000])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = _model().fit_shards(shards)
+    assert m.round_only_shards_ == [1] and m.round_only_rows_ == n
+    assert m.dropped_rows_ == 0 and m.excluded_rows_ == 0 and m.refine_converged_
+    assert m.shard_sizes_.sum() + m.round_only_rows_ == 4000 + n
+    X_all, y_all = np.vstack([s[0] for s in shards]), np.concatenate([s[1] for s in shards])
+    last = m.round_statistics_
+    assert sorted(i for i, _ in last) == [0, 1, 2]
+    assert sum(s.n for _, s in last) == 4000 + n
+    assert sum(s.log_likelihood for _, s in last) == pytest.approx(
+        m.params_.log_likelihood(X_all, y_all), rel=1e-10)
 
 
 def test_faulty_shards_are_skipped_and_recorded(data):
@@ -134,9 +159,9 @@ def test_faulty_shards_are_skipped_and_recorded(data):
     shards.append(boom)
     with pytest.warns(UserWarning, match="dropped shard"):
         m = _model(on_shard_error="skip").fit_shards(shards)
-    assert m.dropped_shards_ == [1, 2, 3, 5]
+    assert m.dropped_shards_ == [1, 3, 5] and m.round_only_shards_ == [2]
     assert m.shard_sizes_.tolist() == [2000, 2000]
-    assert m.shard_sizes_.sum() + m.dropped_rows_ == 2000 + 0 + 4 + 100 + 2000
+    assert m.shard_sizes_.sum() + m.round_only_rows_ + m.dropped_rows_ == 2000 + 0 + 4 + 100 + 2000
     np.testing.assert_allclose(m.aggregation_.expert_mass.sum(), 2 * 300)
 
 
@@ -301,3 +326,17 @@ def test_the_machines_run_plain_em_unless_asked():
         assert not np.array_equal(a.params.expert_coef, b.params.expert_coef)
     with pytest.raises(ValueError, match="accelerate"):
         est.set_params(accelerate="fast").fit(X, y)
+
+
+def test_a_group_with_one_class_takes_part_in_the_classifiers_rounds():
+    """A group of a binary response in which every row is 0 has no local
+    logistic model; its rows count in the rounds."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 2))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-2 * X[:, 0]))).astype(float)
+    shards = [(X[:1400], y[:1400]), (X[1400:1420], np.zeros(20)), (X[1420:], y[1420:])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = DistributedMoEClassifier(2, backend="serial", random_state=0).fit_shards(shards)
+    assert m.round_only_shards_ == [1] and m.round_only_rows_ == 20
+    assert sum(s.n for _, s in m.round_statistics_) == 3000
