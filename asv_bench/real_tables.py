@@ -6,7 +6,9 @@
 The tables come from Debian's R data packages (tests/realdata.py: R's
 ggplot2 and AER, written to CSV once by Rscript): by default the three the
 code was tuned on (realdata.TABLES) and three tried first afterwards
-(realdata.MORE_TABLES: CPSSW9204, STAR, txhousing, K = 4). For each table: a random
+(realdata.MORE_TABLES: CPSSW9204, STAR, txhousing, K = 4), and four tried
+first after later changes (realdata.FRESH_TABLES: spData's house, mlmRev's
+Chem97 and star, dplyr's storms, K = 4). For each table: a random
 20% of the rows is held out; ``GaussianMoERegressor(K)`` (defaults) is fitted
 on the rest; then ``DistributedMoERegressor(K)`` (defaults, serial backend)
 on the same rows split at random into 16 and 64 machines and by the table's
@@ -75,9 +77,11 @@ def table_arguments(parser) -> None:
     """The ``--tables`` and ``--experts`` options (the three Gaussian tables
     and their K by default)."""
     parser.add_argument("--tables", nargs="+",
-                        default=[*realdata.TABLES, *realdata.MORE_TABLES])
+                        default=[*realdata.TABLES, *realdata.MORE_TABLES,
+                                 *realdata.FRESH_TABLES])
     parser.add_argument("--experts", nargs="+", type=int,
-                        default=[5, 4, 5, *realdata.MORE_TABLES.values()])
+                        default=[5, 4, 5, *realdata.MORE_TABLES.values(),
+                                 *realdata.FRESH_TABLES.values()])
 
 
 def tables(names, experts):

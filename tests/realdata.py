@@ -1,7 +1,8 @@
 """Real tables from Debian's R data packages, for the real-data checks.
 
 Each table comes from an R package that Debian ships (r-cran-ggplot2,
-r-cran-aer; ``.ci/run`` installs them with R). ``Rscript`` writes it once as
+r-cran-aer, r-cran-spdata, r-cran-mlmrev, r-cran-dplyr; ``.ci/run`` installs
+them with R). ``Rscript`` writes it once as
 CSV to a cache folder (``FASTMOE_DATA_CACHE``, default a folder under the
 system's temporary folder); nothing is downloaded. ``load`` returns None
 where R or the package is missing, and the tests skip, saying so.
@@ -34,6 +35,17 @@ star       5 745     kindergarten       reading score, teacher's        school
 txhousing  7 125     log median sale    log sales, log listings,        city (46)
            complete  price of a city's  months of inventory, date (4)
                      month
+house      25 357    log sale price     log living area, year built,    sale year
+                     (spData)           beds, baths, log lot size,      (6)
+                                        garage area (6)
+chem97     31 022    GCSE score         A-level chemistry score, age,   education
+                     (mlmRev)           gender (3)                      authority
+                                                                        (131)
+mlmstar    24 146    maths score        reading score, grade, small     school
+           complete  (mlmRev's star,    class, gender, white (5)        type (4)
+                     student-years)
+storms     11 859    central pressure   wind, latitude, longitude,      status (3)
+                     (dplyr)            month, year (5)
 =========  ========  =================  ==============================  =========
 
 Rows with a value missing in a column used are dropped (STAR and txhousing).
@@ -62,12 +74,20 @@ _R_SOURCES = {
     "cpssw9204": ("AER", 'local({data("CPSSW9204", package = "AER"); CPSSW9204})'),
     "star": ("AER", 'local({data("STAR", package = "AER"); STAR})'),
     "txhousing": ("ggplot2", "as.data.frame(ggplot2::txhousing)"),
+    "house": ("spData", 'local({data("house", package = "spData"); x <- as.data.frame(house); '
+                        'x$geometry <- NULL; x})'),
+    "chem97": ("mlmRev", "as.data.frame(mlmRev::Chem97)"),
+    "mlmstar": ("mlmRev", "as.data.frame(mlmRev::star)"),
+    "storms": ("dplyr", "as.data.frame(dplyr::storms)"),
 }
 #: the tables of a real response (Gaussian experts)
 TABLES = ("diamonds", "cps1988", "cpssw8")
 #: more tables of a real response, first tried after the code was tuned on
 #: TABLES (the benchmarks' real-data checks), and their K
 MORE_TABLES = {"cpssw9204": 4, "star": 4, "txhousing": 4}
+#: four more, first tried after the start ranking and the shards without a
+#: local model (spData, mlmRev and dplyr), and their K
+FRESH_TABLES = {"house": 4, "chem97": 4, "mlmstar": 4, "storms": 4}
 #: the tables of counts (Poisson experts)
 COUNT_TABLES = ("doctorvisits", "nmes1988")
 #: the tables of a binary response (Bernoulli experts)
@@ -124,10 +144,13 @@ def load(name: str) -> Table | None:
         return None
     rows = _csv(name)
     used = {"star": ("readk", "mathk", "experiencek", "birth", "lunchk", "stark", "schoolk"),
-            "txhousing": ("sales", "listings", "inventory", "median", "date")}.get(name, ())
+            "txhousing": ("sales", "listings", "inventory", "median", "date"),
+            "mlmstar": ("math", "read", "gr", "cltype", "sx", "eth", "schtype")}.get(name, ())
     rows = [r for r in rows if all(r[k] != "NA" for k in used)]
     if name == "txhousing":
         rows = [r for r in rows if float(r["sales"]) > 0 and float(r["listings"]) > 0]
+    if name == "house":
+        rows = [r for r in rows if min(float(r[k]) for k in ("price", "TLA", "lotsize")) > 0]
     col = lambda key: [r[key] for r in rows]  # noqa: E731
     num = lambda key: np.array(col(key), dtype=float)  # noqa: E731
     if name == "diamonds":
@@ -171,6 +194,23 @@ def load(name: str) -> Table | None:
         X = np.column_stack([np.log(num("sales")), np.log(num("listings")), num("inventory"),
                              num("date")])
         y, group = np.log(num("median")), col("city")
+    elif name == "house":
+        X = np.column_stack([np.log(num("TLA")), num("yrbuilt"), num("beds"), num("baths"),
+                             np.log(num("lotsize")), num("garagesqft")])
+        y, group = np.log(num("price")), col("syear")
+    elif name == "chem97":
+        X = np.column_stack([num("score"), num("age"),
+                             np.array(col("gender")) == "F"]).astype(float)
+        y, group = num("gcsescore"), col("lea")
+    elif name == "mlmstar":
+        X = np.column_stack([num("read"), ["K123".index(g) for g in col("gr")],
+                             np.array(col("cltype")) == "small",
+                             np.array(col("sx")) == "F",
+                             np.array(col("eth")) == "W"]).astype(float)
+        y, group = num("math"), col("schtype")
+    elif name == "storms":
+        X = np.column_stack([num("wind"), num("lat"), num("long"), num("month"), num("year")])
+        y, group = num("pressure"), col("status")
     elif name == "doctorvisits":
         X = np.column_stack([num("age"), num("income"), num("illness"), num("reduced"),
                              num("health")])

@@ -133,6 +133,21 @@ def test_no_centralised_start_ends_on_a_spurious_spike():
             assert np.min(model.params_.expert_var) > 1e-3 * np.var(table.y[train]), seed
 
 
+def test_small_natural_groups_count_and_are_not_named():
+    """mlmRev's Chem97 split by its 131 education authorities (8 to about 700
+    training rows each; K = 4, P = 32): the authorities too small for a local
+    model take part in the rounds, and none is named for its small local
+    fit's optimism (before: two raised ShardError; then nine of 18 to 41 rows
+    were named)."""
+    table, train, _ = _table("chem97")
+    g = table.groups[train]
+    shards = [(table.X[train][g == k], table.y[train][g == k]) for k in np.unique(g)]
+    model, said = _fit(shards, 4)
+    assert model.round_only_shards_ and model.inconsistent_shards_ == [] and said == []
+    assert model.excluded_rows_ + model.dropped_rows_ == 0
+    assert sum(s.n for _, s in model.round_statistics_) == len(train)
+
+
 def test_standard_errors_on_a_real_table():
     table, train, _ = _table("cps1988")
     X, y = table.X[train][::8], table.y[train][::8]

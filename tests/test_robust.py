@@ -91,3 +91,22 @@ def test_estimator_names_the_inconsistent_shard():
     with pytest.warns(UserWarning, match=r"shard\(s\) \[4\] do not look like"):
         once.fit_shards(shards)
     assert once.inconsistent_shards_ == [4] and 4 in once.excluded_shards_
+
+
+def test_a_shard_too_small_to_judge_is_not_named():
+    """Its own model's fit is no evidence below GAP_MIN_ROWS_PER_PARAMETER
+    rows per free parameter: a mirrored shard of 20 rows (K = 2, d = 2:
+    P = 11) is neither named nor left out; at 2 000 rows it is."""
+    from fastmoe.distributed import GAP_MIN_ROWS_PER_PARAMETER, rows_inconsistent
+
+    X, y, _, _ = make_moe_regression(12000, 2, 2, random_state=3)
+    shards = [(X[i::6], y[i::6]) for i in range(6)]
+    shards[4] = (shards[4][0][:20], -shards[4][1][:20] + 10.0)
+    est = DistributedMoERegressor(2, backend="serial", robust=True, random_state=0)
+    est.fit_shards(shards)
+    assert est.inconsistent_shards_ == [] and est.excluded_rows_ == 0
+    own = {i: m.meta["log_likelihood"] for i, m in enumerate(est.messages_)}
+    P = est.params_.n_parameters
+    assert 20 < GAP_MIN_ROWS_PER_PARAMETER * P
+    assert 4 in rows_inconsistent(est.round_statistics_, own)  # judged without the rule
+    assert rows_inconsistent(est.round_statistics_, own, GAP_MIN_ROWS_PER_PARAMETER * P) == {}
