@@ -506,3 +506,39 @@ def test_every_start_at_the_variance_floor_is_kept_and_said():
     with pytest.warns(DegenerateExpertWarning, match="collapsed to the floor"):
         fit = fit_moe(X, y, 3, n_init=1, random_state=0)
     assert fit.degenerate
+
+
+def test_a_crawling_run_is_finished_by_newton_rounds(small, monkeypatch):
+    """After NEWTON_AFTER iterations, a run goes on by the rounds' Newton
+    steps on its own rows: it converges where EM run to a tolerance of 1e-12
+    converges, within the rounds' own precision, and its history still
+    never decreases."""
+    import fastmoe._em as em_module
+    from fastmoe.server import NEWTON_TOL
+
+    X, y, _, _ = small
+    tight = fit_moe(X, y, 3, random_state=0, tol=1e-12, max_iter=20000, split_merge=False)
+    monkeypatch.setattr(em_module, "NEWTON_AFTER", 4)
+    fit = fit_moe(X, y, 3, random_state=0, split_merge=False)
+    assert fit.converged and 4 < fit.n_iter < 40 and len(fit.history) == fit.n_iter + 1
+    assert np.all(np.diff(fit.history) >= -1e-9 * abs(fit.log_likelihood))
+    assert fit.log_likelihood == pytest.approx(fit.history[-1], rel=1e-12)
+    assert abs(fit.log_likelihood - tight.log_likelihood) < NEWTON_TOL * 1e-7 * abs(
+        tight.log_likelihood)
+    np.testing.assert_allclose(fit.params.expert_aug, tight.params.expert_aug, atol=1e-3)
+    one, two = (fit_moe(X, y, 3, random_state=0, split_merge=False, n_threads=t)
+                for t in (1, 2))
+    np.testing.assert_array_equal(one.params.expert_aug, two.params.expert_aug)
+    assert one.log_likelihood == two.log_likelihood
+
+
+def test_newton_rounds_do_not_finish_a_penalised_run(small, monkeypatch):
+    """The rounds climb the log-likelihood, not the penalised objective: a
+    run with a gate penalty stays EM's."""
+    import fastmoe._em as em_module
+
+    X, y, _, _ = small
+    plain = fit_moe(X, y, 3, random_state=0, gate_penalty=0.1, max_iter=60)
+    monkeypatch.setattr(em_module, "NEWTON_AFTER", 4)
+    again = fit_moe(X, y, 3, random_state=0, gate_penalty=0.1, max_iter=60)
+    assert again.n_iter == plain.n_iter and again.log_likelihood == plain.log_likelihood
