@@ -478,11 +478,13 @@ def _newton_finish(data: EMData, theta, history: list, it: int, max_iter: int, t
     with EM's step as the fallback, each round kept only where the
     log-likelihood does not decrease, until Newton's step expects to gain
     less than ``fastmoe.server.NEWTON_TOL`` times ``tol`` (the rounds' own
-    rule). Each round counts as one iteration of ``max_iter``; ``history``
-    goes on with its log-likelihood. Unpenalised runs only (the rounds climb
-    the log-likelihood)."""
+    rule), at most ``fastmoe.server.MAX_ROUNDS`` rounds (a ridge with no top,
+    where the gates separate the rows, ends there unconverged, as the
+    distributed rounds do). Each round counts as one iteration of
+    ``max_iter``; ``history`` goes on with its log-likelihood. Unpenalised
+    runs only (the rounds climb the log-likelihood)."""
     from .engine import step_statistics
-    from .server import refine
+    from .server import MAX_ROUNDS, refine
 
     def evaluate(models):
         return [step_statistics(data.X, data.y, m, sample_weight=data.w,
@@ -490,7 +492,7 @@ def _newton_finish(data: EMData, theta, history: list, it: int, max_iter: int, t
                 for m in models], 0.0
 
     start = MoEParams.from_aug(*theta)
-    out = refine(start, evaluate, tol=tol, max_rounds=max(1, max_iter - it),
+    out = refine(start, evaluate, tol=tol, max_rounds=max(1, min(MAX_ROUNDS, max_iter - it)),
                  reg_var=var_floor / data.var_y)
     p = out.params
     theta = (p.gate_aug - p.gate_aug[-1], p.expert_aug, np.maximum(p.expert_var, var_floor))
