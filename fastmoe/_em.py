@@ -426,7 +426,7 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
         return (alpha, beta, var), ll, ll - penalty(alpha, data.gate_l2), notes
 
     while it < max_iter:
-        if it >= NEWTON_AFTER and not data.penalised:  # EM crawls: Newton's rounds finish
+        if accelerate and it >= NEWTON_AFTER and not data.penalised:  # crawling: Newton's finish
             return _newton_finish(data, theta, history, it, max_iter, tol, var_floor)
         start, t0 = obj, theta
         theta, ll, obj, notes = em(theta, it + 1 == max_iter)
@@ -482,7 +482,8 @@ def _newton_finish(data: EMData, theta, history: list, it: int, max_iter: int, t
     where the gates separate the rows, ends there unconverged, as the
     distributed rounds do). Each round counts as one iteration of
     ``max_iter``; ``history`` goes on with its log-likelihood. Unpenalised
-    runs only (the rounds climb the log-likelihood)."""
+    runs only (the rounds climb the log-likelihood), with ``accelerate``
+    (the machines' local fits keep plain EM: section 3 of docs/method.rst)."""
     from .engine import step_statistics
     from .server import MAX_ROUNDS, refine
 

@@ -532,9 +532,9 @@ def test_a_crawling_run_is_finished_by_newton_rounds(small, monkeypatch):
     assert one.log_likelihood == two.log_likelihood
 
 
-def test_newton_rounds_do_not_finish_a_penalised_run(small, monkeypatch):
+def test_newton_rounds_finish_neither_a_penalised_nor_a_plain_run(small, monkeypatch):
     """The rounds climb the log-likelihood, not the penalised objective: a
-    run with a gate penalty stays EM's."""
+    run with a gate penalty stays EM's; so does plain EM, the machines'."""
     import fastmoe._em as em_module
 
     X, y, _, _ = small
@@ -542,3 +542,7 @@ def test_newton_rounds_do_not_finish_a_penalised_run(small, monkeypatch):
     monkeypatch.setattr(em_module, "NEWTON_AFTER", 4)
     again = fit_moe(X, y, 3, random_state=0, gate_penalty=0.1, max_iter=60)
     assert again.n_iter == plain.n_iter and again.log_likelihood == plain.log_likelihood
+    # nor does plain EM (the machines' local fits)
+    slow = fit_moe(X, y, 3, random_state=0, accelerate=False, max_iter=60)
+    monkeypatch.setattr(em_module, "NEWTON_AFTER", 10**6)
+    assert fit_moe(X, y, 3, random_state=0, accelerate=False, max_iter=60).n_iter == slow.n_iter
