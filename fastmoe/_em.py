@@ -46,6 +46,7 @@ from ._gating import (
     penalised,
     penalty,
 )
+from ._information import derivatives, params_of, theta_of, trust_step
 from ._lasso import l1_strength as auto_l1_strength
 from ._lasso import lasso_em
 from ._linalg import (
@@ -57,7 +58,7 @@ from ._linalg import (
     squarem_point,
     unpack_sym,
 )
-from ._options import EM_DEFAULTS, EMOptions
+from ._options import EM_DEFAULTS, NEWTON_TOL, EMOptions
 from ._params import MoEParams, _offset
 from ._validation import check_int, check_random_state, check_X_y
 from .families import get_family
@@ -415,8 +416,9 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
     history = [obj]
     notes: list[str] = []
     theta = (alpha, beta, var)
-    converged = False
+    converged = finished = False
     it = 0
+    ll = obj
     longest = 1.0  # the longest SQUAREM step yet (Varadhan and Roland's step.max)
 
     def em(t, last):
@@ -426,8 +428,14 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
         return (alpha, beta, var), ll, ll - penalty(alpha, data.gate_l2), notes
 
     while it < max_iter:
-        if accelerate and it >= NEWTON_AFTER and not data.penalised:  # crawling: Newton's finish
-            return _newton_finish(data, theta, history, it, max_iter, tol, var_floor)
+        if accelerate and not finished and it >= NEWTON_AFTER and not data.penalised:
+            finished = True  # EM crawls: Newton's method finishes
+            theta, lls, it, converged = _newton_finish(data, theta, it, max_iter, tol, var_floor)
+            history += lls
+            obj = ll = data.e_step(*theta)
+            history[-1] = max(history[-1], obj)
+            if converged or it >= max_iter:
+                break
         start, t0 = obj, theta
         theta, ll, obj, notes = em(theta, it + 1 == max_iter)
         it += 1
@@ -459,8 +467,9 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
     return EMRun(*theta, ll, it, converged, np.array(history), notes, obj)
 
 
-#: EM iterations after which a run that has not converged goes on by the
-#: distributed fit's rounds on its own rows (:func:`_newton_finish`). On a
+#: EM iterations after which a run that has not converged goes on by
+#: Newton's method on the exact observed information (:func:`_newton_finish`,
+#: the distributed rounds' trust region and stopping rule). On a
 #: flat ridge EM, even accelerated, gains a thousandth of a nat per
 #: iteration for thousands of iterations: measured on the real tables of
 #: asv_bench/real_tables.py (three starts each, K of the table and 6), the
@@ -468,44 +477,53 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
 #: last 1 200 for 0.9 nats) and CPSSW9204 at K = 6 (1 920, the last 1 500 for
 #: 6.4 nats), where the default max_iter is 2 000
 NEWTON_AFTER = 500
+#: Newton's finish: its first trust radius in standard errors (the rounds'
+#: ``fastmoe.server.FIRST_RADIUS``) and the steps it may try
+NEWTON_FIRST_RADIUS = 10.0
+NEWTON_STEPS = 100
 
 
-def _newton_finish(data: EMData, theta, history: list, it: int, max_iter: int, tol: float,
-                   var_floor: float) -> EMRun:
+def _newton_finish(data: EMData, theta, it: int, max_iter: int, tol: float, var_floor: float):
     """A run that EM has not converged in NEWTON_AFTER iterations, finished
-    by :func:`fastmoe.server.refine` with the rows of ``data`` as its one
-    machine: Newton and trust-region steps on the exact observed information,
-    with EM's step as the fallback, each round kept only where the
-    log-likelihood does not decrease, until Newton's step expects to gain
-    less than ``fastmoe.server.NEWTON_TOL`` times ``tol`` (the rounds' own
-    rule), at most ``fastmoe.server.MAX_ROUNDS`` rounds (a ridge with no top,
-    where the gates separate the rows, ends there unconverged, as the
-    distributed rounds do). Each round counts as one iteration of
-    ``max_iter``; ``history`` goes on with its log-likelihood. Unpenalised
-    runs only (the rounds climb the log-likelihood), with ``accelerate``
-    (the machines' local fits keep plain EM: section 3 of docs/method.rst)."""
-    from .engine import step_statistics
-    from .server import MAX_ROUNDS, refine
+    by Newton's method on the exact observed information
+    (:func:`fastmoe._information.derivatives`), with the trust region of the
+    distributed fit's rounds (:func:`fastmoe._information.trust_step`,
+    ``NEWTON_FIRST_RADIUS`` standard errors at first): a step is kept only
+    where the log-likelihood does not decrease (else the radius shrinks
+    fourfold), until Newton's step expects to gain less than ``NEWTON_TOL``
+    times ``tol`` of the log-likelihood (the rounds' own rule). Each step
+    tried counts as an iteration; at most ``NEWTON_STEPS``.
 
-    def evaluate(models):
-        return [step_statistics(data.X, data.y, m, sample_weight=data.w,
-                                n_threads=data.n_threads, derivatives=True)
-                for m in models], 0.0
-
-    start = MoEParams.from_aug(*theta)
-    out = refine(start, evaluate, tol=tol, max_rounds=max(1, min(MAX_ROUNDS, max_iter - it)),
-                 reg_var=var_floor / data.var_y)
-    p = out.params
-    theta = (p.gate_aug - p.gate_aug[-1], p.expert_aug, np.maximum(p.expert_var, var_floor))
-    history = list(history)
-    for entry in out.history[1:]:  # (a rejected round's entry is the candidate's)
-        history.append(max(history[-1], entry["log_likelihood"]))
-    obj = data.e_step(*theta)
-    history[-1] = max(history[-1], obj) if len(out.history) > 1 else history[-1]
-    notes = [f"expert {k}'s variance collapsed to the floor {var_floor:.3g}"
-             for k in np.flatnonzero(theta[2] <= var_floor)]
-    return EMRun(*theta, obj, it + len(out.history) - 1, out.converged, np.array(history),
-                 notes, obj)
+    Returns (theta, log-likelihoods of the steps kept or not, iterations,
+    converged); where the steps stop short (the radius under 1e-6 standard
+    errors, or a ridge with no top), EM goes on from ``theta``."""
+    d, K = data.d, data.K
+    params = MoEParams.from_aug(*theta)
+    der = derivatives(data.X, data.y, data.w, params)
+    radius, lls, converged = NEWTON_FIRST_RADIUS, [], False
+    for _ in range(min(NEWTON_STEPS, max_iter - it)):
+        step, gain, length = trust_step(der.gradient, der.hessian, None)
+        if step is not None and gain <= NEWTON_TOL * tol * abs(der.log_likelihood):
+            converged = True
+            break
+        if step is None or length > radius:
+            step, gain, length = trust_step(der.gradient, der.hessian, radius)
+        trial = params_of(theta_of(params) + step, d, K)
+        trial = MoEParams.from_aug(trial.gate_aug, trial.expert_aug,
+                                   np.maximum(trial.expert_var, var_floor))
+        with np.errstate(all="ignore"):
+            new = derivatives(data.X, data.y, data.w, trial)
+        it += 1
+        if np.isfinite(new.log_likelihood) and new.log_likelihood >= der.log_likelihood:
+            params, der, radius = trial, new, max(radius, 2.0 * length)
+        else:
+            radius = length / 4.0
+        lls.append(der.log_likelihood)
+        if radius < 1e-6:
+            break
+    alpha = np.array(params.gate_aug)
+    theta = (alpha - alpha[-1], np.array(params.expert_aug), np.array(params.expert_var))
+    return theta, lls, it, converged
 
 
 #: the factor by which the longest SQUAREM step grows after a kept jump that

@@ -285,3 +285,61 @@ def covariance(hessian: np.ndarray, meat: np.ndarray | None = None) -> np.ndarra
     inv = np.linalg.pinv(info / scale[:, None] / scale[None, :], hermitian=True)
     inv = inv / scale[:, None] / scale[None, :]
     return inv if meat is None else inv @ meat @ inv
+
+
+def _on_diagonal_scale(info: np.ndarray):
+    """(scale, A): the square roots of the information's diagonal (1 where
+    it is zero) and the information divided by them on both sides, the
+    coordinates in which trust_step and saddle_free_step work."""
+    scale = np.sqrt(np.abs(np.diagonal(info)))
+    scale = np.where(scale > 0, scale, 1.0)
+    return scale, info / scale[:, None] / scale[None, :]
+
+
+def trust_step(gradient: np.ndarray, hessian: np.ndarray, radius: float | None,
+               metric: np.ndarray | None = None):
+    """(step, expected gain, length) maximising the quadratic model of the
+    log-likelihood: the Newton step (``radius`` None; (None, inf, inf) where
+    the information -H is not positive definite), or the best step whose
+    length is at most ``radius`` (Levenberg-Marquardt: -H + mu M, mu found by
+    bisection). Lengths are measured in ``metric`` M (EM's complete-data
+    information, ``fastmoe.server.em_metric``), or without one on the scale of the
+    information's diagonal; both make a unit about one standard error.
+    Measured on three real tables (asv_bench/real_tables.py), EM's metric
+    took 6 to 16 rounds where the diagonal took 7 to 19."""
+    info = -hessian
+    scale, A = _on_diagonal_scale(info)
+    lam = None
+    if metric is not None:  # lengths in the metric: -H Q = M Q Lambda, Q^T M Q = I
+        import scipy.linalg
+
+        try:
+            lam, Q = scipy.linalg.eigh((A + A.T) / 2, metric / scale[:, None] / scale[None, :])
+        except (np.linalg.LinAlgError, ValueError):
+            lam = None
+    if lam is None:
+        lam, Q = np.linalg.eigh((A + A.T) / 2)
+    c = Q.T @ (gradient / scale)
+    top = max(float(np.max(np.abs(lam))), 1e-300)
+    definite = lam[0] > 1e-9 * top
+
+    def length(mu):
+        return float(np.linalg.norm(c / (lam + mu)))
+
+    if radius is None:
+        if not definite:
+            return None, np.inf, np.inf
+        mu = 0.0
+    elif definite and length(0.0) <= radius:
+        mu = 0.0
+    else:
+        lo = max(0.0, -float(lam[0])) + 1e-12 * top
+        hi = lo + float(np.linalg.norm(c)) / radius + top
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if not lo < mid < hi:
+                break
+            lo, hi = (mid, hi) if length(mid) > radius else (lo, mid)
+        mu = hi
+    step = (Q @ (c / (lam + mu))) / scale
+    return step, float(gradient @ step - 0.5 * step @ (info @ step)), length(mu)

@@ -815,18 +815,7 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
             if bar is not None:
                 bar.close()
         results = sorted(results, key=lambda r: r[0])
-        failed = [(i, r) for i, r in results if isinstance(r, ShardError)]
-        # with rounds, valid rows too few for a local model take part in them
-        small = [(i, r) for i, r in failed if r.rows_usable and plan.rounds]
-        self.round_only_shards_ = [i for i, _ in small]
-        self.round_only_rows_ = int(sum(r.n_rows for _, r in small))
-        failed = [(i, r) for i, r in failed if not (r.rows_usable and plan.rounds)]
-        if failed and self.on_shard_error == "raise":
-            raise failed[0][1]
-        if failed:
-            warnings.warn("dropped shard(s) " + "; ".join(str(e) for _, e in failed)
-                          + "; the weights were renormalised over the others.",
-                          UserWarning, stacklevel=4)
+        failed = self._failed([(i, r) for i, r in results if isinstance(r, ShardError)], plan)
         fitted = [i for i, r in results if not isinstance(r, ShardError)]  # shard indices
         messages = [r for _, r in results if not isinstance(r, ShardError)]
         if not messages:
@@ -841,6 +830,23 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
                           ConvergenceWarning, stacklevel=4)
         _kernels.warm_up(resolve_threads(self.n_threads))  # JIT, untimed
         return fitted, messages, failed
+
+    def _failed(self, errors, plan: _Plan) -> list:
+        """The shards whose local fit failed, [(index, ShardError)], less those
+        whose valid rows were only too few for a local model: with rounds
+        these take part in them (``round_only_shards_``). Raised or warned
+        of by ``on_shard_error``."""
+        small = [(i, e) for i, e in errors if e.rows_usable and plan.rounds]
+        self.round_only_shards_ = [i for i, _ in small]
+        self.round_only_rows_ = int(sum(e.n_rows for _, e in small))
+        failed = [(i, e) for i, e in errors if i not in self.round_only_shards_]
+        if failed and self.on_shard_error == "raise":
+            raise failed[0][1]
+        if failed:
+            warnings.warn("dropped shard(s) " + "; ".join(str(e) for _, e in failed)
+                          + "; the weights were renormalised over the others.",
+                          UserWarning, stacklevel=5)
+        return failed
 
     def _one_shot(self, shards, fitted, messages, rng, plan: _Plan):
         """The one-shot aggregate, and without rounds the check round (the

@@ -55,7 +55,15 @@ import numpy as np
 from . import engine
 from ._em import fit_moe
 from ._gating import newton_direction
-from ._information import family_params_of, family_theta_of, params_of, theta_of
+from ._information import (
+    _on_diagonal_scale,
+    family_params_of,
+    family_theta_of,
+    params_of,
+    theta_of,
+    trust_step,
+)
+from ._options import NEWTON_TOL
 from ._params import MoEParams
 from ._validation import check_bool, check_choice, check_float, check_int, check_random_state
 from .aggregation import AggregationResult, aggregate, divergence_matrix
@@ -511,64 +519,6 @@ def em_metric(stats: engine.StepStatistics, local: MoEParams) -> np.ndarray | No
     return B
 
 
-def _on_diagonal_scale(info: np.ndarray):
-    """(scale, A): the square roots of the information's diagonal (1 where
-    it is zero) and the information divided by them on both sides, the
-    coordinates in which trust_step and saddle_free_step work."""
-    scale = np.sqrt(np.abs(np.diagonal(info)))
-    scale = np.where(scale > 0, scale, 1.0)
-    return scale, info / scale[:, None] / scale[None, :]
-
-
-def trust_step(gradient: np.ndarray, hessian: np.ndarray, radius: float | None,
-               metric: np.ndarray | None = None):
-    """(step, expected gain, length) maximising the quadratic model of the
-    log-likelihood: the Newton step (``radius`` None; (None, inf, inf) where
-    the information -H is not positive definite), or the best step whose
-    length is at most ``radius`` (Levenberg-Marquardt: -H + mu M, mu found by
-    bisection). Lengths are measured in ``metric`` M (EM's complete-data
-    information, :func:`em_metric`), or without one on the scale of the
-    information's diagonal; both make a unit about one standard error.
-    Measured on three real tables (asv_bench/real_tables.py), EM's metric
-    took 6 to 16 rounds where the diagonal took 7 to 19."""
-    info = -hessian
-    scale, A = _on_diagonal_scale(info)
-    lam = None
-    if metric is not None:  # lengths in the metric: -H Q = M Q Lambda, Q^T M Q = I
-        import scipy.linalg
-
-        try:
-            lam, Q = scipy.linalg.eigh((A + A.T) / 2, metric / scale[:, None] / scale[None, :])
-        except (np.linalg.LinAlgError, ValueError):
-            lam = None
-    if lam is None:
-        lam, Q = np.linalg.eigh((A + A.T) / 2)
-    c = Q.T @ (gradient / scale)
-    top = max(float(np.max(np.abs(lam))), 1e-300)
-    definite = lam[0] > 1e-9 * top
-
-    def length(mu):
-        return float(np.linalg.norm(c / (lam + mu)))
-
-    if radius is None:
-        if not definite:
-            return None, np.inf, np.inf
-        mu = 0.0
-    elif definite and length(0.0) <= radius:
-        mu = 0.0
-    else:
-        lo = max(0.0, -float(lam[0])) + 1e-12 * top
-        hi = lo + float(np.linalg.norm(c)) / radius + top
-        for _ in range(200):
-            mid = 0.5 * (lo + hi)
-            if not lo < mid < hi:
-                break
-            lo, hi = (mid, hi) if length(mid) > radius else (lo, mid)
-        mu = hi
-    step = (Q @ (c / (lam + mu))) / scale
-    return step, float(gradient @ step - 0.5 * step @ (info @ step)), length(mu)
-
-
 def saddle_free_step(gradient: np.ndarray, hessian: np.ndarray) -> np.ndarray:
     """The saddle-free Newton step (Dauphin et al. 2014).
 
@@ -699,12 +649,6 @@ def gem_step(der) -> np.ndarray | None:
 #: Newton or trust step of this one)
 FIRST_RADIUS = 10.0
 RADII = np.array([0.25, 0.5, 1.0, 2.0, 4.0])
-#: the rounds stop when the Newton step expects to gain less than this many
-#: times ``tol`` times the log-likelihood: the expected gain is all that is
-#: left to gain, while EM (and a centralised fit) stops when one iteration
-#: gains less than ``tol`` of it, which at EM's rates of convergence on real
-#: tables (0.99 to 0.999 per iteration) leaves 100 to 1000 times that to gain
-NEWTON_TOL = 100.0
 #: the multiples of the saddle-free Newton step a round tries where the
 #: information is indefinite. Measured on three real tables at 16 and 64
 #: machines and by their group columns (asv_bench/real_tables.py, nine

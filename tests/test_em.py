@@ -508,13 +508,13 @@ def test_every_start_at_the_variance_floor_is_kept_and_said():
     assert fit.degenerate
 
 
-def test_a_crawling_run_is_finished_by_newton_rounds(small, monkeypatch):
-    """After NEWTON_AFTER iterations, a run goes on by the rounds' Newton
-    steps on its own rows: it converges where EM run to a tolerance of 1e-12
-    converges, within the rounds' own precision, and its history still
-    never decreases."""
+def test_a_crawling_run_is_finished_by_newton_steps(small, monkeypatch):
+    """After NEWTON_AFTER iterations, a run goes on by Newton steps on the
+    exact observed information: it converges where EM run to a tolerance of
+    1e-12 converges, within the rounds' own precision, independently of the
+    threads, and its history still never decreases."""
     import fastmoe._em as em_module
-    from fastmoe.server import NEWTON_TOL
+    from fastmoe._options import NEWTON_TOL
 
     X, y, _, _ = small
     tight = fit_moe(X, y, 3, random_state=0, tol=1e-12, max_iter=20000, split_merge=False)
@@ -533,8 +533,9 @@ def test_a_crawling_run_is_finished_by_newton_rounds(small, monkeypatch):
 
 
 def test_newton_rounds_finish_neither_a_penalised_nor_a_plain_run(small, monkeypatch):
-    """The rounds climb the log-likelihood, not the penalised objective: a
-    run with a gate penalty stays EM's; so does plain EM, the machines'."""
+    """Newton's method climbs the log-likelihood, not the penalised
+    objective: a run with a gate penalty stays EM's; so does plain EM, the
+    machines'."""
     import fastmoe._em as em_module
 
     X, y, _, _ = small
