@@ -391,3 +391,29 @@ def test_experts_of_other_families_from_the_command_line(tmp_path, capsys):
     code, out, err = run(capsys, "fit", "--data", str(tmp_path / "counts.npz"), "--n-experts",
                          "2", "--family", "gamma", "--output", str(tmp_path / "g.json"))
     assert code == 2 and "y > 0" in err
+
+
+def test_a_machine_without_a_message_takes_part_in_a_round_by_files(tmp_path, capsys):
+    """A shard too small for `fastmoe fit-local` runs `fastmoe round`, and
+    `fastmoe refine` counts its rows with the others' (round files are not
+    tied to messages)."""
+    d = tmp_path
+    assert run(capsys, "simulate", "--n-samples", "2000", "--n-features", "2",
+               "--n-experts", "2", "--shards", "2", "--output", str(d / "data.npz"))[0] == 0
+    rng = np.random.default_rng(0)
+    np.savez(d / "tiny.npz", X=rng.normal(size=(5, 2)), y=rng.normal(size=5))
+    shards = [str(d / "data_0.npz"), str(d / "data_1.npz"), str(d / "tiny.npz")]
+    assert run(capsys, "fit", "--data", shards[0], "--n-experts", "2",
+               "--output", str(d / "m0.json"))[0] == 0
+    assert run(capsys, "refine", "--start", str(d / "m0.json"),
+               "--output", str(d / "r0.json"))[0] == 0
+    candidates = sorted(d.glob("r0.candidate_*.json"))
+    stats = []
+    for m, shard in enumerate(shards):
+        for j, cand in enumerate(candidates):
+            stats.append(str(d / f"s_{m}_{j}.npz"))
+            assert run(capsys, "round", "--data", shard, "--model", str(cand),
+                       "--output", stats[-1])[0] == 0
+    code, out, _ = run(capsys, "refine", *stats, "--state", str(d / "r0.json"),
+                       "--output", str(d / "r1.json"))
+    assert code == 0 and "2005 rows" in out, out
