@@ -418,7 +418,6 @@ def run_em(data: EMData, alpha, beta, var, *, max_iter, tol, gate_steps, var_flo
     theta = (alpha, beta, var)
     converged = finished = False
     it = 0
-    ll = obj
     longest = 1.0  # the longest SQUAREM step yet (Varadhan and Roland's step.max)
 
     def em(t, last):
@@ -494,7 +493,7 @@ def _newton_finish(data: EMData, theta, it: int, max_iter: int, tol: float, var_
     times ``tol`` of the log-likelihood (the rounds' own rule). Each step
     tried counts as an iteration; at most ``NEWTON_STEPS``.
 
-    Returns (theta, log-likelihoods of the steps kept or not, iterations,
+    Returns (theta, the log-likelihood after each step tried, iterations,
     converged); where the steps stop short (the radius under 1e-6 standard
     errors, or a ridge with no top), EM goes on from ``theta``."""
     d, K = data.d, data.K
@@ -843,17 +842,16 @@ def _try_move(data: EMData, run: EMRun, moments, moves: list, *, max_iter, tol, 
               var_floor, accelerate) -> EMRun:
     """``run`` with a split-merge move (_split_move) if it has a duplicated pair
     of experts and EM from the move ranks higher (:func:`_rank`) within
-    ``max_iter`` iterations: a higher log-likelihood with no more experts
-    at the variance floor, or fewer at the floor; else ``run`` unchanged."""
+    ``max_iter`` iterations: no expert at the variance floor where ``run``
+    has one, or else a higher log-likelihood; else ``run`` unchanged."""
     pair = duplicate_pair(run.beta, run.var, moments)
     if pair is None:
         return run
     alpha, beta, var, message = _split_move(data, *run.params, var_floor, pair)
     alt = run_em(data, alpha, beta, var, max_iter=max_iter, tol=tol, gate_steps=gate_steps,
                  var_floor=var_floor, accelerate=accelerate)
-    gain = (_collapsed(run, var_floor) - _collapsed(alt, var_floor),
-            alt.objective - run.objective - tol * abs(run.objective))
-    if not gain > (0, 0.0):
+    if not _rank(alt, var_floor) > (not _collapsed(run, var_floor),
+                                    run.objective + tol * abs(run.objective)):
         return run
     what = "penalised log-likelihood" if data.penalised else "log-likelihood"
     moves.append(f"{message}: {what} {run.objective:.8g} -> {alt.objective:.8g}")

@@ -97,7 +97,8 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
             raise ShardError(index, f"{n} rows are fewer than the {need} needed for "
                                     f"{n_experts} experts on {d} features (K(d+1))", n,
                              rows_usable=True)
-        if np.ptp(check_X_y(X, y)[1]) == 0:
+        if np.ptp(np.asarray(y, dtype=float)) == 0:  # (NaN: not constant; fit_local says)
+            check_X_y(X, y)  # valid rows, which the rounds can use
             raise ShardError(index, "its response is constant: no local model", n,
                              rows_usable=True)
         with warnings.catch_warnings(record=True) as caught:
