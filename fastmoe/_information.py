@@ -287,7 +287,7 @@ def covariance(hessian: np.ndarray, meat: np.ndarray | None = None) -> np.ndarra
     return inv if meat is None else inv @ meat @ inv
 
 
-def _on_diagonal_scale(info: np.ndarray):
+def on_diagonal_scale(info: np.ndarray):
     """(scale, A): the square roots of the information's diagonal (1 where
     it is zero) and the information divided by them on both sides, the
     coordinates in which trust_step and saddle_free_step work."""
@@ -308,7 +308,7 @@ def trust_step(gradient: np.ndarray, hessian: np.ndarray, radius: float | None,
     Measured on three real tables (asv_bench/real_tables.py), EM's metric
     took 6 to 16 rounds where the diagonal took 7 to 19."""
     info = -hessian
-    scale, A = _on_diagonal_scale(info)
+    scale, A = on_diagonal_scale(info)
     lam = None
     if metric is not None:  # lengths in the metric: -H Q = M Q Lambda, Q^T M Q = I
         import scipy.linalg

@@ -56,9 +56,9 @@ from . import engine
 from ._em import fit_moe
 from ._gating import newton_direction
 from ._information import (
-    _on_diagonal_scale,
     family_params_of,
     family_theta_of,
+    on_diagonal_scale,
     params_of,
     theta_of,
     trust_step,
@@ -544,7 +544,7 @@ def saddle_free_step(gradient: np.ndarray, hessian: np.ndarray) -> np.ndarray:
         The step; Newton's step where the information -H is positive
         definite.
     """
-    scale, A = _on_diagonal_scale(-hessian)
+    scale, A = on_diagonal_scale(-hessian)
     lam, Q = np.linalg.eigh((A + A.T) / 2)
     top = max(float(np.max(np.abs(lam))), 1e-300)
     c = Q.T @ (gradient / scale)
