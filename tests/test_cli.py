@@ -231,6 +231,18 @@ def test_rounds_of_another_family_climb_two_tracks_by_files(tmp_path, capsys):
     assert not (d / "x.json").exists()
 
 
+def _round_files(capsys, d, k, shards) -> list:
+    """`fastmoe round` on every shard at every candidate of round ``k``
+    (``r{k}.candidate_*.json`` in ``d``): the statistics files, by shard."""
+    stats = []
+    for m, shard in enumerate(shards):
+        for j, cand in enumerate(sorted(d.glob(f"r{k}.candidate_*.json"))):
+            stats.append(str(d / f"s{k}_{m}_{j}.npz"))
+            assert run(capsys, "round", "--data", shard, "--model", str(cand),
+                       "--output", stats[-1])[0] == 0
+    return stats
+
+
 def test_refinement_rounds_by_files(tmp_path, capsys):
     """`fastmoe refine` at the server and `fastmoe round` on every shard at
     every candidate run the estimator's server loop (fastmoe.server.refine)
@@ -272,13 +284,7 @@ def test_refinement_rounds_by_files(tmp_path, capsys):
     assert code == 0 and (d / "r0.candidate_0.json").exists()
     k, stats = 0, []
     while "rounds over" not in out:
-        candidates = sorted(d.glob(f"r{k}.candidate_*.json"))
-        stats = []
-        for m, shard in enumerate(shards):
-            for j, cand in enumerate(candidates):
-                stats.append(str(d / f"s{k}_{m}_{j}.npz"))
-                assert run(capsys, "round", "--data", shard, "--model", str(cand),
-                           "--output", stats[-1])[0] == 0
+        stats = _round_files(capsys, d, k, shards)
         code, out, _ = run(capsys, "refine", *stats, "--state", str(d / f"r{k}.json"),
                            "--output", str(d / f"r{k + 1}.json"), "--model", str(d / "m.json"))
         assert code == 0, out
@@ -407,13 +413,7 @@ def test_a_machine_without_a_message_takes_part_in_a_round_by_files(tmp_path, ca
                "--output", str(d / "m0.json"))[0] == 0
     assert run(capsys, "refine", "--start", str(d / "m0.json"),
                "--output", str(d / "r0.json"))[0] == 0
-    candidates = sorted(d.glob("r0.candidate_*.json"))
-    stats = []
-    for m, shard in enumerate(shards):
-        for j, cand in enumerate(candidates):
-            stats.append(str(d / f"s_{m}_{j}.npz"))
-            assert run(capsys, "round", "--data", shard, "--model", str(cand),
-                       "--output", stats[-1])[0] == 0
+    stats = _round_files(capsys, d, 0, shards)
     code, out, _ = run(capsys, "refine", *stats, "--state", str(d / "r0.json"),
                        "--output", str(d / "r1.json"))
     assert code == 0 and "2005 rows" in out, out
