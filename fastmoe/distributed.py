@@ -918,27 +918,13 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         self.start_time_ = 0.0
         if not plan.rounds:
             return None, {}
-        # the first round also tries the server's own fit to the trusted
-        # machines' messages, and their own models, the largest shards' first
-        # (ROUND_STARTS at most)
         kept = [j for j in range(len(fitted)) if j not in agg.inconsistent]
         trusted = sorted([fitted[j] for j in kept] + self.round_only_shards_)
-        first = agg.params
-        own = sorted(kept, key=lambda j: -messages[j].n)[:ROUND_STARTS]
-        # the server's fits from the aggregate and from each of the largest
-        # shards' models (SERVER_STARTS)
-        inits = [first] + [messages[j].params for j in own[:SERVER_STARTS]]
-        t0 = time.perf_counter()
-        starts = [message_fit([messages[j] for j in kept], init, random_state=rng,
-                              n_threads=plan.threads,
-                              rows=MESSAGE_FIT_EXTRA_ROWS if k else MESSAGE_FIT_ROWS)
-                  for k, init in enumerate(inits)]
-        self.start_time_ = time.perf_counter() - t0
-        alternatives = [s for s in starts if s is not None] + [messages[j].params for j in own]
+        tracks = default_tracks(plan.options["family"])
         refinement, self.round_statistics_ = self._refine(
-            first, [(i, shards[i]) for i in trusted], plan.rounds, plan.n_jobs,
-            plan.threads, plan.tol, alternatives=alternatives,
-            tracks=default_tracks(plan.options["family"]))
+            agg.params, [(i, shards[i]) for i in trusted], plan.rounds, plan.n_jobs,
+            plan.threads, plan.tol, alternatives=self._starts(messages, kept, agg.params, rng,
+                                                              plan), tracks=tracks)
         own = {i: messages[j].meta.get("log_likelihood") for j, i in enumerate(fitted)}
         inconsistent = rows_inconsistent(
             self.round_statistics_, own,
@@ -946,13 +932,33 @@ class DistributedMoERegressor(_MoEPredictMixin, RegressorMixin, BaseEstimator):
         if inconsistent and self.robust:  # the rounds again, without them
             used = len(refinement.history)
             trusted = [i for i in trusted if i not in inconsistent]
+            kept = [j for j in kept if fitted[j] not in inconsistent]
             again, self.round_statistics_ = self._refine(
                 refinement.params, [(i, shards[i]) for i in trusted],
-                max(2, plan.rounds - used), plan.n_jobs, plan.threads, plan.tol)
+                max(2, plan.rounds - used), plan.n_jobs, plan.threads, plan.tol,
+                alternatives=self._starts(messages, kept, refinement.params, rng, plan),
+                tracks=tracks)
             refinement = replace(again, history=refinement.history + again.history)
         self.refine_converged_ = refinement.converged
         self.standard_errors_ = _standard_errors(refinement.params, refinement.statistics)
         return refinement, inconsistent
+
+    def _starts(self, messages, kept, first, rng, plan: _Plan) -> list:
+        """The starts the first round evaluates besides ``first``: the
+        server's own fits to the messages ``kept`` (indices into
+        ``messages``) from ``first`` and from the SERVER_STARTS largest
+        shards' models (:func:`fastmoe.server.message_fit`), and the
+        ROUND_STARTS largest shards' own models. Their seconds add to
+        ``start_time_``."""
+        own = sorted(kept, key=lambda j: -messages[j].n)[:ROUND_STARTS]
+        inits = [first] + [messages[j].params for j in own[:SERVER_STARTS]]
+        t0 = time.perf_counter()
+        fits = [message_fit([messages[j] for j in kept], init, random_state=rng,
+                            n_threads=plan.threads,
+                            rows=MESSAGE_FIT_EXTRA_ROWS if k else MESSAGE_FIT_ROWS)
+                for k, init in enumerate(inits)]
+        self.start_time_ += time.perf_counter() - t0
+        return [f for f in fits if f is not None] + [messages[j].params for j in own]
 
     def _record(self, agg, refinement, inconsistent, fitted, messages, failed, plan: _Plan):
         """The fitted attributes of the model and of what each shard gave."""

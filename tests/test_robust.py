@@ -110,3 +110,18 @@ def test_a_shard_too_small_to_judge_is_not_named():
     assert 20 < GAP_MIN_ROWS_PER_PARAMETER * P
     assert 4 in rows_inconsistent(est.round_statistics_, own)  # judged without the rule
     assert rows_inconsistent(est.round_statistics_, own, GAP_MIN_ROWS_PER_PARAMETER * P) == {}
+
+
+def test_the_rounds_without_a_left_out_shard_restart_from_fresh_starts():
+    """With robust=True the rounds go again without the named shard from the
+    model they reached and from the server's starts refitted without its
+    message (not from that model alone, which its rows pulled away)."""
+    X, y, _, _ = make_moe_regression(12000, 2, 2, random_state=3)
+    shards = [(X[i::6], y[i::6]) for i in range(6)]
+    shards[4] = (shards[4][0], -shards[4][1] + 10.0)
+    est = DistributedMoERegressor(2, backend="serial", robust=True, random_state=0)
+    with pytest.warns(UserWarning, match="do not look like"):
+        est.fit_shards(shards)
+    starts = [h for h in est.refine_history_ if h["step"] == "start"]
+    assert len(starts) == 2 and starts[1]["candidates"] > 1
+    assert starts[1]["rows"] == 10000 and est.refine_converged_
