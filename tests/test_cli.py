@@ -201,12 +201,7 @@ def test_rounds_of_another_family_climb_two_tracks_by_files(tmp_path, capsys):
     assert json.loads((d / "r0.json").read_text())["version"] == 2
     k = 0
     while "rounds over" not in out:
-        stats = []
-        for m, shard in enumerate(shards):
-            for j, cand in enumerate(sorted(d.glob(f"r{k}.candidate_*.json"))):
-                stats.append(str(d / f"s{k}_{m}_{j}.npz"))
-                assert run(capsys, "round", "--data", shard, "--model", str(cand),
-                           "--output", stats[-1])[0] == 0
+        stats = _round_files(capsys, d, k, shards)
         code, out, err = run(capsys, "refine", *stats, "--state", str(d / f"r{k}.json"),
                              "--output", str(d / f"r{k + 1}.json"), "--model",
                              str(d / "m.json"))
