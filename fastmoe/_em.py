@@ -507,9 +507,9 @@ def _newton_finish(data: EMData, theta, it: int, max_iter: int, tol: float, var_
             break
         if step is None or length > radius:
             step, gain, length = trust_step(der.gradient, der.hessian, radius)
-        trial = params_of(theta_of(params) + step, d, K)
-        trial = MoEParams.from_aug(trial.gate_aug, trial.expert_aug,
-                                   np.maximum(trial.expert_var, var_floor))
+        point = theta_of(params) + step
+        point[-K:] = np.maximum(point[-K:], np.log(var_floor))  # (log variances, last)
+        trial = params_of(point, d, K)
         with np.errstate(all="ignore"):
             new = derivatives(data.X, data.y, data.w, trial)
         it += 1
@@ -520,8 +520,8 @@ def _newton_finish(data: EMData, theta, it: int, max_iter: int, tol: float, var_
         lls.append(der.log_likelihood)
         if radius < 1e-6:
             break
-    alpha = np.array(params.gate_aug)
-    theta = (alpha - alpha[-1], np.array(params.expert_aug), np.array(params.expert_var))
+    # (the gate and expert arrays are new copies, the last gate zero)
+    theta = (params.gate_aug, params.expert_aug, np.array(params.expert_var))
     return theta, lls, it, converged
 
 

@@ -92,15 +92,15 @@ def fit_shard(index: int, shard, n_experts: int, seed: int, options: dict):
             raise ShardError(index, "the shard is empty")
         d = X.shape[1] if X.ndim == 2 else 1
         need = n_experts * (d + 1)
-        if n < need:
-            check_X_y(X, y)  # valid rows, which the rounds can use
-            raise ShardError(index, f"{n} rows are fewer than the {need} needed for "
-                                    f"{n_experts} experts on {d} features (K(d+1))", n,
-                             rows_usable=True)
-        if np.ptp(np.asarray(y, dtype=float)) == 0:  # (NaN: not constant; fit_local says)
-            check_X_y(X, y)  # valid rows, which the rounds can use
-            raise ShardError(index, "its response is constant: no local model", n,
-                             rows_usable=True)
+        # valid rows that cannot fit a local model: the rounds can use them
+        # (a NaN response is not constant: fit_local says what is wrong)
+        no_model = (f"{n} rows are fewer than the {need} needed for {n_experts} experts "
+                    f"on {d} features (K(d+1))" if n < need else
+                    "its response is constant: no local model"
+                    if np.ptp(np.asarray(y, dtype=float)) == 0 else None)
+        if no_model:
+            check_X_y(X, y)
+            raise ShardError(index, no_model, n, rows_usable=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             msg = fit_local(X, y, n_experts, random_state=seed, **options)
